@@ -1,0 +1,187 @@
+"""Activation functions as layers, each with its hand-written derivative.
+
+Element-wise activations ``a = f(z)`` share one backward::
+
+    δ = ∂L/∂z = ∂L/∂a ⊙ f'(z)
+
+where ``f'`` is written out per activation (often in terms of the output ``a``, which
+the cache keeps next to the input ``z``). ``Softmax`` is not element-wise; its backward
+is the full Jacobian-vector product.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jbp.core import Layer, check_array, check_floating
+
+
+class Activation(Layer):
+    """An element-wise activation: no parameters, ``cache = {"x": z, "y": a}``.
+
+    Subclasses define ``fn(z)`` and ``derivative(z, a) = f'(z)``.
+    """
+
+    def fn(self, z):
+        raise NotImplementedError
+
+    def derivative(self, z, a):
+        raise NotImplementedError
+
+    def init(self, key, in_shape):
+        return (), tuple(in_shape)
+
+    def forward(self, params, x, *, key=None, train=False):
+        x = check_array("x", x)
+        check_floating("x", x)
+        y = self.fn(x)
+        return y, {"x": x, "y": y}
+
+    def backward(self, params, cache, dy):
+        return (), dy * self.derivative(cache["x"], cache["y"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity(Activation):
+    """``f(z) = z``, ``f'(z) = 1``."""
+
+    def fn(self, z):
+        return z
+
+    def derivative(self, z, a):
+        return jnp.ones_like(z)
+
+    def backward(self, params, cache, dy):
+        return (), dy
+
+
+@dataclasses.dataclass(frozen=True)
+class Sigmoid(Activation):
+    """``σ(z) = 1 / (1 + e^{-z})``, ``σ'(z) = σ(z)(1 − σ(z))``."""
+
+    def fn(self, z):
+        return jax.nn.sigmoid(z)
+
+    def derivative(self, z, a):
+        return a * (1 - a)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tanh(Activation):
+    """``tanh(z)``, ``tanh'(z) = 1 − tanh(z)²``."""
+
+    def fn(self, z):
+        return jnp.tanh(z)
+
+    def derivative(self, z, a):
+        return 1 - a * a
+
+
+@dataclasses.dataclass(frozen=True)
+class ReLU(Activation):
+    """``max(z, 0)``, ``f'(z) = 1 if z > 0 else 0`` (0 at z = 0, as ``jax.nn.relu``)."""
+
+    def fn(self, z):
+        return jnp.maximum(z, 0)
+
+    def derivative(self, z, a):
+        return (z > 0).astype(z.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeakyReLU(Activation):
+    """``z if z ≥ 0 else s·z``, ``f'(z) = 1 if z ≥ 0 else s`` (``s = negative_slope``)."""
+
+    negative_slope: float = 0.01
+
+    def __post_init__(self):
+        if not math.isfinite(self.negative_slope):
+            raise ValueError(f"LeakyReLU: negative_slope must be finite, got {self.negative_slope!r}")
+
+    def fn(self, z):
+        return jnp.where(z >= 0, z, self.negative_slope * z)
+
+    def derivative(self, z, a):
+        return jnp.where(z >= 0, 1.0, self.negative_slope).astype(z.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ELU(Activation):
+    """``z if z > 0 else α(eᶻ − 1)``, ``f'(z) = 1 if z > 0 else a + α``."""
+
+    alpha: float = 1.0
+
+    def __post_init__(self):
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)) or self.alpha < 0:
+            raise ValueError(f"ELU: alpha must be a finite number ≥ 0, got {self.alpha!r}")
+
+    def fn(self, z):
+        return jnp.where(z > 0, z, self.alpha * jnp.expm1(jnp.minimum(z, 0)))
+
+    def derivative(self, z, a):
+        return jnp.where(z > 0, 1.0, a + self.alpha).astype(z.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Softplus(Activation):
+    """``log(1 + eᶻ)`` (stable form), ``f'(z) = σ(z)``."""
+
+    def fn(self, z):
+        return jnp.logaddexp(z, 0.0).astype(z.dtype)
+
+    def derivative(self, z, a):
+        return jax.nn.sigmoid(z)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class GELU(Activation):
+    """Gaussian error linear unit.
+
+    Exact (default): ``f(z) = z Φ(z)``, ``f'(z) = Φ(z) + z φ(z)``.
+    ``approximate=True``: ``f(z) = ½ z (1 + tanh u)``, ``u = √(2/π)(z + 0.044715 z³)``,
+    ``f'(z) = ½(1 + tanh u) + ½ z (1 − tanh² u) √(2/π)(1 + 3·0.044715 z²)``.
+    """
+
+    approximate: bool = False
+
+    def fn(self, z):
+        return jax.nn.gelu(z, approximate=self.approximate)
+
+    def derivative(self, z, a):
+        if self.approximate:
+            t = jnp.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z ** 3))
+            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z * z)
+            return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du
+        cdf = 0.5 * (1 + jax.lax.erf(z / math.sqrt(2.0)))
+        pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
+        return cdf + z * pdf
+
+
+@dataclasses.dataclass(frozen=True)
+class Softmax(Layer):
+    """Softmax over the last axis: ``a_j = e^{z_j} / Σ_k e^{z_k}``.
+
+    Its Jacobian is ``∂a_j/∂z_k = a_j (1[j=k] − a_k)``, so the backward is the full
+    Jacobian-vector product ``δ = a ⊙ (dy − Σ_k dy_k a_k)``. (To train a classifier,
+    prefer ``losses.softmax_cross_entropy`` on the logits: same result, stabler.)
+    """
+
+    def init(self, key, in_shape):
+        return (), tuple(in_shape)
+
+    def forward(self, params, x, *, key=None, train=False):
+        x = check_array("x", x)
+        check_floating("x", x)
+        y = jax.nn.softmax(x, axis=-1)
+        return y, {"x": x, "y": y}
+
+    def backward(self, params, cache, dy):
+        a = cache["y"]
+        return (), a * (dy - jnp.sum(dy * a, axis=-1, keepdims=True))

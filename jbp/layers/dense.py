@@ -1,0 +1,75 @@
+"""The fully connected layer."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+from jbp import initializers
+from jbp.core import Layer, check_array, check_floating, layer_error
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense(Layer):
+    """Fully connected layer ``z = a W + b``.
+
+    Forward, for an input ``a`` of shape ``(batch, ..., in)`` (the seed's
+    ``z_j = Σ_i w_ji a_i + b_j``, with ``W`` stored as ``(in, units)``)::
+
+        z = a W + b
+
+    Backward, given ``δ = ∂L/∂z`` of shape ``(batch, ..., units)``::
+
+        ∂L/∂W = aᵀ δ          (summed over the batch and any other leading axes)
+        ∂L/∂b = Σ_batch δ
+        ∂L/∂a = δ Wᵀ           (handed to the previous layer as its ``dy``)
+
+    ``params = {"W": (in, units), "b": (units,)}`` (no ``"b"`` when ``use_bias=False``).
+    ``w_init``/``b_init`` take an initializer object or its name (``"he_normal"``);
+    defaults: Glorot-uniform weights, zero biases. ``cache = {"x": a}``: the layer's
+    input, from which per-example gradients and their norms are computed.
+    """
+
+    units: int
+    w_init: Any = "glorot_uniform"
+    b_init: Any = "zeros"
+    use_bias: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.units, bool) or not isinstance(self.units, (int,)) or self.units <= 0:
+            raise ValueError(f"Dense: units must be a positive integer, got {self.units!r}")
+        initializers.get(self.w_init)  # unknown names fail here, at construction
+        initializers.get(self.b_init)
+
+    def init(self, key, in_shape):
+        if len(in_shape) < 1 or in_shape[-1] <= 0:
+            raise layer_error(self, f"expected an input shape (..., features) with features > 0, "
+                              f"got {tuple(in_shape)}")
+        n_in = int(in_shape[-1])
+        params = {"W": initializers.get(self.w_init)(key, (n_in, self.units))}
+        if self.use_bias:
+            params["b"] = initializers.get(self.b_init)(key, (self.units,))
+        return params, tuple(in_shape[:-1]) + (self.units,)
+
+    def forward(self, params, x, *, key=None, train=False):
+        x = check_array("x", x)
+        check_floating("x", x)
+        W = params["W"]
+        if x.ndim < 2 or x.shape[-1] != W.shape[0]:
+            raise layer_error(self, f"expected input of shape (batch, ..., {W.shape[0]}), got {x.shape}")
+        z = jnp.matmul(x, W)
+        if self.use_bias:
+            z = z + params["b"]
+        return z, {"x": x}
+
+    def backward(self, params, cache, dy):
+        x = cache["x"]
+        W = params["W"]
+        x2 = x.reshape(-1, x.shape[-1])
+        d2 = dy.reshape(-1, dy.shape[-1])
+        grads = {"W": jnp.matmul(x2.T, d2)}
+        if self.use_bias:
+            grads["b"] = jnp.sum(d2, axis=0)
+        dx = jnp.matmul(dy, W.T)
+        return grads, dx

@@ -1,0 +1,202 @@
+"""Losses: the value and its hand-written gradient, side by side.
+
+Every loss is mean-reduced over the batch (axis 0) and summed over the remaining axes of
+one example, so ``grad`` is the batch-averaged ``∂L/∂pred`` that seeds the backward pass.
+A loss object is callable: ``loss(pred, target)`` is ``loss.value(pred, target)``.
+
+=========================  =============================================  ==========================
+loss                       value (n = batch size)                         grad ∂L/∂pred
+=========================  =============================================  ==========================
+``mse``                    ``1/(2n) Σᵢ ‖yᵢ − ŷᵢ‖²``                        ``(ŷ − y)/n``
+``binary_cross_entropy``   ``1/n Σᵢ Σⱼ softplus(zᵢⱼ) − tᵢⱼ zᵢⱼ``           ``(σ(z) − t)/n``
+``softmax_cross_entropy``  ``1/n Σᵢ Σⱼ tᵢⱼ (logsumexp(zᵢ) − zᵢⱼ)``          ``(softmax(z)·Σⱼtᵢⱼ − t)/n``
+=========================  =============================================  ==========================
+
+Cross-entropies take logits ``z`` (not probabilities) and are computed in the stable form.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jbp.core import check_array
+
+__all__ = ["Loss", "mse", "binary_cross_entropy", "softmax_cross_entropy", "get", "accuracy"]
+
+
+def _concrete(a):
+    """``a`` as a numpy array when it is concrete, ``None`` while it is being traced."""
+    try:
+        return np.asarray(a)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+class Loss:
+    name = "loss"
+
+    def value(self, pred, target):
+        raise NotImplementedError
+
+    def grad(self, pred, target):
+        raise NotImplementedError
+
+    def __call__(self, pred, target):
+        return self.value(pred, target)
+
+    def __repr__(self):
+        return f"jbp.losses.{self.name}"
+
+    def _check(self, pred, target):
+        pred = check_array("pred", pred)
+        target = check_array("target", target)
+        if not jnp.issubdtype(pred.dtype, jnp.floating):
+            raise TypeError(f"{self.name}: pred must be floating point, got dtype {pred.dtype}")
+        if pred.ndim == 0:
+            raise ValueError(f"{self.name}: pred must have a leading batch axis, got a scalar")
+        return pred, target
+
+
+def _batch_mean(per_example_sum, n):
+    return jnp.sum(per_example_sum) / n
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class MSE(Loss):
+    """Mean squared error with the seed's convention ``L = 1/(2n) Σᵢ ‖yᵢ − ŷᵢ‖²``.
+
+    The ½ makes the gradient clean: ``∂L/∂ŷ = (ŷ − y)/n``. (Note: this is half of the
+    "mean of squares" that some libraries report, and sums over an example's outputs.)
+    """
+
+    name = "mse"
+
+    def _check(self, pred, target):
+        pred, target = super()._check(pred, target)
+        if target.shape != pred.shape:
+            if pred.ndim == 2 and pred.shape[1] == 1 and target.shape == pred.shape[:1]:
+                target = target[:, None]
+            else:
+                raise ValueError(f"mse: target must have the prediction's shape {pred.shape}, "
+                                 f"got {target.shape}")
+        return pred, target.astype(pred.dtype)
+
+    def value(self, pred, target):
+        pred, target = self._check(pred, target)
+        return 0.5 * jnp.sum((pred - target) ** 2) / pred.shape[0]
+
+    def grad(self, pred, target):
+        pred, target = self._check(pred, target)
+        return (pred - target) / pred.shape[0]
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy from logits ``z``, targets ``t ∈ [0, 1]``.
+
+    ``L = 1/n Σᵢ Σⱼ [softplus(zᵢⱼ) − tᵢⱼ zᵢⱼ]``, which equals
+    ``−[t log σ(z) + (1 − t) log(1 − σ(z))]`` without forming ``log σ``.
+    Gradient: ``∂L/∂z = (σ(z) − t)/n``. A target of shape ``(n,)`` is accepted for
+    logits of shape ``(n, 1)``.
+    """
+
+    name = "binary_cross_entropy"
+
+    def _check(self, pred, target):
+        pred, target = super()._check(pred, target)
+        if target.shape != pred.shape:
+            if pred.ndim == 2 and pred.shape[1] == 1 and target.shape == pred.shape[:1]:
+                target = target[:, None]
+            else:
+                raise ValueError(f"binary_cross_entropy: target must have the logits' shape "
+                                 f"{pred.shape}, got {target.shape}")
+        t = _concrete(target)
+        if t is not None and t.size and (np.min(t) < 0 or np.max(t) > 1):
+            raise ValueError(f"binary_cross_entropy: targets must lie in [0, 1], got values in "
+                             f"[{np.min(t)}, {np.max(t)}]")
+        return pred, target.astype(pred.dtype)
+
+    def value(self, pred, target):
+        z, t = self._check(pred, target)
+        return jnp.sum(jnp.logaddexp(z, 0.0) - t * z) / z.shape[0]
+
+    def grad(self, pred, target):
+        z, t = self._check(pred, target)
+        return (jax.nn.sigmoid(z) - t) / z.shape[0]
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class SoftmaxCrossEntropy(Loss):
+    """Softmax cross-entropy from logits ``z`` of shape ``(n, k)``.
+
+    Targets are integer class labels of shape ``(n,)`` in ``[0, k)``, or one-hot /
+    probability vectors of shape ``(n, k)``:
+    ``L = 1/n Σᵢ Σⱼ tᵢⱼ (logsumexp(zᵢ) − zᵢⱼ)``,
+    ``∂L/∂zᵢ = (softmax(zᵢ) Σⱼ tᵢⱼ − tᵢ)/n`` (``= (softmax(zᵢ) − tᵢ)/n`` for one-hot).
+    """
+
+    name = "softmax_cross_entropy"
+
+    def _targets(self, pred, target):
+        pred, target = self._check(pred, target)
+        if pred.ndim != 2:
+            raise ValueError(f"softmax_cross_entropy: logits must have shape (batch, classes), "
+                             f"got {pred.shape}")
+        k = pred.shape[1]
+        if jnp.issubdtype(target.dtype, jnp.integer):
+            if target.shape != pred.shape[:1]:
+                raise ValueError(f"softmax_cross_entropy: integer labels must have shape "
+                                 f"({pred.shape[0]},), got {target.shape}")
+            t = _concrete(target)
+            if t is not None and t.size and (t.min() < 0 or t.max() >= k):
+                raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {k}) for {k} "
+                                 f"classes, got values in [{t.min()}, {t.max()}]")
+            return pred, jax.nn.one_hot(target, k, dtype=pred.dtype)
+        if target.shape != pred.shape:
+            raise ValueError(f"softmax_cross_entropy: target must be integer labels of shape "
+                             f"({pred.shape[0]},) or probabilities of shape {pred.shape}, "
+                             f"got {target.dtype} {target.shape}")
+        return pred, target.astype(pred.dtype)
+
+    def value(self, pred, target):
+        z, t = self._targets(pred, target)
+        lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
+        return jnp.sum(t * (lse - z)) / z.shape[0]
+
+    def grad(self, pred, target):
+        z, t = self._targets(pred, target)
+        return (jax.nn.softmax(z, axis=-1) * jnp.sum(t, axis=-1, keepdims=True) - t) / z.shape[0]
+
+
+mse = MSE()
+binary_cross_entropy = BinaryCrossEntropy()
+softmax_cross_entropy = SoftmaxCrossEntropy()
+
+_BY_NAME = {l.name: l for l in (mse, binary_cross_entropy, softmax_cross_entropy)}
+
+
+def get(spec) -> Loss:
+    """A loss by object or name (``"mse"``, ``"binary_cross_entropy"``, ``"softmax_cross_entropy"``)."""
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, str) and spec in _BY_NAME:
+        return _BY_NAME[spec]
+    raise ValueError(f"loss: unknown loss {spec!r}; known: {sorted(_BY_NAME)}")
+
+
+def accuracy(pred, target):
+    """Fraction of correct predictions.
+
+    Logits of shape ``(n, k)``: argmax against integer labels (or the argmax of one-hot
+    targets). Logits of shape ``(n,)``/``(n, 1)``: ``z > 0`` against targets ``> 0.5``.
+    """
+    pred = jnp.asarray(pred)
+    target = jnp.asarray(target)
+    if pred.ndim == 2 and pred.shape[1] > 1:
+        labels = target if target.ndim == 1 else jnp.argmax(target, axis=-1)
+        return jnp.mean(jnp.argmax(pred, axis=-1) == labels)
+    return jnp.mean((pred.reshape(pred.shape[0], -1) > 0) ==
+                    (target.reshape(pred.shape[0], -1) > 0.5))
