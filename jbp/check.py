@@ -125,7 +125,7 @@ def _param_dtype(params):
     return jnp.result_type(*leaves)
 
 
-def check_gradients(model, loss, params, x, y, *, key=None, train=True,
+def check_gradients(model, loss, params, x, y, *, key=None, train=True, regularizer=None,
                     finite_differences: bool = True, rtol: Optional[float] = None,
                     atol: Optional[float] = None, fd_rtol: float = 1e-5, fd_eps: float = 1e-6,
                     fd_directions: int = 3, seed: int = 0,
@@ -133,7 +133,7 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True,
     """Compare the hand-written gradient with ``jax.grad`` and finite differences.
 
     Args:
-      model, loss, params, x, y, key, train: as for :func:`jbp.value_and_grad`
+      model, loss, params, x, y, key, train, regularizer: as for :func:`jbp.value_and_grad`
         (the same ``key`` is used by every oracle, so dropout masks agree).
       finite_differences: also check against central differences, in float64.
       rtol, atol: manual vs autodiff tolerance on ``max|manual − autodiff|``, passing when
@@ -153,8 +153,8 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True,
     rtol = d_rtol if rtol is None else float(rtol)
     atol = d_atol if atol is None else float(atol)
 
-    manual = jax.jit(lambda p, x, y, k: value_and_grad(model, loss)(p, x, y, key=k, train=train))
-    auto = jax.jit(lambda p, x, y, k: autodiff_value_and_grad(model, loss)(p, x, y, key=k, train=train))
+    manual = jax.jit(lambda p, x, y, k: value_and_grad(model, loss, regularizer=regularizer)(p, x, y, key=k, train=train))
+    auto = jax.jit(lambda p, x, y, k: autodiff_value_and_grad(model, loss, regularizer=regularizer)(p, x, y, key=k, train=train))
     value, g_manual = manual(params, x, y, key)
     _, g_auto = auto(params, x, y, key)
 
@@ -172,7 +172,8 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True,
         rows.append(LeafCheck(name, tuple(ga.shape), abs_err, rel, ok))
 
     if finite_differences:
-        fd = _finite_differences(model, loss, params, x, y, key, train, fd_eps, fd_directions, seed)
+        fd = _finite_differences(model, loss, regularizer, params, x, y, key, train, fd_eps,
+                                 fd_directions, seed)
         rows = [dataclasses.replace(r, fd_rel_err=e, ok_fd=bool(e <= fd_rtol))
                 for r, e in zip(rows, fd)]
 
@@ -183,7 +184,7 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True,
     return report
 
 
-def _finite_differences(model, loss, params, x, y, key, train, eps, n_dir, seed):
+def _finite_differences(model, loss, regularizer, params, x, y, key, train, eps, n_dir, seed):
     """Per leaf, the worst relative error of ⟨manual grad, v⟩ vs a central difference."""
     with _x64():
         p64 = cast(params, jnp.float64)
@@ -191,9 +192,11 @@ def _finite_differences(model, loss, params, x, y, key, train, eps, n_dir, seed)
         y64 = cast(y, jnp.float64)
 
         def objective(p):
-            return loss.value(model.apply(p, x64, key=key, train=train), y64)
+            value = loss.value(model.apply(p, x64, key=key, train=train), y64)
+            return value if regularizer is None else value + regularizer.value(p)
 
-        _, g64 = jax.jit(lambda p: value_and_grad(model, loss)(p, x64, y64, key=key, train=train))(p64)
+        _, g64 = jax.jit(lambda p: value_and_grad(model, loss, regularizer=regularizer)(
+            p, x64, y64, key=key, train=train))(p64)
         leaves, treedef = jax.tree.flatten(p64)
         g_leaves = jax.tree.leaves(g64)
         rng = np.random.default_rng(seed)

@@ -231,51 +231,65 @@ def _check_batch(x, y):
     return x, y
 
 
-def value_and_grad(model: Layer, loss) -> Callable:
+def value_and_grad(model: Layer, loss, *, regularizer=None) -> Callable:
     """Loss value and hand-written gradient: forward, loss, backward.
 
     Returns ``f(params, x, y, *, key=None, train=True) -> (loss_value, grads)`` with
     ``grads`` shaped like ``params``. The backward pass is the model's own ``backward``,
     seeded with ``loss.grad(pred, y) = ∂L/∂pred`` (mean-reduced over the batch). Works
     under ``jax.jit`` and under ``jax.vmap`` over examples (each with a batch axis of 1).
+
+    With a ``regularizer`` (an object with ``value(params)`` and ``grad(params)``, see
+    ``jbp.regularizers``) the value is ``loss + penalty`` and its hand-written gradient
+    is added leaf by leaf.
     """
-    _check_model_and_loss(model, loss)
+    _check_model_and_loss(model, loss, regularizer)
 
     def f(params, x, y, *, key=None, train=True):
         x, y = _check_batch(x, y)
         pred, cache = model.forward(params, x, key=key, train=train)
         value = loss.value(pred, y)
         grads, _ = model.backward(params, cache, loss.grad(pred, y))
+        if regularizer is not None:
+            value = value + regularizer.value(params)
+            grads = jax.tree.map(jnp.add, grads, regularizer.grad(params))
         return value, grads
 
     return f
 
 
-def autodiff_value_and_grad(model: Layer, loss) -> Callable:
+def autodiff_value_and_grad(model: Layer, loss, *, regularizer=None) -> Callable:
     """The reference: ``jax.value_and_grad`` of ``loss(model.apply(params, x), y)``.
 
-    Same signature as :func:`value_and_grad`; used by the gradient checks and as the
-    ``grad_fn="autodiff"`` baseline of the benchmarks.
+    Same signature as :func:`value_and_grad` (the regularizer's ``value`` is
+    differentiated by autodiff too); used by the gradient checks and as the
+    ``grad_fn="autodiff"`` baseline of training and the benchmarks.
     """
-    _check_model_and_loss(model, loss)
+    _check_model_and_loss(model, loss, regularizer)
 
     def f(params, x, y, *, key=None, train=True):
         x, y = _check_batch(x, y)
 
         def objective(p):
-            return loss.value(model.apply(p, x, key=key, train=train), y)
+            value = loss.value(model.apply(p, x, key=key, train=train), y)
+            if regularizer is not None:
+                value = value + regularizer.value(p)
+            return value
 
         return jax.value_and_grad(objective)(params)
 
     return f
 
 
-def _check_model_and_loss(model, loss):
+def _check_model_and_loss(model, loss, regularizer=None):
     if not isinstance(model, Layer):
         raise TypeError(f"model: expected a jbp Layer (e.g. jbp.Sequential), got {type(model).__name__}")
     if not (hasattr(loss, "value") and hasattr(loss, "grad")):
         raise TypeError(f"loss: expected a jbp loss with .value and .grad "
                         f"(e.g. jbp.losses.mse), got {type(loss).__name__}")
+    if regularizer is not None and not (hasattr(regularizer, "value") and hasattr(regularizer, "grad")):
+        raise TypeError(f"regularizer: expected an object with .value(params) and .grad(params) "
+                        f"(e.g. jbp.regularizers.l2(1e-4)), got {type(regularizer).__name__}")
 
 
 # --------------------------------------------------------------------------------------
