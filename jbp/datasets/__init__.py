@@ -2,9 +2,27 @@
 
 Every loader returns numpy arrays as ``((x_train, y_train), (x_test, y_test))`` with a
 fixed, documented, seed-deterministic split. Runtime dependencies: numpy only.
+
+Embedded (offline, in the wheel): :func:`digits`.
+Read from files / downloaded into a cache (``cache_dir=``, ``$JBP_DATA_DIR`` or
+``~/.cache/jbp``) with checksums: :func:`mnist`, :func:`fashion_mnist`, :func:`cifar10`.
 """
 
+from .cifar import CIFAR10_CLASSES, cifar10
 from .digits import digits, load_digits_raw
+from .idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, fashion_mnist, mnist, prepare_images, read_idx
 from .split import one_hot
 
-__all__ = ["digits", "load_digits_raw", "one_hot"]
+__all__ = [
+    "digits",
+    "load_digits_raw",
+    "one_hot",
+    "mnist",
+    "fashion_mnist",
+    "read_idx",
+    "prepare_images",
+    "MNIST_CLASSES",
+    "FASHION_MNIST_CLASSES",
+    "cifar10",
+    "CIFAR10_CLASSES",
+]

@@ -23,7 +23,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_fraction", "check_seed", "split_indices", "one_hot"]
+__all__ = ["check_fraction", "check_seed", "split_indices", "one_hot", "select_classes"]
 
 
 def check_fraction(test_fraction, n: int, name: str = "test_fraction") -> int:
@@ -112,3 +112,43 @@ def one_hot(labels, num_classes: int, dtype=np.float32) -> np.ndarray:
             f"got range [{labels.min()}, {labels.max()}]"
         )
     return (labels[..., None] == np.arange(num_classes)).astype(dtype)
+
+
+def select_classes(x, y, classes, names):
+    """Keep the examples whose label is in ``classes`` and relabel them ``0..k-1``.
+
+    ``classes`` is a sequence of class names (entries of ``names``) or integer labels; the
+    new label of each kept example is the position of its class in ``classes``.
+
+    Raises ``ValueError`` naming ``classes`` for an unknown name (listing the known ones),
+    an out-of-range label, a duplicate, an empty sequence, or a bare string.
+    """
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+        raise ValueError(
+            f"classes must be a sequence of class names or labels, e.g. ('cat', 'dog'), "
+            f"got {classes!r}"
+        )
+    classes = list(classes)
+    if not classes:
+        raise ValueError("classes must name at least one class, got an empty sequence")
+    ids = []
+    for c in classes:
+        if isinstance(c, str):
+            if c not in names:
+                raise ValueError(
+                    f"classes: unknown class name {c!r}; known names: {', '.join(names)}"
+                )
+            ids.append(list(names).index(c))
+        elif isinstance(c, numbers.Integral) and not isinstance(c, bool):
+            if not 0 <= c < len(names):
+                raise ValueError(f"classes: label {c} outside [0, {len(names)})")
+            ids.append(int(c))
+        else:
+            raise ValueError(f"classes: entries must be names or int labels, got {c!r}")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"classes: duplicate class in {classes!r}")
+    lut = np.full(len(names), -1, dtype=np.int32)
+    lut[ids] = np.arange(len(ids), dtype=np.int32)
+    new = lut[np.asarray(y)]
+    keep = new >= 0
+    return x[keep], new[keep]
