@@ -211,7 +211,9 @@ def chain(*transforms) -> Optimizer:
     then runs Adam on it; the order matters. Any object with optax's
     ``init``/``update`` protocol may appear (an optax transformation included).
     The state is ``ChainState(count, states)`` with one inner state per
-    transformation, in order.
+    transformation, in order. When ``params`` is passed to ``update``, the grads
+    must have its structure and leaf shapes (``ValueError`` naming the first
+    differing path otherwise).
     """
     for i, t in enumerate(transforms):
         _check_transform(t, i)
@@ -225,6 +227,8 @@ def chain(*transforms) -> Optimizer:
             raise ValueError(
                 f"chain.update: state must be the ChainState with {len(transforms)} inner states "
                 f"that this chain's init returned, got {type(state).__name__}")
+        if params is not None:
+            check_tree_match(grads, params, reference_name="params", where="update: ")
         new_states = []
         updates = grads
         for t, s in zip(transforms, state.states):
