@@ -3,11 +3,12 @@
 Every loader returns numpy arrays as ``((x_train, y_train), (x_test, y_test))`` with a
 fixed, documented, seed-deterministic split. Runtime dependencies: numpy only.
 
-Embedded (offline, in the wheel): :func:`digits`.
+Embedded (offline, in the wheel): :func:`digits`, :func:`ames`.
 Read from files / downloaded into a cache (``cache_dir=``, ``$JBP_DATA_DIR`` or
 ``~/.cache/jbp``) with checksums: :func:`mnist`, :func:`fashion_mnist`, :func:`cifar10`.
 """
 
+from .ames import AMES_FEATURES, AmesData, ames
 from .cifar import CIFAR10_CLASSES, cifar10
 from .digits import digits, load_digits_raw
 from .idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, fashion_mnist, mnist, prepare_images, read_idx
@@ -25,4 +26,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "cifar10",
     "CIFAR10_CLASSES",
+    "ames",
+    "AmesData",
+    "AMES_FEATURES",
 ]
