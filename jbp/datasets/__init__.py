@@ -3,7 +3,8 @@
 Every loader returns numpy arrays as ``((x_train, y_train), (x_test, y_test))`` with a
 fixed, documented, seed-deterministic split. Runtime dependencies: numpy only.
 
-Embedded (offline, in the wheel): :func:`digits`, :func:`ames`.
+Embedded (offline, in the wheel): :func:`digits`, :func:`ames`, :func:`rotten_tomatoes`
+(with :class:`Vocabulary` to turn texts into padded id arrays).
 Read from files / downloaded into a cache (``cache_dir=``, ``$JBP_DATA_DIR`` or
 ``~/.cache/jbp``) with checksums: :func:`mnist`, :func:`fashion_mnist`, :func:`cifar10`.
 """
@@ -12,7 +13,9 @@ from .ames import AMES_FEATURES, AmesData, ames
 from .cifar import CIFAR10_CLASSES, cifar10
 from .digits import digits, load_digits_raw
 from .idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, fashion_mnist, mnist, prepare_images, read_idx
+from .sentiment import load_rotten_tomatoes_raw, rotten_tomatoes
 from .split import one_hot
+from .text import Vocabulary, tokenize
 
 __all__ = [
     "digits",
@@ -29,4 +32,8 @@ __all__ = [
     "ames",
     "AmesData",
     "AMES_FEATURES",
+    "rotten_tomatoes",
+    "load_rotten_tomatoes_raw",
+    "Vocabulary",
+    "tokenize",
 ]
