@@ -65,13 +65,16 @@ def test_linear_baseline_is_sensible():
     assert rmse < 0.6 * yte.std()
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"test_fraction": 0}, "test_fraction"),
-    ({"test_fraction": 1.5}, "test_fraction"),
-    ({"seed": -3}, "seed"),
-    ({"standardize": "no"}, "standardize"),
-    ({"target": "euros"}, "target"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"test_fraction": 0}, "test_fraction"),
+        ({"test_fraction": 1.5}, "test_fraction"),
+        ({"seed": -3}, "seed"),
+        ({"standardize": "no"}, "standardize"),
+        ({"target": "euros"}, "target"),
+    ],
+)
 def test_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         jd.ames(**kwargs)

@@ -29,7 +29,9 @@ def test_unscaled_unflattened():
 def test_matches_raw_and_partition():
     x, y = jd.load_digits_raw()
     assert x.shape == (1797, 8, 8) and x.dtype == np.uint8 and y.dtype == np.int32
-    np.testing.assert_array_equal(np.bincount(y), [178, 182, 177, 183, 181, 182, 181, 179, 174, 180])
+    np.testing.assert_array_equal(
+        np.bincount(y), [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    )
     tr, te = split_indices(1797, 0.2, 0, labels=y)
     assert len(np.intersect1d(tr, te)) == 0
     np.testing.assert_array_equal(np.sort(np.concatenate([tr, te])), np.arange(1797))
@@ -56,7 +58,9 @@ def test_stratified_class_counts():
     assert np.bincount(ytr, minlength=10).min() > 0
 
 
-@pytest.mark.parametrize("f, n_test", [(0.1, 180), (0.25, 450), (0.5, 899), (0.9, 1618), (0.01, 18)])
+@pytest.mark.parametrize(
+    "f, n_test", [(0.1, 180), (0.25, 450), (0.5, 899), (0.9, 1618), (0.01, 18)]
+)
 def test_split_sizes(f, n_test):
     (xtr, ytr), (xte, yte) = jd.digits(test_fraction=f)
     assert len(yte) == n_test and len(ytr) == 1797 - n_test

@@ -18,8 +18,14 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 def idx_bytes(arr):
     arr = np.asarray(arr)
-    code = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
-            np.float32: 0x0D, np.float64: 0x0E}[arr.dtype.type]
+    code = {
+        np.uint8: 0x08,
+        np.int8: 0x09,
+        np.int16: 0x0B,
+        np.int32: 0x0C,
+        np.float32: 0x0D,
+        np.float64: 0x0E,
+    }[arr.dtype.type]
     head = struct.pack(">HBB", 0, code, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
     return head + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
 
@@ -265,6 +271,7 @@ def test_download_unreachable(tmp_path, monkeypatch):
 
 def test_download_monkeypatched_fetch_atomic(tmp_path, monkeypatch):
     """A fetch that dies half-way leaves no file under the final name."""
+
     def dying(url, dest, **kw):
         dest.write(b"partial")
         raise OSError("connection reset")
@@ -316,13 +323,16 @@ def test_classes_selection(tiny):
     assert set(y2.tolist()) == {0, 1}
 
 
-@pytest.mark.parametrize("classes, match", [
-    (("Bag", "Purse"), "Purse.*Ankle boot"),
-    ("Bag", "sequence"),
-    ((), "at least one"),
-    (("Bag", 8), "duplicate"),
-    ((11,), "outside"),
-])
+@pytest.mark.parametrize(
+    "classes, match",
+    [
+        (("Bag", "Purse"), "Purse.*Ankle boot"),
+        ("Bag", "sequence"),
+        ((), "at least one"),
+        (("Bag", 8), "duplicate"),
+        ((11,), "outside"),
+    ],
+)
 def test_classes_errors(tiny, classes, match):
     d, _ = tiny
     with pytest.raises(ValueError, match=match):

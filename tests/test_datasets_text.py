@@ -6,7 +6,6 @@ import pytest
 import jbp.datasets as jd
 from jbp.datasets.text import PAD_ID, UNK_ID, Vocabulary, tokenize
 
-
 # ---------------------------------------------------------------- corpus
 
 
@@ -41,11 +40,14 @@ def test_rotten_tomatoes_labels_match_text():
     assert all(label[t] == v for t, v in zip(ttr[:1000], ytr[:1000].tolist()))
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"test_fraction": 0.0}, "test_fraction"),
-    ({"test_fraction": 1}, "test_fraction"),
-    ({"seed": "0"}, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"test_fraction": 0.0}, "test_fraction"),
+        ({"test_fraction": 1}, "test_fraction"),
+        ({"seed": "0"}, "seed"),
+    ],
+)
 def test_rotten_tomatoes_bad_args(kwargs, name):
     with pytest.raises(ValueError, match=name):
         jd.rotten_tomatoes(**kwargs)

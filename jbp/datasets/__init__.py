@@ -12,7 +12,14 @@ Read from files / downloaded into a cache (``cache_dir=``, ``$JBP_DATA_DIR`` or
 from .ames import AMES_FEATURES, AmesData, ames
 from .cifar import CIFAR10_CLASSES, cifar10
 from .digits import digits, load_digits_raw
-from .idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, fashion_mnist, mnist, prepare_images, read_idx
+from .idx import (
+    FASHION_MNIST_CLASSES,
+    MNIST_CLASSES,
+    fashion_mnist,
+    mnist,
+    prepare_images,
+    read_idx,
+)
 from .sentiment import load_rotten_tomatoes_raw, rotten_tomatoes
 from .split import one_hot
 from .text import Vocabulary, tokenize

@@ -14,9 +14,9 @@ Split: the official one — ``data_batch_1..5`` (50,000 train, in batch order) a
 from __future__ import annotations
 
 import io
-import zlib
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np

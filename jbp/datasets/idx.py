@@ -18,7 +18,6 @@ Split: the official one — 60,000 train and 10,000 test images, in file order.
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -252,7 +251,9 @@ def _load_set(name, path, download, cache_dir, verify):
         y = arrays[f"{split}-labels-idx1-ubyte"]
         xp, yp = found[f"{split}-images-idx3-ubyte"], found[f"{split}-labels-idx1-ubyte"]
         if x.ndim != 3 or x.dtype != np.uint8:
-            raise ValueError(f"{xp}: expected uint8 images (n, rows, cols), got {x.dtype} {x.shape}")
+            raise ValueError(
+                f"{xp}: expected uint8 images (n, rows, cols), got {x.dtype} {x.shape}"
+            )
         if y.ndim != 1 or y.dtype != np.uint8:
             raise ValueError(f"{yp}: expected uint8 labels (n,), got {y.dtype} {y.shape}")
         if len(x) != len(y):

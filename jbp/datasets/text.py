@@ -40,7 +40,9 @@ def tokenize(text: str) -> list:
 
 def _check_texts(texts, name="texts"):
     if isinstance(texts, (str, bytes)):
-        raise ValueError(f"{name} must be a sequence of strings, got a single {type(texts).__name__}")
+        raise ValueError(
+            f"{name} must be a sequence of strings, got a single {type(texts).__name__}"
+        )
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
@@ -96,7 +98,9 @@ class Vocabulary:
         counts = collections.Counter()
         for t in texts:
             counts.update(tokenize(t))
-        words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+        words = sorted(
+            (w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w)
+        )
         if max_size is not None:
             words = words[: max_size - 2]
         return cls((PAD, UNK, *words))
