@@ -1,0 +1,128 @@
+"""Record per-layer gradient norms over training, on a fixed probe batch."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from ._model import in_model_order
+from .stats import _validate, gradient_stats_fn
+
+__all__ = ["GradientNormRecord", "GradientNormHistory", "QUANTITIES"]
+
+#: the per-layer quantities a record keeps (see :mod:`jbp.diagnostics.stats`)
+QUANTITIES = ("bias_grad_norm", "delta_norm", "grad_W_norm", "W_norm", "saturated", "dead")
+
+
+@dataclasses.dataclass
+class GradientNormRecord:
+    """Per-layer gradient statistics, one entry per recorded epoch.
+
+    ``record.epochs[k]`` is the epoch of entry ``k``; ``record.loss[k]`` the probe loss;
+    ``record.values[quantity][layer][k]`` the value (``nan`` where a layer lacks the
+    quantity, e.g. ``saturated`` for a ReLU layer). ``record.quantity("grad_W_norm")``
+    gives ``{layer: [values over epochs]}``; ``record.speed_of_learning()`` the same for
+    ``bias_grad_norm``.
+    """
+
+    layers: list = dataclasses.field(default_factory=list)
+    epochs: list = dataclasses.field(default_factory=list)
+    loss: list = dataclasses.field(default_factory=list)
+    values: dict = dataclasses.field(default_factory=dict)
+
+    def append(self, epoch: int, stats: dict) -> None:
+        """Add one epoch from the (host) output of :func:`gradient_stats_fn`."""
+        layers = list(in_model_order(stats["layers"]))
+        if not self.layers:
+            self.layers = layers
+            self.values = {q: {name: [] for name in layers} for q in QUANTITIES}
+        elif layers != self.layers:
+            raise ValueError(f"GradientNormRecord: layers changed from {self.layers} to {layers}")
+        self.epochs.append(int(epoch))
+        self.loss.append(float(stats["loss"]))
+        for q in QUANTITIES:
+            for name in layers:
+                s = stats["layers"][name]
+                self.values[q][name].append(float(s[q]) if q in s else float("nan"))
+
+    def quantity(self, quantity: str) -> dict:
+        if quantity not in QUANTITIES:
+            raise ValueError(f"unknown quantity {quantity!r}; recorded: {list(QUANTITIES)}")
+        return {name: list(v) for name, v in self.values.get(quantity, {}).items()}
+
+    def speed_of_learning(self) -> dict:
+        """``{layer: [‖∂C/∂bˡ‖ per recorded epoch]}`` (layers with a bias)."""
+        return {k: v for k, v in self.quantity("bias_grad_norm").items()
+                if not all(np.isnan(v))}
+
+    def __len__(self):
+        return len(self.epochs)
+
+    def to_dict(self) -> dict:
+        return {"layers": list(self.layers), "epochs": list(self.epochs), "loss": list(self.loss),
+                "values": {q: {k: list(v) for k, v in d.items()} for q, d in self.values.items()}}
+
+    def table(self, quantity: str = "bias_grad_norm") -> str:
+        """A text table: one row per recorded epoch, one column per layer."""
+        cols = self.quantity(quantity)
+        names = list(cols)
+        head = ["epoch"] + names
+        rows = [[str(e)] + [f"{cols[n][k]:.3e}" for n in names] for k, e in enumerate(self.epochs)]
+        widths = [max(len(h), *(len(r[j]) for r in rows)) if rows else len(h)
+                  for j, h in enumerate(head)]
+        fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+        return "\n".join([f"{quantity} per layer", fmt(head), fmt(["-" * w for w in widths])]
+                         + [fmt(r) for r in rows])
+
+
+class GradientNormHistory:
+    """Opt-in recording of per-layer gradient norms during training.
+
+    Each recorded epoch runs ONE jit-compiled call of :func:`gradient_stats_fn` on a fixed
+    probe batch ``(x, y)`` and appends the per-layer norms (``‖∂C/∂Wˡ‖``, speed of learning
+    ``‖∂C/∂bˡ‖``, ``‖δˡ‖``, ``‖Wˡ‖``, saturated / dead fractions) to :attr:`record`, a
+    :class:`GradientNormRecord`. Draw it with :func:`jbp.plotting.plot_gradient_norms`.
+
+    With ``jbp.fit``: pass it in ``callbacks=[...]``. In a hand-rolled loop call
+    ``hist(epoch, params)`` (or :meth:`record_epoch`) once per epoch; call it before
+    the first epoch too (``epoch=0``) to record the network at initialization.
+
+    Args:
+      model, loss: the network and loss being trained.
+      probe_data: ``(x, y)``, a fixed batch (a few hundred examples is plenty).
+      every: record every ``every``-th epoch (and epoch 0 when called with it).
+      key, train: handed to the probe's forward pass. The default ``train=False`` makes the
+        probe deterministic, so epochs are comparable (dropout off).
+    """
+
+    def __init__(self, model, loss, probe_data, *, every: int = 1, key=None, train: bool = False,
+                 sigmoid_eps: float = 0.05, tanh_eps: float = 0.05):
+        if not (isinstance(probe_data, (tuple, list)) and len(probe_data) == 2):
+            raise TypeError("GradientNormHistory: probe_data must be a pair (x, y)")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"GradientNormHistory: every must be a positive integer, got {every!r}")
+        self.model, self.loss = model, loss
+        self.x, self.y = jax.numpy.asarray(probe_data[0]), jax.numpy.asarray(probe_data[1])
+        self.every, self.key = every, key
+        self._fn = gradient_stats_fn(model, loss, train=train, sigmoid_eps=sigmoid_eps,
+                                     tanh_eps=tanh_eps)
+        self._checked = False
+        self.record = GradientNormRecord()
+
+    def record_epoch(self, epoch: int, params) -> dict | None:
+        """Record ``params`` at ``epoch`` (if ``epoch % every == 0``); returns the host
+        stats dict, or ``None`` when the epoch is skipped."""
+        epoch = int(epoch)
+        if epoch % self.every:
+            return None
+        if not self._checked:  # clear errors before the first compile
+            _validate(self.model, self.loss, params, self.x, self.y)
+            self._checked = True
+        stats = jax.device_get(self._fn(params, self.x, self.y, self.key))
+        self.record.append(epoch, stats)
+        return stats
+
+    def __call__(self, epoch: int, params, *args, **kwargs):
+        self.record_epoch(epoch, params)
+        return None

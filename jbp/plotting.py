@@ -1,0 +1,100 @@
+"""Plots for jbp's diagnostics (matplotlib, an optional extra: ``pip install jbp[examples]``).
+
+matplotlib is imported inside the functions, so ``import jbp.plotting`` works without it;
+calling a plot without it raises an ``ImportError`` that says how to install it.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+__all__ = ["plot_gradient_norms", "require_matplotlib"]
+
+_LABELS = {
+    "grad_W_norm": "‖∂C/∂Wˡ‖",
+    "bias_grad_norm": "speed of learning ‖∂C/∂bˡ‖",
+    "delta_norm": "mean ‖δˡ‖",
+    "W_norm": "‖Wˡ‖",
+    "saturated": "saturated fraction",
+    "dead": "dead-ReLU fraction",
+}
+
+
+def require_matplotlib():
+    """Import matplotlib with the non-interactive Agg backend when no display is set up;
+    returns ``matplotlib.pyplot``."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("jbp.plotting needs matplotlib, an optional dependency: install it "
+                          "with `pip install 'jbp[examples]'` (or `pip install matplotlib`)") from e
+    if "MPLBACKEND" not in os.environ and not os.environ.get("DISPLAY"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_gradient_norms(record, path=None, *, quantity: str = "grad_W_norm", title=None,
+                        ax=None, log=None):
+    """Draw a per-layer quantity over epochs, one line per layer, log scale.
+
+    Args:
+      record: a :class:`jbp.diagnostics.GradientNormRecord` (``GradientNormHistory.record``),
+        or anything with ``.epochs``, ``.layers`` and ``.quantity(name)``.
+      path: save the figure there (PNG, or any extension matplotlib knows); ``None``: don't.
+      quantity: ``"grad_W_norm"`` (default), ``"bias_grad_norm"`` (speed of learning),
+        ``"delta_norm"``, ``"W_norm"``, ``"saturated"`` or ``"dead"``.
+      title: the axes' title (default: the quantity).
+      ax: draw into these axes instead of a new figure.
+      log: log-scale y axis; default True for norms, False for fractions.
+
+    Returns:
+      The matplotlib ``Figure``. Non-finite points (an exploded run) are left out of the
+      lines and marked with an ``x`` at the top of the axes.
+    """
+    if not hasattr(record, "epochs") or not hasattr(record, "quantity"):
+        raise TypeError(f"plot_gradient_norms: expected a GradientNormRecord, got "
+                        f"{type(record).__name__}")
+    if not record.epochs:
+        raise ValueError("plot_gradient_norms: the record is empty (no epoch recorded)")
+    series = record.quantity(quantity)
+    plt = require_matplotlib()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+    else:
+        fig = ax.figure
+    if log is None:
+        log = quantity not in ("saturated", "dead")
+    epochs = list(record.epochs)
+    n = len(series)
+    cmap = plt.get_cmap("viridis")
+    bad_epochs = set()
+    for k, (name, values) in enumerate(series.items()):
+        if all(math.isnan(v) for v in values):
+            continue
+        pts = [(e, v) for e, v in zip(epochs, values)
+               if math.isfinite(v) and (v > 0 or not log)]
+        bad_epochs.update(e for e, v in zip(epochs, values) if not math.isfinite(v))
+        color = cmap(k / max(n - 1, 1) * 0.9)
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o", markersize=3, color=color, label=name)
+    if log:
+        ax.set_yscale("log")
+    if bad_epochs:
+        top = ax.get_ylim()[1]
+        ax.scatter(sorted(bad_epochs), [top] * len(bad_epochs), marker="x", color="red",
+                   label="inf / nan", clip_on=False, zorder=5)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(_LABELS.get(quantity, quantity))
+    ax.set_title(title if title is not None else f"{_LABELS.get(quantity, quantity)} per layer")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    if path is not None:
+        path = os.fspath(path)
+        d = os.path.dirname(path)
+        if d:
+            os.makedirs(d, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
