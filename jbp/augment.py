@@ -28,6 +28,7 @@ Conventions (also for the deterministic building blocks :func:`rotate`,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from typing import Callable, Tuple
@@ -182,6 +183,12 @@ def translate(x, dy, dx):
         return _per_example(v, n, name, who, jnp.int32)
 
     dy, dx = as_int(dy, "dy"), as_int(dx, "dx")
+    return _translate_core(x, dy, dx)
+
+
+@jax.jit
+def _translate_core(x, dy, dx):
+    h, w = x.shape[1:3]
 
     def one(img, sy, sx):                              # img: (H, W, C)
         rows = jnp.arange(h) - sy
@@ -222,9 +229,15 @@ def rotate(x, degrees):
     conc = _concrete(degrees)
     if conc is not None and conc.size and not np.all(np.isfinite(conc.astype(np.float64))):
         raise ValueError(f"{who}: degrees must be finite, got {degrees!r}")
-    n, h, w = x.shape[:3]
+    n = x.shape[0]
+    deg = _per_example(degrees, n, "degrees", who, _work_dtype(x))
+    return _rotate_core(x, deg)
+
+
+@jax.jit
+def _rotate_core(x, deg):
+    h, w = x.shape[1:3]
     wd = _work_dtype(x)
-    deg = _per_example(degrees, n, "degrees", who, wd)
     cos_t, sin_t = _cos_sin_degrees(deg)
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     yy = (jnp.arange(h, dtype=wd) - cy)[:, None]      # (H, 1)
@@ -257,12 +270,36 @@ def rotate(x, degrees):
 # random augmentations
 # ----------------------------------------------------------------------------
 
+class _Augmentation:
+    """Base: ``__call__`` validates eagerly (at trace time), then runs ``_impl``
+    under a ``jit`` keyed on the (hashable) augmentation, so that eager calls
+    compile once per shape; inside an outer ``jit``/``scan`` it is inlined."""
+
+    def _validate(self, x):
+        pass
+
+    def __call__(self, key, x):
+        x = _check_images(x, self._name)
+        self._validate(x)
+        try:
+            hash(self)
+        except TypeError:            # e.g. compose() of an unhashable callable
+            return self._impl(key, x)
+        return _apply(self, key, x)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(aug, key, x):
+    return aug._impl(key, x)
+
+
 @dataclasses.dataclass(frozen=True)
-class RandomFlip:
+class RandomFlip(_Augmentation):
     """Flip each example left-right (if ``horizontal``) and, independently,
     top-bottom (if ``vertical``), each with probability 0.5."""
     horizontal: bool = True
     vertical: bool = False
+    _name = "random_flip"
 
     def __post_init__(self):
         for name in ("horizontal", "vertical"):
@@ -271,8 +308,7 @@ class RandomFlip:
                     f"random_flip: {name} must be a bool, got {getattr(self, name)!r}")
             object.__setattr__(self, name, bool(getattr(self, name)))
 
-    def __call__(self, key, x):
-        x = _check_images(x, "random_flip")
+    def _impl(self, key, x):
         n = x.shape[0]
         kh, kv = jax.random.split(key)
         bshape = (n,) + (1,) * (x.ndim - 1)
@@ -286,39 +322,38 @@ class RandomFlip:
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomRotation:
+class RandomRotation(_Augmentation):
     """Rotate each example by an angle drawn uniformly from
     ``[-max_degrees, max_degrees]`` (see :func:`rotate`: bilinear, about the
     centre, zero fill, positive = counter-clockwise)."""
     max_degrees: float
+    _name = "random_rotation"
 
     def __post_init__(self):
         object.__setattr__(self, "max_degrees",
-                           _nonneg_real(self.max_degrees, "max_degrees", "random_rotation"))
+                           _nonneg_real(self.max_degrees, "max_degrees", self._name))
 
-    def __call__(self, key, x):
-        x = _check_images(x, "random_rotation")
+    def _impl(self, key, x):
         if self.max_degrees == 0:
             return x
-        wd = _work_dtype(x)
-        deg = jax.random.uniform(key, (x.shape[0],), wd,
+        deg = jax.random.uniform(key, (x.shape[0],), _work_dtype(x),
                                  -self.max_degrees, self.max_degrees)
-        return rotate(x, deg)
+        return _rotate_core(x, deg)
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomTranslation:
+class RandomTranslation(_Augmentation):
     """Shift each example by integers ``dy`` in ``[-max_dy, max_dy]`` and ``dx``
     in ``[-max_dx, max_dx]``, drawn uniformly and independently (see
     :func:`translate`; zero fill). ``max_pixels`` is an int or ``(max_dy, max_dx)``."""
     max_pixels: Tuple[int, int]
+    _name = "random_translation"
 
     def __post_init__(self):
         object.__setattr__(self, "max_pixels",
-                           _int_pair(self.max_pixels, "max_pixels", "random_translation"))
+                           _int_pair(self.max_pixels, "max_pixels", self._name))
 
-    def __call__(self, key, x):
-        x = _check_images(x, "random_translation")
+    def _impl(self, key, x):
         my, mx = self.max_pixels
         if my == 0 and mx == 0:
             return x
@@ -326,11 +361,11 @@ class RandomTranslation:
         ky, kx = jax.random.split(key)
         dy = jax.random.randint(ky, (n,), -my, my + 1)
         dx = jax.random.randint(kx, (n,), -mx, mx + 1)
-        return translate(x, dy, dx)
+        return _translate_core(x, dy, dx)
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomCrop:
+class RandomCrop(_Augmentation):
     """Zero-pad each image by ``padding`` pixels on every side (an int, or
     ``(pad_rows, pad_cols)``), then cut out a window of ``size = (h, w)`` at a
     position drawn uniformly per example. With ``size`` equal to the image size
@@ -338,26 +373,32 @@ class RandomCrop:
     a random translation by up to ``padding`` pixels."""
     size: Tuple[int, int] = None
     padding: Tuple[int, int] = 0
+    _name = "random_crop"
 
     def __post_init__(self):
-        who = "random_crop"
-        size = _int_pair(self.size, "size", who, allow_none=True)
+        size = _int_pair(self.size, "size", self._name, allow_none=True)
         if size is not None and (size[0] == 0 or size[1] == 0):
-            raise ValueError(f"{who}: size must be positive, got {self.size!r}")
+            raise ValueError(f"{self._name}: size must be positive, got {self.size!r}")
         object.__setattr__(self, "size", size)
-        object.__setattr__(self, "padding", _int_pair(self.padding, "padding", who))
+        object.__setattr__(self, "padding", _int_pair(self.padding, "padding", self._name))
 
-    def __call__(self, key, x):
-        who = "random_crop"
-        x = _check_images(x, who)
-        n, h, w = x.shape[:3]
+    def _sizes(self, x):
+        h, w = x.shape[1:3]
         py, px = self.padding
         ch, cw = self.size if self.size is not None else (h, w)
-        hp, wp = h + 2 * py, w + 2 * px
+        return (ch, cw), (h + 2 * py, w + 2 * px)
+
+    def _validate(self, x):
+        (ch, cw), (hp, wp) = self._sizes(x)
         if ch > hp or cw > wp:
             raise ValueError(
-                f"{who}: crop size {(ch, cw)} is larger than the padded image "
-                f"{(hp, wp)} (image {(h, w)}, padding {self.padding})")
+                f"{self._name}: crop size {(ch, cw)} is larger than the padded image "
+                f"{(hp, wp)} (image {tuple(x.shape[1:3])}, padding {self.padding})")
+
+    def _impl(self, key, x):
+        n = x.shape[0]
+        py, px = self.padding
+        (ch, cw), (hp, wp) = self._sizes(x)
         pad = [(0, 0), (py, py), (px, px)] + [(0, 0)] * (x.ndim - 3)
         xp = jnp.pad(x, pad)
         ky, kx = jax.random.split(key)
@@ -373,19 +414,20 @@ class RandomCrop:
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussianNoise:
+class GaussianNoise(_Augmentation):
     """Add independent ``N(0, stddev^2)`` noise to every pixel (float images)."""
     stddev: float
+    _name = "gaussian_noise"
 
     def __post_init__(self):
         object.__setattr__(self, "stddev",
-                           _nonneg_real(self.stddev, "stddev", "gaussian_noise"))
+                           _nonneg_real(self.stddev, "stddev", self._name))
 
-    def __call__(self, key, x):
-        who = "gaussian_noise"
-        x = _check_images(x, who)
+    def _validate(self, x):
         if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"{who}: x must have a floating dtype, got {x.dtype}")
+            raise TypeError(f"{self._name}: x must have a floating dtype, got {x.dtype}")
+
+    def _impl(self, key, x):
         if self.stddev == 0:
             return x
         noise = jax.random.normal(key, x.shape, x.dtype)
@@ -393,9 +435,10 @@ class GaussianNoise:
 
 
 @dataclasses.dataclass(frozen=True)
-class Compose:
+class Compose(_Augmentation):
     """Apply ``augs`` in order, each with its own key split from the given one."""
     augs: Tuple[Callable, ...] = ()
+    _name = "compose"
 
     def __post_init__(self):
         augs = tuple(self.augs)
@@ -405,8 +448,7 @@ class Compose:
                     f"compose: argument {i} must be an augmentation aug(key, x), got {a!r}")
         object.__setattr__(self, "augs", augs)
 
-    def __call__(self, key, x):
-        x = _check_images(x, "compose")
+    def _impl(self, key, x):
         if not self.augs:
             return x
         keys = jax.random.split(key, len(self.augs))
