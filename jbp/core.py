@@ -92,6 +92,33 @@ class Layer:
         y, cache = self.forward(params, x, key=key, train=train)
         return y, cache, state
 
+    # --- per-example gradient norms (jbp.per_example) ----------------------------------
+    def per_example_sq_norms(self, params: PyTree, cache: PyTree, dy: Array) -> Array:
+        """Squared L2 norms, one per example, of this layer's per-example parameter gradients.
+
+        ``dy`` is the cotangent of the layer's output with one row per example, already
+        scaled so that row ``i`` is the gradient of example ``i``'s own loss (see
+        :func:`jbp.per_example_grad_norms`). Returns ``(batch,)``: ``Σ_leaves ‖∂ℓᵢ/∂θ‖²``.
+
+        The default is general but not fast: ``vmap`` of this layer's own ``backward``
+        over per-example slices ``(cacheᵢ, dyᵢ)``, each given a batch axis of 1. It
+        assumes that **every leaf of** ``cache`` **carries the batch axis first** (true
+        when the cache keeps the layer's inputs/pre-activations, as the protocol asks).
+        Parameterless layers return zeros without running anything. Layers override it
+        with a closed form from their ``(input, delta)`` pair (``Dense``:
+        ``‖∇Wᵢ‖² = ‖aᵢ‖²‖δᵢ‖²``), which never materialises per-example gradients.
+        """
+        n = dy.shape[0]
+        if not jax.tree.leaves(params):
+            return jnp.zeros((n,), dtype=dy.dtype)
+
+        def one(c, d):
+            c1 = jax.tree.map(lambda a: a[None], c)
+            g, _ = self.backward(params, c1, d[None])
+            return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(g))
+
+        return jax.vmap(one)(cache, dy)
+
 
 def _split_for_layers(key: Array | None, n: int):
     if key is None:
@@ -184,6 +211,18 @@ class Sequential(Layer):
             deltas[i] = dy
             grads[i], dy = self.layers[i].backward(params[i], cache[i], dy)
         return tuple(grads), dy, tuple(deltas)
+
+    def per_example_sq_norms(self, params, cache, dy):
+        """Sum over layers of each layer's ``per_example_sq_norms(params[i], cache[i], δ[i])``.
+
+        The deltas come from one batched :meth:`backward_with_deltas`; no per-example
+        gradient is materialised unless a layer's own method does so.
+        """
+        _, _, deltas = self.backward_with_deltas(params, cache, dy)
+        total = jnp.zeros((dy.shape[0],), dtype=dy.dtype)
+        for layer, p, c, d in zip(self.layers, params, cache, deltas):
+            total = total + layer.per_example_sq_norms(p, c, d)
+        return total
 
     # --- state: a tuple of the children's states -----------------------------------
     @property

@@ -73,3 +73,34 @@ class Dense(Layer):
             grads["b"] = jnp.sum(d2, axis=0)
         dx = jnp.matmul(dy, W.T)
         return grads, dx
+
+    def per_example_sq_norms(self, params, cache, dy):
+        """``‖∂ℓᵢ/∂W‖² + ‖∂ℓᵢ/∂b‖²`` per example from ``(a, δ)``, without forming ``∂ℓᵢ/∂W``.
+
+        Input ``a`` of shape ``(n, in)``, ``δ`` of shape ``(n, units)``: ``∂ℓᵢ/∂W = aᵢᵀδᵢ`` is
+        an outer product, so ``‖∂ℓᵢ/∂W‖² = ‖aᵢ‖² ‖δᵢ‖²`` and ``‖∂ℓᵢ/∂b‖² = ‖δᵢ‖²``.
+        With extra axes, ``(n, T, in)``: ``∂ℓᵢ/∂W = Σₜ aᵢₜᵀδᵢₜ`` and the Gram form
+        ``‖∂ℓᵢ/∂W‖² = Σₜₛ (aᵢₜ·aᵢₛ)(δᵢₜ·δᵢₛ)`` costs ``O(T²(in+units))`` per example; when
+        ``T² > in·units`` the per-example ``(in, units)`` gradient is cheaper and is formed
+        instead. ``∂ℓᵢ/∂b = Σₜ δᵢₜ``.
+        """
+        x = cache["x"]
+        n = x.shape[0]
+        if x.ndim == 2:
+            d_sq = jnp.sum(jnp.square(dy), axis=1)
+            total = jnp.sum(jnp.square(x), axis=1) * d_sq
+            if self.use_bias:
+                total = total + d_sq
+            return total
+        a = x.reshape(n, -1, x.shape[-1])
+        d = dy.reshape(n, -1, dy.shape[-1])
+        T, n_in, units = a.shape[1], a.shape[2], d.shape[2]
+        if T * T <= n_in * units:
+            gram_a = jnp.einsum("nti,nsi->nts", a, a)
+            gram_d = jnp.einsum("ntu,nsu->nts", d, d)
+            total = jnp.sum(gram_a * gram_d, axis=(1, 2))
+        else:
+            total = jnp.sum(jnp.square(jnp.einsum("nti,ntu->niu", a, d)), axis=(1, 2))
+        if self.use_bias:
+            total = total + jnp.sum(jnp.square(jnp.sum(d, axis=1)), axis=1)
+        return total
