@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import jax.numpy as jnp
+import numpy as np
 
 from .base import check_real
 
@@ -36,15 +37,10 @@ Schedule = Callable[[object], object]
 
 
 def _check_int(name, value, *, low, where):
+    if isinstance(value, np.integer):
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-            if isinstance(value, np.integer):
-                value = int(value)
-            else:
-                raise TypeError
-        except TypeError:
-            raise TypeError(f"{where}{name} must be an int, got {value!r}") from None
+        raise TypeError(f"{where}{name} must be an int, got {value!r}")
     if value < low:
         raise ValueError(f"{where}{name} must be >= {low}, got {value!r}")
     return value
@@ -141,6 +137,7 @@ def cosine_decay_schedule(init_value, decay_steps: int, alpha: float = 0.0) -> S
         lr(t) = init_value · ((1 − alpha) · ½(1 + cos(π · min(t, decay_steps) / decay_steps)) + alpha)
 
     so ``lr(0) = init_value`` and ``lr(t) = alpha · init_value`` for ``t ≥ decay_steps``.
+    ``alpha`` must lie in [0, 1] (optax does not check it).
     """
     where = "cosine_decay_schedule: "
     check_real("init_value", init_value, where=where)
