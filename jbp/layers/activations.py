@@ -85,7 +85,7 @@ class ReLU(Activation):
     """``max(z, 0)``, ``f'(z) = 1 if z > 0 else 0`` (0 at z = 0, as ``jax.nn.relu``)."""
 
     def fn(self, z):
-        return jnp.maximum(z, 0)
+        return jax.nn.relu(z)
 
     def derivative(self, z, a):
         return (z > 0).astype(z.dtype)
@@ -119,7 +119,7 @@ class ELU(Activation):
             raise ValueError(f"ELU: alpha must be a finite number ≥ 0, got {self.alpha!r}")
 
     def fn(self, z):
-        return jnp.where(z > 0, z, self.alpha * jnp.expm1(jnp.minimum(z, 0)))
+        return jax.nn.elu(z, self.alpha)
 
     def derivative(self, z, a):
         return jnp.where(z > 0, 1.0, a + self.alpha).astype(z.dtype)
