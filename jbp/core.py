@@ -120,6 +120,21 @@ class Layer:
         return jax.vmap(one)(cache, dy)
 
 
+def _out_shape(layer: Layer, in_shape: tuple) -> tuple:
+    """``layer.init``'s output shape without creating parameters.
+
+    The shape is static Python ints, so it is captured from inside ``jax.eval_shape``
+    rather than returned through it (its outputs would become ``ShapeDtypeStruct``s).
+    """
+    box = []
+
+    def f(k):
+        box.append(layer.init(k, in_shape)[1])
+
+    jax.eval_shape(f, jax.random.key(0))
+    return tuple(int(d) for d in box[0])
+
+
 def _split_for_layers(key: Array | None, n: int):
     if key is None:
         return [None] * n
@@ -234,7 +249,7 @@ class Sequential(Layer):
         states, shape = [], in_shape
         for layer in self.layers:
             states.append(layer.init_state(shape))
-            _, shape = jax.eval_shape(lambda k, l=layer, s=shape: l.init(k, s), jax.random.key(0))
+            shape = _out_shape(layer, shape)
         return tuple(states)
 
     def forward_with_state(self, params, state, x, *, key=None, train=False):
