@@ -1,0 +1,147 @@
+"""The 2-D convolution, with its backward written as two more convolutions."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
+
+from jbp import initializers
+from jbp.core import Layer, check_array, check_floating, layer_error
+from jbp.layers import _window
+
+__all__ = ["Conv2D"]
+
+_FORWARD_DN = ("NHWC", "HWIO", "NHWC")
+# dx: the delta is the "image", the kernel with its in/out axes swapped is the filter.
+_INPUT_GRAD_DN = ("NHWC", "HWOI", "NHWC")
+# dW: the batch axis is contracted (plays the role of channels) and the input channels
+# play the role of the batch; the result comes out directly in HWIO.
+_KERNEL_GRAD_DN = ("CHWN", "IHWO", "HWNC")
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation, as in every deep-learning library) on NHWC input.
+
+    Input ``x`` of shape ``(batch, H, W, C)``, kernel ``K`` of shape ``(kh, kw, C, F)``
+    (HWIO), strides ``s``, dilation ``d``, padding ``(lo, hi)`` per spatial axis; write
+    ``x̃`` for the zero-padded input. Forward, for every output position ``(p, q)``::
+
+        z[n, p, q, f] = Σ_{i, j, c} x̃[n, p·s_h + i·d_h, q·s_w + j·d_w, c] · K[i, j, c, f] + b[f]
+
+    Backward, given ``δ = ∂L/∂z`` of shape ``(batch, Ho, Wo, F)``::
+
+        ∂L/∂K[i, j, c, f] = Σ_{n, p, q} x̃[n, p·s_h + i·d_h, q·s_w + j·d_w, c] · δ[n, p, q, f]
+            — a correlation of the input with the delta: the delta is the filter, dilated
+              by the strides (rhs_dilation = s), slid with step d over the input
+              (window_strides = d), the batch axis contracted (dimension numbers
+              CHWN / IHWO -> HWNC).
+        ∂L/∂b[f] = Σ_{n, p, q} δ[n, p, q, f]
+        ∂L/∂x = δ ⋆ rot180(K)ᵀ
+            — a transposed convolution: δ dilated by the strides (lhs_dilation = s,
+              i.e. s − 1 zeros between entries), padded by ``k_eff − 1 − lo`` before and
+              ``k_eff − 1 − hi + r`` after, convolved (stride 1, rhs_dilation = d) with the
+              kernel flipped in both spatial axes and its in/out channels swapped (HWOI).
+              ``k_eff = (k − 1)·d + 1``; ``r = (H + lo + hi − k_eff) mod s`` counts the
+              bottom/right input rows that no window reached: their gradient is zero.
+
+    All three are ``lax.conv_general_dilated`` calls; no ``jax.vjp``.
+
+    Args:
+      features: number of output channels ``F``.
+      kernel_size: ``k`` or ``(kh, kw)``.
+      strides: ``s`` or ``(sh, sw)`` (default 1).
+      padding: ``"SAME"`` (default; output ``ceil(H / s)``), ``"VALID"``, an int, a pair
+        ``(ph, pw)`` or ``((top, bottom), (left, right))``.
+      dilation: ``d`` or ``(dh, dw)`` (default 1; "atrous" convolution).
+      use_bias: add ``b`` (default True).
+      w_init, b_init: initializer or name; defaults Glorot-uniform (fans of an HWIO kernel:
+        ``fan_in = kh·kw·C``, ``fan_out = kh·kw·F``) and zeros, as for ``Dense``. For deep
+        ReLU networks ``w_init="he_normal"`` is the usual choice.
+
+    ``params = {"W": (kh, kw, C, F), "b": (F,)}``; ``cache = {"x": x}``.
+    """
+
+    features: int
+    kernel_size: Any
+    strides: Any = 1
+    padding: Any = "SAME"
+    dilation: Any = 1
+    use_bias: bool = True
+    w_init: Any = "glorot_uniform"
+    b_init: Any = "zeros"
+
+    def __post_init__(self):
+        if not _window._positive_int(self.features):
+            raise ValueError(f"Conv2D: features must be a positive integer, got {self.features!r}")
+        object.__setattr__(self, "kernel_size", _window.pair(self.kernel_size, "kernel_size", "Conv2D"))
+        object.__setattr__(self, "strides", _window.pair(self.strides, "strides", "Conv2D"))
+        object.__setattr__(self, "dilation", _window.pair(self.dilation, "dilation", "Conv2D"))
+        object.__setattr__(self, "padding", _window.padding_spec(self.padding, "Conv2D"))
+        initializers.get(self.w_init)
+        initializers.get(self.b_init)
+
+    # --- geometry -------------------------------------------------------------------
+    def _geometry(self, size):
+        k_eff = _window.effective(self.kernel_size, self.dilation)
+        pads = _window.explicit_pads(self.padding, size, k_eff, self.strides)
+        _window.check_fits(self, "kernel", size, pads, k_eff)
+        return k_eff, pads
+
+    def init(self, key, in_shape):
+        in_shape = tuple(int(d) for d in in_shape)
+        if len(in_shape) != 3 or min(in_shape) <= 0:
+            raise layer_error(self, f"expected an input shape (height, width, channels) without the "
+                              f"batch axis, got {in_shape}")
+        k_eff, pads = self._geometry(in_shape[:2])
+        ho, wo = _window.out_size(in_shape[:2], pads, k_eff, self.strides)
+        kh, kw = self.kernel_size
+        params = {"W": initializers.get(self.w_init)(key, (kh, kw, in_shape[2], self.features))}
+        if self.use_bias:
+            params["b"] = initializers.get(self.b_init)(key, (self.features,))
+        return params, (ho, wo, self.features)
+
+    def forward(self, params, x, *, key=None, train=False):
+        x = check_array("x", x)
+        check_floating("x", x)
+        W = params["W"]
+        if x.ndim != 4:
+            raise layer_error(self, f"expected NHWC input of rank 4 (batch, height, width, channels), "
+                              f"got shape {x.shape} (rank {x.ndim})")
+        if x.shape[-1] != W.shape[2]:
+            raise layer_error(self, f"expected {W.shape[2]} input channels (kernel {W.shape}), got input "
+                              f"of shape {x.shape}")
+        _, pads = self._geometry(x.shape[1:3])
+        dtype = jnp.result_type(x.dtype, W.dtype)
+        z = lax.conv_general_dilated(x.astype(dtype), W.astype(dtype), self.strides, pads,
+                                     rhs_dilation=self.dilation, dimension_numbers=_FORWARD_DN)
+        if self.use_bias:
+            z = z + params["b"]
+        return z, {"x": x}
+
+    def backward(self, params, cache, dy):
+        x = cache["x"]
+        W = params["W"]
+        size = x.shape[1:3]
+        k_eff, pads = self._geometry(size)
+        # r: rows/columns at the bottom/right that no window reached (stride remainder).
+        rem = [(n + lo + hi - k) % s for n, (lo, hi), k, s in zip(size, pads, k_eff, self.strides)]
+        dtype = jnp.result_type(x.dtype, W.dtype, dy.dtype)
+        xd, Wd, dyd = x.astype(dtype), W.astype(dtype), dy.astype(dtype)
+
+        dW = lax.conv_general_dilated(
+            xd, dyd, window_strides=self.dilation,
+            padding=[(lo, hi - r) for (lo, hi), r in zip(pads, rem)],
+            rhs_dilation=self.strides, dimension_numbers=_KERNEL_GRAD_DN)
+        dx = lax.conv_general_dilated(
+            dyd, Wd[::-1, ::-1], window_strides=(1, 1),
+            padding=[(k - 1 - lo, k - 1 - hi + r) for k, (lo, hi), r in zip(k_eff, pads, rem)],
+            lhs_dilation=self.strides, rhs_dilation=self.dilation,
+            dimension_numbers=_INPUT_GRAD_DN)
+
+        grads = {"W": dW.astype(W.dtype)}
+        if self.use_bias:
+            grads["b"] = jnp.sum(dy, axis=(0, 1, 2)).astype(params["b"].dtype)
+        return grads, dx.astype(x.dtype)
