@@ -1,0 +1,106 @@
+"""Token embeddings: a table lookup whose backward is a scatter-add."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jbp import initializers
+from jbp.core import Layer, check_array, layer_error
+from jbp.layers._window import _nonneg_int, _positive_int
+from jbp.layers.masking import Masked, cotangent_values
+
+__all__ = ["Embedding"]
+
+
+def _concrete(a):
+    """``a`` as a numpy array when it is concrete, ``None`` while it is being traced."""
+    try:
+        return np.asarray(a)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedding(Layer):
+    """Look up a row of ``E`` (``(vocab_size, features)``) for every integer token id.
+
+    Input: integer ids of shape ``(batch, T)`` (any shape ``(batch, ...)`` works);
+    output ``(batch, T, features)``. Forward and backward::
+
+        y[n, t] = E[ids[n, t]]
+        ∂L/∂E[v] = Σ_{(n, t): ids[n, t] = v} δ[n, t]        (scatter-add: E.at[ids].add(δ))
+
+    Rows of tokens that do not occur get zero gradient; a token that occurs several times
+    accumulates all of its deltas.
+
+    The input is integer, so it has no gradient: ``backward`` returns as ``dx`` an array of
+    JAX's ``float0`` dtype shaped like ``ids`` (what ``jax.vjp`` returns for integer
+    inputs). Embedding is normally the first layer, whose ``dx`` is discarded.
+
+    ``pad_id``: when set, the output is ``Masked(values, ids != pad_id)`` and mask-aware
+    layers downstream (``SimpleRNN``, ``LSTM``, ``MeanPool1D``) skip the padded steps;
+    see :mod:`jbp.layers.masking`. Padded positions still look up row ``pad_id``.
+
+    Ids outside ``[0, vocab_size)`` raise a ``ValueError`` when the ids are concrete (not
+    under ``jit``/``vmap``); traced out-of-range ids are clamped to the nearest row, in the
+    forward and the backward alike.
+
+    ``w_init`` defaults to ``normal(1.0)`` (PyTorch's ``N(0, 1)``; a tanh RNN on top sees
+    unit-variance inputs). ``params = {"W": (vocab_size, features)}``; ``cache = {"x": ids}``.
+    """
+
+    vocab_size: int
+    features: int
+    w_init: Any = initializers.normal(1.0)
+    pad_id: Optional[int] = None
+
+    def __post_init__(self):
+        if not _positive_int(self.vocab_size):
+            raise ValueError(f"Embedding: vocab_size must be a positive integer, got {self.vocab_size!r}")
+        if not _positive_int(self.features):
+            raise ValueError(f"Embedding: features must be a positive integer, got {self.features!r}")
+        if self.pad_id is not None and not (_nonneg_int(self.pad_id) and self.pad_id < self.vocab_size):
+            raise ValueError(f"Embedding: pad_id must be None or an id in [0, {self.vocab_size}), "
+                             f"got {self.pad_id!r}")
+        initializers.get(self.w_init)
+
+    def init(self, key, in_shape):
+        in_shape = tuple(int(d) for d in in_shape)
+        return ({"W": initializers.get(self.w_init)(key, (self.vocab_size, self.features))},
+                in_shape + (self.features,))
+
+    def forward(self, params, x, *, key=None, train=False):
+        ids = check_array("x", x)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise layer_error(self, f"expected integer token ids of shape (batch, T), got dtype "
+                              f"{ids.dtype} (shape {ids.shape})", TypeError)
+        if ids.ndim < 1:
+            raise layer_error(self, "expected token ids with a batch axis, got a scalar")
+        W = params["W"]
+        if W.shape != (self.vocab_size, self.features):
+            raise layer_error(self, f"expected params['W'] of shape {(self.vocab_size, self.features)}, "
+                              f"got {W.shape}")
+        concrete = _concrete(ids)
+        if concrete is not None and concrete.size:
+            lo, hi = int(concrete.min()), int(concrete.max())
+            if lo < 0 or hi >= self.vocab_size:
+                raise layer_error(self, f"token ids must be in [0, {self.vocab_size}), got ids in "
+                                  f"[{lo}, {hi}] (input shape {ids.shape})")
+        y = jnp.take(W, ids, axis=0, mode="clip")
+        if self.pad_id is not None:
+            if ids.ndim != 2:
+                raise layer_error(self, f"pad_id needs ids of shape (batch, T), got {ids.shape}")
+            y = Masked(y, ids != self.pad_id)
+        return y, {"x": ids}
+
+    def backward(self, params, cache, dy):
+        ids = cache["x"]
+        dy = cotangent_values(dy)
+        W = params["W"]
+        dW = jnp.zeros(W.shape, dy.dtype).at[ids.reshape(-1)].add(
+            dy.reshape(-1, W.shape[1]), mode="clip")
+        return {"W": dW.astype(W.dtype)}, np.zeros(ids.shape, jax.dtypes.float0)
