@@ -423,3 +423,25 @@ def test_plotting_without_matplotlib_names_the_extra(monkeypatch):
         plotting.plot_gradient_norms(rec, None)
     with pytest.raises(TypeError, match="GradientNormRecord"):
         plotting.plot_gradient_norms({"a": [1.0]})
+
+
+def test_gradient_norm_history_as_fit_callback():
+    train = pytest.importorskip("jbp.train")
+    from jbp import optim
+    model = jbp.Sequential([Dense(8), Sigmoid(), Dense(3)])
+    params = _params(model, (5,), jnp.float32)
+    x = np.asarray(_rand(21, (30, 5), jnp.float32))
+    y = (np.arange(30) % 3).astype(np.int32)
+    hist = D.GradientNormHistory(model, xent, (x[:10], y[:10]))
+    hist(0, params)
+    trained, history = train.fit(model, params, xent, optim.sgd(0.5), (x, y), epochs=2,
+                                 key=jax.random.key(0), callbacks=[hist], verbose=0)
+    assert hist.record.epochs == [0, 1, 2]
+    want = D.speed_of_learning(model, xent, trained, x[:10], y[:10])
+    assert hist.record.speed_of_learning()["layers[0]"][-1] == pytest.approx(want["layers[0]"],
+                                                                            rel=1e-5)
+    hist.add_to_history(history)
+    assert history["bias_grad_norm/layers[2]"] == hist.record.speed_of_learning()["layers[2]"][1:]
+    assert "grad_W_norm/layers[0]" in history.keys()
+    with pytest.raises(TypeError, match="History"):
+        hist.add_to_history({"loss": [1.0]})

@@ -84,9 +84,12 @@ class GradientNormHistory:
     ``‖∂C/∂bˡ‖``, ``‖δˡ‖``, ``‖Wˡ‖``, saturated / dead fractions) to :attr:`record`, a
     :class:`GradientNormRecord`. Draw it with :func:`jbp.plotting.plot_gradient_norms`.
 
-    With ``jbp.fit``: pass it in ``callbacks=[...]``. In a hand-rolled loop call
-    ``hist(epoch, params)`` (or :meth:`record_epoch`) once per epoch; call it before
-    the first epoch too (``epoch=0``) to record the network at initialization.
+    With ``jbp.fit``: pass it in ``callbacks=[...]`` (it implements ``on_epoch_end(epoch,
+    logs, params, state)``; ``fit``'s epochs are 1-based), and call ``hist(0, params)``
+    before ``fit`` to record the network at initialization. ``fit`` hands callbacks a copy
+    of the epoch's logs, so the norms go into :attr:`record`; copy them into ``fit``'s
+    ``History`` afterwards with :meth:`add_to_history`. In a hand-rolled loop call
+    ``hist(epoch, params)`` (or :meth:`record_epoch`) once per epoch.
 
     Args:
       model, loss: the network and loss being trained.
@@ -124,5 +127,41 @@ class GradientNormHistory:
         return stats
 
     def __call__(self, epoch: int, params, *args, **kwargs):
+        """``hist(epoch, params)``: record one epoch (hand-rolled loops)."""
         self.record_epoch(epoch, params)
         return None
+
+    # --- the jbp.fit callback protocol ---------------------------------------------------
+    def on_train_begin(self) -> None:
+        pass
+
+    def on_epoch_end(self, epoch, logs, params, state=()):
+        self.record_epoch(epoch, params)
+        return None  # never stops training
+
+    def on_train_end(self, params, state=()):
+        return None
+
+    def columns(self, quantities=("grad_W_norm", "bias_grad_norm")) -> dict:
+        """``{"<quantity>/<layer>": {epoch: value}}`` for the given quantities."""
+        out = {}
+        for q in quantities:
+            for name, vals in self.record.quantity(q).items():
+                if all(np.isnan(vals)):
+                    continue
+                out[f"{q}/{name}"] = dict(zip(self.record.epochs, vals))
+        return out
+
+    def add_to_history(self, history, quantities=("grad_W_norm", "bias_grad_norm")):
+        """Add columns ``"grad_W_norm/layers[0]"``, ... to a ``jbp.fit`` ``History`` (or any
+        object with ``.records``, a list of dicts with an ``"epoch"`` key), epoch by
+        epoch; returns ``history``."""
+        records = getattr(history, "records", None)
+        if records is None:
+            raise TypeError(f"add_to_history: expected a jbp History, got {type(history).__name__}")
+        cols = self.columns(quantities)
+        for r in records:
+            for col, by_epoch in cols.items():
+                if r.get("epoch") in by_epoch:
+                    r[col] = by_epoch[r["epoch"]]
+        return history
