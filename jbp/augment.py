@@ -142,6 +142,19 @@ def _cast_back(y, dtype):
     return jnp.round(y).astype(dtype)
 
 
+def _uniform_int(key, n: int, low: int, high: int):
+    """``n`` integers uniform on ``{low, ..., high}`` (inclusive).
+
+    ``low + floor(U[0, 1) * (high - low + 1))``: cheaper to compile than
+    ``jax.random.randint``; the bias from float32 resolution is of order
+    ``(high - low + 1) * 2**-24``, negligible for pixel shifts.
+    """
+    span = high - low + 1
+    u = jax.random.uniform(key, (n,), jnp.float32)
+    k = jnp.minimum(jnp.floor(u * span).astype(jnp.int32), span - 1)
+    return k + low
+
+
 def _with_channels(fn, x):
     """Apply ``fn`` (which expects NHWC) to NHWC or NHW ``x``."""
     if x.ndim == 3:
@@ -174,7 +187,7 @@ def translate(x, dy, dx):
     """
     who = "translate"
     x = _check_images(x, who)
-    n, h, w = x.shape[:3]
+    n = x.shape[0]
 
     def as_int(v, name):
         v = jnp.asarray(v)
@@ -359,8 +372,8 @@ class RandomTranslation(_Augmentation):
             return x
         n = x.shape[0]
         ky, kx = jax.random.split(key)
-        dy = jax.random.randint(ky, (n,), -my, my + 1)
-        dx = jax.random.randint(kx, (n,), -mx, mx + 1)
+        dy = _uniform_int(ky, n, -my, my)
+        dx = _uniform_int(kx, n, -mx, mx)
         return _translate_core(x, dy, dx)
 
 
@@ -402,13 +415,14 @@ class RandomCrop(_Augmentation):
         pad = [(0, 0), (py, py), (px, px)] + [(0, 0)] * (x.ndim - 3)
         xp = jnp.pad(x, pad)
         ky, kx = jax.random.split(key)
-        oy = jax.random.randint(ky, (n,), 0, hp - ch + 1)
-        ox = jax.random.randint(kx, (n,), 0, wp - cw + 1)
+        oy = _uniform_int(ky, n, 0, hp - ch)
+        ox = _uniform_int(kx, n, 0, wp - cw)
         tail = x.shape[3:]
 
         def one(img, a, b):
+            zero = jnp.zeros((), a.dtype)
             return jax.lax.dynamic_slice(
-                img, (a, b) + (0,) * len(tail), (ch, cw) + tail)
+                img, (a, b) + (zero,) * len(tail), (ch, cw) + tail)
 
         return jax.vmap(one)(xp, oy, ox)
 
