@@ -21,15 +21,14 @@ _LABELS = {
 
 
 def require_matplotlib():
-    """Import matplotlib with the non-interactive Agg backend when no display is set up;
-    returns ``matplotlib.pyplot``."""
+    """Import matplotlib (its own backend choice: inline in notebooks, Agg when headless);
+    returns ``matplotlib.pyplot``, or raises ``ImportError`` naming the ``examples`` extra."""
     try:
         import matplotlib
     except ImportError as e:
         raise ImportError("jbp.plotting needs matplotlib, an optional dependency: install it "
                           "with `pip install 'jbp[examples]'` (or `pip install matplotlib`)") from e
-    if "MPLBACKEND" not in os.environ and not os.environ.get("DISPLAY"):
-        matplotlib.use("Agg")
+    del matplotlib  # its default backend falls back to Agg on a machine without a display
     import matplotlib.pyplot as plt
     return plt
 

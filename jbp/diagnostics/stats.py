@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import Any, Optional
+import numbers
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
 from jbp.core import Sequential, _check_batch, _check_model_and_loss
 from jbp.layers.activations import ReLU, Sigmoid, Tanh
-from jbp.layers.dense import Dense
 
 from ._model import check_model_has_dense, check_params_match, flatten_model, in_model_order
 
@@ -136,7 +135,7 @@ def _stats(model, loss, params, x, y, key=None, updates=None, *, train, sigmoid_
 
 
 def _check_eps(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 0.5):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 < v < 0.5):
         raise ValueError(f"{name}: expected a number in (0, 0.5), got {v!r}")
     return float(v)
 
