@@ -10,7 +10,8 @@ results; a callback that returns ``True`` stops training after that epoch.
   the best parameters). Subclass :class:`Callback` for the no-op defaults.
 
 ``epoch`` is 1-based; ``logs`` is the epoch's history record (``loss``, metrics,
-``val_*``, ``seconds``) as Python floats; ``params`` the parameters after the epoch;
+``val_*``, ``seconds``) as Python floats — a callback may add entries, which then appear in
+the history and the progress line; ``params`` the parameters after the epoch;
 ``state`` the model's non-trainable state (``()`` for stateless models).
 """
 from __future__ import annotations

@@ -490,7 +490,10 @@ def fit(model: Layer, params, loss, optimizer, train_data, *, batch_size: int | 
     - ``early_stopping``: an :class:`EarlyStopping`, or an int ``patience`` for
       ``EarlyStopping("val_loss", patience)`` (``"loss"`` without validation data).
     - ``callbacks``: functions ``callback(epoch, logs, params) -> bool | None`` or
-      :class:`jbp.callbacks.Callback` objects; returning ``True`` stops training.
+      :class:`jbp.callbacks.Callback` objects, called after each epoch in order (early
+      stopping last); returning ``True`` stops training. ``logs`` is the epoch's record:
+      entries a callback adds to it (say ``logs["test_accuracy"]``) go into the history
+      and the progress line.
     - ``verbose=1``: one line per epoch; ``0``: silent.
     - ``grad_fn="autodiff"``: ``jax.grad`` instead of the hand-written backward.
     - ``state``: initial non-trainable state of a stateful model (default
@@ -534,7 +537,7 @@ def fit(model: Layer, params, loss, optimizer, train_data, *, batch_size: int | 
         if not isinstance(early_stopping, EarlyStopping):
             raise TypeError(f"early_stopping: expected jbp.EarlyStopping(...) or an integer "
                             f"patience, got {type(early_stopping).__name__}")
-        cbs.insert(0, early_stopping)
+        cbs.append(early_stopping)  # last: it sees what the other callbacks added
     columns = [m.name for m in metric_objs] + (["penalty"] if regularizer is not None else [])
     if val is not None:
         columns += [f"val_{m.name}" for m in metric_objs]
@@ -590,13 +593,14 @@ def fit(model: Layer, params, loss, optimizer, train_data, *, batch_size: int | 
             logs.update({k: float(train_m[k]) for k in columns if k in train_m})
             logs.update({f"val_{m.name}": float(val_m[m.name]) for m in metric_objs if val_m})
             logs["seconds"] = seconds
+            stop = False
+            for c in cbs:  # may add entries to logs (e.g. a test accuracy): they are kept
+                if c.on_epoch_end(e + 1, logs, carry[0], carry[2]):
+                    stop = True
+            logs["seconds"] = logs.pop("seconds")
             history.append(logs)
             if verbose:
                 print(format_epoch(e + 1, epochs, logs, compile_now), flush=True)
-            stop = False
-            for c in cbs:
-                if c.on_epoch_end(e + 1, dict(logs), carry[0], carry[2]):
-                    stop = True
             if stop:
                 history.stopped_epoch = e + 1
                 break

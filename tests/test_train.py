@@ -159,10 +159,9 @@ def test_sgd_visits_every_example_once_per_epoch_in_a_fresh_permutation():
     y = jnp.asarray(np.random.default_rng(0).standard_normal((n, 1)))
     model = jbp.Sequential([Recorder(n), Dense(1)])
     params, _ = model.init(jax.random.key(0), (2,))
-    state = (Recorder(n).init_state((2,)), ())
     run = lambda epochs: fit(model, params, jbp.losses.mse, optim.sgd(0.01), (x, y),
                              batch_size=1, epochs=epochs, key=jax.random.key(3), verbose=0,
-                             metrics=("loss",), state=state)
+                             metrics=("loss",))  # state: model.init_state by default
     _, h1 = run(1)
     _, h2 = run(2)
     first = np.asarray(h1.state[0]["seen"])
@@ -339,6 +338,7 @@ def test_callbacks_see_results_and_can_stop(capsys):
 
     def cb(epoch, logs, params):
         seen.append((epoch, sorted(logs)))
+        logs["extra"] = 10.0 * epoch  # callbacks may add columns
         return epoch == 2
 
     class Obj(Callback):
@@ -355,7 +355,8 @@ def test_callbacks_see_results_and_can_stop(capsys):
     assert seen[0] == (1, ["accuracy", "epoch", "loss", "seconds", "val_accuracy", "val_loss"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("epoch 1/5  loss ")
-    assert "val_accuracy" in lines[1] and lines[1].endswith("s")
+    assert "val_accuracy" in lines[1] and "extra 20.0000" in lines[1] and lines[1].endswith("s")
+    assert h["extra"] == [10.0, 20.0] and list(h.to_dict())[-1] == "seconds"
     _, _ = fit(model, params, CE, optim.sgd(0.1), (x, y), epochs=1, key=jax.random.key(0), verbose=0)
     assert capsys.readouterr().out == ""
 
