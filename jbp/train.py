@@ -357,10 +357,30 @@ def evaluate(model: Layer, params, loss, data, *, metrics=("loss", "accuracy"),
     stateful = bool(model.stateful)
     if stateful and state is None:
         state = model.init_state(tuple(x.shape[1:]))
-    fn = jax.jit(_make_eval(model, loss, metric_objs, n=n, batch_size=batch_size,
-                            stateful=stateful))
+    fn = _eval_function(model, loss, metric_objs, n, batch_size, stateful)
     out = fn(params, state if stateful else (), x, y)
-    return {k: float(v) for k, v in out.items()}
+    return {m.name: float(out[m.name]) for m in metric_objs}
+
+
+_EVAL_CACHE: dict = {}
+
+
+def _eval_function(model, loss, metric_objs, n, batch_size, stateful):
+    """The jitted evaluation, cached per (model, loss, metrics, n, chunk) so that calling
+    :func:`evaluate` every epoch (a callback) compiles once, not every time."""
+    build = lambda: jax.jit(_make_eval(model, loss, metric_objs, n=n, batch_size=batch_size,
+                                       stateful=stateful))
+    try:
+        cache_key = (model, loss, tuple(m.name for m in metric_objs), n, batch_size, stateful)
+        hash(cache_key)
+    except TypeError:  # an unhashable model or loss: no caching
+        return build()
+    fn = _EVAL_CACHE.get(cache_key)
+    if fn is None:
+        if len(_EVAL_CACHE) >= 32:
+            _EVAL_CACHE.pop(next(iter(_EVAL_CACHE)))
+        fn = _EVAL_CACHE[cache_key] = build()
+    return fn
 
 
 # --------------------------------------------------------------------------------------
