@@ -7,9 +7,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import jbp  # noqa: E402
+from jbp.layers.conv import Conv2D  # noqa: E402
+from jbp.layers.normalization import BatchNorm  # noqa: E402
 from jbp.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D  # noqa: E402
 
-from _layer_checks import compare_with_autodiff, rand  # noqa: E402
+from _layer_checks import assert_close, compare_with_autodiff, rand  # noqa: E402
 
 CONFIGS = [
     ((2, 7, 5, 3), MaxPool2D(2)),                                   # VALID, remainder rows
@@ -22,7 +25,8 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("shape,layer", CONFIGS, ids=lambda v: repr(v)[:40])
+@pytest.mark.parametrize("shape,layer", CONFIGS, ids=["max-valid", "max-same-overlap", "max-explicit",
+                                                       "avg-valid", "avg-same", "avg-explicit", "global"])
 def test_pool_backward_matches_autodiff_float64(shape, layer):
     rng = np.random.default_rng(0)
     params, out_shape = layer.init(None, shape[1:])
@@ -52,6 +56,21 @@ def test_maxpool_ties_go_to_the_first_max_in_row_major_order_and_overlaps_accumu
     x = jnp.array([[0.0, 4.0], [4.0, 1.0]]).reshape(1, 2, 2, 1)
     _, dx = MaxPool2D(2).backward((), MaxPool2D(2).forward((), x)[1], jnp.full((1, 1, 1, 1), 3.0))
     np.testing.assert_array_equal(dx[0, :, :, 0], [[0, 3], [0, 0]])
+
+
+def test_maxpool_inside_one_jit_after_fused_layers_routes_every_delta():
+    # Regression: re-deriving the argmax in the backward as `x == y` lost gradient here,
+    # because XLA recomputed the fused BatchNorm+ReLU producing x with different rounding.
+    rng = np.random.default_rng(3)
+    model = jbp.Sequential([Conv2D(16, 3, use_bias=False), BatchNorm(), jbp.layers.ReLU(),
+                            MaxPool2D(2), jbp.Flatten(), jbp.Dense(3)])
+    params, _ = model.init(jax.random.key(0), (28, 28, 1))
+    params = jbp.cast(params, jnp.float64)
+    x, y = jnp.asarray(rng.random((8, 28, 28, 1))), jnp.asarray(rng.integers(0, 3, 8))
+    loss = jbp.losses.softmax_cross_entropy
+    _, manual = jax.jit(jbp.value_and_grad(model, loss))(params, x, y)
+    _, auto = jax.jit(jbp.autodiff_value_and_grad(model, loss))(params, x, y)
+    assert_close(manual, auto, 1e-10, 1e-14)
 
 
 def test_avgpool_same_counts_only_real_pixels():

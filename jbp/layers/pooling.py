@@ -75,15 +75,23 @@ class MaxPool2D(_Pool2D):
 
         y[n, p, q, c] = max_{i<kh, j<kw} x̃[n, p·sh + i, q·sw + j, c]
 
-    Backward: each ``δ[n, p, q, c]`` is routed to the one input position that attained
-    the max of its window, ``∂L/∂x = Σ_{p,q} δ[p, q] · 1[(i, j) = argmax of window (p, q)]``.
-    Ties go to the FIRST maximal element in row-major window order (smallest ``i``,
-    then smallest ``j``), deterministically. Overlapping windows (``strides < window``)
-    accumulate. (``jax.grad`` of ``reduce_window`` may break ties differently; the
-    gradients agree whenever the max of each window is unique.)
+    computed as a running maximum over the ``kh·kw`` window offsets in row-major order
+    (``i`` then ``j``), which records alongside ``y`` the offset ``k* = argmax`` that
+    attained it; a later offset replaces it only when strictly greater, so ties go to the
+    FIRST maximal element (smallest ``i``, then smallest ``j``), deterministically.
+
+    Backward: each ``δ[n, p, q, c]`` is routed to that one position::
+
+        ∂L/∂x[n, p·sh + i − top, q·sw + j − left, c] += δ[n, p, q, c] · 1[(i, j) = k*[n, p, q, c]]
+
+    Overlapping windows (``strides < window``) accumulate. The argmax is kept in the cache
+    rather than re-derived in the backward by testing ``x == y``: inside one ``jit`` XLA
+    may recompute a fused producer of ``x`` with different rounding, and an exact-equality
+    test would then silently drop gradient.
 
     ``padding``: ``"VALID"`` (default), ``"SAME"``, or explicit (smaller than the
-    window). ``cache = {"x": x, "y": y}``. Floating-point input only.
+    window). ``cache = {"x": x, "argmax": k*}`` (int32, shaped like ``y``).
+    Floating-point input only.
     """
 
     window: Any
@@ -92,24 +100,26 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, params, x, *, key=None, train=False):
         x = self._check_input(x)
-        pads, _ = self._geometry(x.shape[1:3])
-        y = lax.reduce_window(x, -jnp.inf, lax.max,
-                              (1,) + self.window + (1,), (1,) + self.strides + (1,),
-                              ((0, 0),) + tuple(pads) + ((0, 0),))
-        return y, {"x": x, "y": y}
-
-    def backward(self, params, cache, dy):
-        x, y = cache["x"], cache["y"]
         pads, out = self._geometry(x.shape[1:3])
         xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),), constant_values=-jnp.inf)
-        padded = xp.shape[1:3]
-        dxp = jnp.zeros(xp.shape, dy.dtype)
-        taken = jnp.zeros(y.shape, bool)
-        for i in range(self.window[0]):          # row-major window order: first max wins
-            for j in range(self.window[1]):
-                hit = (self._strided_patch(xp, i, j, out) == y) & ~taken
-                taken = taken | hit
-                dxp = dxp + self._unpatch(jnp.where(hit, dy, 0), i, j, padded)
+        y = idx = None
+        for k in range(self.window[0] * self.window[1]):      # row-major window order
+            patch = self._strided_patch(xp, k // self.window[1], k % self.window[1], out)
+            if y is None:
+                y, idx = patch, jnp.zeros(patch.shape, jnp.int32)
+            else:
+                better = patch > y                             # strict: the first max wins
+                y, idx = jnp.where(better, patch, y), jnp.where(better, k, idx)
+        return y, {"x": x, "argmax": idx}
+
+    def backward(self, params, cache, dy):
+        x, idx = cache["x"], cache["argmax"]
+        pads, _ = self._geometry(x.shape[1:3])
+        padded = tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[1:3], pads))
+        dxp = jnp.zeros((x.shape[0],) + padded + (x.shape[3],), dy.dtype)
+        for k in range(self.window[0] * self.window[1]):
+            dxp = dxp + self._unpatch(jnp.where(idx == k, dy, 0), k // self.window[1],
+                                      k % self.window[1], padded)
         (top, _), (left, _) = pads
         return (), dxp[:, top:top + x.shape[1], left:left + x.shape[2], :].astype(x.dtype)
 
