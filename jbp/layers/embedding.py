@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional
 
 import jax
@@ -49,13 +50,14 @@ class Embedding(Layer):
     under ``jit``/``vmap``); traced out-of-range ids are clamped to the nearest row, in the
     forward and the backward alike.
 
-    ``w_init`` defaults to ``normal(1.0)`` (PyTorch's ``N(0, 1)``; a tanh RNN on top sees
-    unit-variance inputs). ``params = {"W": (vocab_size, features)}``; ``cache = {"x": ids}``.
+    ``w_init``: an initializer or its name; the default ``None`` draws ``N(0, 1/features)``
+    (flax's default: embedding vectors of about unit norm, which keeps a tanh RNN on top
+    out of saturation). ``params = {"W": (vocab_size, features)}``; ``cache = {"x": ids}``.
     """
 
     vocab_size: int
     features: int
-    w_init: Any = initializers.normal(1.0)
+    w_init: Any = None
     pad_id: Optional[int] = None
 
     def __post_init__(self):
@@ -66,12 +68,14 @@ class Embedding(Layer):
         if self.pad_id is not None and not (_nonneg_int(self.pad_id) and self.pad_id < self.vocab_size):
             raise ValueError(f"Embedding: pad_id must be None or an id in [0, {self.vocab_size}), "
                              f"got {self.pad_id!r}")
-        initializers.get(self.w_init)
+        if self.w_init is not None:
+            initializers.get(self.w_init)
 
     def init(self, key, in_shape):
         in_shape = tuple(int(d) for d in in_shape)
-        return ({"W": initializers.get(self.w_init)(key, (self.vocab_size, self.features))},
-                in_shape + (self.features,))
+        w_init = (initializers.normal(1.0 / math.sqrt(self.features)) if self.w_init is None
+                  else initializers.get(self.w_init))
+        return ({"W": w_init(key, (self.vocab_size, self.features))}, in_shape + (self.features,))
 
     def forward(self, params, x, *, key=None, train=False):
         ids = check_array("x", x)
