@@ -98,30 +98,44 @@ class MaxPool2D(_Pool2D):
     strides: Any = None
     padding: Any = "VALID"
 
+    def _tiled(self, pads):
+        """Non-overlapping windows without padding: a reshape replaces the strided slices."""
+        return self.strides == self.window and pads == ((0, 0), (0, 0))
+
     def forward(self, params, x, *, key=None, train=False):
         x = self._check_input(x)
-        pads, out = self._geometry(x.shape[1:3])
-        xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),), constant_values=-jnp.inf)
-        y = idx = None
-        for k in range(self.window[0] * self.window[1]):      # row-major window order
-            patch = self._strided_patch(xp, k // self.window[1], k % self.window[1], out)
-            if y is None:
-                y, idx = patch, jnp.zeros(patch.shape, jnp.int32)
-            else:
-                better = patch > y                             # strict: the first max wins
-                y, idx = jnp.where(better, patch, y), jnp.where(better, k, idx)
+        pads, (ho, wo) = self._geometry(x.shape[1:3])
+        (kh, kw), n, c = self.window, x.shape[0], x.shape[3]
+        if self._tiled(pads):
+            # (n, ho·kh, wo·kw, c) -> (n, ho, kh, wo, kw, c); rows/columns beyond are unused
+            xr = x[:, :ho * kh, :wo * kw].reshape(n, ho, kh, wo, kw, c)
+            patch = lambda i, j: xr[:, :, i, :, j, :]  # noqa: E731
+        else:
+            xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),), constant_values=-jnp.inf)
+            patch = lambda i, j: self._strided_patch(xp, i, j, (ho, wo))  # noqa: E731
+        y, idx = patch(0, 0), jnp.zeros((n, ho, wo, c), jnp.int32)
+        for k in range(1, kh * kw):                           # row-major window order
+            v = patch(k // kw, k % kw)
+            better = v > y                                    # strict: the first max wins
+            y, idx = jnp.where(better, v, y), jnp.where(better, k, idx)
         return y, {"x": x, "argmax": idx}
 
     def backward(self, params, cache, dy):
         x, idx = cache["x"], cache["argmax"]
-        pads, _ = self._geometry(x.shape[1:3])
-        padded = tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[1:3], pads))
-        dxp = jnp.zeros((x.shape[0],) + padded + (x.shape[3],), dy.dtype)
-        for k in range(self.window[0] * self.window[1]):
-            dxp = dxp + self._unpatch(jnp.where(idx == k, dy, 0), k // self.window[1],
-                                      k % self.window[1], padded)
+        pads, (ho, wo) = self._geometry(x.shape[1:3])
+        (kh, kw), (n, h, w, c) = self.window, x.shape
+        if self._tiled(pads):
+            # one-hot over the window offsets, all at once: (n, ho, kh, wo, kw, c)
+            offsets = jnp.arange(kh * kw, dtype=jnp.int32).reshape(1, 1, kh, 1, kw, 1)
+            d = jnp.where(idx[:, :, None, :, None, :] == offsets, dy[:, :, None, :, None, :], 0)
+            dx = d.reshape(n, ho * kh, wo * kw, c)
+            return (), jnp.pad(dx, ((0, 0), (0, h - ho * kh), (0, w - wo * kw), (0, 0))).astype(x.dtype)
+        padded = (h + pads[0][0] + pads[0][1], w + pads[1][0] + pads[1][1])
+        dxp = jnp.zeros((n,) + padded + (c,), dy.dtype)
+        for k in range(kh * kw):
+            dxp = dxp + self._unpatch(jnp.where(idx == k, dy, 0), k // kw, k % kw, padded)
         (top, _), (left, _) = pads
-        return (), dxp[:, top:top + x.shape[1], left:left + x.shape[2], :].astype(x.dtype)
+        return (), dxp[:, top:top + h, left:left + w, :].astype(x.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
