@@ -3,18 +3,30 @@
 A layer is three pure functions — ``init``, ``forward``, ``backward`` — over a pytree of
 parameters; ``Sequential`` composes them; ``value_and_grad`` runs forward, loss and the
 hand-written backward; ``check_gradients`` proves it against ``jax.grad`` and finite
-differences.
+differences; ``fit`` trains with one compiled ``lax.scan`` per epoch.
 """
-from jbp import initializers, layers, losses
+from jbp import (augment, datasets, diagnostics, initializers, layers, losses, optim, plotting,
+                 regularizers)
+from jbp.callbacks import Callback, EarlyStopping
 from jbp.check import GradientCheckError, GradientReport, check_gradients
 from jbp.core import Layer, Sequential, autodiff_value_and_grad, cast, named_leaves, value_and_grad
-from jbp.layers import Dense, Flatten
+from jbp.history import History
+from jbp.layers import Dense, Dropout, Flatten
+from jbp.per_example import per_example_clipped_grad, per_example_grad_norms, per_example_grads
+from jbp.train import evaluate, fit, make_train_step
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Layer", "Sequential", "Dense", "Flatten",
+    # the engine
+    "Layer", "Sequential", "Dense", "Dropout", "Flatten",
     "value_and_grad", "autodiff_value_and_grad", "check_gradients", "GradientReport",
     "GradientCheckError", "cast", "named_leaves",
-    "initializers", "layers", "losses",
+    # training
+    "fit", "evaluate", "make_train_step", "History", "Callback", "EarlyStopping",
+    # per-example gradients
+    "per_example_grads", "per_example_grad_norms", "per_example_clipped_grad",
+    # submodules
+    "augment", "datasets", "diagnostics", "initializers", "layers", "losses", "optim", "plotting",
+    "regularizers",
 ]
