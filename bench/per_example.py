@@ -59,7 +59,7 @@ def contenders(model, clip):
 
     @jax.jit
     def clipped_vmap(params, x, y):
-        g = pe(params, x, y)
+        g = jax.lax.optimization_barrier(pe(params, x, y))  # materialise once, then reuse
         n = jnp.sqrt(sum(jnp.sum(jnp.square(l.reshape(l.shape[0], -1)), axis=1)
                          for l in jax.tree.leaves(g)))
         s = jnp.minimum(1.0, clip / jnp.maximum(n, 1e-30))
