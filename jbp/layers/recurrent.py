@@ -78,15 +78,25 @@ class _Recurrent(Layer):
             return jnp.zeros(hs_b[:, 0].shape, dtype), jnp.swapaxes(dy, 0, 1)
         return dy, None
 
-    def _weight_grads(self, params, xs, hs_b, dz, h0):
-        """Everything that is not sequential: ``dW_x, dW_h, db, dx`` from all ``δ_t`` at once."""
-        h_prev = jnp.concatenate([h0[:, None], hs_b[:, :-1]], axis=1)
+    def _weight_grads(self, params, xs, hs, dz, h0):
+        """Everything that is not sequential: ``dW_x, dW_h, db, dx`` from all ``δ_t`` at once.
+
+        ``hs``, ``dz``: time-major ``(T, batch, ·)``; ``xs`` and the returned ``dx`` batch-first.
+        """
+        h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
         Wx = params["W_x"]
-        grads = {"W_x": jnp.einsum("btf,btg->fg", xs.astype(dz.dtype), dz).astype(Wx.dtype),
-                 "W_h": jnp.einsum("bth,btg->hg", h_prev, dz).astype(params["W_h"].dtype),
+        xs_t = jnp.swapaxes(xs, 0, 1).astype(dz.dtype)
+        grads = {"W_x": jnp.einsum("tbf,tbg->fg", xs_t, dz).astype(Wx.dtype),
+                 "W_h": jnp.einsum("tbh,tbg->hg", h_prev, dz).astype(params["W_h"].dtype),
                  "b": jnp.sum(dz, axis=(0, 1)).astype(params["b"].dtype)}
-        dx = jnp.matmul(dz, Wx.T.astype(dz.dtype)).astype(xs.dtype)
+        dx = jnp.swapaxes(jnp.matmul(dz, Wx.T.astype(dz.dtype)), 0, 1).astype(xs.dtype)
         return grads, dx
+
+    @staticmethod
+    def _projection(params, xs, dtype):
+        """``x_t W_x + b`` for every step at once, time-major ``(T, batch, gates·features)``."""
+        xs_t = jnp.swapaxes(xs, 0, 1).astype(dtype)
+        return jnp.matmul(xs_t, params["W_x"].astype(dtype)) + params["b"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +133,7 @@ class SimpleRNN(_Recurrent):
     def forward(self, params, x, *, key=None, train=False):
         xs, mask, dtype = self._inputs(params, x)
         Wh = params["W_h"].astype(dtype)
-        zx = jnp.swapaxes(jnp.matmul(xs.astype(dtype), params["W_x"].astype(dtype)) + params["b"], 0, 1)
+        zx = self._projection(params, xs, dtype)
         h0 = jnp.zeros((xs.shape[0], self.features), dtype)
 
         if mask is None:
@@ -156,9 +166,9 @@ class SimpleRNN(_Recurrent):
             dz = jnp.where(m, dz, 0)
             return dz @ WhT + jnp.where(m, 0, g), dz
 
-        _, dzs = lax.scan(step, g_T, (jnp.swapaxes(hs_b, 0, 1), dys, ms), reverse=True)
-        h0 = jnp.zeros(hs_b[:, 0].shape, dtype)
-        return self._weight_grads(params, xs, hs_b, jnp.swapaxes(dzs, 0, 1), h0)
+        hs = jnp.swapaxes(hs_b, 0, 1)
+        _, dzs = lax.scan(step, g_T, (hs, dys, ms), reverse=True)
+        return self._weight_grads(params, xs, hs, dzs, jnp.zeros(hs.shape[1:], dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +216,7 @@ class LSTM(_Recurrent):
         xs, mask, dtype = self._inputs(params, x)
         n = self.features
         Wh = params["W_h"].astype(dtype)
-        zx = jnp.swapaxes(jnp.matmul(xs.astype(dtype), params["W_x"].astype(dtype)) + params["b"], 0, 1)
+        zx = self._projection(params, xs, dtype)
         zeros = jnp.zeros((xs.shape[0], n), dtype)
 
         def cell(h, c, z):
@@ -257,4 +267,4 @@ class LSTM(_Recurrent):
 
         _, dzs = lax.scan(step, (g_T, zeros), (jnp.swapaxes(cache["gates"], 0, 1), cs, c_prev, dys, ms),
                           reverse=True)
-        return self._weight_grads(params, xs, hs_b, jnp.swapaxes(dzs, 0, 1), zeros)
+        return self._weight_grads(params, xs, jnp.swapaxes(hs_b, 0, 1), dzs, zeros)
