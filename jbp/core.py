@@ -302,8 +302,8 @@ def value_and_grad(model: Layer, loss, *, regularizer=None) -> Callable:
     def f(params, x, y, *, key=None, train=True):
         x, y = _check_batch(x, y)
         pred, cache = model.forward(params, x, key=key, train=train)
-        value = loss.value(pred, y)
-        grads, _ = model.backward(params, cache, loss.grad(pred, y))
+        value, dpred = loss_value_and_grad(loss, pred, y)
+        grads, _ = model.backward(params, cache, dpred)
         if regularizer is not None:
             value = value + regularizer.value(params)
             grads = jax.tree.map(jnp.add, grads, regularizer.grad(params))
@@ -333,6 +333,13 @@ def autodiff_value_and_grad(model: Layer, loss, *, regularizer=None) -> Callable
         return jax.value_and_grad(objective)(params)
 
     return f
+
+
+def loss_value_and_grad(loss, pred, y):
+    """``(loss.value, loss.grad)``, in one pass when the loss offers ``value_and_grad``."""
+    if hasattr(loss, "value_and_grad"):
+        return loss.value_and_grad(pred, y)
+    return loss.value(pred, y), loss.grad(pred, y)
 
 
 def _check_model_and_loss(model, loss, regularizer=None):

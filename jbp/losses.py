@@ -44,6 +44,10 @@ class Loss:
     def grad(self, pred, target):
         raise NotImplementedError
 
+    def value_and_grad(self, pred, target):
+        """``(value, grad)`` in one pass, sharing the work both need (what the engines call)."""
+        return self.value(pred, target), self.grad(pred, target)
+
     def __call__(self, pred, target):
         return self.value(pred, target)
 
@@ -92,6 +96,11 @@ class MSE(Loss):
         pred, target = self._check(pred, target)
         return (pred - target) / pred.shape[0]
 
+    def value_and_grad(self, pred, target):
+        pred, target = self._check(pred, target)
+        r = pred - target
+        return 0.5 * jnp.sum(r * r) / pred.shape[0], r / pred.shape[0]
+
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class BinaryCrossEntropy(Loss):
@@ -126,6 +135,11 @@ class BinaryCrossEntropy(Loss):
     def grad(self, pred, target):
         z, t = self._check(pred, target)
         return (jax.nn.sigmoid(z) - t) / z.shape[0]
+
+    def value_and_grad(self, pred, target):
+        z, t = self._check(pred, target)
+        n = z.shape[0]
+        return jnp.sum(jnp.logaddexp(z, 0.0) - t * z) / n, (jax.nn.sigmoid(z) - t) / n
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -169,6 +183,17 @@ class SoftmaxCrossEntropy(Loss):
     def grad(self, pred, target):
         z, t = self._targets(pred, target)
         return (jax.nn.softmax(z, axis=-1) * jnp.sum(t, axis=-1, keepdims=True) - t) / z.shape[0]
+
+    def value_and_grad(self, pred, target):
+        """One ``logsumexp`` serves both: ``softmax(z) = exp(z − logsumexp(z))``."""
+        z, t = self._targets(pred, target)
+        n = z.shape[0]
+        shifted = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+        e = jnp.exp(shifted)
+        s = jnp.sum(e, axis=-1, keepdims=True)
+        log_p = shifted - jnp.log(s)
+        t_sum = jnp.sum(t, axis=-1, keepdims=True)
+        return -jnp.sum(t * log_p) / n, ((e / s) * t_sum - t) / n
 
 
 mse = MSE()

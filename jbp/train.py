@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp.callbacks import Callback, EarlyStopping, as_callback, format_epoch
-from jbp.core import Layer, _check_batch, _check_model_and_loss
+from jbp.core import Layer, _check_batch, _check_model_and_loss, loss_value_and_grad
 from jbp.history import History
 from jbp.metrics import get_metrics
 
@@ -118,8 +118,8 @@ def make_train_step(model: Layer, loss, optimizer, *, regularizer=None, grad_fn:
     def grads_and_aux(params, state, x, y, key):
         if grad_fn == "manual":
             pred, cache, new_state = forward(params, state, x, key)
-            data_loss = loss.value(pred, y)
-            grads, _ = model.backward(params, cache, loss.grad(pred, y))
+            data_loss, dpred = loss_value_and_grad(loss, pred, y)
+            grads, _ = model.backward(params, cache, dpred)
             penalty = None
             if regularizer is not None:
                 penalty = regularizer.value(params)

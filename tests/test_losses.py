@@ -114,3 +114,20 @@ def test_get_by_name():
     assert losses.get("mse") is losses.mse
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         losses.get("hinge")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["f64", "f32"])
+def test_fused_value_and_grad_equals_value_and_grad(dtype):
+    """The one-pass value_and_grad the engines call agrees with .value and .grad."""
+    rng = np.random.default_rng(9)
+    z = rand(rng, (7, 4), dtype, scale=3.0)
+    cases = [(losses.mse, rand(rng, (7, 4), dtype)),
+             (losses.binary_cross_entropy, jnp.asarray(rng.uniform(size=(7, 4)), dtype)),
+             (losses.softmax_cross_entropy, jnp.asarray(rng.integers(0, 4, 7))),
+             (losses.softmax_cross_entropy, jnp.asarray(rng.uniform(0.1, 2.0, (7, 4)), dtype))]
+    for loss, t in cases:
+        v, g = loss.value_and_grad(z, t)
+        assert v.dtype == dtype and g.dtype == dtype
+        np.testing.assert_allclose(v, loss.value(z, t), **TOL[dtype])
+        np.testing.assert_allclose(g, loss.grad(z, t), **TOL[dtype])
+        np.testing.assert_allclose(g, jax.grad(loss.value)(z, t), **TOL[dtype])
