@@ -63,9 +63,14 @@ class Loss:
             raise ValueError(f"{self.name}: pred must have a leading batch axis, got a scalar")
         return pred, target
 
-
-def _batch_mean(per_example_sum, n):
-    return jnp.sum(per_example_sum) / n
+    def _same_shape(self, pred, target, what):
+        """``target`` shaped like ``pred``; ``(n,)`` is accepted for ``(n, 1)`` predictions."""
+        if target.shape == pred.shape:
+            return target
+        if pred.ndim == 2 and pred.shape[1] == 1 and target.shape == pred.shape[:1]:
+            return target[:, None]
+        raise ValueError(f"{self.name}: target must have the {what} shape {pred.shape}, "
+                         f"got {target.shape}")
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -80,12 +85,7 @@ class MSE(Loss):
 
     def _check(self, pred, target):
         pred, target = super()._check(pred, target)
-        if target.shape != pred.shape:
-            if pred.ndim == 2 and pred.shape[1] == 1 and target.shape == pred.shape[:1]:
-                target = target[:, None]
-            else:
-                raise ValueError(f"mse: target must have the prediction's shape {pred.shape}, "
-                                 f"got {target.shape}")
+        target = self._same_shape(pred, target, "prediction's")
         return pred, target.astype(pred.dtype)
 
     def value(self, pred, target):
@@ -116,12 +116,7 @@ class BinaryCrossEntropy(Loss):
 
     def _check(self, pred, target):
         pred, target = super()._check(pred, target)
-        if target.shape != pred.shape:
-            if pred.ndim == 2 and pred.shape[1] == 1 and target.shape == pred.shape[:1]:
-                target = target[:, None]
-            else:
-                raise ValueError(f"binary_cross_entropy: target must have the logits' shape "
-                                 f"{pred.shape}, got {target.shape}")
+        target = self._same_shape(pred, target, "logits'")
         t = _concrete(target)
         if t is not None and t.size and (np.min(t) < 0 or np.max(t) > 1):
             raise ValueError(f"binary_cross_entropy: targets must lie in [0, 1], got values in "
