@@ -13,7 +13,6 @@ Use it whenever you write a new layer::
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Optional
 

@@ -274,9 +274,9 @@ def _check_batch(x, y):
     x = check_array("x", x)
     y = check_array("y", y)
     if x.ndim == 0:
-        raise ValueError(f"x: expected a leading batch axis, got a scalar")
+        raise ValueError("x: expected a leading batch axis, got a scalar")
     if y.ndim == 0:
-        raise ValueError(f"y: expected a leading batch axis, got a scalar")
+        raise ValueError("y: expected a leading batch axis, got a scalar")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y: expected the same number of examples, got x with "
                          f"{x.shape[0]} (shape {x.shape}) and y with {y.shape[0]} (shape {y.shape})")

@@ -28,13 +28,13 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp.callbacks import Callback, EarlyStopping, as_callback, format_epoch
+from jbp.callbacks import EarlyStopping, as_callback, format_epoch
 from jbp.core import Layer, _check_batch, _check_model_and_loss, loss_value_and_grad
 from jbp.history import History
 from jbp.metrics import get_metrics

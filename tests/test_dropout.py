@@ -209,7 +209,7 @@ def test_integer_input_rejected():
 def test_inside_fit_manual_equals_autodiff_and_keys_matter():
     """In fit, each step's forward key drives the mask and the backward reuses it: the
     hand-written run equals the jax.grad run step for step; another key, another run."""
-    train = pytest.importorskip("jbp.train")
+    import jbp.train as train
     from jbp import optim
 
     model, params, x, y = _mlp()

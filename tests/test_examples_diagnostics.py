@@ -20,7 +20,6 @@ def _plot_args(out):
 
 
 def _load(name):
-    pytest.importorskip("jbp.train")  # the examples train with jbp.fit
     spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -16,7 +16,6 @@ def _load():
 
 
 def test_regularization_example_runs(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     example = _load()
     out = tmp_path / "curves.png"
     results = example.main(["--epochs", "3", "--n-train", "32", "--n-val", "40",

@@ -378,7 +378,6 @@ def test_history_table_dict_json_roundtrip(tmp_path):
     assert h["loss"] == d["loss"] and h.last["epoch"] == 3 and len(h) == 3
     with pytest.raises(KeyError, match="no column 'nope'"):
         h["nope"]
-    pytest.importorskip("matplotlib")
     ax = h.plot()
     assert [line.get_label() for line in ax.get_lines()] == ["loss", "val_loss"]
 

@@ -108,7 +108,7 @@ def _stats(model, loss, params, x, y, key=None, updates=None, *, train, sigmoid_
     n = x.shape[0]
     out = {}
     for i in idx:
-        layer, p, g, d = layers[i], flat_params[i], grads[i], deltas[i]
+        p, g, d = flat_params[i], grads[i], deltas[i]
         s = {}
         if "b" in g:
             s["bias_grad_norm"] = safe_norm(g["b"])
