@@ -123,10 +123,17 @@ def build_optimizer(args):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.dataset != "digits" and args.path is None:
-        build_parser().error(f"--dataset {args.dataset} needs --path (a directory of IDX files)")
+        parser.error(f"--dataset {args.dataset} needs --path (a directory of IDX files)")
+    try:
+        return run(args)
+    except (ValueError, TypeError, OSError) as e:  # bad data or arguments: say so, no traceback
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
 
+
+def run(args) -> int:
     import jbp
 
     t_start = time.perf_counter()

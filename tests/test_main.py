@@ -62,3 +62,15 @@ def test_help_and_console_entry():
     for flag in ["--hidden", "--activation", "--lr", "--epochs", "--batch-size", "--seed",
                  "--optimizer", "--clip", "--early-stopping", "--history"]:
         assert flag in out
+
+
+def test_data_errors_exit_2_without_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--dataset", "mnist", "--path", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: mnist: file train-images-idx3-ubyte" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        main(["--batch-size", "5000", "--no-check"])
+    assert e.value.code == 2
+    assert "batch_size: 5000 is larger than the data (1437 examples)" in capsys.readouterr().err
