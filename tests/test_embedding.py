@@ -59,6 +59,13 @@ def test_pad_id_masks_and_masked_mean_pool_matches_autodiff():
     np.testing.assert_allclose(pooled[1], x[1, 0], rtol=1e-12)            # one real step
     np.testing.assert_allclose(pooled[0], np.mean(np.asarray(x[0, :3]), 0), rtol=1e-12)
     assert np.all(np.asarray(dx[0, 3:]) == 0)                             # padding gets no gradient
+    compare_with_autodiff(MeanPool1D(), (), x.astype(jnp.float32), rng, mask=mask)   # float32
+    # no mask: the 1/T weights (T > 1, where a missing 1/T would show), float64 and float32
+    for dtype in (jnp.float64, jnp.float32):
+        xu = rand(rng, (3, 5, 4), dtype)
+        pooled_u, _, dx_u = compare_with_autodiff(MeanPool1D(), (), xu, rng)
+        np.testing.assert_allclose(pooled_u, np.mean(np.asarray(xu), 1),
+                                   rtol=1e-12 if dtype == jnp.float64 else 1e-5)
     compare_with_autodiff(MeanPool1D(), (), rand(rng, (2, 1, 3), jnp.float32), rng)   # T = 1
     # a sequence with no real step gives zeros, not NaN
     empty = MeanPool1D().apply((), Masked(x, jnp.zeros((3, 5), bool)))
