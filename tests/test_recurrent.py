@@ -58,8 +58,9 @@ def test_padded_sequence_gives_the_state_of_its_real_steps():
     short = layer.apply(params, x[:, :2])
     right = layer.apply(params, Masked(x, jnp.array([[True, True, False, False]])))
     left = layer.apply(params, Masked(x[:, [2, 3, 0, 1]], jnp.array([[False, False, True, True]])))
-    np.testing.assert_allclose(right, short, rtol=1e-6)
-    np.testing.assert_allclose(left, short, rtol=1e-6)
+    assert short.dtype == jnp.float64                 # float64 input: float64 arithmetic
+    np.testing.assert_allclose(right, short, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(left, short, rtol=1e-12, atol=1e-14)
 
 
 def test_embedding_rnn_check_gradients_and_per_example_grads():
