@@ -133,6 +133,7 @@ def test_speed_of_learning_float32_classifier():
     y = jnp.asarray(np.arange(20) % 4, jnp.int32)
     got = D.speed_of_learning(model, xent, params, x, y)
     ref = _ref_grads(model, xent, params, x, y)
+    assert list(got) == ["layers[0]", "layers[2]", "layers[4]"]
     for name, i in zip(got, (0, 2, 4)):
         np.testing.assert_allclose(got[name], float(np.linalg.norm(ref[i]["b"])), rtol=2e-5)
 

@@ -74,6 +74,7 @@ def test_per_example_grads_rows_equal_jax_grad_and_mean_equals_batch_grad(name):
     params, out_shape = _params(model, in_shape, jnp.float64)
     x, y = _data(in_shape, out_shape, loss, jnp.float64)
     g = jax.device_get(jax.jit(per_example_grads(model, loss))(params, x, y))
+    assert jax.tree.structure(g) == jax.tree.structure(params)   # zip below would hide a lost leaf
     for leaf, p in zip(jax.tree.leaves(g), jax.tree.leaves(params)):
         assert leaf.shape == (N,) + p.shape
     for i, ref in enumerate(_oracle_grads(model, loss, params, x, y)):
@@ -165,6 +166,7 @@ def test_clipped_grad_equals_mean_of_individually_clipped_grads(dtype):
     np.testing.assert_allclose(norms, norms_ref, **TOL[dtype])
     clipped = [jax.tree.map(lambda g, s=min(1.0, C / nr): g * s, r) for r, nr in zip(rows, norms_ref)]
     ref = jax.tree.map(lambda *gs: sum(gs) / len(gs), *clipped)
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
         assert a.dtype == dtype
         np.testing.assert_allclose(a, b, **TOL[dtype])
