@@ -62,6 +62,13 @@ def test_batchnorm_running_statistics_update_as_documented_and_eval_uses_them():
     grads, dx = layer.backward(params, cache, dy)
     _, pull = jax.vjp(lambda p, v: layer.forward_with_state(p, s2, v, train=False)[0], params, x3)
     assert_close((grads, dx), pull(dy), RTOL[jnp.dtype(jnp.float64)])
+    # ... and in float32
+    f32 = jnp.float32
+    p32, st32, x32 = jbp.cast(params, f32), jbp.cast(s2, f32), x3.astype(f32)
+    y32, cache32, _ = layer.forward_with_state(p32, st32, x32, train=False)
+    dy32 = rand(rng, y32.shape, f32)
+    _, pull32 = jax.vjp(lambda p, v: layer.forward_with_state(p, st32, v, train=False)[0], p32, x32)
+    assert_close(layer.backward(p32, cache32, dy32), pull32(dy32), RTOL[jnp.dtype(f32)])
     # a float32 state keeps its dtype when updated from float64 batches
     s32 = layer.init_state((3,))
     assert layer.forward_with_state(params, s32, x1, train=True)[2]["mean"].dtype == jnp.float32

@@ -34,7 +34,8 @@ def test_pool_backward_matches_autodiff_float64(shape, layer):
     assert y.shape == (shape[0],) + out_shape
 
 
-@pytest.mark.parametrize("shape,layer", [CONFIGS[1], CONFIGS[4]], ids=["max", "avg"])
+@pytest.mark.parametrize("shape,layer", [CONFIGS[1], CONFIGS[4], CONFIGS[6]],
+                         ids=["max", "avg", "global"])
 def test_pool_backward_matches_autodiff_float32(shape, layer):
     rng = np.random.default_rng(1)
     y, _, dx = compare_with_autodiff(layer, (), rand(rng, shape, jnp.float32), rng)
