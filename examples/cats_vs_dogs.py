@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
+from jbp.plotting import save_figure
 from jbp.datasets import cache, cifar10, digits, fashion_mnist, prepare_images
 from jbp.datasets.cifar import TARBALL
 from jbp.layers import Dense, Dropout, Flatten, ReLU
@@ -162,9 +163,7 @@ def plot(history, x_test, y_test, prob, classes, path, title):
         a.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
+from jbp.plotting import save_figure
 from jbp import diagnostics, initializers, optim
 from jbp.layers import Dense, ReLU
 from jbp.train import fit
@@ -209,9 +210,7 @@ def main(argv=None) -> dict:
                             title="‖∂C/∂Wˡ‖ — He init, SGD")
         fig.suptitle(f"Exploding gradients — {data_name}")
         fig.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        fig.savefig(args.out, dpi=110)
-        plt.close(fig)
+        save_figure(fig, args.out)
         print(f"\nplot saved to {args.out}")
         results["plot"] = args.out
     print(f"done in {time.perf_counter() - t0:.1f}s")

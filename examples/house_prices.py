@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
+from jbp.plotting import save_figure
 from jbp.callbacks import EarlyStopping
 from jbp.layers import Dense, ReLU
 
@@ -99,9 +100,7 @@ def plot(history, pred, true, lin_pred, path, title):
     ax1.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
+from jbp.plotting import save_figure
 from jbp.datasets import (FASHION_MNIST_CLASSES, MNIST_CLASSES, cache, fashion_mnist, mnist,
                           prepare_images)
 from jbp.layers import Dense, ReLU
@@ -114,9 +115,7 @@ def plot(history, confusion, names, path, title):
     ax1.set_title("test confusion matrix", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

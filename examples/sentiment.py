@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
+from jbp.plotting import save_figure
 from jbp.callbacks import EarlyStopping
 from jbp.datasets import Vocabulary, rotten_tomatoes
 from jbp.layers import LSTM, Dense, Dropout, Embedding, MeanPool1D, ReLU, SimpleRNN
@@ -107,9 +108,7 @@ def plot(history, path, title):
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
+from jbp.plotting import save_figure
 from jbp import diagnostics, initializers, optim
 from jbp.layers import Dense, ReLU, Sigmoid
 from jbp.train import fit
@@ -196,9 +197,7 @@ def main(argv=None) -> dict:
             ax.legend(handles, [labels.get(n, n) for n in names], fontsize=8)
         fig.suptitle(f"Speed of learning ‖∂C/∂bˡ‖ per layer over epochs — {data_name}")
         fig.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        fig.savefig(args.out, dpi=110)
-        plt.close(fig)
+        save_figure(fig, args.out)
         print(f"plot saved to {args.out}")
         results["plot"] = args.out
     print(f"done in {time.perf_counter() - t0:.1f}s")

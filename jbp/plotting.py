@@ -91,9 +91,16 @@ def plot_gradient_norms(record, path=None, *, quantity: str = "grad_W_norm", tit
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     if path is not None:
-        path = os.fspath(path)
-        d = os.path.dirname(path)
-        if d:
-            os.makedirs(d, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, close=False)
     return fig
+
+
+def save_figure(fig, path, *, dpi: int = 110, close: bool = True) -> str:
+    """Write ``fig`` to ``path`` (its folder created as needed); close it unless asked not to."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    if close:
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    return path
