@@ -19,7 +19,6 @@ import argparse
 import os
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,31 +32,14 @@ from jbp.layers.embedding import Embedding
 from jbp.layers.normalization import BatchNorm
 from jbp.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from jbp.layers.recurrent import LSTM, SimpleRNN
-
-
-def make_step(model, loss, manual: bool, lr: float = 0.05):
-    grad_fn = (jbp.value_and_grad if manual else jbp.autodiff_value_and_grad)(model, loss)
-
-    @jax.jit
-    def step(params, x, y):
-        value, grads = grad_fn(params, x, y)
-        return jax.tree.map(lambda p, g: p - lr * g, params, grads), value
-
-    return step
-
-
-def _round(step, p, x, y, iters):
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        p, v = step(p, x, y)
-    jax.block_until_ready(p)
-    return p, (time.perf_counter() - t0) / iters
+from step import make_step, one_round  # bench/step.py: the same jitted step and timed round
 
 
 def bench(name, model, x, y, iters, repeats):
     params, _ = model.init(jax.random.key(0), x.shape[1:])
     loss = losses.softmax_cross_entropy
-    steps = {"manual": make_step(model, loss, True), "autodiff": make_step(model, loss, False)}
+    steps = {"manual": make_step(model, loss, True, lr=0.05),
+             "autodiff": make_step(model, loss, False, lr=0.05)}
     state = {}
     for k, step in steps.items():                     # compile + warm up
         p = params
@@ -68,7 +50,7 @@ def bench(name, model, x, y, iters, repeats):
     samples = {k: [] for k in steps}
     for _ in range(repeats):
         for k, step in steps.items():
-            state[k], dt = _round(step, state[k], x, y, iters)
+            dt, state[k] = one_round(step, state[k], x, y, iters)
             samples[k].append(dt)
     tm, ta = (statistics.median(samples[k]) for k in ("manual", "autodiff"))
     bm, ba = (min(samples[k]) for k in ("manual", "autodiff"))
