@@ -5,11 +5,12 @@ parameters; ``Sequential`` composes them; ``value_and_grad`` runs forward, loss 
 hand-written backward; ``check_gradients`` proves it against ``jax.grad`` and finite
 differences; ``fit`` trains with one compiled ``lax.scan`` per epoch.
 """
-from jbp import (augment, datasets, diagnostics, initializers, layers, losses, optim, plotting,
-                 regularizers)
+from jbp import (augment, datasets, diagnostics, extensions, initializers, layers, losses, optim,
+                 plotting, regularizers)
 from jbp.callbacks import Callback, EarlyStopping
 from jbp.check import GradientCheckError, GradientReport, check_gradients
-from jbp.core import Layer, Sequential, autodiff_value_and_grad, cast, named_leaves, value_and_grad
+from jbp.core import Layer, Sequential, cast, named_leaves
+from jbp.engine import Pass, autodiff_value_and_grad, backprop, value_and_grad
 from jbp.history import History
 from jbp.layers import Dense, Dropout, Flatten
 from jbp.per_example import per_example_clipped_grad, per_example_grad_norms, per_example_grads
@@ -20,13 +21,13 @@ __version__ = "0.1.0"
 __all__ = [
     # the engine
     "Layer", "Sequential", "Dense", "Dropout", "Flatten",
-    "value_and_grad", "autodiff_value_and_grad", "check_gradients", "GradientReport",
+    "backprop", "Pass", "value_and_grad", "autodiff_value_and_grad", "check_gradients", "GradientReport",
     "GradientCheckError", "cast", "named_leaves",
     # training
     "fit", "evaluate", "make_train_step", "History", "Callback", "EarlyStopping",
     # per-example gradients
     "per_example_grads", "per_example_grad_norms", "per_example_clipped_grad",
     # submodules
-    "augment", "datasets", "diagnostics", "initializers", "layers", "losses", "optim", "plotting",
+    "augment", "datasets", "diagnostics", "extensions", "initializers", "layers", "losses", "optim", "plotting",
     "regularizers",
 ]

@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp.core import _check_batch, autodiff_value_and_grad, cast, named_leaves, value_and_grad
+from jbp._validate import check_batch, check_same_structure
+from jbp.core import cast, named_leaves
+from jbp.engine import backprop, value_and_grad
 
 __all__ = ["check_gradients", "GradientReport", "LeafCheck", "GradientCheckError", "default_tolerance"]
 
@@ -124,7 +126,8 @@ def _param_dtype(params):
     return jnp.result_type(*leaves)
 
 
-def check_gradients(model, loss, params, x, y, *, key=None, train=True, regularizer=None,
+def check_gradients(model, loss, params, x, y, *, key=None, train=True, state=None,
+                    regularizer=None,
                     finite_differences: bool = True, rtol: Optional[float] = None,
                     atol: Optional[float] = None, fd_rtol: float = 1e-5, fd_eps: float = 1e-6,
                     fd_directions: int = 3, seed: int = 0,
@@ -132,8 +135,10 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True, regulari
     """Compare the hand-written gradient with ``jax.grad`` and finite differences.
 
     Args:
-      model, loss, params, x, y, key, train, regularizer: as for :func:`jbp.value_and_grad`
-        (the same ``key`` is used by every oracle, so dropout masks agree).
+      model, loss, params, x, y, key, train, state, regularizer: as for :func:`jbp.backprop`
+        (the same ``key`` is used by every oracle, so dropout masks agree). The trees of
+        the hand-written and the autodiff gradient must have the structure of ``params``:
+        a backward that omits or adds a leaf fails with an error naming it.
       finite_differences: also check against central differences, in float64.
       rtol, atol: manual vs autodiff tolerance on ``max|manual − autodiff|``, passing when
         ``≤ atol + rtol·max|autodiff|``. Defaults depend on the params' dtype
@@ -146,16 +151,23 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True, regulari
       A :class:`GradientReport`: ``report.ok``, ``report.failed``, ``str(report)``
       (a table with one row per parameter leaf, named like ``layers[2].W``).
     """
-    x, y = _check_batch(x, y)
+    x, y = check_batch(x, y)
+    if state is None:
+        state = model.init_state(tuple(x.shape[1:]))
     dtype = _param_dtype(params)
     d_rtol, d_atol = default_tolerance(dtype)
     rtol = d_rtol if rtol is None else float(rtol)
     atol = d_atol if atol is None else float(atol)
 
-    manual = jax.jit(lambda p, x, y, k: value_and_grad(model, loss, regularizer=regularizer)(p, x, y, key=k, train=train))
-    auto = jax.jit(lambda p, x, y, k: autodiff_value_and_grad(model, loss, regularizer=regularizer)(p, x, y, key=k, train=train))
-    value, g_manual = manual(params, x, y, key)
-    _, g_auto = auto(params, x, y, key)
+    def both(p, x, y, k, st):
+        kw = dict(key=k, train=train, state=st)
+        m = backprop(model, loss, regularizer=regularizer)(p, x, y, **kw)
+        a = backprop(model, loss, regularizer=regularizer, grad_fn="autodiff")(p, x, y, **kw)
+        return m.loss + m.penalty, m.grads, a.grads
+
+    value, g_manual, g_auto = jax.jit(both)(params, x, y, key, state)
+    check_same_structure("params", params, "the hand-written gradient", g_manual)
+    check_same_structure("params", params, "the jax.grad gradient", g_auto)
 
     rows = []
     for (name, gm), (_, ga) in zip(named_leaves(g_manual), named_leaves(g_auto)):
@@ -171,8 +183,8 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True, regulari
         rows.append(LeafCheck(name, tuple(ga.shape), abs_err, rel, ok))
 
     if finite_differences:
-        fd = _finite_differences(model, loss, regularizer, params, x, y, key, train, fd_eps,
-                                 fd_directions, seed)
+        fd = _finite_differences(model, loss, regularizer, params, x, y, key, train, state,
+                                 fd_eps, fd_directions, seed)
         rows = [dataclasses.replace(r, fd_rel_err=e, ok_fd=bool(e <= fd_rtol))
                 for r, e in zip(rows, fd)]
 
@@ -183,19 +195,22 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True, regulari
     return report
 
 
-def _finite_differences(model, loss, regularizer, params, x, y, key, train, eps, n_dir, seed):
+def _finite_differences(model, loss, regularizer, params, x, y, key, train, state, eps, n_dir,
+                        seed):
     """Per leaf, the worst relative error of ⟨manual grad, v⟩ vs a central difference."""
     with _x64():
         p64 = cast(params, jnp.float64)
         x64 = cast(x, jnp.float64)
         y64 = cast(y, jnp.float64)
 
+        s64 = cast(state, jnp.float64)
+
         def objective(p):
-            value = loss.value(model.apply(p, x64, key=key, train=train), y64)
+            value = loss.value(model.apply(p, x64, key=key, train=train, state=s64), y64)
             return value if regularizer is None else value + regularizer.value(p)
 
         _, g64 = jax.jit(lambda p: value_and_grad(model, loss, regularizer=regularizer)(
-            p, x64, y64, key=key, train=train))(p64)
+            p, x64, y64, key=key, train=train, state=s64))(p64)
         leaves, treedef = jax.tree.flatten(p64)
         g_leaves = jax.tree.leaves(g64)
         rng = np.random.default_rng(seed)

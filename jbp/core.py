@@ -1,4 +1,4 @@
-"""The layer protocol, ``Sequential``, and the two gradient engines.
+"""The layer protocol and ``Sequential`` (the engine that runs them is :mod:`jbp.engine`).
 
 A layer is three pure functions over a pytree of parameters::
 
@@ -17,11 +17,12 @@ layers stay three functions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from jbp._validate import check_array, check_floating  # noqa: F401 - layers import them from here
 
 Array = jax.Array
 PyTree = Any
@@ -29,8 +30,6 @@ PyTree = Any
 __all__ = [
     "Layer",
     "Sequential",
-    "value_and_grad",
-    "autodiff_value_and_grad",
     "cast",
     "leaf_name",
     "named_leaves",
@@ -41,20 +40,6 @@ __all__ = [
 def layer_error(layer: "Layer", message: str, exc: type = ValueError) -> Exception:
     """Build an error that names the layer: ``Dense(units=10): message``."""
     return exc(f"{layer!r}: {message}")
-
-
-def check_array(name: str, value: Any) -> Array:
-    """Return ``value`` as an array, or raise ``TypeError`` naming the argument."""
-    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
-        return value
-    raise TypeError(
-        f"{name}: expected an array (jax.Array or numpy.ndarray), got {type(value).__name__}"
-    )
-
-
-def check_floating(name: str, x: Array) -> None:
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name}: expected a floating-point array, got dtype {x.dtype}")
 
 
 class Layer:
@@ -75,8 +60,14 @@ class Layer:
         raise NotImplementedError
 
     def apply(self, params: PyTree, x: Array, *, key: Array | None = None,
-              train: bool = False) -> Array:
-        """The forward pass without the cache: ``y = layer(x)``."""
+              train: bool = False, state: PyTree = None) -> Array:
+        """The forward pass without the cache: ``y = layer(x)``.
+
+        ``state``: the layer's non-trainable state (e.g. BatchNorm's running statistics
+        from ``init_state`` or ``history.state``); when given, ``forward_with_state`` runs.
+        """
+        if state is not None:
+            return self.forward_with_state(params, state, x, key=key, train=train)[0]
         return self.forward(params, x, key=key, train=train)[0]
 
     # --- non-trainable state (opt-in) -------------------------------------------------
@@ -92,32 +83,26 @@ class Layer:
         y, cache = self.forward(params, x, key=key, train=train)
         return y, cache, state
 
-    # --- per-example gradient norms (jbp.per_example) ----------------------------------
-    def per_example_sq_norms(self, params: PyTree, cache: PyTree, dy: Array) -> Array:
-        """Squared L2 norms, one per example, of this layer's per-example parameter gradients.
+    # --- the extension walk (jbp.backprop) ---------------------------------------------
+    def mixes_examples(self, train: bool) -> bool:
+        """Whether example ``i``'s output depends on other examples of the batch.
 
-        ``dy`` is the cotangent of the layer's output with one row per example, already
-        scaled so that row ``i`` is the gradient of example ``i``'s own loss (see
-        :func:`jbp.per_example_grad_norms`). Returns ``(batch,)``: ``Σ_leaves ‖∂ℓᵢ/∂θ‖²``.
-
-        The default is general but not fast: ``vmap`` of this layer's own ``backward``
-        over per-example slices ``(cacheᵢ, dyᵢ)``, each given a batch axis of 1. It
-        assumes that **every leaf of** ``cache`` **carries the batch axis first** (true
-        when the cache keeps the layer's inputs/pre-activations, as the protocol asks).
-        Parameterless layers return zeros without running anything. Layers override it
-        with a closed form from their ``(input, delta)`` pair (``Dense``:
-        ``‖∇Wᵢ‖² = ‖aᵢ‖²‖δᵢ‖²``), which never materialises per-example gradients.
+        ``False`` for almost every layer; ``BatchNorm`` in training mode says ``True``
+        (its batch statistics couple the examples), and per-example extensions refuse it.
         """
-        n = dy.shape[0]
-        if not jax.tree.leaves(params):
-            return jnp.zeros((n,), dtype=dy.dtype)
+        return False
 
-        def one(c, d):
-            c1 = jax.tree.map(lambda a: a[None], c)
-            g, _ = self.backward(params, c1, d[None])
-            return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(g))
+    def backward_ext(self, params: PyTree, cache: PyTree, dy: Array, visit) -> tuple:
+        """``backward`` that also evaluates extensions: ``(grads, dx, results)``.
 
-        return jax.vmap(one)(cache, dy)
+        ``visit(layer, params, cache, dy, grads) -> dict`` computes every requested
+        extension for one layer from its ``(cache, dy)``. A plain layer is visited once,
+        after its own ``backward``; composites (``Sequential``, ``Residual``) override this
+        to hand ``visit`` on to their children, so the results mirror the structure of
+        ``params``. A user's own layer needs nothing here.
+        """
+        grads, dx = self.backward(params, cache, dy)
+        return grads, dx, visit(self, params, cache, dy, grads)
 
 
 def _out_shape(layer: Layer, in_shape: tuple) -> tuple:
@@ -227,17 +212,19 @@ class Sequential(Layer):
             grads[i], dy = self.layers[i].backward(params[i], cache[i], dy)
         return tuple(grads), dy, tuple(deltas)
 
-    def per_example_sq_norms(self, params, cache, dy):
-        """Sum over layers of each layer's ``per_example_sq_norms(params[i], cache[i], δ[i])``.
+    def backward_ext(self, params, cache, dy, visit):
+        """The reverse walk of :meth:`backward`, each child visited with its own delta;
+        results are tuples with one entry per layer, like ``params``."""
+        self._check_params(params)
+        grads = [None] * len(self.layers)
+        results = [None] * len(self.layers)
+        for i in reversed(range(len(self.layers))):
+            grads[i], dy, results[i] = self.layers[i].backward_ext(params[i], cache[i], dy, visit)
+        names = results[0].keys() if results else ()
+        return tuple(grads), dy, {k: tuple(r[k] for r in results) for k in names}
 
-        The deltas come from one batched :meth:`backward_with_deltas`; no per-example
-        gradient is materialised unless a layer's own method does so.
-        """
-        _, _, deltas = self.backward_with_deltas(params, cache, dy)
-        total = jnp.zeros((dy.shape[0],), dtype=dy.dtype)
-        for layer, p, c, d in zip(self.layers, params, cache, deltas):
-            total = total + layer.per_example_sq_norms(p, c, d)
-        return total
+    def mixes_examples(self, train):
+        return any(layer.mixes_examples(train) for layer in self.layers)
 
     # --- state: a tuple of the children's states -----------------------------------
     @property
@@ -245,6 +232,9 @@ class Sequential(Layer):
         return any(layer.stateful for layer in self.layers)
 
     def init_state(self, in_shape):
+        """A tuple of the children's states, or ``()`` when no layer has state."""
+        if not self.stateful:
+            return ()
         in_shape = tuple(int(d) for d in in_shape)
         states, shape = [], in_shape
         for layer in self.layers:
@@ -254,6 +244,13 @@ class Sequential(Layer):
 
     def forward_with_state(self, params, state, x, *, key=None, train=False):
         self._check_params(params)
+        if not self.stateful:
+            y, caches = self.forward(params, x, key=key, train=train)
+            return y, caches, state
+        if not isinstance(state, tuple) or len(state) != len(self.layers):
+            raise ValueError(f"Sequential: state must be a tuple with one entry per layer "
+                             f"({len(self.layers)}) from model.init_state(in_shape), got "
+                             f"{jax.tree.map(jnp.shape, state)}")
         caches, new_state = [], []
         for i, (layer, p, s, k) in enumerate(zip(self.layers, params, state,
                                                  _split_for_layers(key, len(self.layers)))):
@@ -264,93 +261,6 @@ class Sequential(Layer):
             caches.append(c)
             new_state.append(s)
         return x, tuple(caches), tuple(new_state)
-
-
-# --------------------------------------------------------------------------------------
-# Gradient engines
-# --------------------------------------------------------------------------------------
-
-def _check_batch(x, y):
-    x = check_array("x", x)
-    y = check_array("y", y)
-    if x.ndim == 0:
-        raise ValueError("x: expected a leading batch axis, got a scalar")
-    if y.ndim == 0:
-        raise ValueError("y: expected a leading batch axis, got a scalar")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y: expected the same number of examples, got x with "
-                         f"{x.shape[0]} (shape {x.shape}) and y with {y.shape[0]} (shape {y.shape})")
-    if x.shape[0] == 0:
-        raise ValueError("x: got an empty batch (0 examples)")
-    return x, y
-
-
-def value_and_grad(model: Layer, loss, *, regularizer=None) -> Callable:
-    """Loss value and hand-written gradient: forward, loss, backward.
-
-    Returns ``f(params, x, y, *, key=None, train=True) -> (loss_value, grads)`` with
-    ``grads`` shaped like ``params``. The backward pass is the model's own ``backward``,
-    seeded with ``loss.grad(pred, y) = ∂L/∂pred`` (mean-reduced over the batch). Works
-    under ``jax.jit`` and under ``jax.vmap`` over examples (each with a batch axis of 1).
-
-    With a ``regularizer`` (an object with ``value(params)`` and ``grad(params)``, see
-    ``jbp.regularizers``) the value is ``loss + penalty`` and its hand-written gradient
-    is added leaf by leaf.
-    """
-    _check_model_and_loss(model, loss, regularizer)
-
-    def f(params, x, y, *, key=None, train=True):
-        x, y = _check_batch(x, y)
-        pred, cache = model.forward(params, x, key=key, train=train)
-        value, dpred = loss_value_and_grad(loss, pred, y)
-        grads, _ = model.backward(params, cache, dpred)
-        if regularizer is not None:
-            value = value + regularizer.value(params)
-            grads = jax.tree.map(jnp.add, grads, regularizer.grad(params))
-        return value, grads
-
-    return f
-
-
-def autodiff_value_and_grad(model: Layer, loss, *, regularizer=None) -> Callable:
-    """The reference: ``jax.value_and_grad`` of ``loss(model.apply(params, x), y)``.
-
-    Same signature as :func:`value_and_grad` (the regularizer's ``value`` is
-    differentiated by autodiff too); used by the gradient checks and as the
-    ``grad_fn="autodiff"`` baseline of training and the benchmarks.
-    """
-    _check_model_and_loss(model, loss, regularizer)
-
-    def f(params, x, y, *, key=None, train=True):
-        x, y = _check_batch(x, y)
-
-        def objective(p):
-            value = loss.value(model.apply(p, x, key=key, train=train), y)
-            if regularizer is not None:
-                value = value + regularizer.value(p)
-            return value
-
-        return jax.value_and_grad(objective)(params)
-
-    return f
-
-
-def loss_value_and_grad(loss, pred, y):
-    """``(loss.value, loss.grad)``, in one pass when the loss offers ``value_and_grad``."""
-    if hasattr(loss, "value_and_grad"):
-        return loss.value_and_grad(pred, y)
-    return loss.value(pred, y), loss.grad(pred, y)
-
-
-def _check_model_and_loss(model, loss, regularizer=None):
-    if not isinstance(model, Layer):
-        raise TypeError(f"model: expected a jbp Layer (e.g. jbp.Sequential), got {type(model).__name__}")
-    if not (hasattr(loss, "value") and hasattr(loss, "grad")):
-        raise TypeError(f"loss: expected a jbp loss with .value and .grad "
-                        f"(e.g. jbp.losses.mse), got {type(loss).__name__}")
-    if regularizer is not None and not (hasattr(regularizer, "value") and hasattr(regularizer, "grad")):
-        raise TypeError(f"regularizer: expected an object with .value(params) and .grad(params) "
-                        f"(e.g. jbp.regularizers.l2(1e-4)), got {type(regularizer).__name__}")
 
 
 # --------------------------------------------------------------------------------------
@@ -384,3 +294,7 @@ def named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
     """``[(name, leaf), ...]`` in flattening order, names from :func:`leaf_name`."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     return [(leaf_name(p), v) for p, v in leaves]
+
+
+# The engine lives in jbp/engine.py; these names stay importable from here.
+from jbp.engine import autodiff_value_and_grad, value_and_grad  # noqa: E402

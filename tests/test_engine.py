@@ -175,7 +175,7 @@ def test_finite_differences_alone_catch_errors_autodiff_would_share():
     params, _ = init(model, (3,))
     x, y = rand(rng, (4, 3)), rand(rng, (4, 2))
     from jbp.check import _finite_differences
-    errs = _finite_differences(model, losses.mse, None, params, x, y, None, True, 1e-6, 3, 0)
+    errs = _finite_differences(model, losses.mse, None, params, x, y, None, True, (), 1e-6, 3, 0)
     assert max(errs) < 1e-7
 
     @dataclasses.dataclass(frozen=True)
@@ -185,5 +185,5 @@ def test_finite_differences_alone_catch_errors_autodiff_would_share():
             return jax.tree.map(lambda a: 1.01 * a, g), dx
 
     bad = jbp.Sequential([Dense(3), Sigmoid(), Scaled(2)])
-    errs = _finite_differences(bad, losses.mse, None, params, x, y, None, True, 1e-6, 3, 0)
+    errs = _finite_differences(bad, losses.mse, None, params, x, y, None, True, (), 1e-6, 3, 0)
     assert errs[2] > 1e-3 and errs[3] > 1e-3 and max(errs[:2]) < 1e-7

@@ -14,6 +14,8 @@ import pytest  # noqa: E402
 
 import jbp  # noqa: E402
 from jbp.core import Layer  # noqa: E402
+from jbp.engine import LayerCall  # noqa: E402
+from jbp.extensions import BatchGrad, BatchL2, SumGradSquared  # noqa: E402
 from jbp.layers import Dense, Flatten, ReLU, Sigmoid, Tanh  # noqa: E402
 from jbp.per_example import (  # noqa: E402
     per_example_clipped_grad,
@@ -114,17 +116,25 @@ def test_norms_for_each_loss(loss):
     np.testing.assert_allclose(norms, ref, **TOL[jnp.float64])
 
 
-def test_dense_closed_form_equals_generic_default():
-    """Dense's ‖a‖²‖δ‖² override equals the base class's vmap-of-backward default."""
+@pytest.mark.parametrize("ext", [BatchGrad(), BatchL2(), SumGradSquared()], ids=repr)
+def test_dense_closed_forms_equal_generic_default(ext):
+    """Dense's closed forms (‖a‖²‖δ‖², (a²)ᵀ(δ²), the Gram form on extra axes) equal the
+    extension's generic vmap-of-backward default, with and without extra axes and bias."""
     rng = np.random.default_rng(3)
-    for in_shape, layer in [((5,), Dense(4)), ((3, 5), Dense(4)), ((6, 2), Dense(2, use_bias=False))]:
+    for in_shape, layer in [((5,), Dense(4)), ((3, 5), Dense(4)), ((6, 2), Dense(2, use_bias=False)),
+                            ((7, 2), Dense(3))]:   # T² > in·units: the per-example product
         params, out_shape = _params(layer, in_shape, jnp.float64)
         x = jnp.asarray(rng.standard_normal((N,) + in_shape))
         dy = jnp.asarray(rng.standard_normal((N,) + out_shape))
         _, cache = layer.forward(params, x)
-        np.testing.assert_allclose(layer.per_example_sq_norms(params, cache, dy),
-                                   Layer.per_example_sq_norms(layer, params, cache, dy),
-                                   **TOL[jnp.float64])
+        grads, _ = layer.backward(params, cache, dy)
+        call = LayerCall(layer, params, cache, dy, grads, N)
+        closed = ext.compute(call)
+        generic = ext.default(call)
+        assert jax.tree.structure(closed) == jax.tree.structure(generic) == jax.tree.structure(params)
+        for c, g in zip(jax.tree.leaves(closed), jax.tree.leaves(generic)):
+            assert c.shape == g.shape
+            np.testing.assert_allclose(c, g, **TOL[jnp.float64])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +159,9 @@ def test_generic_default_for_a_layer_without_override_and_zeros_without_params()
     norms = jax.jit(per_example_grad_norms(model, loss))(params, x, y)
     ref = np.sqrt([_sq_norm(r) for r in _oracle_grads(model, loss, params, x, y)])
     np.testing.assert_allclose(norms, ref, **TOL[jnp.float64])
-    relu_sq = ReLU().per_example_sq_norms((), {"x": x, "y": x}, x)
-    assert relu_sq.shape == (N,) and not np.any(relu_sq)
+    out = jbp.backprop(model, loss, extensions=[BatchL2()])(params, x, y)
+    assert out.extras["batch_l2"][2] == ()          # ReLU: no parameters, nothing computed
+    assert out.extras["batch_l2"][1]["s"].shape == (N,)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])

@@ -58,8 +58,8 @@ def test_one_epoch_minibatch_equals_python_loop_of_steps(shuffle, chunk, monkeyp
     model, params, x, y = _setup(n=23)
     if chunk:  # gather 3 batches at a time: 4 full batches = one chunk of 3 + one of 1
         row = x.dtype.itemsize * x.shape[1] + y.dtype.itemsize
-        monkeypatch.setattr(jbp.train, "_CHUNK_BYTES", 5 * row * chunk)
-        assert jbp.train._chunk_batches(5, 4, x, y) == chunk
+        monkeypatch.setattr(jbp.train.batching, "_CHUNK_BYTES", 5 * row * chunk)
+        assert jbp.train.batching._chunk_batches(5, 4, x, y) == chunk
     opt = optim.sgd(0.3, momentum=0.9)
     key = jax.random.key(42)
     got, hist = fit(model, params, CE, opt, (x, y), batch_size=5, epochs=1, key=key,
@@ -75,7 +75,7 @@ def test_one_epoch_minibatch_equals_python_loop_of_steps(shuffle, chunk, monkeyp
     p, s = params, opt.init(params)
     losses, accs = [], []
     for b, k in zip(batches, keys):
-        p, s, m = step(p, s, x[b], y[b], k)
+        p, s, m, _ = step(p, s, x[b], y[b], k)
         losses.append(float(m["loss"]))
         accs.append(float(m["accuracy"]))
     _close(got, p)
@@ -210,9 +210,8 @@ def test_stateful_model_manual_equals_autodiff_and_state_threads():
     _close(pm, pa)
     _close(hm.state, ha.state)
     assert float(jnp.max(jnp.abs(hm.state[0]))) > 0  # the running mean moved
-    # the stateful step signature
+    # one step signature for every model: state in, state out
     step = make_train_step(model, CE, optim.sgd(0.1))
-    assert step.stateful
     out = jax.jit(step)(params, optim.sgd(0.1).init(params), x[:4], y[:4], jax.random.key(0), st)
     assert len(out) == 4
     np.testing.assert_allclose(out[3][0], 0.2 * np.mean(np.asarray(x[:4]), axis=0), **TIGHT)

@@ -35,7 +35,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jbp.core import Sequential, _check_batch, _check_model_and_loss
+from jbp.core import Sequential
+from jbp._validate import check_batch as _check_batch, check_model_and_loss as _check_model_and_loss
 from jbp.layers.activations import ReLU, Sigmoid, Tanh
 
 from ._model import check_model_has_dense, check_params_match, flatten_model, in_model_order

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from jbp import initializers
@@ -74,33 +75,60 @@ class Dense(Layer):
         dx = jnp.matmul(dy, W.T)
         return grads, dx
 
-    def per_example_sq_norms(self, params, cache, dy):
-        """``‖∂ℓᵢ/∂W‖² + ‖∂ℓᵢ/∂b‖²`` per example from ``(a, δ)``, without forming ``∂ℓᵢ/∂W``.
+    # --- closed forms for the per-example extensions (jbp.extensions) ------------------
+    # ``dy`` here is per example: row i is the delta of example i's own loss, so the
+    # per-example gradient is ∂ℓᵢ/∂W = Σₜ aᵢₜᵀ δᵢₜ (one outer product without extra axes).
+
+    def _per_example_views(self, cache, dy):
+        x = cache["x"]
+        n = x.shape[0]
+        return x.reshape(n, -1, x.shape[-1]), dy.reshape(n, -1, dy.shape[-1])
+
+    def batch_grad(self, params, cache, dy):
+        """``∂ℓᵢ/∂W = Σₜ aᵢₜᵀ δᵢₜ`` ``(n, in, units)`` and ``∂ℓᵢ/∂b = Σₜ δᵢₜ`` ``(n, units)``."""
+        a, d = self._per_example_views(cache, dy)
+        out = {"W": jnp.einsum("nti,ntu->niu", a, d)}
+        if self.use_bias:
+            out["b"] = jnp.sum(d, axis=1)
+        return out
+
+    def batch_l2(self, params, cache, dy):
+        """``‖∂ℓᵢ/∂W‖²`` and ``‖∂ℓᵢ/∂b‖²`` per example, without forming ``∂ℓᵢ/∂W``.
 
         Input ``a`` of shape ``(n, in)``, ``δ`` of shape ``(n, units)``: ``∂ℓᵢ/∂W = aᵢᵀδᵢ`` is
         an outer product, so ``‖∂ℓᵢ/∂W‖² = ‖aᵢ‖² ‖δᵢ‖²`` and ``‖∂ℓᵢ/∂b‖² = ‖δᵢ‖²``.
-        With extra axes, ``(n, T, in)``: ``∂ℓᵢ/∂W = Σₜ aᵢₜᵀδᵢₜ`` and the Gram form
+        With extra axes, ``(n, T, in)``: the Gram form
         ``‖∂ℓᵢ/∂W‖² = Σₜₛ (aᵢₜ·aᵢₛ)(δᵢₜ·δᵢₛ)`` costs ``O(T²(in+units))`` per example; when
         ``T² > in·units`` the per-example ``(in, units)`` gradient is cheaper and is formed
         instead. ``∂ℓᵢ/∂b = Σₜ δᵢₜ``.
         """
-        x = cache["x"]
-        n = x.shape[0]
-        if x.ndim == 2:
-            d_sq = jnp.sum(jnp.square(dy), axis=1)
-            total = jnp.sum(jnp.square(x), axis=1) * d_sq
-            if self.use_bias:
-                total = total + d_sq
-            return total
-        a = x.reshape(n, -1, x.shape[-1])
-        d = dy.reshape(n, -1, dy.shape[-1])
+        a, d = self._per_example_views(cache, dy)
         T, n_in, units = a.shape[1], a.shape[2], d.shape[2]
+        if T == 1:
+            d_sq = jnp.sum(jnp.square(d[:, 0]), axis=1)
+            out = {"W": jnp.sum(jnp.square(a[:, 0]), axis=1) * d_sq}
+            if self.use_bias:
+                out["b"] = d_sq
+            return out
         if T * T <= n_in * units:
             gram_a = jnp.einsum("nti,nsi->nts", a, a)
             gram_d = jnp.einsum("ntu,nsu->nts", d, d)
-            total = jnp.sum(gram_a * gram_d, axis=(1, 2))
+            out = {"W": jnp.sum(gram_a * gram_d, axis=(1, 2))}
         else:
-            total = jnp.sum(jnp.square(jnp.einsum("nti,ntu->niu", a, d)), axis=(1, 2))
+            out = {"W": jnp.sum(jnp.square(jnp.einsum("nti,ntu->niu", a, d)), axis=(1, 2))}
         if self.use_bias:
-            total = total + jnp.sum(jnp.square(jnp.sum(d, axis=1)), axis=1)
-        return total
+            out["b"] = jnp.sum(jnp.square(jnp.sum(d, axis=1)), axis=1)
+        return out
+
+    def sum_grad_squared(self, params, cache, dy):
+        """``Σᵢ (∂ℓᵢ/∂W)²`` elementwise: ``(a²)ᵀ(δ²)`` without extra axes (never forming the
+        per-example gradients); with extra axes from the per-example gradients."""
+        a, d = self._per_example_views(cache, dy)
+        if a.shape[1] == 1:
+            a, d = a[:, 0], d[:, 0]
+            out = {"W": jnp.matmul(jnp.square(a).T, jnp.square(d))}
+            if self.use_bias:
+                out["b"] = jnp.sum(jnp.square(d), axis=0)
+            return out
+        return jax.tree.map(lambda g: jnp.sum(jnp.square(g), axis=0),
+                            self.batch_grad(params, cache, dy))

@@ -1,0 +1,60 @@
+"""Evaluation: loss and metrics on a data set, in compiled chunks."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jbp._validate import cached_if_hashable, check_data, check_model_and_loss, eval_batch_size
+from jbp.metrics import get_metrics
+from jbp.train.batching import batch_plan, scan_batches
+
+__all__ = ["evaluate", "make_eval"]
+
+
+def make_eval(model, loss, metric_objs, *, n, batch_size):
+    """``run(params, state, x, y) -> {metric: value}``: the forward pass (``train=False``)
+    over ``n`` examples in chunks of ``batch_size``, metrics averaged over the examples."""
+    bs, nb, rem = batch_plan(n, batch_size)
+
+    def run(params, state, x, y):
+        def on_batch(carry, xb, yb, _):
+            pred = model.apply(params, xb, train=False, state=state)
+            return carry, {m.name: jnp.asarray(m.fn(pred, yb, loss), dtype=jnp.result_type(float))
+                           for m in metric_objs}
+
+        _, means = scan_batches(on_batch, None, x, y, None, bs=bs, nb=nb, rem=rem)
+        return {m.name: m.finalize(means[m.name]) for m in metric_objs}
+
+    return run
+
+
+_EVAL_CACHE: dict = {}
+
+
+def evaluate(model, params, loss, data, *, metrics=("loss", "accuracy"),
+             batch_size: int | None = 1024, state=None) -> dict[str, float]:
+    """Loss and metrics of ``model`` on ``data = (x, y)`` (``train=False``), as floats.
+
+    Args:
+      model, params, loss: the model, its parameters and a jbp loss.
+      data: a pair ``(x, y)`` of arrays.
+      metrics: names from :mod:`jbp.metrics`.
+      batch_size: chunk size (``None``: all at once). The chunk means are weighted by chunk
+        size, so the result is the mean over the data set whatever the chunking.
+      state: the model's non-trainable state (``model.init_state`` when ``None``).
+
+    The compiled evaluation is cached per (model, loss, metrics, size, chunk), so calling
+    ``evaluate`` every epoch (a callback) compiles once.
+    """
+    check_model_and_loss(model, loss)
+    metric_objs = get_metrics(metrics)
+    x, y = check_data("data", data)
+    n = x.shape[0]
+    batch_size = eval_batch_size(batch_size, n)
+    if state is None:
+        state = model.init_state(tuple(x.shape[1:]))
+    fn = cached_if_hashable(
+        _EVAL_CACHE, (model, loss, tuple(m.name for m in metric_objs), n, batch_size),
+        lambda: jax.jit(make_eval(model, loss, metric_objs, n=n, batch_size=batch_size)))
+    out = fn(params, state, x, y)
+    return {m.name: float(out[m.name]) for m in metric_objs}

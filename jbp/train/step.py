@@ -1,0 +1,75 @@
+"""The training step: one reader of :func:`jbp.backprop`, then the optimizer."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jbp._validate import check_augment, check_grad_fn, check_model_and_loss, check_optimizer
+from jbp.engine import backprop
+from jbp.metrics import get_metrics
+
+__all__ = ["make_train_step", "apply_updates"]
+
+
+def apply_updates(params, updates):
+    """``params + updates`` leaf by leaf, each result in its parameter's dtype."""
+    from jbp.optim import apply_updates as _apply  # noqa: PLC0415 - optim imports nothing of train
+
+    return _apply(params, updates)
+
+
+def make_train_step(model, loss, optimizer, *, regularizer=None, grad_fn: str = "manual",
+                    metrics=("loss",), augment: Callable | None = None,
+                    extensions=()) -> Callable:
+    """The pure, jit-able training step, one signature for every model.
+
+    Returns ``step(params, opt_state, x, y, key, state=()) -> (params, opt_state, metrics,
+    state)``; ``state`` is the model's non-trainable state (``()`` for stateless models,
+    ``model.init_state(in_shape)`` for stateful ones, e.g. BatchNorm).
+
+    Inside, on the batch ``(x, y)``::
+
+        k_aug, k_fwd = jax.random.split(key)
+        x = augment(k_aug, x)                              # if augment is given
+        out = jbp.backprop(model, loss, regularizer=regularizer, extensions=extensions,
+                           grad_fn=grad_fn)(params, x, y, key=k_fwd, state=state)
+        updates, opt_state = optimizer.update(out.grads, opt_state, params)
+        params = apply_updates(params, updates)
+
+    Args:
+      model, loss, regularizer, grad_fn, extensions: as for :func:`jbp.backprop`.
+      optimizer: an optax-protocol optimizer (``jbp.optim`` or optax).
+      metrics: names from :mod:`jbp.metrics`; ``metrics`` returned by the step is a dict of
+        scalars computed on this batch *before* the update: ``"loss"`` (the data loss, without
+        the penalty), ``"penalty"`` (when a regularizer is given) and the requested metrics.
+        The extensions' results are under ``"extras"`` when any are requested.
+      augment: ``augment(key, x) -> x``, applied to the batch first.
+    """
+    check_model_and_loss(model, loss, regularizer)
+    check_optimizer(optimizer)
+    check_grad_fn(grad_fn)
+    check_augment(augment)
+    metric_objs = get_metrics(metrics)
+    run = backprop(model, loss, regularizer=regularizer, extensions=extensions, grad_fn=grad_fn)
+
+    def step(params, opt_state, x, y, key, state=()):
+        k_aug, k_fwd = jax.random.split(key)
+        if augment is not None:
+            x = augment(k_aug, x)
+        out = run(params, x, y, key=k_fwd, state=state, train=True)
+        updates, opt_state = optimizer.update(out.grads, opt_state, params)
+        params = apply_updates(params, updates)
+        pred = jax.lax.stop_gradient(out.pred)
+        logs = {"loss": out.loss}
+        if regularizer is not None:
+            logs["penalty"] = out.penalty
+        for m in metric_objs[1:]:
+            logs[m.name] = m.fn(pred, y, loss)
+        logs = {k: jnp.asarray(v, dtype=jnp.result_type(float)) for k, v in logs.items()}
+        if out.extras:
+            logs["extras"] = out.extras
+        return params, opt_state, logs, out.state
+
+    return step
