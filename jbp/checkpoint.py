@@ -179,16 +179,15 @@ def _fmt_spec(shape, dtype: str) -> str:
 # walking a pytree into a JSON skeleton
 # --------------------------------------------------------------------------------------
 
-def _is_leaf(x) -> bool:
-    if x is None:
-        return False
-    treedef = jax.tree.structure(x)
-    return treedef.num_nodes == 1 and treedef.num_leaves == 1  # () and {} are nodes
-
-
 def _children(node):
-    """One level of ``node``'s children in jax's flattening order: ``[(key, child)]``."""
+    """One level of ``node`` in jax's flattening order: ``[(key, child)]``, or None for a leaf.
+
+    Only this level is flattened (every child is treated as a leaf), so walking a tree
+    costs one pass over it.
+    """
     pairs, _ = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda c: c is not node)
+    if len(pairs) == 1 and pairs[0][0] == () and pairs[0][1] is node:
+        return None
     return [(p[0], c) for p, c in pairs]
 
 
@@ -198,9 +197,9 @@ def _walk(tree, on_leaf, where: str):
     def visit(node, parts):
         if node is None:
             return {"type": "none"}
-        if _is_leaf(node):
-            return {"type": "leaf", "index": on_leaf(node, _join(parts))}
         kids = _children(node)
+        if kids is None:
+            return {"type": "leaf", "index": on_leaf(node, _join(parts))}
         t = type(node)
         children = [visit(c, parts + [_key_name(k)]) for k, c in kids]
         if t is tuple:
@@ -565,7 +564,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
 # --------------------------------------------------------------------------------------
 
 def _host_array(rec, buf) -> np.ndarray:
-    """The stored array of an array or key record as a read-only numpy view of ``buf``."""
+    """The stored array of an array or key record: a numpy view of ``buf``, no copy."""
     key = rec["kind"] == "key"
     dt = _dtype_from_name(rec["data_dtype"] if key else rec["dtype"])
     shape = rec["data_shape"] if key else rec["shape"]
