@@ -7,6 +7,7 @@ differences; ``fit`` trains with one compiled ``lax.scan`` per epoch.
 """
 from jbp import (augment, checkpoint, datasets, diagnostics, extensions, initializers, layers,
                  losses, optim, plotting, regularizers)
+from jbp._validate import check_params
 from jbp.callbacks import Callback, EarlyStopping
 from jbp.check import GradientCheckError, GradientReport, check_gradients
 from jbp.core import Layer, Sequential, cast, named_leaves
@@ -14,7 +15,7 @@ from jbp.engine import Pass, autodiff_value_and_grad, backprop, value_and_grad
 from jbp.history import History
 from jbp.layers import Dense, Dropout, Flatten
 from jbp.per_example import per_example_clipped_grad, per_example_grad_norms, per_example_grads
-from jbp.train import evaluate, fit, make_train_step
+from jbp.train import DivergenceError, evaluate, fit, make_train_step
 
 __version__ = "0.1.0"
 
@@ -22,9 +23,10 @@ __all__ = [
     # the engine
     "Layer", "Sequential", "Dense", "Dropout", "Flatten",
     "backprop", "Pass", "value_and_grad", "autodiff_value_and_grad", "check_gradients", "GradientReport",
-    "GradientCheckError", "cast", "named_leaves",
+    "GradientCheckError", "cast", "named_leaves", "check_params",
     # training
     "fit", "evaluate", "make_train_step", "History", "Callback", "EarlyStopping",
+    "DivergenceError",
     # per-example gradients
     "per_example_grads", "per_example_grad_norms", "per_example_clipped_grad",
     # submodules

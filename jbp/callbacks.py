@@ -21,7 +21,7 @@ from typing import Any
 
 from jbp.history import _fmt
 
-__all__ = ["Callback", "EarlyStopping", "as_callback", "format_epoch"]
+__all__ = ["Callback", "EarlyStopping", "as_callback", "format_epoch", "infer_mode"]
 
 
 class Callback:
@@ -72,10 +72,20 @@ class EarlyStopping(Callback):
     ``monitor`` names a history column: ``"val_loss"`` (needs ``validation_data``),
     ``"val_accuracy"``, ``"loss"``, ... ``fit`` checks it before compiling. A single
     object can be reused across ``fit`` calls (it resets in ``on_train_begin``).
+
+    ``mode=None`` (the default) infers the direction from the monitored name (without its
+    ``val_``/``test_`` prefix): accuracy-like names (``accuracy``, ``acc``, ``auc``,
+    ``precision``, ``recall``, ``f1``, ...) are maximised, losses and errors (``loss``,
+    ``penalty``, ``mse``, ``rmse``, ``mae``, ...) minimised; any other name needs an explicit
+    ``mode="min"`` or ``"max"`` (``ValueError`` otherwise). An explicit ``mode`` always wins.
+
+    With ``fit(..., checkpoint_dir=...)`` the stopper's progress (best value and epoch,
+    epochs waited, best parameters) is saved with every checkpoint and restored on resume
+    (:meth:`state_dict` / :meth:`load_state_dict`).
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
-                 mode: str = "min", restore_best: bool = True):
+                 mode: str | None = None, restore_best: bool = True):
         if not isinstance(monitor, str) or not monitor:
             raise TypeError(f"EarlyStopping: monitor must be a column name such as 'val_loss', "
                             f"got {monitor!r}")
@@ -85,8 +95,11 @@ class EarlyStopping(Callback):
                 or not math.isfinite(min_delta) or min_delta < 0:
             raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, "
                              f"got {min_delta!r}")
-        if mode not in ("min", "max"):
-            raise ValueError(f"EarlyStopping: mode must be 'min' or 'max', got {mode!r}")
+        if mode is None:
+            mode = infer_mode(monitor)
+        elif mode not in ("min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'min', 'max' or None (inferred from "
+                             f"the monitor), got {mode!r}")
         self.monitor = monitor
         self.patience = patience
         self.min_delta = float(min_delta)
@@ -133,6 +146,60 @@ class EarlyStopping(Callback):
         if self.restore_best and self.best_params is not None:
             return self.best_params, self.best_state
         return None
+
+    # --- checkpoints (fit's checkpoint_dir / resume) -------------------------------------
+    def state_dict(self):
+        """``(metadata, arrays)``: the progress as JSON-able numbers and the best
+        parameters/state as a pytree (``None`` when not kept)."""
+        meta = {"monitor": self.monitor, "mode": self.mode, "best_value": self.best_value,
+                "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch,
+                "wait": self.wait}
+        arrays = None
+        if self.best_params is not None:
+            arrays = {"params": self.best_params, "state": self.best_state}
+        return meta, arrays
+
+    def load_state_dict(self, meta, arrays) -> None:
+        """Restore what :meth:`state_dict` returned (``ValueError`` if it monitored another
+        column or direction)."""
+        if meta.get("monitor") != self.monitor or meta.get("mode") != self.mode:
+            raise ValueError(f"EarlyStopping: the checkpoint monitored {meta.get('monitor')!r} "
+                             f"({meta.get('mode')}), this one monitors {self.monitor!r} "
+                             f"({self.mode})")
+        self.best_value = float(meta["best_value"])
+        self.best_epoch = meta["best_epoch"]
+        self.stopped_epoch = meta["stopped_epoch"]
+        self.wait = int(meta["wait"])
+        if arrays is not None:
+            self.best_params, self.best_state = arrays["params"], arrays["state"]
+
+
+_MAX_WORDS = ("accuracy", "acc", "auc", "precision", "recall", "f1", "top_k", "top5", "top1",
+              "r2", "iou", "dice", "map")
+_MIN_WORDS = ("loss", "penalty", "mse", "rmse", "mae", "error", "err", "nll", "perplexity",
+              "ppl", "cross_entropy", "entropy")
+
+
+def infer_mode(monitor: str) -> str:
+    """``"max"`` for accuracy-like columns, ``"min"`` for losses and errors (see
+    :class:`EarlyStopping`); ``ValueError`` for a name it cannot tell.
+
+    Args:
+      monitor: a history column such as ``"val_accuracy"`` or ``"loss"``.
+    """
+    base = monitor.lower()
+    for prefix in ("val_", "test_", "train_"):
+        if base.startswith(prefix):
+            base = base[len(prefix):]
+            break
+    words = base.replace("-", "_").split("_")
+    for word in reversed(words):  # the last word decides: "loss_of_accuracy" is a loss
+        if word in _MAX_WORDS:
+            return "max"
+        if word in _MIN_WORDS:
+            return "min"
+    raise ValueError(f"EarlyStopping: cannot tell whether {monitor!r} should go up or down; "
+                     f"pass mode='min' or mode='max'")
 
 
 def format_epoch(epoch: int, epochs: int, logs: dict, compile_seconds: float = 0.0) -> str:

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp._validate import check_batch, check_same_structure
+from jbp._validate import (check_batch, check_model_and_loss, check_model_input, check_params,
+                           check_regularizer, check_same_structure, check_state, check_targets)
 from jbp.core import cast, named_leaves
 from jbp.engine import backprop, value_and_grad
 
@@ -31,14 +32,29 @@ class GradientCheckError(AssertionError):
     """Raised by :meth:`GradientReport.raise_if_failed` when a leaf disagrees."""
 
 
+#: Every comparison is relative to the larger of the leaf's own gradient scale and this
+#: fraction of the largest leaf's: a leaf whose true gradient is 0 (a bias before
+#: BatchNorm) holds rounding noise of the other leaves' size, not of its own.
+FLOOR = 1e-2
+#: Finite differences also allow the rounding noise of the two loss evaluations,
+#: ``FD_NOISE · ε₆₄ · |L| / fd_eps`` (ε₆₄ the float64 machine epsilon).
+FD_NOISE = 16.0
+
+
 @dataclasses.dataclass(frozen=True)
 class LeafCheck:
     """One parameter leaf: errors of the hand-written gradient against each oracle.
 
     ``abs_err`` is ``max |manual − autodiff|``; ``rel_err`` divides it by
     ``max |autodiff|`` (a norm-wise relative error, stable when entries are near zero).
-    ``fd_rel_err`` is the worst relative error of ``⟨manual, v⟩`` against the central
-    difference over the random directions ``v`` (``None`` when not computed).
+    ``fd_rel_err`` is the worst error of ``⟨manual, v⟩`` against the central difference
+    over the random directions ``v``, relative to the bound of the comparison (``None``
+    when not computed).
+
+    ``bound`` and ``fd_bound`` say which scale decided each tolerance: ``"leaf"`` (the
+    leaf's own gradient), ``"others"`` (:data:`FLOOR` times the largest leaf's gradient:
+    the floor for leaves whose true gradient is 0), ``"atol"`` (the absolute tolerance) or,
+    for finite differences, ``"loss"`` (the rounding noise of evaluating the loss).
     """
 
     name: str
@@ -48,6 +64,8 @@ class LeafCheck:
     ok_autodiff: bool
     fd_rel_err: Optional[float] = None
     ok_fd: Optional[bool] = None
+    bound: str = "leaf"
+    fd_bound: Optional[str] = None
 
     @property
     def ok(self) -> bool:
@@ -62,6 +80,8 @@ class GradientReport:
     atol: float
     fd_rtol: Optional[float]
     loss_value: float
+    scale: float = 0.0        # max |autodiff| over all leaves (the "others" floor / FLOOR)
+    fd_noise: Optional[float] = None  # the "loss" floor of the finite differences
 
     @property
     def ok(self) -> bool:
@@ -85,7 +105,7 @@ class GradientReport:
         head = f"{'leaf':<22} {'shape':<14} {'max|manual-autodiff|':>21} {'rel':>10}"
         if fd:
             head += f" {'rel vs finite diff':>19}"
-        head += "  ok"
+        head += f"  {'bound':<12}  ok"
         lines = [f"gradient check ({self.dtype}; rtol={self.rtol:g}, atol={self.atol:g}"
                  + (f", finite differences in float64 rtol={self.fd_rtol:g}" if fd else "")
                  + f"); loss = {self.loss_value:.6g}", head, "-" * len(head)]
@@ -93,8 +113,14 @@ class GradientReport:
             row = f"{l.name:<22} {str(l.shape):<14} {l.abs_err:>21.3e} {l.rel_err:>10.2e}"
             if fd:
                 row += f" {l.fd_rel_err:>19.2e}" if l.fd_rel_err is not None else f" {'-':>19}"
-            row += "  " + ("yes" if l.ok else "NO")
+            bound = l.bound + (f"/{l.fd_bound}" if l.fd_bound else "")
+            row += f"  {bound:<12}  " + ("yes" if l.ok else "NO")
             lines.append(row)
+        floors = (f"bounds: leaf = the leaf's own gradient scale; others = {FLOOR:g} x the "
+                  f"largest leaf's ({FLOOR * self.scale:.2e})")
+        if fd and self.fd_noise is not None:
+            floors += f"; loss = the loss's rounding noise in finite differences ({self.fd_noise:.2e})"
+        lines.append(floors)
         lines.append("all gradients agree" if self.ok else f"MISMATCH in {', '.join(self.failed)}")
         return "\n".join(lines)
 
@@ -140,11 +166,19 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True, state=No
         the hand-written and the autodiff gradient must have the structure of ``params``:
         a backward that omits or adds a leaf fails with an error naming it.
       finite_differences: also check against central differences, in float64.
+        Before anything is compiled, ``params`` are checked against ``model.init``'s shapes
+        (:func:`jbp.check_params`), ``y`` against the loss (``loss.check_targets``: label
+        ranges, shapes) and ``x`` against the input layer (``Embedding`` ids).
       rtol, atol: manual vs autodiff tolerance on ``max|manual − autodiff|``, passing when
-        ``≤ atol + rtol·max|autodiff|``. Defaults depend on the params' dtype
-        (float64: 1e-9/1e-12; float32: 2e-4/1e-6).
+        ``≤ max(atol, rtol·max|autodiff of the leaf|, rtol·FLOOR·max|autodiff of any leaf|)``
+        with ``FLOOR = 1e-2``: the last term keeps a leaf whose true gradient is 0 (a bias
+        before BatchNorm) from failing on rounding noise. Defaults depend on the params'
+        dtype (float64: 1e-9/1e-12; float32: 2e-4/1e-6).
       fd_rtol, fd_eps, fd_directions, seed: the finite-difference check's relative
-        tolerance, step, number of random directions per leaf, and their seed.
+        tolerance, step, number of random directions per leaf, and their seed. The error
+        along each direction is relative to the largest of the leaf's scale, ``FLOOR`` times
+        the largest leaf gradient norm, and the loss's rounding noise ``16·ε₆₄·|L|/fd_eps``
+        over ``fd_rtol``. Each row of the report says which bound decided (``bound``).
       raise_on_failure: raise :class:`GradientCheckError` instead of returning a failed report.
 
     Returns:
@@ -152,8 +186,17 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True, state=No
       (a table with one row per parameter leaf, named like ``layers[2].W``).
     """
     x, y = check_batch(x, y)
+    check_model_and_loss(model, loss, regularizer)
+    in_shape = tuple(x.shape[1:])
+    out_shape = check_params(model, params, in_shape)
+    check_model_input(model, x, name="x")
+    check_targets(loss, y, out_shape, name="y")
+    if regularizer is not None:
+        check_regularizer(regularizer, params)
     if state is None:
-        state = model.init_state(tuple(x.shape[1:]))
+        state = model.init_state(in_shape)
+    else:
+        check_state(model, state, in_shape)
     dtype = _param_dtype(params)
     d_rtol, d_atol = default_tolerance(dtype)
     rtol = d_rtol if rtol is None else float(rtol)
@@ -169,27 +212,34 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True, state=No
     check_same_structure("params", params, "the hand-written gradient", g_manual)
     check_same_structure("params", params, "the jax.grad gradient", g_auto)
 
+    pairs = [(name, np.asarray(gm, dtype=np.float64), np.asarray(ga, dtype=np.float64))
+             for (name, gm), (_, ga) in zip(named_leaves(g_manual), named_leaves(g_auto))]
+    # the "others" floor: the largest autodiff gradient entry over all leaves
+    top = max((float(np.max(np.abs(ga))) for _, _, ga in pairs if ga.size), default=0.0)
     rows = []
-    for (name, gm), (_, ga) in zip(named_leaves(g_manual), named_leaves(g_auto)):
-        gm = np.asarray(gm, dtype=np.float64)
-        ga = np.asarray(ga, dtype=np.float64)
+    for name, gm, ga in pairs:
         if gm.shape != ga.shape:
             rows.append(LeafCheck(name, tuple(ga.shape), float("inf"), float("inf"), False))
             continue
         abs_err = float(np.max(np.abs(gm - ga))) if gm.size else 0.0
         scale = float(np.max(np.abs(ga))) if ga.size else 0.0
         rel = abs_err / scale if scale > 0 else (0.0 if abs_err == 0 else float("inf"))
-        ok = bool(np.isfinite(abs_err) and abs_err <= atol + rtol * scale)
-        rows.append(LeafCheck(name, tuple(ga.shape), abs_err, rel, ok))
+        bounds = {"atol": atol, "leaf": rtol * scale, "others": rtol * FLOOR * top}
+        decided = max(bounds, key=bounds.get)
+        ok = bool(np.isfinite(abs_err) and abs_err <= bounds[decided])
+        rows.append(LeafCheck(name, tuple(ga.shape), abs_err, rel, ok, bound=decided))
 
+    fd_noise = None
     if finite_differences:
-        fd = _finite_differences(model, loss, regularizer, params, x, y, key, train, state,
-                                 fd_eps, fd_directions, seed)
-        rows = [dataclasses.replace(r, fd_rel_err=e, ok_fd=bool(e <= fd_rtol))
-                for r, e in zip(rows, fd)]
+        fd, fd_bounds, fd_noise = _fd_compare(model, loss, regularizer, params, x, y, key,
+                                              train, state, fd_eps, fd_directions, seed,
+                                              fd_rtol)
+        rows = [dataclasses.replace(r, fd_rel_err=e, ok_fd=bool(e <= fd_rtol), fd_bound=b)
+                for r, e, b in zip(rows, fd, fd_bounds)]
 
     report = GradientReport(tuple(rows), str(jnp.dtype(dtype)), rtol, atol,
-                            fd_rtol if finite_differences else None, float(value))
+                            fd_rtol if finite_differences else None, float(value),
+                            scale=top, fd_noise=fd_noise)
     if raise_on_failure:
         report.raise_if_failed()
     return report
@@ -198,6 +248,25 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True, state=No
 def _finite_differences(model, loss, regularizer, params, x, y, key, train, state, eps, n_dir,
                         seed):
     """Per leaf, the worst relative error of ⟨manual grad, v⟩ vs a central difference."""
+    return _fd_compare(model, loss, regularizer, params, x, y, key, train, state, eps, n_dir,
+                       seed)[0]
+
+
+def _fd_compare(model, loss, regularizer, params, x, y, key, train, state, eps, n_dir, seed,
+                fd_rtol=1e-5):
+    """``(errors, bounds, noise)`` of the finite-difference check, per leaf.
+
+    For each of ``n_dir`` random unit directions ``v`` within a leaf, the error
+    ``|numeric − ⟨manual grad, v⟩|`` is divided by the largest of
+
+    - ``"leaf"``: the leaf's own scale ``max(|numeric|, |analytic|, ‖g_leaf‖)``;
+    - ``"others"``: :data:`FLOOR` times the largest leaf gradient norm ``max_l ‖g_l‖``;
+    - ``"loss"``: ``noise / fd_rtol`` where ``noise = FD_NOISE·ε₆₄·|L|/ε`` is the rounding
+      noise of the two loss evaluations of a central difference (so that an error within
+      that noise passes at ``fd_rtol``).
+
+    ``errors`` holds the worst ratio per leaf, ``bounds`` the scale that decided it.
+    """
     with _x64():
         p64 = cast(params, jnp.float64)
         x64 = cast(x, jnp.float64)
@@ -209,19 +278,23 @@ def _finite_differences(model, loss, regularizer, params, x, y, key, train, stat
             value = loss.value(model.apply(p, x64, key=key, train=train, state=s64), y64)
             return value if regularizer is None else value + regularizer.value(p)
 
-        _, g64 = jax.jit(lambda p: value_and_grad(model, loss, regularizer=regularizer)(
+        value64, g64 = jax.jit(lambda p: value_and_grad(model, loss, regularizer=regularizer)(
             p, x64, y64, key=key, train=train, state=s64))(p64)
+        check_same_structure("params", p64, "the hand-written gradient (float64)", g64)
         leaves, treedef = jax.tree.flatten(p64)
-        g_leaves = jax.tree.leaves(g64)
+        g_leaves = [np.asarray(g) for g in jax.tree.leaves(g64)]
+        others = FLOOR * max((float(np.linalg.norm(g)) for g in g_leaves), default=0.0)
+        noise = FD_NOISE * float(np.finfo(np.float64).eps) * abs(float(value64)) / eps
         rng = np.random.default_rng(seed)
         f = jax.jit(objective)
-        errors = []
+        errors, bounds = [], []
         for i, (leaf, g) in enumerate(zip(leaves, g_leaves)):
             leaf = jnp.asarray(leaf)
             if not jnp.issubdtype(leaf.dtype, jnp.floating) or leaf.size == 0:
                 errors.append(0.0)
+                bounds.append("leaf")
                 continue
-            worst = 0.0
+            worst, decided = -1.0, "leaf"
             for _ in range(n_dir):
                 v = rng.standard_normal(leaf.shape)
                 v /= np.linalg.norm(v)
@@ -232,8 +305,13 @@ def _finite_differences(model, loss, regularizer, params, x, y, key, train, stat
                     return jax.tree.unflatten(treedef, new)
 
                 numeric = (float(f(shifted(eps))) - float(f(shifted(-eps)))) / (2 * eps)
-                analytic = float(np.sum(np.asarray(g) * v))
-                scale = max(abs(numeric), abs(analytic), float(np.linalg.norm(np.asarray(g))), 1e-12)
-                worst = max(worst, abs(numeric - analytic) / scale)
-            errors.append(worst)
-        return errors
+                analytic = float(np.sum(g * v))
+                scales = {"leaf": max(abs(numeric), abs(analytic), float(np.linalg.norm(g))),
+                          "others": others, "loss": noise / fd_rtol}
+                which = max(scales, key=scales.get)
+                err = abs(numeric - analytic) / max(scales[which], 1e-300)
+                if err > worst:
+                    worst, decided = err, which
+            errors.append(max(worst, 0.0))
+            bounds.append(decided)
+        return errors, bounds, noise

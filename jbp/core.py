@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from jbp._validate import check_array, check_floating  # noqa: F401 - layers import them from here
+from jbp._validate import (check_array, check_floating,  # noqa: F401 - layers import them from here
+                           check_in_shape, check_key)
 
 Array = jax.Array
 PyTree = Any
@@ -165,7 +166,8 @@ class Sequential(Layer):
         return type(err)(f"layers[{i}] ({type(layer).__name__}): {err}")
 
     def init(self, key, in_shape):
-        in_shape = tuple(int(d) for d in in_shape)
+        key = check_key(key)
+        in_shape = check_in_shape(in_shape)
         params, shape = [], in_shape
         for i, (layer, k) in enumerate(zip(self.layers, jax.random.split(key, max(len(self.layers), 1)))):
             try:

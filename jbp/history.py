@@ -27,7 +27,9 @@ class History:
     ``history["loss"]`` is the column as a list; :meth:`to_dict` gives all columns,
     :meth:`as_table` a text table, :meth:`to_json` a JSON string/file, :meth:`plot` a
     matplotlib figure. ``state`` is the model's final non-trainable state (stateful models;
-    ``()`` otherwise), ``stopped_epoch``/``best_epoch`` are set by early stopping.
+    ``()`` otherwise), ``stopped_epoch``/``best_epoch`` are set by early stopping,
+    ``diverged`` (the epoch whose loss became NaN/Inf) by ``fit(on_nonfinite="stop")``,
+    ``resumed_from`` (epochs restored from a checkpoint) by ``fit(resume=True)``.
     """
 
     def __init__(self, records=None, *, epochs: int | None = None):
@@ -36,6 +38,8 @@ class History:
         self.stopped_epoch: int | None = None
         self.best_epoch: int | None = None
         self.interrupted = False
+        self.diverged: int | None = None       # epoch whose loss became NaN/Inf (fit stopped)
+        self.resumed_from: int | None = None   # epochs restored from a checkpoint
         self.compile_seconds = 0.0
         self.state: Any = ()
 
@@ -79,6 +83,7 @@ class History:
     def info(self) -> dict:
         return {"epochs": self.epochs, "epochs_run": len(self), "stopped_epoch": self.stopped_epoch,
                 "best_epoch": self.best_epoch, "interrupted": self.interrupted,
+                "diverged": self.diverged, "resumed_from": self.resumed_from,
                 "compile_seconds": self.compile_seconds}
 
     def to_json(self, path=None, *, indent: int | None = 2) -> str:
@@ -108,6 +113,8 @@ class History:
         h.stopped_epoch = info.get("stopped_epoch")
         h.best_epoch = info.get("best_epoch")
         h.interrupted = bool(info.get("interrupted", False))
+        h.diverged = info.get("diverged")
+        h.resumed_from = info.get("resumed_from")
         h.compile_seconds = float(info.get("compile_seconds") or 0.0)
         return h
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jbp._validate import check_index_range, check_interval
 from jbp.core import check_array
 
 __all__ = ["Loss", "mse", "binary_cross_entropy", "softmax_cross_entropy", "get", "accuracy"]
@@ -63,6 +64,35 @@ class Loss:
             raise ValueError(f"{self.name}: pred must have a leading batch axis, got a scalar")
         return pred, target
 
+    # --- boundary checks on concrete targets (fit, evaluate, check_gradients call them) ---
+    def check_targets(self, target, out_shape) -> None:
+        """Check concrete targets for predictions of shape ``(n, *out_shape)``, before jit.
+
+        Under ``jit`` a label out of range, a binary target outside ``[0, 1]`` or a target
+        of the wrong shape can no longer raise (it would be clipped or scored silently), so
+        ``fit``, ``evaluate`` and ``check_gradients`` call this once on the whole data.
+        The base class checks nothing; each loss overrides it.
+
+        Args:
+          target: the targets of all examples (leading example axis).
+          out_shape: the model's output shape for one example (``model.init``'s second result).
+
+        Raises:
+          ValueError / TypeError: naming the loss, what was expected and what came.
+        """
+
+    def _target_shape(self, target, out_shape, what) -> None:
+        """``target.shape[1:]`` is ``out_shape`` (or ``()`` for ``out_shape == (1,)``)."""
+        target = check_array("target", target)
+        if target.ndim == 0:
+            raise ValueError(f"{self.name}: target needs a leading example axis, got a scalar")
+        if tuple(target.shape[1:]) == tuple(out_shape) or (tuple(out_shape) == (1,)
+                                                           and target.ndim == 1):
+            return
+        raise ValueError(f"{self.name}: target must have the {what} shape "
+                         f"(n, {', '.join(map(str, out_shape))}) = "
+                         f"{(target.shape[0],) + tuple(out_shape)}, got {tuple(target.shape)}")
+
     def _same_shape(self, pred, target, what):
         """``target`` shaped like ``pred``; ``(n,)`` is accepted for ``(n, 1)`` predictions."""
         if target.shape == pred.shape:
@@ -82,6 +112,10 @@ class MSE(Loss):
     """
 
     name = "mse"
+
+    def check_targets(self, target, out_shape) -> None:
+        """Targets shaped like the predictions (``(n,)`` for outputs of shape ``(1,)``)."""
+        self._target_shape(target, out_shape, "prediction's")
 
     def _check(self, pred, target):
         pred, target = super()._check(pred, target)
@@ -113,6 +147,12 @@ class BinaryCrossEntropy(Loss):
     """
 
     name = "binary_cross_entropy"
+
+    def check_targets(self, target, out_shape) -> None:
+        """Targets shaped like the logits (``(n,)`` for ``(1,)``), every value in ``[0, 1]``
+        (under jit a target of 3 would just scale the gradient)."""
+        self._target_shape(target, out_shape, "logits'")
+        check_interval(f"{self.name}: targets", target, 0.0, 1.0)
 
     def _check(self, pred, target):
         pred, target = super()._check(pred, target)
@@ -148,6 +188,29 @@ class SoftmaxCrossEntropy(Loss):
     """
 
     name = "softmax_cross_entropy"
+
+    def check_targets(self, target, out_shape) -> None:
+        """Logits of shape ``(k,)`` per example; integer labels of shape ``(n,)`` in
+        ``[0, k)`` (under jit an out-of-range label one-hot encodes to zeros: loss 0, no
+        gradient) or non-negative probabilities of shape ``(n, k)``."""
+        target = check_array("target", target)
+        out_shape = tuple(out_shape)
+        if len(out_shape) != 1:
+            raise ValueError(f"{self.name}: logits must have shape (batch, classes), but the "
+                             f"model's output per example has shape {out_shape}")
+        k = out_shape[0]
+        if jnp.issubdtype(target.dtype, jnp.integer):
+            if target.ndim != 1:
+                raise ValueError(f"{self.name}: integer labels must have shape (n,), got "
+                                 f"{tuple(target.shape)}")
+            check_index_range(f"{self.name}: labels ({k} classes)", target, k)
+            return
+        if not jnp.issubdtype(target.dtype, jnp.floating) or target.ndim != 2 \
+                or target.shape[1] != k:
+            raise ValueError(f"{self.name}: target must be integer labels of shape (n,) or "
+                             f"probabilities of shape (n, {k}), got {target.dtype} "
+                             f"{tuple(target.shape)}")
+        check_interval(f"{self.name}: target probabilities", target, 0.0, float("inf"))
 
     def _targets(self, pred, target):
         pred, target = self._check(pred, target)

@@ -200,10 +200,30 @@ class Regularizer:
         flags, _ = jax.tree_util.tree_flatten_with_path(self.selected(params))
         return [leaf_name(p) for p, f in flags if f]
 
+    def check_params(self, params: PyTree) -> None:
+        """Raise ``ValueError`` when an explicit ``mask`` selects no floating-point leaf of
+        ``params`` (the penalty would silently be 0); ``fit`` calls this before compiling.
+
+        Args:
+          params: the model's parameters.
+        """
+        if self.mask is None or self.selected_names(params):
+            return
+        from jbp.core import named_leaves  # noqa: PLC0415
+
+        names = [n for n, leaf in named_leaves(params) if _is_float_leaf(leaf)]
+        raise ValueError(f"regularizer: the mask of {self!r} matches no leaf of params, so the "
+                         f"penalty would be 0; the floating-point leaves are "
+                         f"{', '.join(names) or '(none)'}")
+
     def _pairs(self, params):
         leaves, treedef = jax.tree.flatten(params)
-        flags = jax.tree.leaves(self.selected(params))
-        return leaves, flags, treedef
+        selected = self.selected(params)
+        if jax.tree.structure(selected) != treedef:  # never zip two trees unchecked
+            from jbp._validate import check_same_structure  # noqa: PLC0415
+
+            check_same_structure("params", params, f"the selection of {self!r}", selected)
+        return leaves, jax.tree.leaves(selected), treedef
 
     # --- the penalty --------------------------------------------------------------------
     def value(self, params: PyTree):

@@ -56,6 +56,7 @@ class Dense(Layer):
     def forward(self, params, x, *, key=None, train=False):
         x = check_array("x", x)
         check_floating("x", x)
+        self._check_params(params)
         W = params["W"]
         if x.ndim < 2 or x.shape[-1] != W.shape[0]:
             raise layer_error(self, f"expected input of shape (batch, ..., {W.shape[0]}), got {x.shape}")
@@ -63,6 +64,24 @@ class Dense(Layer):
         if self.use_bias:
             z = z + params["b"]
         return z, {"x": x}
+
+    def _check_params(self, params):
+        """Static shape checks, so a wrong ``W`` or ``b`` is not blamed on the input."""
+        names = ("W", "b") if self.use_bias else ("W",)
+        missing = [k for k in names if not (isinstance(params, dict) and k in params)]
+        if missing:
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise layer_error(self, f"params must be a dict with {list(names)}, missing "
+                              f"{missing} (got {got})")
+        W = params["W"]
+        if jnp.ndim(W) != 2 or jnp.shape(W)[1] != self.units:
+            hint = ("; it looks transposed (W is stored as (in, units))"
+                    if jnp.ndim(W) == 2 and jnp.shape(W)[0] == self.units else "")
+            raise layer_error(self, f"params['W'] has shape {jnp.shape(W)}, expected "
+                              f"(in_features, {self.units}){hint}")
+        if self.use_bias and jnp.shape(params["b"]) != (self.units,):
+            raise layer_error(self, f"params['b'] has shape {jnp.shape(params['b'])}, expected "
+                              f"({self.units},)")
 
     def backward(self, params, cache, dy):
         x = cache["x"]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp import initializers
+from jbp._validate import check_index_range
 from jbp.core import Layer, check_array, layer_error
 from jbp.layers._window import _nonneg_int, _positive_int
 from jbp.layers.masking import Masked, cotangent_values
@@ -100,6 +101,29 @@ class Embedding(Layer):
                 raise layer_error(self, f"pad_id needs ids of shape (batch, T), got {ids.shape}")
             y = Masked(y, ids != self.pad_id)
         return y, {"x": ids}
+
+    def check_input(self, x) -> None:
+        """Check concrete token ids once, at the boundary, before anything is compiled.
+
+        Under ``jit`` (every ``fit`` and ``evaluate``) ``forward`` can no longer see the
+        values, and an id outside the vocabulary would be clamped to the nearest row; so
+        ``fit``, ``evaluate`` and ``check_gradients`` call this on the whole data first.
+
+        Args:
+          x: integer token ids with a leading example axis (a tracer is not checked).
+
+        Raises:
+          TypeError: ids that are not integers. ValueError: ids outside
+          ``[0, vocab_size)``, with how many and the first one.
+        """
+        ids = check_array("x", x)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise layer_error(self, f"expected integer token ids, got dtype {ids.dtype} "
+                              f"(shape {ids.shape})", TypeError)
+        try:
+            check_index_range("token ids", ids, self.vocab_size)
+        except ValueError as e:
+            raise layer_error(self, str(e)) from None
 
     def backward(self, params, cache, dy):
         ids = cache["x"]

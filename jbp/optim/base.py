@@ -78,6 +78,23 @@ def increment(count: jax.Array) -> jax.Array:
     return jnp.where(count < _INT32_MAX, count + 1, count).astype(jnp.int32)
 
 
+def acc_dtype(x):
+    """The dtype optimizer arithmetic and statistics use for a leaf like ``x``: float32 or
+    wider for floating leaves (bfloat16/float16 → float32; float32 and float64 unchanged),
+    the leaf's own dtype otherwise. In bfloat16, ``1 − 0.999 == 0``: Adam's bias correction
+    would divide by zero."""
+    dt = jnp.result_type(x)
+    return jnp.promote_types(dt, jnp.float32) if jnp.issubdtype(dt, jnp.floating) else dt
+
+
+def widen(x, *others):
+    """``x`` cast to the widest of :func:`acc_dtype` of ``x`` and the dtypes of ``others``."""
+    dt = acc_dtype(x)
+    for o in others:
+        dt = jnp.promote_types(dt, jnp.result_type(o))
+    return jnp.asarray(x).astype(dt)
+
+
 def cast_like(tree, like):
     """Cast each leaf of ``tree`` to the dtype of the matching leaf of ``like``."""
     return jax.tree.map(lambda x, l: jnp.asarray(x).astype(jnp.result_type(l)), tree, like)
@@ -108,6 +125,7 @@ def check_real(name: str, value, *, low=None, high=None, low_open=False,
     """Raise ``ValueError`` naming ``name`` unless ``value`` lies in the interval.
 
     ``low``/``high`` are bounds (None = unbounded); ``*_open`` makes a bound strict.
+    ``±inf`` and NaN are refused whatever the bounds (``lr=inf`` is a slip, not a setting).
     Tracers (a hyperparameter passed through ``jit``) are accepted unchecked.
     """
     v = _concrete_float(value)
@@ -117,9 +135,11 @@ def check_real(name: str, value, *, low=None, high=None, low_open=False,
         ):
             raise TypeError(f"{where}{name} must be a real number, got {value!r}")
         return
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
+    lo = "(" if low_open or low is None else "["
+    hi = ")" if high_open or high is None else "]"
     interval = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+    if math.isinf(v):
+        raise ValueError(f"{where}{name} must be a finite number in {interval}, got {value!r}")
     bad = math.isnan(v)
     if low is not None:
         bad |= v <= low if low_open else v < low
@@ -130,10 +150,64 @@ def check_real(name: str, value, *, low=None, high=None, low_open=False,
 
 
 def check_learning_rate(learning_rate, where: str = "") -> None:
-    """A learning rate is a callable schedule ``step -> lr`` or a number > 0."""
+    """A learning rate is a finite number > 0, or a schedule ``step -> lr`` whose values are
+    finite and ``>= 0`` (see :func:`check_schedule`)."""
     if callable(learning_rate):
+        check_schedule("learning_rate", learning_rate, where=where)
         return
     check_real("learning_rate", learning_rate, low=0.0, low_open=True, where=where)
+
+
+#: Steps at which :func:`check_schedule` evaluates a schedule: every step up to 4096, then
+#: 256 steps spread geometrically up to 2**20 (about a million updates).
+_PROBE_STEPS = np.unique(np.concatenate([
+    np.arange(4096), np.round(np.geomspace(4096, 2 ** 20, 256))])).astype(np.int32)
+_PROBED: dict = {}
+
+
+def check_schedule(name: str, schedule, *, where: str = "") -> None:
+    """Evaluate ``schedule`` at the steps ``0 … 4095`` and at 256 steps spread up to
+    ``2**20``; raise ``ValueError`` naming the first step whose value is negative, NaN or
+    infinite (a rate of 0 is allowed: warmups start there, cosine decay ends there).
+
+    The schedule is called once on an ``int32`` array of steps (as a jbp or optax schedule
+    allows); one that cannot take an array is called step by step on the first 64 steps
+    and a few later ones. A schedule that fails on a concrete step raises its own error
+    here, naming it; one whose values are not concrete (closed over a tracer) is not checked.
+    """
+    try:
+        key = (schedule, where, name)
+        if _PROBED.get(key):
+            return
+    except TypeError:  # unhashable callable: check every time
+        key = None
+    steps = _PROBE_STEPS
+    try:
+        values = np.broadcast_to(np.asarray(schedule(jnp.asarray(steps))), steps.shape)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return
+    except Exception:  # noqa: BLE001 - not vectorised: evaluate step by step
+        steps = np.concatenate([np.arange(64), [100, 1000, 10 ** 4, 10 ** 5, 10 ** 6]])
+        try:
+            values = np.array([np.asarray(schedule(jnp.asarray(t, jnp.int32))) for t in steps])
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+            return
+        except Exception as e:
+            raise type(e)(f"{where}{name}: the schedule fails at a concrete step: {e}") from e
+    if values.dtype.kind not in "biuf":
+        raise TypeError(f"{where}{name}: a schedule must return real numbers, got dtype "
+                        f"{values.dtype}")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{where}{name}: the schedule yields {values[i]!r} at step "
+                         f"{int(steps[i])}; a learning rate must be finite and >= 0 at every "
+                         f"step (bound a growing schedule, e.g. with end_value=)")
+    if key is not None:
+        if len(_PROBED) > 256:
+            _PROBED.clear()
+        _PROBED[key] = True
 
 
 def _fmt_path(path) -> str:

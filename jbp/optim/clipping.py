@@ -5,13 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .base import CountState, Optimizer, check_real, increment, scalar_like, zero_count
+from .base import CountState, Optimizer, check_real, increment, scalar_like, widen, zero_count
 
 __all__ = ["global_norm", "clip", "clip_by_global_norm"]
 
 
 def _sq_norm(x):
-    x = jnp.asarray(x)
+    x = widen(x)  # float32 or wider: a bfloat16 sum of squares loses the small leaves
     if jnp.iscomplexobj(x):
         return jnp.sum(jnp.real(x * jnp.conj(x)))
     return jnp.sum(x * x)

@@ -178,11 +178,26 @@ def linear_schedule(init_value, end_value, transition_steps: int,
 
 
 def join_schedules(schedules, boundaries) -> Schedule:
-    """Run ``schedules[i+1](t − boundaries[i])`` from step ``boundaries[i]`` on (optax)."""
+    """Run ``schedules[i+1](t − boundaries[i])`` from step ``boundaries[i]`` on (optax).
+
+    ``boundaries`` must be strictly increasing ints ``>= 0`` (``ValueError`` otherwise).
+    """
+    where = "join_schedules: "
     schedules, boundaries = list(schedules), list(boundaries)
     if len(schedules) != len(boundaries) + 1:
         raise ValueError("join_schedules: need exactly one more schedule than boundaries, got "
                          f"{len(schedules)} schedules and {len(boundaries)} boundaries")
+    for i, s in enumerate(schedules):
+        if not callable(s):
+            raise TypeError(f"{where}schedules[{i}] must be a callable step -> value, got {s!r}")
+    boundaries = [_check_int(f"boundaries[{i}]", b, low=0, where=where)
+                  for i, b in enumerate(boundaries)]
+    for i in range(1, len(boundaries)):
+        if boundaries[i] <= boundaries[i - 1]:
+            raise ValueError(f"{where}boundaries must be strictly increasing steps, got "
+                             f"{boundaries} (boundaries[{i}] = {boundaries[i]} <= "
+                             f"boundaries[{i - 1}] = {boundaries[i - 1]}); schedule {i} would "
+                             f"never run")
 
     def schedule(count):
         out = schedules[0](count)

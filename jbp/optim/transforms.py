@@ -5,8 +5,13 @@ Each function returns an :class:`~jbp.optim.base.Optimizer`; the optimizers in
 is the incoming update (the gradient at the head of a chain), ``t`` the step
 count *before* this update (0 on the first call), ``u`` the outgoing update.
 
-All arithmetic happens in each leaf's own dtype; new state leaves are cast
-back to the dtype they had, so a state is a fixed-dtype carry for ``lax.scan``.
+Statistics (moments, traces, sums of squares) are kept in float32 or wider
+(:func:`~jbp.optim.base.acc_dtype`: a bfloat16 or float16 parameter gets float32
+statistics, float32 and float64 keep their own), and the arithmetic of an update runs in
+the wider of the gradient's and the statistics' dtypes; the updates of a low-precision
+leaf are float32, and ``apply_updates`` rounds ``p + u`` once into the parameter's dtype.
+New state leaves are cast back to the dtype they had, so a state is a fixed-dtype carry
+for ``lax.scan``.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from .base import (
     cast_like,
     check_learning_rate,
     check_real,
+    acc_dtype,
     check_tree_match,
     increment,
     scalar_like,
+    widen,
     zero_count,
 )
 
@@ -79,15 +86,17 @@ class ScaleByRssState(NamedTuple):
 
 
 def _zeros_like(tree):
-    return jax.tree.map(jnp.zeros_like, tree)
+    """Zeros shaped like each leaf, in its statistics dtype (float32 for bfloat16 leaves)."""
+    return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), acc_dtype(x)), tree)
 
 
 def _full_like(tree, value):
-    return jax.tree.map(lambda x: jnp.full_like(x, value), tree)
+    return jax.tree.map(lambda x: jnp.full(jnp.shape(x), value, acc_dtype(x)), tree)
 
 
 def _ema(g, m, decay):
-    """(1 − decay)·g + decay·m, in g's dtype."""
+    """(1 − decay)·g + decay·m, in the wider of g's and m's dtypes (float32 at least)."""
+    g = widen(g, m)
     d = scalar_like(decay, g)
     return (1 - d) * g + d * m
 
@@ -112,7 +121,7 @@ def scale(step_size) -> Optimizer:
 
     def update(grads, state, params=None):
         del params
-        updates = jax.tree.map(lambda g: scalar_like(step_size, g) * g, grads)
+        updates = jax.tree.map(lambda g: scalar_like(step_size, widen(g)) * widen(g), grads)
         return updates, CountState(count=increment(state.count))
 
     return Optimizer(init, update)
@@ -130,7 +139,7 @@ def scale_by_schedule(step_size_fn: Callable) -> Optimizer:
     def update(grads, state, params=None):
         del params
         step_size = step_size_fn(state.count)
-        updates = jax.tree.map(lambda g: scalar_like(step_size, g) * g, grads)
+        updates = jax.tree.map(lambda g: scalar_like(step_size, widen(g)) * widen(g), grads)
         return updates, CountState(count=increment(state.count))
 
     return Optimizer(init, update)
@@ -166,7 +175,7 @@ def trace(decay: float, nesterov: bool = False) -> Optimizer:
     def update(grads, state, params=None):
         del params
         check_tree_match(grads, state.trace, where="trace.update: ")
-        f = lambda g, t: g + scalar_like(decay, g) * t
+        f = lambda g, t: widen(g, t) + scalar_like(decay, widen(g, t)) * t
         new_trace = jax.tree.map(f, grads, state.trace)
         updates = jax.tree.map(f, grads, new_trace) if nesterov else new_trace
         return updates, TraceState(count=increment(state.count),
@@ -201,7 +210,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
         del params
         check_tree_match(grads, state.mu, where="scale_by_adam.update: ")
         mu = jax.tree.map(lambda g, m: _ema(g, m, b1), grads, state.mu)
-        nu = jax.tree.map(lambda g, v: _ema(g * g, v, b2), grads, state.nu)
+        nu = jax.tree.map(lambda g, v: _ema(jnp.square(widen(g)), v, b2), grads, state.nu)
         count = increment(state.count)
         updates = jax.tree.map(
             lambda m, v: _debias(m, b1, count)
@@ -230,8 +239,9 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0
     def update(grads, state, params=None):
         del params
         check_tree_match(grads, state.nu, where="scale_by_rms.update: ")
-        nu = jax.tree.map(lambda g, v: _ema(g * g, v, decay), grads, state.nu)
-        updates = jax.tree.map(lambda g, v: g * jax.lax.rsqrt(v + scalar_like(eps, v)), grads, nu)
+        nu = jax.tree.map(lambda g, v: _ema(jnp.square(widen(g)), v, decay), grads, state.nu)
+        updates = jax.tree.map(lambda g, v: widen(g, v) * jax.lax.rsqrt(v + scalar_like(eps, v)),
+                               grads, nu)
         return updates, ScaleByRmsState(count=increment(state.count), nu=cast_like(nu, state.nu))
 
     return Optimizer(init, update)
@@ -258,9 +268,10 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8,
         del params
         check_tree_match(grads, state.nu, where="scale_by_stddev.update: ")
         mu = jax.tree.map(lambda g, m: _ema(g, m, decay), grads, state.mu)
-        nu = jax.tree.map(lambda g, v: _ema(g * g, v, decay), grads, state.nu)
+        nu = jax.tree.map(lambda g, v: _ema(jnp.square(widen(g)), v, decay), grads, state.nu)
         updates = jax.tree.map(
-            lambda g, m, v: g * jax.lax.rsqrt(v - m * m + scalar_like(eps, v)), grads, mu, nu)
+            lambda g, m, v: widen(g, v) * jax.lax.rsqrt(v - m * m + scalar_like(eps, v)),
+            grads, mu, nu)
         return updates, ScaleByRStdDevState(count=increment(state.count),
                                             mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu))
 
@@ -284,9 +295,9 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> O
     def update(grads, state, params=None):
         del params
         check_tree_match(grads, state.sum_of_squares, where="scale_by_rss.update: ")
-        sos = jax.tree.map(lambda g, s: g * g + s, grads, state.sum_of_squares)
+        sos = jax.tree.map(lambda g, s: jnp.square(widen(g, s)) + s, grads, state.sum_of_squares)
         updates = jax.tree.map(
-            lambda g, s: g * jnp.where(s > 0, jax.lax.rsqrt(s + scalar_like(eps, s)),
+            lambda g, s: widen(g, s) * jnp.where(s > 0, jax.lax.rsqrt(s + scalar_like(eps, s)),
                                        jnp.zeros_like(s)),
             grads, sos)
         return updates, ScaleByRssState(count=increment(state.count),

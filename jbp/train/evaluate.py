@@ -4,7 +4,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jbp._validate import cached_if_hashable, check_data, check_model_and_loss, eval_batch_size
+from jbp._validate import (cached_if_hashable, check_data, check_model_and_loss,
+                           check_model_input, check_params, check_state, check_targets,
+                           eval_batch_size)
 from jbp.metrics import get_metrics
 from jbp.train.batching import batch_plan, scan_batches
 
@@ -45,14 +47,24 @@ def evaluate(model, params, loss, data, *, metrics=("loss", "accuracy"),
 
     The compiled evaluation is cached per (model, loss, metrics, size, chunk), so calling
     ``evaluate`` every epoch (a callback) compiles once.
+
+    Before compiling, ``params`` are checked against ``model.init``'s shapes, the targets
+    against the loss (``loss.check_targets``: labels in range, shapes) and the inputs against
+    the input layer (``Embedding`` ids): under jit they would be clipped or scored silently.
     """
     check_model_and_loss(model, loss)
     metric_objs = get_metrics(metrics)
     x, y = check_data("data", data)
     n = x.shape[0]
     batch_size = eval_batch_size(batch_size, n)
+    in_shape = tuple(x.shape[1:])
+    out_shape = check_params(model, params, in_shape)
+    check_targets(loss, y, out_shape, name="data: y")
+    check_model_input(model, x, name="data: x")
     if state is None:
-        state = model.init_state(tuple(x.shape[1:]))
+        state = model.init_state(in_shape)
+    else:
+        check_state(model, state, in_shape)
     fn = cached_if_hashable(
         _EVAL_CACHE, (model, loss, tuple(m.name for m in metric_objs), n, batch_size),
         lambda: jax.jit(make_eval(model, loss, metric_objs, n=n, batch_size=batch_size)))

@@ -9,7 +9,9 @@ over ``r`` exactly. ``drop_last=True`` skips it instead. There is no Python per 
 """
 from __future__ import annotations
 
+import math
 import numbers
+import os
 import time
 from typing import Callable
 
@@ -17,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp._validate import (check_augment, check_batch_size, check_data, check_epochs,
-                           check_grad_fn, check_key, check_model_and_loss, check_optimizer,
-                           eval_batch_size as check_eval_batch_size)
+from jbp import checkpoint as ckpt
+from jbp._validate import (check_augment, check_batch_size, check_bool, check_data, check_epochs,
+                           check_grad_fn, check_key, check_model_and_loss, check_model_input,
+                           check_opt_state, check_optimizer, check_params, check_regularizer,
+                           check_state, check_targets, eval_batch_size as check_eval_batch_size)
 from jbp.callbacks import EarlyStopping, as_callback, format_epoch
 from jbp.history import History
 from jbp.metrics import get_metrics
@@ -27,7 +31,7 @@ from jbp.train.batching import batch_plan, scan_batches
 from jbp.train.evaluate import make_eval
 from jbp.train.step import make_train_step
 
-__all__ = ["fit"]
+__all__ = ["fit", "DivergenceError", "ON_NONFINITE"]
 
 
 def _make_epoch(step, *, n, batch_size, shuffle, drop_last, finalizers):
@@ -92,13 +96,147 @@ def _epoch_key(key, epoch_index):
     return jax.random.fold_in(key, epoch_index)
 
 
+# --------------------------------------------------------------------------------------
+# non-finite losses: stop, raise or ignore
+# --------------------------------------------------------------------------------------
+
+ON_NONFINITE = ("stop", "raise", "ignore")
+
+
+class DivergenceError(FloatingPointError):
+    """``fit(..., on_nonfinite="raise")``: the training loss or the parameters became NaN/Inf."""
+
+
+@jax.jit
+def _tree_finite(tree):
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _nonfinite(train_m, params) -> str | None:
+    """Why the epoch diverged (``"loss nan"``, ``"non-finite parameters"``), or ``None``."""
+    loss = float(train_m["loss"])
+    if not math.isfinite(loss):
+        return f"loss {loss}"
+    if not bool(_tree_finite(params)):
+        return f"non-finite parameters (loss {loss:.6g})"
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# checkpoints and resume
+# --------------------------------------------------------------------------------------
+
+_CKPT_FORMAT = "jbp.fit"
+_CKPT_VERSION = 1
+
+
+def _fingerprint(x, y, key, *, batch_size, shuffle, drop_last, grad_fn) -> dict:
+    """What must not change between a run and its resumption for the result to be identical
+    (the model's structure and shapes are checked by ``restore(like=...)``)."""
+    data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return {"x": [list(x.shape), str(x.dtype)], "y": [list(y.shape), str(y.dtype)],
+            "key": np.asarray(data).astype(np.int64).ravel().tolist(),
+            "batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last,
+            "grad_fn": grad_fn}
+
+
+def _callback_states(cbs):
+    """``(metadata, arrays)`` of the callbacks that keep progress (``state_dict``)."""
+    metas, arrays = [], []
+    for c in cbs:
+        if hasattr(c, "state_dict"):
+            m, a = c.state_dict()
+            metas.append({"type": type(c).__name__, "meta": m, "arrays": a is not None})
+            arrays.append(a)
+    return metas, arrays
+
+
+def _save_checkpoint(directory, epoch, carry, history, cbs, fingerprint, keep, finished):
+    metas, arrays = _callback_states(cbs)
+    params, opt_state, state = carry
+    tree = {"params": params, "opt_state": opt_state, "state": state, "callbacks": arrays}
+    meta = {"format": _CKPT_FORMAT, "version": _CKPT_VERSION, "epoch": epoch,
+            "history": history.records, "stopped_epoch": history.stopped_epoch,
+            "diverged": history.diverged, "finished": finished,
+            "fingerprint": fingerprint, "callbacks": metas}
+    return ckpt.save_step(directory, epoch, tree, metadata=meta, keep=keep)
+
+
+def _load_checkpoint(directory, carry, cbs, fingerprint):
+    """``None`` when ``directory`` holds no checkpoint; else ``(epoch, carry, metadata, path)``
+    of the newest complete one, with the callbacks' progress restored. Nothing is changed
+    when the checkpoint is unreadable or belongs to another run (the error says which)."""
+    step = ckpt.latest_step(directory)  # skips damaged files, with a RuntimeWarning
+    if step is None:
+        if ckpt._steps(directory):  # noqa: SLF001 - files there, none readable
+            return ckpt.restore_step(directory)  # raises CheckpointError listing each file
+        return None
+    path = ckpt.step_path(directory, step)
+    meta = ckpt.read_metadata(path)
+    if not (isinstance(meta, dict) and meta.get("format") == _CKPT_FORMAT):
+        raise ckpt.CheckpointError(f"{path}: not a checkpoint written by jbp.fit (no "
+                                   f"'{_CKPT_FORMAT}' metadata); use another checkpoint_dir")
+    if meta.get("version") != _CKPT_VERSION:
+        raise ckpt.CheckpointError(f"{path}: jbp.fit checkpoint version {meta.get('version')}, "
+                                   f"this jbp reads version {_CKPT_VERSION}")
+    saved = meta["fingerprint"]
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in fingerprint.items()
+            if saved.get(k) != v]
+    if diff:
+        raise ValueError(f"resume: {path} was written by a different run ({'; '.join(diff)}); "
+                         f"pass the same data, key and batching, or another checkpoint_dir")
+    metas, _ = _callback_states(cbs)
+    if [m["type"] for m in metas] != [m["type"] for m in meta["callbacks"]]:
+        raise ValueError(f"resume: {path} holds the progress of the callbacks "
+                         f"{[m['type'] for m in meta['callbacks']]}, this run has "
+                         f"{[m['type'] for m in metas]} (early_stopping must match)")
+    params, opt_state, state = carry
+    like = {"params": params, "opt_state": opt_state, "state": state,
+            "callbacks": [{"params": params, "state": state} if m["arrays"] else None
+                          for m in meta["callbacks"]]}
+    tree = ckpt.restore(path, like=like)  # verifies checksums, structure, shapes, dtypes
+    stateful = [c for c in cbs if hasattr(c, "state_dict")]
+    for c, m, a in zip(stateful, meta["callbacks"], tree["callbacks"]):
+        c.load_state_dict(m["meta"], a)
+    return int(meta["epoch"]), (tree["params"], tree["opt_state"], tree["state"]), meta, path
+
+
+def _check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume):
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise TypeError(f"checkpoint_dir: expected a directory path (str or os.PathLike), got "
+                        f"{type(checkpoint_dir).__name__}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, numbers.Integral) \
+            or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every: expected an integer >= 1 (epochs between "
+                         f"checkpoints), got {checkpoint_every!r}")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, numbers.Integral)
+                             or keep < 1):
+        raise ValueError(f"keep: expected an integer >= 1 or None (keep all), got {keep!r}")
+    resume = check_bool("resume", resume)
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume: resume=True needs checkpoint_dir (where the checkpoints are)")
+    if checkpoint_dir is not None and not resume and ckpt._steps(checkpoint_dir):  # noqa: SLF001
+        found = [s for s, _ in ckpt._steps(checkpoint_dir)]  # noqa: SLF001
+        raise ValueError(f"checkpoint_dir: {os.fspath(checkpoint_dir)} already holds checkpoints "
+                         f"(epochs {found}); pass resume=True to continue that run, or use an "
+                         f"empty directory")
+    return resume
+
+
+# --------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------
 
 def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = None,
         epochs: int, key, validation_data=None, metrics=("loss", "accuracy"),
         early_stopping: EarlyStopping | int | None = None, shuffle: bool = True,
         drop_last: bool = False, augment: Callable | None = None, regularizer=None,
         callbacks=(), verbose: int = 1, grad_fn: str = "manual", state=None,
-        opt_state=None, eval_batch_size: int | None = 1024):
+        opt_state=None, eval_batch_size: int | None = 1024, on_nonfinite: str = "stop",
+        checkpoint_dir=None, checkpoint_every: int = 1, keep: int | None = 3,
+        resume: bool = False):
     """Train ``model`` from ``params``; return ``(params, history)``.
 
     ``batch_size``: ``None`` (or n) = full-batch gradient descent, ``1`` = SGD (the data
@@ -134,10 +272,36 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
       ``model.init_state``); the final one is ``history.state``.
     - ``opt_state``: to resume an optimizer (default ``optimizer.init(params)``); the
       final one is ``history.opt_state``.
+    - ``on_nonfinite``: what a NaN/Inf epoch loss (or NaN/Inf parameters) does.
+      ``"stop"`` (default): stop at once and return the parameters (and optimizer and model
+      state) of the last finite epoch; the diverged epoch's record is the last of the
+      history and ``history.diverged`` is its number (the progress line says so).
+      ``"raise"``: raise :class:`DivergenceError` (a ``FloatingPointError``) naming the
+      epoch. ``"ignore"``: train on.
+    - ``checkpoint_dir``: after every ``checkpoint_every`` epochs (and after the last one,
+      an early stop, a divergence or Ctrl-C) save the parameters, optimizer state, model
+      state, history, epoch counter and early-stopping progress there with
+      :func:`jbp.checkpoint.save_step` (atomic: a process killed mid-write leaves the
+      previous file intact), keeping the newest ``keep``. ``resume=True`` continues from
+      the newest complete checkpoint: epoch ``e`` still uses ``fold_in(key, e)``, so an
+      interrupted and resumed run is bit-identical to an uninterrupted one with the same
+      arguments (the history's ``seconds`` aside); a run that had finished (all epochs,
+      early stopping, divergence) returns what it returned. The checkpoint must come from
+      the same data shapes, key and batching (``ValueError`` naming what differs) and the
+      same model and optimizer (structure, shapes and dtypes: ``ValueError`` listing each
+      leaf); a truncated or corrupt newest file is skipped with a ``RuntimeWarning``, and
+      when no file is readable :class:`jbp.checkpoint.CheckpointError` is raised —
+      nothing is loaded. Without ``resume``, a ``checkpoint_dir`` that already holds
+      checkpoints is refused. Other callbacks are not saved (they start afresh).
 
     Bad arguments raise ``ValueError``/``TypeError`` naming the argument before anything
-    is compiled. Ctrl-C between epochs returns the parameters so far
-    (``history.interrupted``).
+    is compiled: besides types and ranges, ``params`` are checked against
+    ``model.init``'s shapes (:func:`jbp.check_params`), ``opt_state`` against
+    ``optimizer.init(params)``, ``state`` against ``model.init_state``, the targets of
+    ``train_data`` and ``validation_data`` against the loss (``loss.check_targets``:
+    labels in range, binary targets in [0, 1], shapes) and their inputs against the input
+    layer (``Embedding`` ids in the vocabulary) — checks that cannot run once compiled.
+    Ctrl-C between epochs returns the parameters so far (``history.interrupted``).
     """
     # ---- checks, all before compiling ----
     check_model_and_loss(model, loss, regularizer)
@@ -147,16 +311,29 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
     epochs = check_epochs(epochs)
     key = check_key(key)
     metric_objs = get_metrics(metrics)
+    shuffle = check_bool("shuffle", shuffle)
+    drop_last = check_bool("drop_last", drop_last)
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite: expected one of {ON_NONFINITE}, got {on_nonfinite!r}")
+    resume = _check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume)
     x, y = check_data("train_data", train_data)
     n = x.shape[0]
+    in_shape = tuple(x.shape[1:])
     batch_size = check_batch_size(batch_size, n)
+    out_shape = check_params(model, params, in_shape)
+    check_targets(loss, y, out_shape, name="train_data: y")
+    check_model_input(model, x, name="train_data: x")
     val = None
     if validation_data is not None:
         val = check_data("validation_data", validation_data)
         if val[0].shape[1:] != x.shape[1:]:
             raise ValueError(f"validation_data: x has example shape {tuple(val[0].shape[1:])}, "
                              f"train_data's x has {tuple(x.shape[1:])}")
+        check_targets(loss, val[1], out_shape, name="validation_data: y")
+        check_model_input(model, val[0], name="validation_data: x")
         eval_bs = check_eval_batch_size(eval_batch_size, val[0].shape[0], "eval_batch_size")
+    if regularizer is not None:
+        check_regularizer(regularizer, params)
     if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral):
         raise TypeError(f"verbose: expected 0 (silent) or 1 (a line per epoch), got {verbose!r}")
     if hasattr(callbacks, "on_epoch_end") or callable(callbacks):
@@ -184,16 +361,20 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
                              f"columns: {', '.join(columns)}{hint}")
 
     if state is None:
-        state = model.init_state(tuple(x.shape[1:]))
+        state = model.init_state(in_shape)
+    else:
+        check_state(model, state, in_shape)
     if opt_state is None:
         opt_state = optimizer.init(params)
+    else:
+        check_opt_state(optimizer, opt_state, params)
 
     # ---- build and compile ----
     step = make_train_step(model, loss, optimizer, regularizer=regularizer, grad_fn=grad_fn,
                            metrics=[m.name for m in metric_objs], augment=augment)
     finalizers = {m.name: m.finalize for m in metric_objs}
-    epoch_fn = _Compiled(_make_epoch(step, n=n, batch_size=batch_size, shuffle=bool(shuffle),
-                                     drop_last=bool(drop_last), finalizers=finalizers))
+    epoch_fn = _Compiled(_make_epoch(step, n=n, batch_size=batch_size, shuffle=shuffle,
+                                     drop_last=drop_last, finalizers=finalizers))
     eval_fn = None
     if val is not None:
         eval_fn = _Compiled(make_eval(model, loss, metric_objs, n=val[0].shape[0],
@@ -205,24 +386,68 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
             c.on_train_begin()
     carry = _strong((params, opt_state, state))
 
+    # ---- resume from the newest complete checkpoint ----
+    start, finished, saved_epoch = 0, None, None
+    fingerprint = None
+    if checkpoint_dir is not None:
+        fingerprint = _fingerprint(x, y, key, batch_size=batch_size, shuffle=shuffle,
+                                   drop_last=drop_last, grad_fn=grad_fn)
+    if resume:
+        loaded = _load_checkpoint(checkpoint_dir, carry, cbs, fingerprint)
+        if loaded is not None:
+            start, carry, meta, path = loaded
+            saved_epoch = start
+            history.records = [dict(r) for r in meta["history"]]
+            history.stopped_epoch = meta["stopped_epoch"]
+            history.diverged = meta["diverged"]
+            history.resumed_from = start
+            finished = meta["finished"]
+            if verbose:
+                done = f"; the run had finished ({finished})" if finished else ""
+                print(f"resumed from {path}: {start} epoch(s) done{done}", flush=True)
+
+    def save(epoch, why=None):
+        nonlocal saved_epoch
+        _save_checkpoint(checkpoint_dir, epoch, carry, history, cbs, fingerprint, keep, why)
+        saved_epoch = epoch
+
+    in_epoch = False  # Ctrl-C inside the compiled epoch leaves carry, history, callbacks in step
     try:
-        for e in range(epochs):
+        for e in range(start, epochs if finished is None else start):
             compile_before = epoch_fn.compile_seconds + (eval_fn.compile_seconds if eval_fn else 0.0)
             k_epoch = _epoch_key(key, e)
             t0 = time.perf_counter()
+            in_epoch = True
             new_carry, train_m = epoch_fn(carry, x, y, k_epoch)
             train_m = jax.device_get(train_m)
+            in_epoch = False
+            # ---- non-finite loss or parameters: stop (keep the last finite), raise, ignore ----
+            why = None if on_nonfinite == "ignore" else _nonfinite(train_m, new_carry[0])
+            if why is not None and on_nonfinite == "raise":
+                raise DivergenceError(f"fit: training diverged at epoch {e + 1}: {why}; the "
+                                      f"parameters after epoch {e} were the last finite ones "
+                                      f"(on_nonfinite='stop' returns them)")
             val_m = {}
-            if eval_fn is not None:
+            if eval_fn is not None and why is None:
                 val_m = jax.device_get(eval_fn(new_carry[0], new_carry[2], *val))
             compile_now = (epoch_fn.compile_seconds + (eval_fn.compile_seconds if eval_fn else 0.0)
                            - compile_before)
             seconds = time.perf_counter() - t0 - compile_now
-            carry = new_carry
             logs = {"epoch": e + 1}
             logs.update({k: float(train_m[k]) for k in columns if k in train_m})
             logs.update({f"val_{m.name}": float(val_m[m.name]) for m in metric_objs if val_m})
             logs["seconds"] = seconds
+            if why is not None:  # on_nonfinite="stop": the carry stays at epoch e
+                history.append(logs)
+                history.diverged = e + 1
+                if verbose:
+                    print(format_epoch(e + 1, epochs, logs, compile_now), flush=True)
+                    print(f"diverged at epoch {e + 1}: {why}; stopped, returning the parameters "
+                          f"after epoch {e}", flush=True)
+                if checkpoint_dir is not None:
+                    save(e, "diverged")
+                break
+            carry = new_carry
             stop = False
             for c in cbs:  # may add entries to logs (e.g. a test accuracy): they are kept
                 if c.on_epoch_end(e + 1, logs, carry[0], carry[2]):
@@ -233,11 +458,18 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
                 print(format_epoch(e + 1, epochs, logs, compile_now), flush=True)
             if stop:
                 history.stopped_epoch = e + 1
+            # ---- checkpoint ----
+            if checkpoint_dir is not None and (stop or (e + 1) % checkpoint_every == 0
+                                               or e + 1 == epochs):
+                save(e + 1, "stopped" if stop else None)
+            if stop:
                 break
     except KeyboardInterrupt:
         history.interrupted = True
         if verbose:
             print(f"interrupted after {len(history)} epoch(s)", flush=True)
+        if checkpoint_dir is not None and in_epoch and saved_epoch != len(history):
+            save(len(history))  # only from a consistent point: inside the compiled epoch
 
     params, opt_state, state = carry
     for c in cbs:
