@@ -109,3 +109,48 @@ def test_value_and_grad_argument_types():
         jbp.value_and_grad(Dense(2), lambda a, b: 0.0)
     with pytest.raises(TypeError, match="regularizer: expected an object with .value"):
         jbp.value_and_grad(Dense(2), losses.mse, regularizer=0.1)
+
+
+def test_an_int_in_shape_or_an_int_seed_is_named():
+    model = jbp.Sequential([Dense(8), ReLU(), Dense(3)])
+    with pytest.raises(TypeError, match=r"in_shape: expected a tuple of ints, the shape of one "
+                                        r"example without the batch axis, got the int 4; write \(4,\)"):
+        model.init(jax.random.key(0), 4)
+    with pytest.raises(TypeError, match=r"in_shape: expected a tuple of ints >= 0, got \(4.0,\)"):
+        model.init(jax.random.key(0), (4.0,))
+    with pytest.raises(TypeError, match=r"key: expected a jax.random key \(jax.random.key\(seed\)\), "
+                                        r"got int \(an int seed is not a key: use jax.random.key\(0\)\)"):
+        model.init(0, (4,))
+
+
+def test_wrong_dense_params_are_not_blamed_on_the_input(net):
+    model, params = net
+    x = jnp.ones((5, 4)) * 0.5
+    dense = r"layers\[0\] \(Dense\): Dense\(units=8.*"
+    cases = [(dict(W=params[0]["W"].T), dense + r"params\['W'\] has shape \(8, 4\), expected "
+                                                r"\(in_features, 8\); it looks transposed"),
+             (dict(W=jnp.zeros((4, 5))), dense + r"params\['W'\] has shape \(4, 5\), expected"),
+             (dict(b=jnp.zeros(1)), dense + r"params\['b'\] has shape \(1,\), expected \(8,\)")]
+    for change, msg in cases:
+        bad = ({**params[0], **change},) + params[1:]
+        with pytest.raises(ValueError, match=msg):
+            model.apply(bad, x)
+    with pytest.raises(ValueError, match=dense + r"params must be a dict with \['W', 'b'\], "
+                                                 r"missing \['b'\] \(got \['W'\]\)"):
+        model.apply(({"W": params[0]["W"]},) + params[1:], x)
+
+
+def test_validation_data_errors_say_validation_data(net):
+    model, params = net
+    x = np.random.default_rng(0).standard_normal((6, 4))
+    y = np.array([0, 1, 2, 0, 1, 2])
+    fit = lambda val, loss=losses.softmax_cross_entropy: jbp.fit(  # noqa: E731
+        model, params, loss, jbp.optim.sgd(0.1), (x, y), epochs=1, key=jax.random.key(0),
+        verbose=0, validation_data=val)
+    with pytest.raises(ValueError, match=r"^validation_data: y: softmax_cross_entropy: labels"):
+        fit((x, y + 1))
+    with pytest.raises(ValueError, match=r"^validation_data: y: softmax_cross_entropy: target must "
+                                         r"be integer labels of shape \(n,\)"):
+        fit((x, np.zeros((6, 2))))
+    with pytest.raises(ValueError, match=r"^validation_data: x has example shape \(3,\)"):
+        fit((x[:, :3], y))

@@ -74,3 +74,50 @@ def test_data_errors_exit_2_without_a_traceback(tmp_path, capsys):
         main(["--batch-size", "5000", "--no-check"])
     assert e.value.code == 2
     assert "batch_size: 5000 is larger than the data (1437 examples)" in capsys.readouterr().err
+
+
+def test_divergence_exits_3_and_says_so(capsys):
+    assert main(["--lr", "1e30", "--epochs", "2", "--no-check", "--hidden", "8"]) == 3
+    captured = capsys.readouterr()
+    assert "diverged at epoch 1: loss nan" in captured.out
+    assert "training DIVERGED at epoch 1" in captured.err
+    assert not re.search(r"^epoch 2/2", captured.out, re.M)  # stopped there
+    with pytest.raises(SystemExit) as e:  # an infinite learning rate is refused up front
+        main(["--lr", "inf", "--no-check"])
+    assert e.value.code == 2
+    assert "learning_rate must be a finite number" in capsys.readouterr().err
+
+
+def test_checkpoint_resume_save_and_evaluate(tmp_path, capsys):
+    ck, model, hist = tmp_path / "ck", tmp_path / "model.jbp", tmp_path / "h.json"
+    flags = ["--no-check", "--hidden", "8", "--checkpoint-dir", str(ck)]
+    assert main(["--epochs", "1"] + flags) == 0
+    first = capsys.readouterr().out
+    line1 = re.search(r"^epoch 1/1 +(loss .*?)  [\d.]+s", first, re.M).group(1)
+    assert main(["--epochs", "2", "--resume", "--save", str(model), "--history", str(hist)]
+                + flags) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"resumed from .*ckpt_00000001\.jbp: 1 epoch\(s\) done", out)
+    assert not re.search(r"^epoch 1/", out, re.M) and re.search(r"^epoch 2/2 ", out, re.M)
+    records = json.loads(hist.read_text())["history"]
+    assert records["epoch"] == [1, 2]  # the first epoch's record comes from the checkpoint
+    assert f"loss {records['loss'][0]:.4f}" in line1
+    acc = re.search(r"test accuracy: ([\d.]+) \(test loss ([\d.]+)\)", out).groups()
+    assert main(["--evaluate", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"test accuracy: ([\d.]+) \(test loss ([\d.]+)\)", out).groups() == acc
+    # damaged or foreign files are refused with the reason, nothing evaluated
+    bad = tmp_path / "bad.jbp"
+    bad.write_bytes(model.read_bytes()[:-40])
+    from jbp import checkpoint
+    checkpoint.save(tmp_path / "other.jbp", {"w": [1.0, 2.0]})
+    for path, msg in [(bad, "truncated"), (tmp_path / "other.jbp", "not a model saved by"),
+                      (tmp_path / "missing.jbp", "No such file")]:
+        with pytest.raises(SystemExit) as e:
+            main(["--evaluate", str(path)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit) as e:
+        main(["--resume"])
+    assert e.value.code == 2 and "--resume needs --checkpoint-dir" in capsys.readouterr().err

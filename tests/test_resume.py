@@ -146,7 +146,7 @@ def test_a_finished_early_stopped_run_resumes_to_the_same_result(tmp_path):
     (x, y), _ = worker.data()
     model = jbp.Sequential([jbp.Dense(10)])
     params, _ = model.init(jax.random.key(0), (64,))
-    kw = dict(batch_size=64, key=jax.random.key(2), verbose=0, metrics=("loss",),
+    kw = dict(key=jax.random.key(2), verbose=0, metrics=("loss",),  # full batch: cheap
               early_stopping=jbp.EarlyStopping("loss", patience=1, min_delta=10.0))
     run = lambda resume=False: jbp.fit(model, params, jbp.losses.softmax_cross_entropy,  # noqa: E731
                                        jbp.optim.sgd(0.1), (x, y), epochs=8,

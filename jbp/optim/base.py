@@ -201,7 +201,7 @@ def check_schedule(name: str, schedule, *, where: str = "") -> None:
         bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"{where}{name}: the schedule yields {values[i]!r} at step "
+        raise ValueError(f"{where}{name}: the schedule yields {values[i].item():g} at step "
                          f"{int(steps[i])}; a learning rate must be finite and >= 0 at every "
                          f"step (bound a growing schedule, e.g. with end_value=)")
     if key is not None:

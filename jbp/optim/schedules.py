@@ -196,7 +196,7 @@ def join_schedules(schedules, boundaries) -> Schedule:
         if boundaries[i] <= boundaries[i - 1]:
             raise ValueError(f"{where}boundaries must be strictly increasing steps, got "
                              f"{boundaries} (boundaries[{i}] = {boundaries[i]} <= "
-                             f"boundaries[{i - 1}] = {boundaries[i - 1]}); schedule {i} would "
+                             f"boundaries[{i - 1}] = {boundaries[i - 1]}); schedules[{i}] would "
                              f"never run")
 
     def schedule(count):
