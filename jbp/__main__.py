@@ -214,9 +214,10 @@ def run(args) -> int:
     print(f"test accuracy: {float(test['accuracy']):.4f} (test loss {float(test['loss']):.4f}) "
           f"after {len(history)} epochs, {time.perf_counter() - t_start:.1f} s in all")
     if history.diverged is not None:
-        print(f"training DIVERGED at epoch {history.diverged} (non-finite loss); kept the "
-              f"parameters of epoch {history.diverged - 1}; try a smaller --lr or --clip",
-              file=sys.stderr)
+        kept = (f"the parameters of epoch {history.diverged - 1}" if history.diverged > 1
+                else "the initial parameters")
+        print(f"training DIVERGED at epoch {history.diverged} (non-finite loss); kept {kept}; "
+              f"try a smaller --lr or --clip", file=sys.stderr)
         return EXIT_DIVERGED
     return 0
 

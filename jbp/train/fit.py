@@ -428,7 +428,7 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
                                       f"parameters after epoch {e} were the last finite ones "
                                       f"(on_nonfinite='stop' returns them)")
             val_m = {}
-            if eval_fn is not None and why is None:
+            if eval_fn is not None:  # also for a diverged epoch: its record keeps every column
                 val_m = jax.device_get(eval_fn(new_carry[0], new_carry[2], *val))
             compile_now = (epoch_fn.compile_seconds + (eval_fn.compile_seconds if eval_fn else 0.0)
                            - compile_before)
@@ -442,8 +442,9 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
                 history.diverged = e + 1
                 if verbose:
                     print(format_epoch(e + 1, epochs, logs, compile_now), flush=True)
-                    print(f"diverged at epoch {e + 1}: {why}; stopped, returning the parameters "
-                          f"after epoch {e}", flush=True)
+                    kept = f"the parameters after epoch {e}" if e else "the initial parameters"
+                    print(f"diverged at epoch {e + 1}: {why}; stopped, returning {kept}",
+                          flush=True)
                 if checkpoint_dir is not None:
                     save(e, "diverged")
                 break
