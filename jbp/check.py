@@ -105,7 +105,7 @@ class GradientReport:
         head = f"{'leaf':<22} {'shape':<14} {'max|manual-autodiff|':>21} {'rel':>10}"
         if fd:
             head += f" {'rel vs finite diff':>19}"
-        head += f"  {'bound':<12}  ok"
+        head += f"  {'bound':<13}  ok"
         lines = [f"gradient check ({self.dtype}; rtol={self.rtol:g}, atol={self.atol:g}"
                  + (f", finite differences in float64 rtol={self.fd_rtol:g}" if fd else "")
                  + f"); loss = {self.loss_value:.6g}", head, "-" * len(head)]
@@ -114,12 +114,12 @@ class GradientReport:
             if fd:
                 row += f" {l.fd_rel_err:>19.2e}" if l.fd_rel_err is not None else f" {'-':>19}"
             bound = l.bound + (f"/{l.fd_bound}" if l.fd_bound else "")
-            row += f"  {bound:<12}  " + ("yes" if l.ok else "NO")
+            row += f"  {bound:<13}  " + ("yes" if l.ok else "NO")
             lines.append(row)
-        floors = (f"bounds: leaf = the leaf's own gradient scale; others = {FLOOR:g} x the "
-                  f"largest leaf's ({FLOOR * self.scale:.2e})")
+        floors = (f"bounds: leaf = its own gradient; others = {FLOOR:g} x the largest leaf's "
+                  f"({FLOOR * self.scale:.2e})")
         if fd and self.fd_noise is not None:
-            floors += f"; loss = the loss's rounding noise in finite differences ({self.fd_noise:.2e})"
+            floors += f"; loss = rounding noise of the loss ({self.fd_noise:.2e})"
         lines.append(floors)
         lines.append("all gradients agree" if self.ok else f"MISMATCH in {', '.join(self.failed)}")
         return "\n".join(lines)

@@ -476,7 +476,7 @@ def test_a_zero_gradient_leaf_passes_and_the_report_names_the_bound(dtype):
     assert rows["layers[0].b"].fd_bound in ("others", "loss")
     assert rows["layers[0].W"].bound == "leaf" and rows["layers[0].W"].fd_bound == "leaf"
     text = str(report)
-    assert "bound" in text and "others/" in text and "bounds: leaf = the leaf's own" in text
+    assert "bound" in text and "others/" in text and "bounds: leaf = its own gradient; others = 0.01 x" in text
 
 
 @dataclasses.dataclass(frozen=True)
