@@ -170,8 +170,8 @@ def _load_checkpoint(directory, carry, cbs, fingerprint):
     when the checkpoint is unreadable or belongs to another run (the error says which)."""
     step = ckpt.latest_step(directory)  # skips damaged files, with a RuntimeWarning
     if step is None:
-        if ckpt._steps(directory):  # noqa: SLF001 - files there, none readable
-            return ckpt.restore_step(directory)  # raises CheckpointError listing each file
+        if _existing_steps(directory):  # files there, none readable: never start afresh
+            ckpt.restore_step(directory)  # raises CheckpointError listing each file
         return None
     path = ckpt.step_path(directory, step)
     meta = ckpt.read_metadata(path)
@@ -203,6 +203,11 @@ def _load_checkpoint(directory, carry, cbs, fingerprint):
     return int(meta["epoch"]), (tree["params"], tree["opt_state"], tree["state"]), meta, path
 
 
+def _existing_steps(directory) -> list:
+    """The steps of the ``ckpt_*.jbp`` files in ``directory`` (complete or not), oldest first."""
+    return [s for s, _ in ckpt._steps(directory)]  # noqa: SLF001 - the module's own listing
+
+
 def _check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume):
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
         raise TypeError(f"checkpoint_dir: expected a directory path (str or os.PathLike), got "
@@ -217,8 +222,8 @@ def _check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume):
     resume = check_bool("resume", resume)
     if resume and checkpoint_dir is None:
         raise ValueError("resume: resume=True needs checkpoint_dir (where the checkpoints are)")
-    if checkpoint_dir is not None and not resume and ckpt._steps(checkpoint_dir):  # noqa: SLF001
-        found = [s for s, _ in ckpt._steps(checkpoint_dir)]  # noqa: SLF001
+    found = [] if checkpoint_dir is None or resume else _existing_steps(checkpoint_dir)
+    if found:
         raise ValueError(f"checkpoint_dir: {os.fspath(checkpoint_dir)} already holds checkpoints "
                          f"(epochs {found}); pass resume=True to continue that run, or use an "
                          f"empty directory")
