@@ -187,9 +187,9 @@ def backprop(model, loss, *, regularizer=None, extensions=(), grad_fn: str = "ma
 
     def f(params, x, y, *, key=None, state=None, train=True) -> Pass:
         x, y = check_batch(x, y)
-        n = x.shape[0]
+        n = _values(x).shape[0]
         if state is None:
-            state = model.init_state(tuple(x.shape[1:]))
+            state = model.init_state(tuple(_values(x).shape[1:]))
         for e in exts:
             if e.per_example and model.mixes_examples(train):
                 raise ValueError(f"extensions: {e.name} is a per-example quantity, but the model "
