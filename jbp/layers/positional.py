@@ -19,6 +19,10 @@ def sinusoidal_table(length: int, features: int) -> np.ndarray:
     """The fixed table of Vaswani et al. (2017), ``(length, features)`` in float64::
 
         P[t, 2i] = sin(t / 10000^(2i/features))      P[t, 2i+1] = cos(t / 10000^(2i/features))
+
+    Args:
+      length: number of positions ``t = 0 … length − 1``.
+      features: width of each row (odd widths end with a sine column).
     """
     t = np.arange(length, dtype=np.float64)[:, None]
     j = np.arange(features)
