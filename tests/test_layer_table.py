@@ -45,6 +45,10 @@ SETTINGS = [
     ("rnn_masked", L.SimpleRNN(3), (4, 2), {"mask": "random"}),
     ("lstm_masked_sequences", L.LSTM(3, return_sequences=True), (4, 2), {"mask": "random"}),
     ("sequential", L.Sequential([L.Dense(4), L.Tanh(), L.Dense(2)]), (3,), {}),
+    ("residual", L.Residual(L.Sequential([L.Dense(3), L.Tanh()])), (3,), {}),
+    ("attention_masked_causal_blockwise",
+     L.MultiHeadAttention(2, head_dim=3, causal=True, block_size=3), (5, 4), {"mask": "random"}),
+    ("positional_learned", L.PositionalEmbedding(6), (4, 3), {}),
 ]
 
 

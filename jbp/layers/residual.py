@@ -62,9 +62,23 @@ class _Wrapper(Layer):
     def init_state(self, in_shape):
         return self.block.init_state(in_shape)
 
-    def per_example_sq_norms(self, params, cache, dy):
-        """The block's own: its parameters see the same ``δ`` as the wrapper's output."""
-        return self.block.per_example_sq_norms(params, cache, cotangent_values(dy))
+    def mixes_examples(self, train):
+        return self.block.mixes_examples(train)
+
+    def _dx(self, dy, dx_block):
+        """The wrapper's input gradient from the block's (identity for a plain wrapper)."""
+        return dx_block
+
+    def backward(self, params, cache, dy):
+        dy = cotangent_values(dy)
+        grads, dx_block = self.block.backward(params, cache, dy)
+        return grads, self._dx(dy, dx_block)
+
+    def backward_ext(self, params, cache, dy, visit):
+        """The block is walked with the same ``δ`` (extensions see its layers)."""
+        dy = cotangent_values(dy)
+        grads, dx_block, results = self.block.backward_ext(params, cache, dy, visit)
+        return grads, self._dx(dy, dx_block), results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,11 +138,9 @@ class Residual(_Wrapper):
                                            key=key, train=train, masked=isinstance(x, Masked))
         return self._add(x, y), cache, state
 
-    def backward(self, params, cache, dy):
+    def _dx(self, dy, dx_block):
         """``∂L/∂x = δ + ∂L/∂x_block``; the block's grads are the residual's grads."""
-        dy = cotangent_values(dy)
-        grads, dx_block = self.block.backward(params, cache, dy)
-        return grads, dy + dx_block
+        return dy + dx_block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,5 +182,3 @@ class PositionWise(_Wrapper):
                                            key=key, train=train)
         return self._wrap(y, mask), cache, state
 
-    def backward(self, params, cache, dy):
-        return self.block.backward(params, cache, cotangent_values(dy))
