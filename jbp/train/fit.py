@@ -98,7 +98,7 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
         early_stopping: EarlyStopping | int | None = None, shuffle: bool = True,
         drop_last: bool = False, augment: Callable | None = None, regularizer=None,
         callbacks=(), verbose: int = 1, grad_fn: str = "manual", state=None,
-        opt_state=None, eval_batch_size: int | None = 1024):
+        opt_state=None, eval_batch_size: int | None = 1024, privacy=None):
     """Train ``model`` from ``params``; return ``(params, history)``.
 
     ``batch_size``: ``None`` (or n) = full-batch gradient descent, ``1`` = SGD (the data
@@ -134,6 +134,11 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
       ``model.init_state``); the final one is ``history.state``.
     - ``opt_state``: to resume an optimizer (default ``optimizer.init(params)``); the
       final one is ``history.opt_state``.
+    - ``privacy=jbp.dp.DPConfig(...)``: DP-SGD (:mod:`jbp.dp.sgd`): each epoch is
+      ``steps_per_epoch`` Poisson-sampled, padded, clipped and noised steps in one
+      ``lax.scan`` (``batch_size``, ``shuffle`` are then unused; leave ``batch_size=None``);
+      the history gains ``epsilon`` (ε spent so far, :func:`jbp.dp.epsilon`),
+      ``dp_clipped``, ``dp_rows`` and ``dp_dropped`` per epoch.
 
     Bad arguments raise ``ValueError``/``TypeError`` naming the argument before anything
     is compiled. Ctrl-C between epochs returns the parameters so far
@@ -189,11 +194,23 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
         opt_state = optimizer.init(params)
 
     # ---- build and compile ----
-    step = make_train_step(model, loss, optimizer, regularizer=regularizer, grad_fn=grad_fn,
-                           metrics=[m.name for m in metric_objs], augment=augment)
     finalizers = {m.name: m.finalize for m in metric_objs}
-    epoch_fn = _Compiled(_make_epoch(step, n=n, batch_size=batch_size, shuffle=bool(shuffle),
-                                     drop_last=bool(drop_last), finalizers=finalizers))
+    if privacy is not None:  # DP-SGD: jbp.dp.sgd builds the whole epoch
+        from jbp.dp.sgd import check_fit_privacy, make_private_epoch  # noqa: PLC0415
+
+        check_fit_privacy(privacy, batch_size=batch_size, n=n, grad_fn=grad_fn,
+                          drop_last=drop_last)
+        columns += ["dp_clipped", "dp_rows", "dp_dropped"]
+        epoch_fn = _Compiled(make_private_epoch(
+            privacy, model, loss, optimizer, n=n, regularizer=regularizer,
+            metrics=[m.name for m in metric_objs], augment=augment, finalizers=finalizers))
+    else:
+        step = make_train_step(model, loss, optimizer, regularizer=regularizer,
+                               grad_fn=grad_fn, metrics=[m.name for m in metric_objs],
+                               augment=augment)
+        epoch_fn = _Compiled(_make_epoch(step, n=n, batch_size=batch_size,
+                                         shuffle=bool(shuffle), drop_last=bool(drop_last),
+                                         finalizers=finalizers))
     eval_fn = None
     if val is not None:
         eval_fn = _Compiled(make_eval(model, loss, metric_objs, n=val[0].shape[0],
@@ -222,6 +239,8 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
             logs = {"epoch": e + 1}
             logs.update({k: float(train_m[k]) for k in columns if k in train_m})
             logs.update({f"val_{m.name}": float(val_m[m.name]) for m in metric_objs if val_m})
+            if privacy is not None:
+                logs["epsilon"] = privacy.epsilon_after(e + 1)
             logs["seconds"] = seconds
             stop = False
             for c in cbs:  # may add entries to logs (e.g. a test accuracy): they are kept
