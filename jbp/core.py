@@ -162,6 +162,10 @@ class Sequential(Layer):
         return self.layers[i]
 
     def _context(self, i: int, layer: Layer, err: Exception) -> Exception:
+        """The same error with the layer's position in front (plain ValueError/TypeError
+        only: jax's own error types, e.g. a tracer conversion, are re-raised unchanged)."""
+        if type(err) not in (ValueError, TypeError):
+            return err
         return type(err)(f"layers[{i}] ({type(layer).__name__}): {err}")
 
     def init(self, key, in_shape):
@@ -171,7 +175,10 @@ class Sequential(Layer):
             try:
                 p, shape = layer.init(k, shape)
             except (ValueError, TypeError) as e:
-                raise self._context(i, layer, e) from e
+                new = self._context(i, layer, e)
+                if new is e:
+                    raise
+                raise new from e
             params.append(p)
         return tuple(params), shape
 
@@ -190,7 +197,10 @@ class Sequential(Layer):
             try:
                 x, c = layer.forward(p, x, key=k, train=train)
             except (ValueError, TypeError) as e:
-                raise self._context(i, layer, e) from e
+                new = self._context(i, layer, e)
+                if new is e:
+                    raise
+                raise new from e
             caches.append(c)
         return x, tuple(caches)
 
@@ -257,7 +267,10 @@ class Sequential(Layer):
             try:
                 x, c, s = layer.forward_with_state(p, s, x, key=k, train=train)
             except (ValueError, TypeError) as e:
-                raise self._context(i, layer, e) from e
+                new = self._context(i, layer, e)
+                if new is e:
+                    raise
+                raise new from e
             caches.append(c)
             new_state.append(s)
         return x, tuple(caches), tuple(new_state)
