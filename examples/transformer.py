@@ -72,7 +72,7 @@ from jbp.layers import (Dense, Dropout, Embedding, LayerNorm, MeanPool1D,  # noq
 from jbp.plotting import save_figure  # noqa: E402
 
 # README's examples section: examples/sentiment.py at its defaults (seed 0, full data).
-QUOTED = [("bag of embeddings + MLP (64-d, 64 hidden)", 0.7683, 0.4921),
+QUOTED = [("bag of embeddings + MLP (64-d)", 0.7683, 0.4921),
           ("SimpleRNN (64 units)", 0.7428, 0.5638),
           ("LSTM (64 units)", 0.7624, None)]
 UNKNOWN_CHAR = "_"
@@ -195,7 +195,7 @@ def run_baselines(args) -> list:
             res = sentiment.main(argv)
         if not res["report"].ok:
             raise RuntimeError(f"baseline {kind}: its gradient check failed:\n{res['report']}")
-        name = {"bag": "bag of embeddings + MLP (64-d, 64 hidden)", "rnn": "SimpleRNN (64 units)"}
+        name = {"bag": "bag of embeddings + MLP (64-d)", "rnn": "SimpleRNN (64 units)"}
         print(f"baseline {kind} (examples/sentiment.py {' '.join(argv)}): test accuracy "
               f"{res['test']['accuracy']:.4f}, kept epoch {res['history'].best_epoch} "
               f"({time.perf_counter() - t0:.1f}s)")
@@ -226,8 +226,7 @@ def run_sentiment(args) -> dict:
     base_acc = float(np.mean(np.asarray(y_te)[:, 0] == majority))
     print(f"kept epoch {history.best_epoch} of {len(history)}")
 
-    name = (f"Transformer ({args.blocks} blocks, {args.features}-d, {args.heads} heads, "
-            f"T={args.max_len})")
+    name = f"Transformer {args.blocks}×{args.features}-d, {args.heads} heads, T={args.max_len}"
     rows = [(f"majority class (always {'fresh' if majority else 'rotten'})", base_acc, None)]
     if args.baselines == "run":
         rows += run_baselines(args)
