@@ -40,7 +40,13 @@ It is validated on the test split's sentences and compared with the unigram and 
 character models (add-one smoothed counts of the same training stream); then it prints a
 few continuations of ``--prompt`` strings, sampled at ``--temperature`` from a jax key.
 
-Each default run takes about a minute on a 2-core CPU::
+Real runs at the defaults on a (shared, busy) 2-core CPU, ~40-50 s of CPU time each:
+sentiment, test accuracy 0.7366 (kept epoch 2 of 4; it overfits from epoch 3) against
+majority 0.5778, bag of embeddings 0.7683, SimpleRNN 0.7428 (``--baselines run``, equal to
+the README's numbers); on 10k short sentences the word-order-blind bag still wins. lm, 3
+epochs over the 10,200 training sentences: validation 1.835 nats/char (2.65 bits) against
+bigram 2.473 and unigram 3.092; at temperature 0.8 it continues "The best" with
+"far just the grive they elight a the movie, and lure a than New minutes the sit"::
 
     python examples/transformer.py                       # sentiment, out/transformer_sentiment.png
     python examples/transformer.py --baselines run       # and retrain bag + RNN beside it
@@ -158,7 +164,7 @@ def gradient_check(model, loss, params, x, y, key):
             and l.abs_err < 1e-15 and l.ok_fd is False]
     ok = all(l.ok for l in report.leaves if l not in zero)
     if zero and ok:
-        print(f"the {len(zero)} key-bias leaves (.bk) have ∂L/∂b_k = 0 exactly (softmax ignores "
+        print(f"key-bias leaves (.bk, {len(zero)} here) have ∂L/∂b_k = 0 exactly (softmax ignores "
               f"a shift of a row of scores): hand-written = jax.grad to "
               f"{max(l.abs_err for l in zero):.0e}; their finite-difference ratio is round-off / 0. "
               f"Every other leaf agrees.")
@@ -398,10 +404,10 @@ def main(argv=None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("sentiment", "lm"), default="sentiment")
     p.add_argument("--epochs", type=int, default=None,
-                   help="maximum epochs (default: sentiment 4 with early stopping, lm 2)")
-    p.add_argument("--limit", type=int, default=None,
+                   help="maximum epochs (default: sentiment 4 with early stopping, lm 3)")
+    p.add_argument("--limit", type=int, default=0,
                    help="use only N training sentences (and N/4 test ones); 0 = all "
-                        "(default: sentiment all, lm 4000)")
+                        "(default 0)")
     p.add_argument("--features", type=int, default=64, help="model width (default 64)")
     p.add_argument("--heads", type=int, default=2, help="attention heads (default 2)")
     p.add_argument("--blocks", type=int, default=2, help="Transformer blocks (default 2)")
@@ -434,9 +440,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     lm = args.task == "lm"
     if args.epochs is None:
-        args.epochs = 2 if lm else 4
-    if args.limit is None:
-        args.limit = 4000 if lm else 0
+        args.epochs = 3 if lm else 4
     if args.lr is None:
         args.lr = 3e-3 if lm else 1e-3
     if args.prompt is None:
