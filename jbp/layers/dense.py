@@ -7,11 +7,12 @@ from typing import Any
 import jax.numpy as jnp
 
 from jbp import initializers
-from jbp.core import Layer, check_array, check_floating, layer_error
+from jbp.core import check_array, check_floating, layer_error
+from jbp.layers._feedback import RuleLayer, rule_field, seed_field
 
 
-@dataclasses.dataclass(frozen=True)
-class Dense(Layer):
+@dataclasses.dataclass(frozen=True, repr=False)
+class Dense(RuleLayer):
     """Fully connected layer ``z = a W + b``.
 
     Forward, for an input ``a`` of shape ``(batch, ..., in)`` (the seed's
@@ -29,18 +30,26 @@ class Dense(Layer):
     ``w_init``/``b_init`` take an initializer object or its name (``"he_normal"``);
     defaults: Glorot-uniform weights, zero biases. ``cache = {"x": a}``: the layer's
     input, from which per-example gradients and their norms are computed.
+
+    ``rule`` (default ``"bp"``) swaps the ``W`` of ``∂L/∂a = δ Wᵀ`` for a feedback matrix
+    ``B`` — ``"fa"`` (fixed random, state drawn from ``feedback_seed``), ``"sign"``
+    (``sign(W)·mean|W|``), ``"kolen_pollack"`` (trainable ``params["B"]``) — leaving
+    ``∂L/∂W`` and ``∂L/∂b`` as they are: see :mod:`jbp.layers._feedback`.
     """
 
     units: int
     w_init: Any = "glorot_uniform"
     b_init: Any = "zeros"
     use_bias: bool = True
+    rule: str = rule_field()
+    feedback_seed: int = seed_field()
 
     def __post_init__(self):
         if isinstance(self.units, bool) or not isinstance(self.units, (int,)) or self.units <= 0:
             raise ValueError(f"Dense: units must be a positive integer, got {self.units!r}")
         initializers.get(self.w_init)  # unknown names fail here, at construction
         initializers.get(self.b_init)
+        self.check_rule()
 
     def init(self, key, in_shape):
         if len(in_shape) < 1 or in_shape[-1] <= 0:
@@ -50,7 +59,7 @@ class Dense(Layer):
         params = {"W": initializers.get(self.w_init)(key, (n_in, self.units))}
         if self.use_bias:
             params["b"] = initializers.get(self.b_init)(key, (self.units,))
-        return params, tuple(in_shape[:-1]) + (self.units,)
+        return self.rule_params(key, params), tuple(in_shape[:-1]) + (self.units,)
 
     def forward(self, params, x, *, key=None, train=False):
         x = check_array("x", x)
@@ -65,14 +74,13 @@ class Dense(Layer):
 
     def backward(self, params, cache, dy):
         x = cache["x"]
-        W = params["W"]
         x2 = x.reshape(-1, x.shape[-1])
         d2 = dy.reshape(-1, dy.shape[-1])
         grads = {"W": jnp.matmul(x2.T, d2)}
         if self.use_bias:
             grads["b"] = jnp.sum(d2, axis=0)
-        dx = jnp.matmul(dy, W.T)
-        return grads, dx
+        dx = jnp.matmul(dy, self.feedback(params, cache, "W").T)   # W itself for rule="bp"
+        return self.rule_grads(grads), dx
 
     def per_example_sq_norms(self, params, cache, dy):
         """``‖∂ℓᵢ/∂W‖² + ‖∂ℓᵢ/∂b‖²`` per example from ``(a, δ)``, without forming ``∂ℓᵢ/∂W``.
@@ -84,6 +92,8 @@ class Dense(Layer):
         ``T² > in·units`` the per-example ``(in, units)`` gradient is cheaper and is formed
         instead. ``∂ℓᵢ/∂b = Σₜ δᵢₜ``.
         """
+        if self.rule != "bp":
+            return self.rule_sq_norms(params, cache, dy)
         x = cache["x"]
         n = x.shape[0]
         if x.ndim == 2:
