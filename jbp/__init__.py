@@ -6,7 +6,7 @@ hand-written backward; ``check_gradients`` proves it against ``jax.grad`` and fi
 differences; ``fit`` trains with one compiled ``lax.scan`` per epoch.
 """
 from jbp import (augment, datasets, diagnostics, initializers, layers, losses, optim, plotting,
-                 regularizers)
+                 regularizers, rules)
 from jbp.callbacks import Callback, EarlyStopping
 from jbp.check import GradientCheckError, GradientReport, check_gradients
 from jbp.core import Layer, Sequential, autodiff_value_and_grad, cast, named_leaves, value_and_grad
@@ -28,5 +28,5 @@ __all__ = [
     "per_example_grads", "per_example_grad_norms", "per_example_clipped_grad",
     # submodules
     "augment", "datasets", "diagnostics", "initializers", "layers", "losses", "optim", "plotting",
-    "regularizers",
+    "regularizers", "rules",
 ]

@@ -30,8 +30,8 @@ backpropagation through time, ``∂L/∂h_{t−1} += δ_t B_hᵀ``).
 ``init_state(in_shape)`` returns ``{"B": ...}`` (``{"B_x", "B_h"}`` for recurrent layers),
 drawn — in float32, like the weights — from the layer's own weight initializer
 (``w_init``; ``recurrent_init`` for ``B_h``), i.e. from the same distribution as ``W``,
-with the key ``jax.random.fold_in(jax.random.key(feedback_seed), j)`` (``j`` = 0, 1 for
-``B_x``, ``B_h``). ``feedback_seed`` is a field of the layer (default 0), so ``B`` is
+with the key ``feedback_key(feedback_seed, j)`` (``j`` = 0, 1 for ``B_x``, ``B_h``; the key
+is tagged so that it never equals a key that drew the weights). ``feedback_seed`` is a field of the layer (default 0), so ``B`` is
 reproducible without a key in ``init_state``; give the layers of one network different
 seeds (``jbp.rules.with_rule`` does). ``forward_with_state`` puts the state's ``B`` into the
 cache, where ``backward`` reads it: the state is what ``fit`` trains with, and setting it
@@ -53,10 +53,23 @@ import jax.numpy as jnp
 from jbp import initializers
 from jbp.core import Layer
 
-__all__ = ["RULES", "RuleLayer", "rule_field", "seed_field"]
+__all__ = ["RULES", "RuleLayer", "rule_field", "seed_field", "feedback_key"]
 
 #: the backward rules a weight layer accepts
 RULES = ("bp", "fa", "sign", "kolen_pollack")
+
+#: folded into every key that draws a feedback matrix, so that it never coincides with a
+#: key that draws weights: ``split(k, n)[i]`` equals ``fold_in(k, i)`` in JAX, so without the
+#: tag ``key(0)`` for ``init`` and ``feedback_seed=0`` would give ``B = W`` in layer 0.
+FEEDBACK_TAG = 0x66656564  # "feed"
+
+
+def feedback_key(key, j: int):
+    """The key of feedback matrix ``j`` under ``key``: ``fold_in(fold_in(key, FEEDBACK_TAG), j)``.
+    ``key`` is an int seed (``jax.random.key(seed)`` is used) or a key."""
+    if isinstance(key, int):
+        key = jax.random.key(key)
+    return jax.random.fold_in(jax.random.fold_in(key, FEEDBACK_TAG), j)
 
 
 def rule_field():
@@ -110,11 +123,10 @@ class RuleLayer(Layer):
     # --- the feedback matrix ----------------------------------------------------------
     def draw_feedback(self, name: str, shape) -> jax.Array:
         """Feedback alignment's fixed ``B`` called ``name``: the layer's weight initializer,
-        float32, key ``fold_in(key(feedback_seed), j)``."""
+        float32, key ``feedback_key(feedback_seed, j)``."""
         j = list(self._feedback_of).index(name)
         init = initializers.get(getattr(self, self._feedback_of[name][1]))
-        key = jax.random.fold_in(jax.random.key(self.feedback_seed), j)
-        return init(key, tuple(shape), jnp.float32)
+        return init(feedback_key(self.feedback_seed, j), tuple(shape), jnp.float32)
 
     def feedback(self, params, cache, weight: str = "W") -> jax.Array:
         """The matrix the backward pass uses in place of ``params[weight]``, in its dtype.
@@ -147,14 +159,15 @@ class RuleLayer(Layer):
 
     def rule_params(self, key, params: dict) -> dict:
         """Kolen–Pollack: add each trainable ``B``, drawn like its weight (same initializer
-        and shape) from ``fold_in(key, 1 + j)``; other rules: ``params`` unchanged."""
+        and shape) from ``feedback_key(key, j)`` (``key``: the layer's ``init`` key); other
+        rules: ``params`` unchanged."""
         if self.rule != "kolen_pollack":
             return params
         params = dict(params)
         for j, (name, (weight, init)) in enumerate(self._feedback_of.items()):
             W = params[weight]
             params[name] = initializers.get(getattr(self, init))(
-                jax.random.fold_in(key, 1 + j), W.shape, W.dtype)
+                feedback_key(key, j), W.shape, W.dtype)
         return params
 
     # --- feedback alignment's state ---------------------------------------------------
