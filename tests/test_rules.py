@@ -439,12 +439,14 @@ def _angle_np(a, b):
     return np.degrees(np.arccos(np.clip(c, -1, 1)))
 
 
-def test_alignment_against_numpy_and_jax_grad():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_alignment_against_numpy_and_jax_grad(dtype):
     rng = np.random.default_rng(9)
     model = with_rule(jbp.Sequential([Dense(7), Tanh(), Dense(6), ReLU(), Dense(3)]), "fa", seed=2)
-    params = randomize(model.init(jax.random.key(0), (5,))[0], rng, jnp.float64)
-    state = jbp.cast(model.init_state((5,)), jnp.float64)
-    x, y = rand(rng, (12, 5)), jnp.asarray(rng.integers(0, 3, 12))
+    params = randomize(model.init(jax.random.key(0), (5,))[0], rng, dtype)
+    state = jbp.cast(model.init_state((5,)), dtype)
+    x, y = rand(rng, (12, 5), dtype), jnp.asarray(rng.integers(0, 3, 12))
+    tol = {jnp.float64: 1e-10, jnp.float32: 1e-4}[dtype]
     align = alignment(model, CE)
 
     @jax.jit
@@ -458,20 +460,21 @@ def test_alignment_against_numpy_and_jax_grad():
     assert sorted(out["layers"]) == ["layers[0]", "layers[2]", "layers[4]"]
     for i in (0, 2, 4):
         rec = out["layers"][f"layers[{i}]"]
-        W, B = np.asarray(params[i]["W"]), np.asarray(state[i]["B"])
-        np.testing.assert_allclose(float(rec["grad_angle"]),
-                                   _angle_np(g_fa[i]["W"], g_true[i]["W"]), atol=1e-6)
-        np.testing.assert_allclose(float(rec["feedback_angle"]), _angle_np(B, W), rtol=1e-10)
+        assert rec["grad_angle"].dtype == dtype
+        W, B = np.asarray(params[i]["W"], np.float64), np.asarray(state[i]["B"], np.float64)
+        gf, gt = (np.asarray(g[i]["W"], np.float64) for g in (g_fa, g_true))
+        np.testing.assert_allclose(float(rec["grad_angle"]), _angle_np(gf, gt), atol=1e3 * tol)
+        np.testing.assert_allclose(float(rec["feedback_angle"]), _angle_np(B, W), rtol=tol)
         np.testing.assert_allclose(float(rec["norm_ratio"]),
-                                   np.linalg.norm(B) / np.linalg.norm(W), rtol=1e-10)
+                                   np.linalg.norm(B) / np.linalg.norm(W), rtol=tol)
     assert float(out["layers"]["layers[4]"]["grad_angle"]) == 0.0   # the output layer gets e
     assert float(out["layers"]["layers[0]"]["grad_angle"]) > 1.0
     # B := W everywhere: every angle exactly 0, ratios 1
     same = tuple({"B": p["W"]} if "W" in p else s for p, s in zip(params, state))
     out = jax.jit(align)(params, x, y, state=same)
     for rec in out["layers"].values():
-        assert float(rec["grad_angle"]) < 1e-9 and float(rec["feedback_angle"]) < 1e-9
-        np.testing.assert_allclose(float(rec["norm_ratio"]), 1.0, rtol=1e-14)
+        assert float(rec["grad_angle"]) < 1e3 * tol and float(rec["feedback_angle"]) < 1e3 * tol
+        np.testing.assert_allclose(float(rec["norm_ratio"]), 1.0, rtol=tol)
 
 
 def test_alignment_sign_kp_dfa_recurrent():
@@ -564,6 +567,8 @@ def test_bad_input_gives_clear_errors():
         with_rule(jbp.Sequential([ReLU(), Flatten()]), "sign")
     with pytest.raises(ValueError, match="unknown rule 'dfa'"):
         with_rule(jbp.Sequential([Dense(4)]), "dfa")
+    with pytest.raises(TypeError, match="is a DFA"):
+        with_rule(dfa(jbp.Sequential([Dense(4), ReLU(), Dense(2)])), "fa")
     with pytest.raises(ValueError, match="already"):
         alignment(jbp.Sequential([Dense(4), ReLU(), Dense(2)]), CE)
     fa = Dense(3, rule="fa")
@@ -583,5 +588,5 @@ def test_with_rule_and_as_backprop_round_trip():
     assert seeds == [10, 11, 12] and {fa[0].rule, fa[2][0].rule, fa[3].rule} == {"fa"}
     assert as_backprop(fa) == net and as_backprop(dfa(net)) == net
     only = with_rule(net, "sign", layers=[3])
-    assert (only[0].rule, only[3].rule) == ("bp", "sign")
+    assert (only[0].rule, only[3].rule, only[3].feedback_seed) == ("bp", "sign", 0)
     assert isinstance(dfa(net), DFA) and hash(dfa(net)) == hash(dfa(net))

@@ -131,9 +131,15 @@ class RuleLayer(Layer):
     def feedback(self, params, cache, weight: str = "W") -> jax.Array:
         """The matrix the backward pass uses in place of ``params[weight]``, in its dtype.
 
-        ``"bp"``: ``W``; ``"sign"``: ``sign(W) · mean|W|``; ``"kolen_pollack"``: the
-        parameter ``B``; ``"fa"``: ``B`` from the cache (put there by
-        ``forward_with_state``), else drawn from ``feedback_seed`` (the stateless path).
+        ``"bp"``: ``W``; ``"sign"``: ``sign(W) · mean|W|`` (the mean over the whole matrix,
+        recomputed from the current ``W`` at every call); ``"kolen_pollack"``: the parameter
+        ``B``; ``"fa"``: ``B`` from the cache (put there by ``forward_with_state``), else
+        drawn from ``feedback_seed`` (the stateless path).
+
+        Args:
+          params: the layer's parameters.
+          cache: the cache of its forward pass.
+          weight: the weight whose feedback is asked for (``"W"``; ``"W_x"``, ``"W_h"``).
         """
         W = params[weight]
         if self.rule == "bp":
@@ -179,9 +185,8 @@ class RuleLayer(Layer):
         """``{"B": ...}`` for ``rule="fa"`` (see the module docstring), else ``()``."""
         if self.rule != "fa":
             return ()
-        box = []
-        jax.eval_shape(lambda k: box.append(self.init(k, tuple(in_shape))[0]), jax.random.key(0))
-        shapes = {w: box[0][w].shape for w, _ in self._feedback_of.values()}
+        params = jax.eval_shape(lambda k: self.init(k, tuple(in_shape))[0], jax.random.key(0))
+        shapes = {w: params[w].shape for w, _ in self._feedback_of.values()}
         return {name: self.draw_feedback(name, shapes[w])
                 for name, (w, _) in self._feedback_of.items()}
 

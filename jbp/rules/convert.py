@@ -32,9 +32,10 @@ def with_rule(model: Layer, rule: str, *, layers=None, seed: int = 0) -> Layer:
       rule: ``"bp"``, ``"fa"``, ``"sign"`` or ``"kolen_pollack"`` (see :mod:`jbp.rules`).
       layers: indices into the top-level ``Sequential`` of the layers to change (every weight
         layer when ``None``). Each must be a weight layer (or a ``Sequential`` holding some).
-      seed: the ``k``-th weight layer of the model (in order, counting all of them) gets
-        ``feedback_seed = seed + k``, so the fixed feedback matrices of feedback alignment
-        differ from layer to layer and the same ``seed`` gives the same ones.
+      seed: with ``rule="fa"``, the ``k``-th weight layer of the model (in order, counting
+        all of them) gets ``feedback_seed = seed + k``, so the fixed feedback matrices
+        differ from layer to layer and the same ``seed`` gives the same ones (other rules
+        have no seed: it stays 0).
 
     Returns:
       The new model. Its parameters have the same structure as the old one's, except that
@@ -61,7 +62,9 @@ def with_rule(model: Layer, rule: str, *, layers=None, seed: int = 0) -> Layer:
         if isinstance(m, RuleLayer):
             s = counter[0]
             counter[0] += 1
-            return dataclasses.replace(m, rule=rule, feedback_seed=s) if selected else m
+            if not selected:
+                return m
+            return dataclasses.replace(m, rule=rule, feedback_seed=s if rule == "fa" else 0)
         if isinstance(m, Sequential):
             return Sequential([convert(l, selected) for l in m.layers])
         return m
@@ -108,6 +111,12 @@ def as_backprop(model: Layer) -> Layer:
     leaves are read by nobody; the backprop gradients simply have no ``"B"`` entry), so its
     ``backward`` on the rule model's forward cache gives the true gradient — what
     :func:`alignment` compares against, and what ``check_gradients`` can prove.
+
+    Args:
+      model: any jbp layer or model; layers without a rule are returned as they are.
+
+    Returns:
+      The backprop model (equal to the original one when nothing had a rule).
     """
     if isinstance(model, DFA):
         return as_backprop(model.model)
