@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 import jbp
 from jbp import optim
@@ -67,8 +66,26 @@ def test_default_layers_keep_repr_hash_and_state():
     assert repr(Dense(3, rule="sign")).endswith("use_bias=True, rule='sign')")
 
 
+def test_feedback_matrices_are_not_the_weights_for_equal_seeds():
+    """init key(s) and feedback_seed s draw different matrices (JAX's split(k, n)[i] equals
+    fold_in(k, i): without a tag, layer 0's B would be its W)."""
+    for seed in (0, 1):
+        model = with_rule(jbp.Sequential([Dense(6), ReLU(), Dense(6), ReLU(), Dense(6)]), "fa",
+                          seed=seed)
+        params, _ = model.init(jax.random.key(seed), (6,))
+        state = model.init_state((6,))
+        Bs = [np.asarray(state[i]["B"]) for i in (0, 2, 4)]
+        for i, B in zip((0, 2, 4), Bs):
+            for j in (0, 2, 4):
+                assert np.max(np.abs(B - np.asarray(params[j]["W"]))) > 0.1, (seed, i, j)
+        assert np.max(np.abs(Bs[1] - Bs[2])) > 0.1
+    kp = Dense(6, rule="kolen_pollack")
+    p, _ = kp.init(jax.random.key(0), (6,))
+    assert np.max(np.abs(np.asarray(p["B"] - p["W"]))) > 0.1
+
+
 # --------------------------------------------------------------------------------------
-# Feedback alignment on single layers
+# Every rule on single layers: against independent references
 # --------------------------------------------------------------------------------------
 
 def _layer_case(name, dtype, rng):

@@ -31,14 +31,14 @@ backpropagation through time, ``∂L/∂h_{t−1} += δ_t B_hᵀ``).
 drawn — in float32, like the weights — from the layer's own weight initializer
 (``w_init``; ``recurrent_init`` for ``B_h``), i.e. from the same distribution as ``W``,
 with the key ``feedback_key(feedback_seed, j)`` (``j`` = 0, 1 for ``B_x``, ``B_h``; the key
-is tagged so that it never equals a key that drew the weights). ``feedback_seed`` is a field of the layer (default 0), so ``B`` is
-reproducible without a key in ``init_state``; give the layers of one network different
-seeds (``jbp.rules.with_rule`` does). ``forward_with_state`` puts the state's ``B`` into the
-cache, where ``backward`` reads it: the state is what ``fit`` trains with, and setting it
-(e.g. ``B := W``) changes the rule. The stateless entry ``forward`` — used by
-``value_and_grad``, ``check_gradients`` and the per-example functions — has no state;
-``backward`` then draws the *same* ``B`` from ``feedback_seed`` (the draw is a constant of
-the compiled function).
+is tagged so that it does not coincide with the keys that draw weights). ``feedback_seed``
+is a field of the layer (default 0), so ``B`` is reproducible without a key in
+``init_state``; give the layers of one network different seeds (``jbp.rules.with_rule``
+does). ``forward_with_state`` puts the state's ``B`` into the cache, where ``backward``
+reads it: the state is what ``fit`` trains with, and setting it (e.g. ``B := W``) changes
+the rule. The stateless entry ``forward`` — used by ``value_and_grad``,
+``check_gradients`` and the per-example functions — has no state; ``backward`` then draws
+the *same* ``B`` from ``feedback_seed`` (from a constant key, inside the compiled function).
 
 Default layers (``rule="bp"``) keep their repr, their hash and their behaviour: the two new
 fields are left out of both (they still take part in ``==``).
@@ -58,7 +58,7 @@ __all__ = ["RULES", "RuleLayer", "rule_field", "seed_field", "feedback_key"]
 #: the backward rules a weight layer accepts
 RULES = ("bp", "fa", "sign", "kolen_pollack")
 
-#: folded into every key that draws a feedback matrix, so that it never coincides with a
+#: folded into every key that draws a feedback matrix, so that it does not coincide with a
 #: key that draws weights: ``split(k, n)[i]`` equals ``fold_in(k, i)`` in JAX, so without the
 #: tag ``key(0)`` for ``init`` and ``feedback_seed=0`` would give ``B = W`` in layer 0.
 FEEDBACK_TAG = 0x66656564  # "feed"
