@@ -24,6 +24,14 @@ ReLU → Dense(84) → ReLU → Dense(10); slow on a CPU)::
     python examples/learning_rules.py --out figs --epochs 10
     python examples/learning_rules.py --model cnn --n-train 20000 --epochs 3
     python examples/learning_rules.py --dataset digits --rules bp fa
+
+Measured here (2-core CPU, shared): the default MLP run gives BP 14.4%, FA 15.9%, DFA 15.6%,
+sign 14.9%, KP 14.7% test error on Fashion-MNIST after 3 epochs (~25 s of CPU time). On the
+LeNet CNN with AdamW (lr 1e-3, 20k examples, 2 epochs) BP reached 18.7% and sign symmetry
+20.4%, while FA, DFA and Kolen-Pollack *diverged* (train loss 5-8, hidden-layer angles near
+or above 90°): Adam's per-coordinate steps keep pushing along feedback directions that are
+not yet aligned. With plain SGD (``--optimizer sgd --lr 0.01``) they learn, slowly; KP needs
+many steps of weight decay (``--weight-decay``) before ``B`` approaches ``W``.
 """
 from __future__ import annotations
 
@@ -99,9 +107,12 @@ def train_one(rule, net, data, test, args):
     if rule != "bp":
         hist = AlignmentHistory(model, CE, probe, log=())
         hist(0, params)
-    # the same optimizer for every rule; its decoupled weight decay is what pulls
-    # Kolen-Pollack's B onto W (B − W shrinks by (1 − lr·wd) per step)
-    opt = optim.adamw(args.lr, weight_decay=args.weight_decay)
+    # the same optimizer for every rule; its weight decay is what pulls Kolen-Pollack's B
+    # onto W (B − W shrinks by (1 − lr·wd) per step)
+    if args.optimizer == "adamw":
+        opt = optim.adamw(args.lr, weight_decay=args.weight_decay)
+    else:
+        opt = optim.chain(optim.add_decayed_weights(args.weight_decay), optim.sgd(args.lr))
     t0 = time.perf_counter()
     params, history = jbp.fit(model, params, CE, opt, data,
                               batch_size=min(args.batch_size, data[0].shape[0]),
@@ -144,7 +155,8 @@ def plot(results, path):
     fig, axes = plt.subplots(1, len(recs), figsize=(4.2 * len(recs), 3.8), squeeze=False)
     for ax, r in zip(axes[0], recs):
         plot_alignment(r["record"], ax=ax, title=NAMES[r["rule"]])
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 180)
+        ax.set_yticks([0, 45, 90, 135, 180])
         ax.set_ylabel("∠(ΔW, ∇W backprop) °" if ax is axes[0][0] else "")
     fig.tight_layout()
     return save_figure(fig, path)
@@ -163,8 +175,10 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, default=0, help="first N test examples (0: all)")
     p.add_argument("--hidden", type=int, default=256, help="hidden units of the MLP")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW decoupled decay")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
+                   help="adamw (default; decoupled decay) or sgd (+ weight decay)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=1e-2, help="weight decay (default 1e-2)")
     p.add_argument("--probe", type=int, default=512, help="test examples of the alignment probe")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="directory for alignment.png (default: no plot)")
@@ -184,7 +198,7 @@ def main(argv=None):
     args.probe = min(args.probe, test[0].shape[0])
     net = build(args.model, args.hidden, data[0].shape[1:])
     print(f"{name}: {data[0].shape[0]} train / {test[0].shape[0]} test; {args.model} "
-          f"{net!r}\nAdamW lr {args.lr} wd {args.weight_decay}, batch {args.batch_size}, "
+          f"{net!r}\n{args.optimizer} lr {args.lr} wd {args.weight_decay}, batch {args.batch_size}, "
           f"{args.epochs} epochs, same init and batches for every rule")
     results = []
     for rule in args.rules:
