@@ -6,7 +6,7 @@ hand-written backward; ``check_gradients`` proves it against ``jax.grad`` and fi
 differences; ``fit`` trains with one compiled ``lax.scan`` per epoch.
 """
 from jbp import (augment, checkpoint, datasets, diagnostics, dp, extensions, initializers, layers,
-                 losses, optim, plotting, regularizers, testing)
+                 losses, optim, plotting, regularizers, rules, testing)
 from jbp.callbacks import Callback, EarlyStopping
 from jbp.check import GradientCheckError, GradientReport, check_gradients
 from jbp.core import Layer, Sequential, cast, named_leaves
@@ -29,5 +29,5 @@ __all__ = [
     "per_example_grads", "per_example_grad_norms", "per_example_clipped_grad",
     # submodules
     "augment", "checkpoint", "datasets", "dp", "diagnostics", "extensions", "initializers", "layers", "losses", "optim", "plotting",
-    "regularizers", "testing",
+    "regularizers", "rules", "testing",
 ]

@@ -92,6 +92,12 @@ class Layer:
         """
         return False
 
+    def cache_axes(self, cache: PyTree) -> PyTree:
+        """The batch axis of every ``cache`` leaf, for per-example ``vmap``: ``0`` (the
+        default: the cache keeps the layer's inputs) or ``None`` for a leaf the whole batch
+        shares (a feedback matrix, fixed statistics). Same structure as ``cache``."""
+        return jax.tree.map(lambda _: 0, cache)
+
     def backward_ext(self, params: PyTree, cache: PyTree, dy: Array, visit) -> tuple:
         """``backward`` that also evaluates extensions: ``(grads, dx, results)``.
 
