@@ -106,7 +106,8 @@ class Config:
     """Sizes and repetitions (``--quick`` and ``--tiny`` override some)."""
 
     repeats: int = 7           # timed rounds per contender (step, per_example, extensions)
-    iters: int = 10            # calls per timed round
+    iters: int = 10            # calls per timed round, at most ...
+    round_s: float = 0.3       # ... and about this many seconds (slow contenders: fewer calls)
     epoch_repeats: int = 5     # timed epochs per contender
     step_batch: int = 128
     pe_batch: int = 256
@@ -121,7 +122,7 @@ class Config:
     models: tuple = ("mlp", "cnn")
 
 
-QUICK = dict(repeats=3, iters=3, epoch_repeats=2, examples=5_000, nielsen_fraction=0.2)
+QUICK = dict(repeats=3, iters=3, round_s=0.1, epoch_repeats=2, examples=5_000, nielsen_fraction=0.2)
 TINY = dict(repeats=1, iters=1, epoch_repeats=1, step_batch=8, pe_batch=8, ext_batch=8,
             hidden=16, image=8, examples=100, nielsen_fraction=0.5)
 
@@ -695,17 +696,23 @@ def jax_extension_reference(model, loss, which):
 
     def ggn(p, x, y):
         # diag(Jᵀ H J) = Σ_c (Jᵀ S[:, c])², H = softmax Hessian = S Sᵀ, S = diag(√π) − π √πᵀ
-        def one(acc, xy):
-            xi, _ = xy
+        def one(xi):
             z, vjp = jax.vjp(lambda q: model.apply(q, xi[None])[0], p)
             pr = jax.nn.softmax(z)
             s = jnp.sqrt(pr)
             S = jnp.diag(s) - jnp.outer(pr, s)
             cols = jax.vmap(lambda v: vjp(v)[0])(S.T)
-            return jax.tree.map(lambda a, c: a + jnp.sum(c * c, 0), acc, cols), None
+            return jax.tree.map(lambda c: jnp.sum(c * c, 0), cols)
 
-        acc, _ = jax.lax.scan(one, jax.tree.map(jnp.zeros_like, p), (x, y))
-        return {"diag_ggn": jax.tree.map(lambda a: a / x.shape[0], acc)}
+        n = x.shape[0]
+        k = max(d for d in range(1, 9) if n % d == 0)   # examples per vmapped chunk
+
+        def chunk(acc, xc):
+            return jax.tree.map(lambda a, c: a + jnp.sum(c, 0), acc, jax.vmap(one)(xc)), None
+
+        acc, _ = jax.lax.scan(chunk, jax.tree.map(jnp.zeros_like, p),
+                              x.reshape((n // k, k) + x.shape[1:]))
+        return {"diag_ggn": jax.tree.map(lambda a: a / n, acc)}
 
     return jax.jit(first if which == "first" else ggn)
 
@@ -905,17 +912,19 @@ def run_case(case, cfg):
         checks[c.name] = (f"{'ok' if err <= case.tol else 'FAIL'} {err:.1e}" + (f" {note}" if note else ""))
         ok.append(c)
 
-    # Warm up (compile), then interleaved rounds.
-    iters = cfg.iters
+    # Warm up (compile), size each contender's rounds, then interleaved rounds.
     repeats = cfg.epoch_repeats if case.unit == "epoch" else cfg.repeats
+    iters = {}
     for c in ok:
-        c.round(1)
+        t = c.round(1)
         if case.unit != "epoch":
-            c.round(iters)
+            t = c.round(1)
+        # a round of about cfg.round_s seconds: up to cfg.iters calls, at least one
+        iters[c.name] = max(1, min(cfg.iters, int(cfg.round_s / max(t, 1e-9))))
     samples = {c.name: [] for c in ok}
     for _ in range(repeats):
         for c in ok:
-            samples[c.name].append(c.round(iters))
+            samples[c.name].append(c.round(iters[c.name]))
     med = {k: statistics.median(v) for k, v in samples.items()}
     base = ok[0] if ok else None
     for c in built:
@@ -965,8 +974,8 @@ def header(cfg, argv_note):
     print(f"peers: equinox {ver('equinox')}; flax {ver('flax')}; optax {ver('optax')}; "
           f"torch {torch_v}{threads}; opacus {ver('opacus')}; backpack-for-pytorch "
           f"{ver('backpack-for-pytorch')}" + (f"; env {env}" if env else ""))
-    print(f"float32; median of {cfg.repeats} interleaved rounds x {cfg.iters} calls "
-          f"({cfg.epoch_repeats} epochs for the epoch) after warm-up; {argv_note}")
+    print(f"float32; median of {cfg.repeats} interleaved rounds of up to {cfg.iters} calls "
+          f"(~{cfg.round_s:g} s; {cfg.epoch_repeats} epochs for the epoch) after warm-up; {argv_note}")
     print("ratio = contender's median / jbp's (> 1: jbp is faster; * = jbp absent, ratio to the "
           "first row); checked = max relative difference to jbp's numbers (see the docstring)\n")
     print(COLS.format("contender", "median", "ratio", "checked", "notes"))
@@ -989,6 +998,9 @@ def parse_config(argv=None):
     ap.add_argument("--models", default="mlp,cnn", help="mlp, cnn or both (steps, per-example, extensions)")
     ap.add_argument("--repeats", type=int, help="timed rounds per contender")
     ap.add_argument("--iters", type=int, help="calls per timed round")
+    ap.add_argument("--torch-threads", type=int,
+                    help="torch.set_num_threads for the PyTorch-based rows (default: torch's own, "
+                         "the core count; the Nielsen epoch always uses 1)")
     ap.add_argument("--nielsen-fraction", type=float,
                     help="fraction of the epoch the NumPy port is timed on (then extrapolated)")
     args = ap.parse_args(argv)
@@ -1022,6 +1034,14 @@ def quiet_peer_warnings():
 def main(argv=None):
     cfg, workloads, args = parse_config(argv)
     quiet_peer_warnings()
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            raise SystemExit("--torch-threads: expected >= 1")
+        try:
+            import torch
+            torch.set_num_threads(args.torch_threads)
+        except ImportError:
+            pass
     note = " ".join(f"--{k}" for k in ("quick", "tiny") if getattr(args, k)) or "full sizes"
     header(cfg, note)
     rows = []
