@@ -5,7 +5,8 @@ values (jbp's initialisation, copied into each library's layout by bench/peer_mo
 biases are drawn non-zero so a misplaced bias would show). Each case: a check (below),
 a warm-up (compile), then rounds that alternate between the contenders so drifting load
 on a shared machine hits them alike; the median per-call (or per-epoch) time is
-reported with its ratio to jbp's (``> 1``: jbp is faster). Float32 throughout.
+reported with its ratio to jbp's (``> 1``: jbp is faster), and the ratio of the fastest
+rounds ("min ratio", as in bench/layers.py: the steadier number on a shared machine). Float32 throughout.
 
 **Checked.** Before timing, every contender computes one number the same way as jbp and
 the ``checked`` column shows the largest relative difference to jbp's (``ok`` within the
@@ -704,15 +705,9 @@ def jax_extension_reference(model, loss, which):
             cols = jax.vmap(lambda v: vjp(v)[0])(S.T)
             return jax.tree.map(lambda c: jnp.sum(c * c, 0), cols)
 
-        n = x.shape[0]
-        k = max(d for d in range(1, 9) if n % d == 0)   # examples per vmapped chunk
-
-        def chunk(acc, xc):
-            return jax.tree.map(lambda a, c: a + jnp.sum(c, 0), acc, jax.vmap(one)(xc)), None
-
-        acc, _ = jax.lax.scan(chunk, jax.tree.map(jnp.zeros_like, p),
-                              x.reshape((n // k, k) + x.shape[1:]))
-        return {"diag_ggn": jax.tree.map(lambda a: a / n, acc)}
+        acc, _ = jax.lax.scan(lambda a, xi: (jax.tree.map(jnp.add, a, one(xi)), None),
+                              jax.tree.map(jnp.zeros_like, p), x)
+        return {"diag_ggn": jax.tree.map(lambda a: a / x.shape[0], acc)}
 
     return jax.jit(first if which == "first" else ggn)
 
@@ -848,6 +843,7 @@ class Row:
     ratio: str = ""
     checked: str = ""
     note: str = ""
+    best_ratio: str = ""
 
 
 def fmt_time(s):
@@ -860,12 +856,12 @@ def fmt_time(s):
     return f"{s:.3f} s"
 
 
-COLS = "  {:<46} {:>11} {:>8}  {:<18} {}"
+COLS = "  {:<46} {:>11} {:>8} {:>9}  {:<18} {}"
 
 
 def print_row(row):
-    print(COLS.format(row.name, fmt_time(row.median), row.ratio, row.checked, row.note).rstrip(),
-          flush=True)
+    print(COLS.format(row.name, fmt_time(row.median), row.ratio, row.best_ratio, row.checked,
+                      row.note).rstrip(), flush=True)
 
 
 def run_case(case, cfg):
@@ -926,13 +922,16 @@ def run_case(case, cfg):
         for c in ok:
             samples[c.name].append(c.round(iters[c.name]))
     med = {k: statistics.median(v) for k, v in samples.items()}
+    best = {k: min(v) for k, v in samples.items()}
     base = ok[0] if ok else None
     for c in built:
         m = med.get(c.name)
-        ratio = ""
+        ratio = best_ratio = ""
         if m is not None and base is not None:
-            ratio = f"{m / med[base.name]:.2f}x" + ("" if base.lib == "jbp" else "*")
-        rows.append(Row(case.title, c.name, m, ratio, checks.get(c.name, ""), c.note))
+            star = "" if base.lib == "jbp" else "*"
+            ratio = f"{m / med[base.name]:.2f}x{star}"
+            best_ratio = f"{best[c.name] / best[base.name]:.2f}x{star}"
+        rows.append(Row(case.title, c.name, m, ratio, checks.get(c.name, ""), c.note, best_ratio))
     order = [name for _, name, _ in case.makers]
     rows.sort(key=lambda r: order.index(r.name))
     print(f"{case.workload}: {case.title}  (median per {case.unit})")
@@ -977,8 +976,9 @@ def header(cfg, argv_note):
     print(f"float32; median of {cfg.repeats} interleaved rounds of up to {cfg.iters} calls "
           f"(~{cfg.round_s:g} s; {cfg.epoch_repeats} epochs for the epoch) after warm-up; {argv_note}")
     print("ratio = contender's median / jbp's (> 1: jbp is faster; * = jbp absent, ratio to the "
-          "first row); checked = max relative difference to jbp's numbers (see the docstring)\n")
-    print(COLS.format("contender", "median", "ratio", "checked", "notes"))
+          "first row); min ratio = the same for the fastest\nrounds (steadier on a loaded machine); "
+          "checked = max relative difference to jbp's numbers (see the docstring)\n")
+    print(COLS.format("contender", "median", "ratio", "min ratio", "checked", "notes"))
     print("-" * 110)
 
 
