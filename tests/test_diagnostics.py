@@ -13,7 +13,22 @@ import pytest  # noqa: E402
 import jbp  # noqa: E402
 from jbp import diagnostics as D  # noqa: E402
 from jbp import initializers  # noqa: E402
-from jbp.layers import Dense, Flatten, ReLU, Sigmoid, Tanh  # noqa: E402
+from jbp.layers import (  # noqa: E402
+    LSTM,
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Embedding,
+    Flatten,
+    LayerNorm,
+    Masked,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    SimpleRNN,
+    Tanh,
+)
 
 mse = jbp.losses.mse
 xent = jbp.losses.softmax_cross_entropy
@@ -67,14 +82,16 @@ def _ref_grads(model, loss, params, x, y):
     return jax.jit(jax.grad(lambda p: loss.value(model.apply(p, x), y)))(params)
 
 
-def _dense_paths(model, prefix=()):
-    """[(path tuple into params, layer)] for every Dense, nested Sequentials unrolled."""
+def _leaves(model, prefix="", path=()):
+    """[(name, path tuple into params, layer)] for every leaf layer, nested Sequentials
+    unrolled — the test's own walk, independent of jbp.diagnostics."""
     out = []
     for i, layer in enumerate(model.layers):
+        name = f"{prefix}.layers[{i}]" if prefix else f"layers[{i}]"
         if isinstance(layer, jbp.Sequential):
-            out += _dense_paths(layer, prefix + (i,))
-        elif isinstance(layer, Dense):
-            out.append((prefix + (i,), layer))
+            out += _leaves(layer, name, path + (i,))
+        else:
+            out.append((name, path + (i,), layer))
     return out
 
 
@@ -84,27 +101,114 @@ def _get(tree, path):
     return tree
 
 
-def _autodiff_deltas(model, loss, params, x, y):
-    """∂C/∂z for every Dense: jax.grad w.r.t. a zero perturbation added to each z."""
-    paths = [p for p, _ in _dense_paths(model)]
+def _run(model, params, state, x, *, train, eps=None, trace=None, prefix=""):
+    """The model's forward, leaf layer by leaf layer, adding ``eps[name]`` to each layer's
+    output (the values of a Masked one) and recording each layer's input and output."""
+    for i, layer in enumerate(model.layers):
+        name = f"{prefix}.layers[{i}]" if prefix else f"layers[{i}]"
+        s = state[i] if model.stateful else ()
+        if isinstance(layer, jbp.Sequential):
+            x = _run(layer, params[i], s, x, train=train, eps=eps, trace=trace, prefix=name)
+            continue
+        y, _, _ = layer.forward_with_state(params[i], s, x, train=train)
+        if eps is not None:
+            y = (Masked(y.values + eps[name], y.mask) if isinstance(y, Masked)
+                 else y + eps[name])
+        if trace is not None:
+            trace[name] = (x.values if isinstance(x, Masked) else x,
+                           y.values if isinstance(y, Masked) else y)
+        x = y
+    return x
 
-    def run(m, p, h, eps, prefix):
-        for i, layer in enumerate(m.layers):
-            path = prefix + (i,)
-            if isinstance(layer, jbp.Sequential):
-                h = run(layer, p[i], h, eps, path)
-            else:
-                h = layer.apply(p[i], h)
-                if path in paths:
-                    h = h + eps[paths.index(path)]
-        return h
+
+def _autodiff_deltas(model, loss, params, x, y, *, train=True, state=()):
+    """``{name: ∂C/∂yˡ}`` for every leaf layer — ``jax.grad`` of the loss w.r.t. a zero
+    perturbation added to each layer's output (the vjp of the sub-network after it) — and
+    ``{name: (layer input, layer output)}``."""
+    trace = {}
+    _run(model, params, state, x, train=train, trace=trace)
+    eps0 = {k: jnp.zeros_like(out) for k, (_, out) in trace.items()}
 
     def objective(eps):
-        return loss.value(run(model, params, x, eps, ()), y)
+        return loss.value(_run(model, params, state, x, train=train, eps=eps), y)
 
-    units = [layer.units for _, layer in _dense_paths(model)]
-    eps0 = [jnp.zeros((x.shape[0], u), x.dtype) for u in units]
-    return jax.jit(jax.grad(objective))(eps0)
+    return jax.jit(jax.grad(objective))(eps0), trace
+
+
+def _norm(*arrays):
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in arrays)))
+
+
+def _close(got, want, rtol):
+    assert got is not None
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 1e-6)
+
+
+def _check_report(model, loss, params, x, y, rtol, *, train=True, state=None, seed=0):
+    """Every row of layer_report and every layer_deltas entry against independent
+    references: jax.grad for the parameter gradients, jax.grad w.r.t. perturbed layer
+    outputs for the deltas, numpy for norms and the unit fractions."""
+    n = x.shape[0]
+    dtype = (jax.tree.leaves(params) or [x])[0].dtype
+    rng = np.random.default_rng(seed)
+    updates = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape) * 1e-3, a.dtype),
+                           params)
+    rep = D.layer_report(model, loss, params, x, y, updates=updates, train=train, state=state)
+    deltas = D.layer_deltas(model, loss, params, x, y, train=train, state=state)
+    st = state if state is not None else model.init_state(tuple(x.shape[1:]))
+    ref_d, trace = _autodiff_deltas(model, loss, params, x, y, train=train, state=st)
+    ref_g = jax.jit(jax.grad(lambda p: loss.value(
+        model.apply(p, x, train=train, state=st), y)))(params)
+    leaves = _leaves(model)
+    names = [name for name, _, _ in leaves]
+    assert rep.names == names and list(deltas) == names and len(rep) == len(leaves)
+    np.testing.assert_allclose(rep.loss, float(loss.value(model.apply(params, x, train=train,
+                                                                      state=st), y)), rtol=rtol)
+    for (name, path, layer), row in zip(leaves, rep):
+        d = np.asarray(ref_d[name], np.float64)
+        assert deltas[name].dtype == dtype and deltas[name].shape == d.shape
+        np.testing.assert_allclose(np.asarray(deltas[name]), d, rtol=rtol,
+                                   atol=rtol * float(np.max(np.abs(d))))
+        _close(row.delta_norm, np.linalg.norm((n * d).reshape(n, -1), axis=1).mean(), rtol)
+        assert row.layer == type(layer).__name__ and row.out_shape == d.shape[1:]
+        assert row.units == d.shape[-1]
+        p, g, u = _get(params, path), _get(ref_g, path), _get(updates, path)
+        if not jax.tree.leaves(p):
+            for q in ("grad_norm", "param_norm", "grad_W_norm", "W_norm", "bias_grad_norm",
+                      "update_ratio", "leaves"):
+                assert getattr(row, q) is None, (name, q)
+        else:
+            bias = [k for k in p if k in ("b", "beta")]
+            weights = [k for k in p if k not in bias]
+            assert weights, name
+            _close(row.grad_W_norm, _norm(*(g[k] for k in weights)), rtol)
+            _close(row.W_norm, _norm(*(p[k] for k in weights)), rtol)
+            _close(row.update_ratio, _norm(*(u[k] for k in weights)) / _norm(*(p[k] for k in weights)),
+                   rtol)
+            _close(row.grad_norm, _norm(*g.values()), rtol)
+            _close(row.param_norm, _norm(*p.values()), rtol)
+            if bias:
+                _close(row.bias_grad_norm, _norm(*(g[k] for k in bias)), rtol)
+            else:
+                assert row.bias_grad_norm is None
+            assert sorted(row.leaves) == sorted(p)
+            for k in p:
+                _close(row.leaves[k]["grad_norm"], _norm(g[k]), rtol)
+                _close(row.leaves[k]["param_norm"], _norm(p[k]), rtol)
+                _close(row.leaves[k]["update_ratio"], _norm(u[k]) / _norm(p[k]), rtol)
+        z, a = (np.asarray(t, np.float64) for t in trace[name])
+        if isinstance(layer, Sigmoid):
+            assert row.activation == "sigmoid" and row.dead is None
+            assert row.saturated == pytest.approx(np.mean((a < 0.05) | (a > 0.95)))
+        elif isinstance(layer, Tanh):
+            assert row.activation == "tanh" and row.dead is None
+            assert row.saturated == pytest.approx(np.mean(np.abs(a) > 0.95))
+        elif isinstance(layer, ReLU):
+            assert row.activation == "relu" and row.saturated is None
+            assert row.dead == pytest.approx(np.mean(np.all(z.reshape(-1, z.shape[-1]) <= 0, 0)))
+        else:
+            assert row.activation is None and row.saturated is None and row.dead is None
+    return rep, deltas
 
 
 NAMES = ["layers[0]", "layers[2].layers[0]", "layers[3]", "layers[5]"]
@@ -138,6 +242,12 @@ def test_speed_of_learning_float32_classifier():
         np.testing.assert_allclose(got[name], float(np.linalg.norm(ref[i]["b"])), rtol=2e-5)
 
 
+# every leaf layer of the mixed model, in order; the Dense layers are DENSE
+NAMES = ["layers[0]", "layers[1]", "layers[2].layers[0]", "layers[2].layers[1]", "layers[3]",
+         "layers[4]", "layers[5]"]
+DENSE = ["layers[0]", "layers[2].layers[0]", "layers[3]", "layers[5]"]
+
+
 @pytest.mark.parametrize("dtype,rtol", [(jnp.float64, 1e-10), (jnp.float32, 2e-5)])
 def test_report_deltas_and_norms_equal_autodiff(dtype, rtol):
     model = _mixed_model()
@@ -145,55 +255,24 @@ def test_report_deltas_and_norms_equal_autodiff(dtype, rtol):
     n = 9
     x = _rand(4, (n, 4), dtype)
     y = _rand(5, (n, 3), dtype)
-    ref_deltas = _autodiff_deltas(model, mse, params, x, y)
-    deltas = D.layer_deltas(model, mse, params, x, y)
-    assert list(deltas) == NAMES
-    for name, ref in zip(NAMES, ref_deltas):
-        assert deltas[name].dtype == dtype
-        np.testing.assert_allclose(np.asarray(deltas[name]), np.asarray(ref), rtol=rtol,
-                                   atol=rtol * float(np.max(np.abs(ref))))
-
-    updates = jax.tree.map(lambda a: _rand(6, a.shape, dtype, 1e-3), params)
-    rep = D.layer_report(model, mse, params, x, y, updates=updates)
-    assert rep.names == NAMES and len(rep) == 4
-    ref_grads = _ref_grads(model, mse, params, x, y)
-    for row, ref, (path, layer) in zip(rep, ref_deltas, _dense_paths(model)):
-        per_example = np.linalg.norm(n * np.asarray(ref, np.float64), axis=1).mean()
-        np.testing.assert_allclose(row.delta_norm, per_example, rtol=rtol)
-        np.testing.assert_allclose(row.grad_W_norm,
-                                   float(np.linalg.norm(_get(ref_grads, path)["W"])), rtol=rtol)
-        W = _get(params, path)["W"]
-        np.testing.assert_allclose(row.W_norm, float(np.linalg.norm(W)), rtol=rtol)
-        np.testing.assert_allclose(
-            row.update_ratio,
-            float(np.linalg.norm(_get(updates, path)["W"]) / np.linalg.norm(W)), rtol=rtol)
-        assert row.units == layer.units
-    np.testing.assert_allclose(rep.loss, float(mse.value(model.apply(params, x), y)), rtol=rtol)
-    assert rep["layers[3]"].bias_grad_norm is None
-    assert [r.activation for r in rep] == ["tanh", "sigmoid", "relu", None]
-    # the saturation / dead columns exist only where they mean something
-    assert rep["layers[0]"].saturated is not None and rep["layers[0]"].dead is None
-    assert rep["layers[3]"].dead is not None and rep["layers[3]"].saturated is None
-    assert rep["layers[5]"].saturated is None and rep["layers[5]"].dead is None
-
-
-def test_report_table_and_dict():
-    model = _mixed_model()
-    params = _params(model, (4,), jnp.float32)
-    x, y = _rand(7, (6, 4), jnp.float32), _rand(8, (6, 3), jnp.float32)
-    rep = D.layer_report(model, mse, params, x, y)
-    text = str(rep)
-    for token in NAMES + ["‖∂C/∂b‖", "‖δ‖", "‖∇W‖", "‖W‖", "saturated", "dead ReLU", "loss ="]:
-        assert token in text
-    assert "‖ΔW‖/‖W‖" not in text  # no updates given: no column
-    d = rep.to_dict()
-    assert d["loss"] == rep.loss and [r["name"] for r in d["layers"]] == NAMES
-    assert d["layers"][1]["activation"] == "sigmoid"
-    assert rep.column("grad_W_norm") == {r.name: r.grad_W_norm for r in rep}
-    with pytest.raises(KeyError, match="layers\\[9\\]"):
-        rep["layers[9]"]
-    with pytest.raises(ValueError, match="unknown quantity"):
-        rep.column("nope")
+    rep, deltas = _check_report(model, mse, params, x, y, rtol)
+    assert rep.names == NAMES and list(deltas) == NAMES
+    for name, path, layer in _leaves(model):
+        if name in DENSE:
+            assert rep[name].layer == "Dense" and rep[name].units == layer.units
+    assert rep["layers[3]"].bias_grad_norm is None          # Dense(5, use_bias=False)
+    assert [r.activation for r in rep] == [None, "tanh", None, "sigmoid", None, "relu", None]
+    # the saturation / dead columns live on the activation layers, where they mean something
+    assert rep["layers[1]"].saturated is not None and rep["layers[1]"].dead is None
+    assert rep["layers[2].layers[1]"].saturated is not None
+    assert rep["layers[4]"].dead is not None and rep["layers[4]"].saturated is None
+    for name in DENSE:
+        assert rep[name].saturated is None and rep[name].dead is None
+    # a Dense's delta is ∂C/∂z; the Tanh after it is handed ∂C/∂a, and ∂C/∂z = ∂C/∂a ⊙ tanh'(z)
+    z = np.asarray(_autodiff_deltas(model, mse, params, x, y)[1]["layers[1]"][0], np.float64)
+    np.testing.assert_allclose(np.asarray(deltas["layers[0]"], np.float64),
+                               np.asarray(deltas["layers[1]"], np.float64) * (1 - np.tanh(z) ** 2),
+                               rtol=10 * rtol, atol=rtol * float(np.max(np.abs(deltas["layers[0]"]))))
 
 
 def _identity_net(act, units=4):
@@ -210,10 +289,10 @@ def test_saturated_fraction_sigmoid_known_answer():
     model, params = _identity_net(Sigmoid())
     y = jnp.zeros_like(Z)
     # σ(z) < 0.05 or > 0.95  ⇔  |z| > 2.944: −10, 10, −4 → 3 of 8
-    assert D.layer_report(model, mse, params, Z, y)["layers[0]"].saturated == pytest.approx(3 / 8)
+    assert D.layer_report(model, mse, params, Z, y)["layers[1]"].saturated == pytest.approx(3 / 8)
     # ε = 0.2: |z| > 1.386: also z = 2 → 4 of 8
     rep = D.layer_report(model, mse, params, Z, y, sigmoid_eps=0.2)
-    assert rep["layers[0]"].saturated == pytest.approx(4 / 8)
+    assert rep["layers[1]"].saturated == pytest.approx(4 / 8)
     assert rep.sigmoid_eps == 0.2
 
 
@@ -221,10 +300,10 @@ def test_saturated_fraction_tanh_known_answer():
     model, params = _identity_net(Tanh())
     y = jnp.zeros_like(Z)
     # |tanh z| > 0.95  ⇔  |z| > 1.832: −10, 10, −4, 2 → 4 of 8
-    assert D.layer_report(model, mse, params, Z, y)["layers[0]"].saturated == pytest.approx(4 / 8)
+    assert D.layer_report(model, mse, params, Z, y)["layers[1]"].saturated == pytest.approx(4 / 8)
     # ε = 0.001: |z| > 3.8: −10, 10, −4 → 3 of 8
     rep = D.layer_report(model, mse, params, Z, y, tanh_eps=0.001)
-    assert rep["layers[0]"].saturated == pytest.approx(3 / 8)
+    assert rep["layers[1]"].saturated == pytest.approx(3 / 8)
 
 
 def test_dead_relu_fraction_known_answer():
@@ -235,8 +314,10 @@ def test_dead_relu_fraction_known_answer():
     # column 0: ≤ 0 throughout (an exact 0 counts as dead), 1: alive once, 2: dead,
     # 3: alive, 4: exactly 0 everywhere → dead. 3 of 5 units dead.
     rep = D.layer_report(model, mse, params, x, jnp.zeros_like(x))
-    assert rep["layers[0]"].dead == pytest.approx(3 / 5)
-    assert rep["layers[0]"].saturated is None
+    assert rep["layers[1]"].dead == pytest.approx(3 / 5)
+    assert rep["layers[1]"].saturated is None
+    # the statistics sit on the activation's own row, not on the Dense before it
+    assert rep["layers[0]"].dead is None and rep["layers[0]"].saturated is None
 
 
 # --- the detector ----------------------------------------------------------------------
@@ -324,13 +405,21 @@ def test_detector_min_norm_and_bad_arguments():
 
 # --- bad input -------------------------------------------------------------------------
 
-def test_model_without_dense_is_a_clear_error():
+def test_model_without_parameters():
+    # no Dense, no parameters at all: deltas and dead units still mean something; the
+    # quantities that need a bias or weights say so instead of answering nothing
     model = jbp.Sequential([Flatten(), ReLU()])
-    params = _params(model, (2, 3), jnp.float32)
-    x, y = _rand(13, (4, 2, 3), jnp.float32), _rand(14, (4, 6), jnp.float32)
-    for fn in (D.speed_of_learning, D.layer_report, D.layer_deltas):
-        with pytest.raises(ValueError, match="no Dense layer"):
-            fn(model, mse, params, x, y)
+    params = _params(model, (2, 3), jnp.float64)
+    x, y = _rand(13, (4, 2, 3), jnp.float64), _rand(14, (4, 6), jnp.float64)
+    x = x.at[:, 0, :2].set(-jnp.abs(x[:, 0, :2]))  # two units ≤ 0 on every example
+    rep, _ = _check_report(model, mse, params, x, y, 1e-10)
+    assert rep["layers[1]"].dead == pytest.approx(2 / 6)
+    assert "‖∇W‖" not in str(rep) and "dead" in str(rep)
+    with pytest.raises(ValueError, match="no layer of the model has a bias"):
+        D.speed_of_learning(model, mse, params, x, y)
+    with pytest.raises(ValueError, match="no layer has the quantity 'grad_W_norm'"):
+        D.detect_gradient_problems(rep)
+    assert D.detect_gradient_problems(rep, quantity="delta_norm") == []
 
 
 def test_params_from_another_model_are_a_clear_error():
@@ -371,7 +460,10 @@ def test_gradient_norm_history_hand_rolled_loop(tmp_path):
         snapshots.append(params)
         params = step(params)
     rec = hist.record
-    assert rec.epochs == [0, 1, 2, 3] and rec.layers == ["layers[0]", "layers[2]", "layers[4]"]
+    assert rec.epochs == [0, 1, 2, 3] and rec.layers == [f"layers[{i}]" for i in range(5)]
+    assert list(rec.speed_of_learning()) == ["layers[0]", "layers[2]", "layers[4]"]
+    assert rec.present["saturated"] == ["layers[1]", "layers[3]"]
+    assert rec.present["delta_norm"] == rec.layers
     assert hist._fn._cache_size() == 1  # one compiled probe, reused every epoch
     for k, p in enumerate(snapshots):
         want = D.speed_of_learning(model, xent, p, x[:16], y[:16])
@@ -380,10 +472,15 @@ def test_gradient_norm_history_hand_rolled_loop(tmp_path):
         rep = D.layer_report(model, xent, p, x[:16], y[:16])
         assert rec.quantity("grad_W_norm")["layers[0]"][k] == pytest.approx(
             rep["layers[0]"].grad_W_norm, rel=1e-5)
+        for q in ("saturated", "delta_norm"):
+            assert rec.quantity(q)["layers[3]"][k] == pytest.approx(getattr(rep["layers[3]"], q),
+                                                                   rel=1e-5, abs=1e-12)
     assert all(math.isnan(v) for v in rec.quantity("saturated")["layers[4]"])
+    assert all(math.isnan(v) for v in rec.quantity("grad_W_norm")["layers[1]"])
     d = rec.to_dict()
     assert d["epochs"] == [0, 1, 2, 3] and len(d["values"]["delta_norm"]["layers[2]"]) == 4
     assert "epoch" in rec.table() and "layers[4]" in rec.table("grad_W_norm")
+    assert "layers[1]" not in rec.table("grad_W_norm")  # only the layers that have it
     assert D.detect_gradient_problems(rec, vanishing_ratio=1e-9) == []
     # every=2 skips odd epochs
     h2 = D.GradientNormHistory(model, xent, (x[:16], y[:16]), every=2)
