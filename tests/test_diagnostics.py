@@ -524,8 +524,14 @@ def test_a_users_layer_gets_the_columns_it_provides():
         def unit_stats(self, cache, **thresholds):
             return {"delta_norm": jnp.mean(cache["x"])}
 
+    @dataclasses.dataclass(frozen=True)
+    class PerUnit(_Affine):
+        def unit_stats(self, cache, **thresholds):
+            return {"negative": jnp.mean(cache["x"] < 0, axis=0)}
+
     for layer, err, match in ((Bad(), TypeError, "unit_stats must return a dict"),
-                              (Clash(), ValueError, "'delta_norm'.*rename")):
+                              (Clash(), ValueError, "'delta_norm'.*rename"),
+                              (PerUnit(), ValueError, "scalars, got 'negative' of shape")):
         bad = jbp.Sequential([Dense(4), layer, Dense(2)])
         with pytest.raises(err, match=match):
             D.layer_report(bad, mse, params, x, y)

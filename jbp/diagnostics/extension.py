@@ -208,10 +208,14 @@ class GradientStats(Extension):
                 raise TypeError(f"{layer!r}: unit_stats must return a dict {{name: scalar}}, "
                                 f"got {type(extra).__name__}")
             for k, v in extra.items():
-                if k in values:
+                if k in values or k == "update_ratio":
                     raise ValueError(f"{layer!r}: unit_stats returned {k!r}, which is a "
                                      f"gradient statistic of the diagnostics; rename it")
-                values[k] = jnp.asarray(v)
+                v = jnp.asarray(v)
+                if v.ndim != 0:
+                    raise ValueError(f"{layer!r}: unit_stats must return scalars, got {k!r} "
+                                     f"of shape {v.shape}")
+                values[k] = v
         out_shape = tuple(dy.shape[1:]) if hasattr(dy, "shape") else None
         return LayerRow(layer, out_shape, values)
 

@@ -57,7 +57,7 @@ class GradientNormRecord:
         where a layer lacks it), or with ``present_only`` the layers that have it."""
         if quantity not in QUANTITIES:
             raise ValueError(f"unknown quantity {quantity!r}; recorded: {list(QUANTITIES)}")
-        keep = self.present.get(quantity, []) if present_only else None
+        keep = self.present.get(quantity) if present_only else None  # None: not known
         return {name: list(v) for name, v in self.values.get(quantity, {}).items()
                 if keep is None or name in keep}
 
