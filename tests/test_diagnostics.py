@@ -676,6 +676,8 @@ def test_model_without_parameters():
     with pytest.raises(ValueError, match="no layer has the quantity 'grad_W_norm'"):
         D.detect_gradient_problems(rep)
     assert D.detect_gradient_problems(rep, quantity="delta_norm") == []
+    with pytest.raises(ValueError, match="no layers"):
+        D.layer_report(jbp.Sequential([]), mse, (), x.reshape(4, 6), y)
 
 
 def test_params_from_another_model_are_a_clear_error():

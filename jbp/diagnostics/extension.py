@@ -36,8 +36,8 @@ import jax.numpy as jnp
 from jbp.core import leaf_name
 from jbp.extensions.base import Extension
 
-__all__ = ["GradientStats", "LayerRow", "BIAS_LEAVES", "safe_norm", "rows_by_name",
-           "with_update_ratios"]
+__all__ = ["GradientStats", "LayerDeltas", "LayerRow", "BIAS_LEAVES", "safe_norm",
+           "per_example_norms", "rows_by_name", "with_update_ratios"]
 
 #: top-level parameter keys counted as a layer's bias (``∂C/∂b = Σ_batch δ``) when the layer
 #: does not say otherwise with a ``bias_leaves`` attribute: ``Dense``/``Conv2D``/``SimpleRNN``/
@@ -176,7 +176,15 @@ class GradientStats(Extension):
         object.__setattr__(self, "tanh_eps", _check_eps("tanh_eps", self.tanh_eps))
 
     def compute(self, call):
-        """The row of one layer (no per-layer closed form: the row is generic)."""
+        """The row of one layer: generic, from ``call`` alone, plus the layer's own
+        ``unit_stats`` when it has one (found with ``getattr``, never by type).
+
+        Args:
+          call: the layer's visit (:class:`jbp.engine.LayerCall`).
+
+        Returns:
+          A :class:`LayerRow`.
+        """
         layer, n = call.layer, call.n
         dy = _values(call.dy)
         values = {"delta_norm": jnp.mean(per_example_norms(jax.tree.map(lambda a: n * a, dy), n))}
@@ -235,7 +243,12 @@ class LayerDeltas(Extension):
 
 
 def per_example_norms(tree, n) -> jax.Array:
-    """``(n,)``: ``‖tree[x]‖`` over every leaf's row ``x`` (leaves carry the batch axis first)."""
+    """``(n,)``: ``‖tree[x]‖``, the norm of example ``x``'s rows of every leaf together.
+
+    Args:
+      tree: an array or a pytree of arrays, each with the batch axis first.
+      n: the batch size.
+    """
     leaves = [jnp.reshape(a, (n, -1)) for a in jax.tree.leaves(tree)]
     if not leaves:
         return jnp.zeros((n,))
@@ -247,8 +260,14 @@ def with_update_ratios(rows, params, updates):
     """Add ``update_ratio = ‖ΔWˡ‖/‖Wˡ‖`` (weights, as ``grad_W_norm``) to every row with
     weights, and ``leaves[leaf]["update_ratio"] = ‖Δleaf‖/‖leaf‖`` to every parameter leaf.
 
-    ``rows`` has the structure of ``params`` down to the layers (the engine's result), and
-    ``updates`` that of ``params``; each row meets its own layer's sub-trees.
+    Args:
+      rows: the engine's result for :class:`GradientStats` (the structure of ``params``
+        down to the layers, a :class:`LayerRow` at each leaf layer).
+      params: the parameters; each row meets its own layer's sub-tree.
+      updates: a tree with the structure of ``params`` (checked by the caller).
+
+    Returns:
+      ``rows`` with the ratios added.
     """
 
     def one(row, p, u):
@@ -274,6 +293,13 @@ def rows_by_name(rows) -> dict:
 
     Paths follow :func:`jbp.core.leaf_name`: ``layers[2]``, nested ``layers[1].layers[0]``;
     a bare (non-composite) model's one row is named after its class.
+
+    Args:
+      rows: the engine's result for :class:`GradientStats` (or :class:`LayerDeltas`).
+
+    Raises:
+      TypeError: a leaf of ``rows`` is not a :class:`LayerRow` (a composite layer that did
+        not hand its children's visits on).
     """
     out = {}
     for path, row in jax.tree_util.tree_flatten_with_path(rows, is_leaf=_is_row)[0]:

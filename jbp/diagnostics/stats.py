@@ -96,8 +96,13 @@ def _validate(model, loss, params, x, y, updates=None, state=None, train=True):
 
 def _named_rows(model, loss, ext, train, params, x, y, key, state):
     """One engine pass with ``ext``: ``(loss, rows tree, {name: row})``."""
-    out = backprop(model, loss, extensions=[ext])(params, x, y, key=key, state=state,
-                                                  train=train)
+    try:
+        out = backprop(model, loss, extensions=[ext])(params, x, y, key=key, state=state,
+                                                      train=train)
+    except KeyError as e:  # the walk visited no layer (an empty Sequential): no result
+        if e.args != (ext.name,):
+            raise
+        raise ValueError(f"diagnostics: the model has no layers: {model!r}") from None
     rows = out.extras[ext.name]
     named = rows_by_name(rows)
     if not named:
