@@ -218,7 +218,7 @@ class Sequential(Layer):
         """``(grads, dx, deltas)`` where ``deltas[i]`` is the ``dy`` handed to layer ``i``.
 
         For a ``Dense`` layer that is its ``δ = ∂L/∂z``; for an activation it is
-        ``∂L/∂a``. Diagnostics and per-example gradient norms read these.
+        ``∂L/∂a``. (The engine's extensions see the same deltas through ``backward_ext``.)
         """
         self._check_params(params)
         grads = [None] * len(self.layers)

@@ -216,6 +216,8 @@ def backprop(model, loss, *, regularizer=None, extensions=(), grad_fn: str = "ma
         value, dpred = loss_value_and_grad(loss, pred, y)
         if main:
             grads, _, extras = model.backward_ext(params, cache, dpred, _visitor(main, n))
+            for e in main:                  # a model with no layers (Sequential([])) visits none
+                extras.setdefault(e.name, params)
         else:
             grads, _ = model.backward(params, cache, dpred)
             extras = {}
