@@ -137,7 +137,8 @@ def main(argv=None) -> dict:
 
     print("at initialization: ‖∂C/∂Wˡ‖ per layer on a probe batch of 512, and the detector "
           f"(exploding_norm={args.exploding_norm:g})")
-    names = runs[next(iter(runs))]["report"].names
+    grad_w = runs[next(iter(runs))]["report"].column("grad_W_norm")
+    names = [n for n, v in grad_w.items() if v is not None]  # the Dense layers (ReLUs: no W)
     rows = []
     for name, r in runs.items():
         if "clip" in name:

@@ -173,7 +173,7 @@ def main(argv=None) -> dict:
                               batch_size=args.batch_size, epochs=args.epochs,
                               key=jax.random.fold_in(key, 100 + depth), validation_data=(xt, yt),
                               callbacks=[hist], verbose=0)
-        labels = layer_labels(hist.record.layers)
+        labels = layer_labels(list(hist.record.speed_of_learning()))  # the Dense layers
         print(f"per-layer report at initialization — {title}")
         print(report)
         print("detector (vanishing_ratio=1e-2): "

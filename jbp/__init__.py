@@ -5,8 +5,8 @@ parameters; ``Sequential`` composes them; ``value_and_grad`` runs forward, loss 
 hand-written backward; ``check_gradients`` proves it against ``jax.grad`` and finite
 differences; ``fit`` trains with one compiled ``lax.scan`` per epoch.
 """
-from jbp import (augment, checkpoint, datasets, diagnostics, extensions, initializers, layers,
-                 losses, optim, plotting, regularizers)
+from jbp import (augment, checkpoint, datasets, diagnostics, dp, extensions, initializers, layers,
+                 losses, optim, plotting, regularizers, rules, testing)
 from jbp._validate import check_params
 from jbp.callbacks import Callback, EarlyStopping
 from jbp.check import GradientCheckError, GradientReport, check_gradients
@@ -30,6 +30,6 @@ __all__ = [
     # per-example gradients
     "per_example_grads", "per_example_grad_norms", "per_example_clipped_grad",
     # submodules
-    "augment", "checkpoint", "datasets", "diagnostics", "extensions", "initializers", "layers", "losses", "optim", "plotting",
-    "regularizers",
+    "augment", "checkpoint", "datasets", "dp", "diagnostics", "extensions", "initializers", "layers", "losses", "optim", "plotting",
+    "regularizers", "rules", "testing",
 ]

@@ -42,7 +42,12 @@ def check_floating(name: str, x) -> None:
 
 
 def check_batch(x, y):
-    """``(x, y)`` with a common, non-empty leading batch axis (shapes only: jit-safe)."""
+    """``(x, y)`` with a common, non-empty leading batch axis (shapes only: jit-safe).
+
+    ``x`` may also be a ``Masked(values, mask)`` (a padded sequence batch)."""
+    if hasattr(x, "values") and hasattr(x, "mask"):
+        check_batch(x.values, y)
+        return x, y
     x = check_array("x", x)
     y = check_array("y", y)
     if x.ndim == 0:

@@ -93,6 +93,12 @@ class Layer:
         """
         return False
 
+    def cache_axes(self, cache: PyTree) -> PyTree:
+        """The batch axis of every ``cache`` leaf, for per-example ``vmap``: ``0`` (the
+        default: the cache keeps the layer's inputs) or ``None`` for a leaf the whole batch
+        shares (a feedback matrix, fixed statistics). Same structure as ``cache``."""
+        return jax.tree.map(lambda _: 0, cache)
+
     def backward_ext(self, params: PyTree, cache: PyTree, dy: Array, visit) -> tuple:
         """``backward`` that also evaluates extensions: ``(grads, dx, results)``.
 
@@ -163,6 +169,10 @@ class Sequential(Layer):
         return self.layers[i]
 
     def _context(self, i: int, layer: Layer, err: Exception) -> Exception:
+        """The same error with the layer's position in front (plain ValueError/TypeError
+        only: jax's own error types, e.g. a tracer conversion, are re-raised unchanged)."""
+        if type(err) not in (ValueError, TypeError):
+            return err
         return type(err)(f"layers[{i}] ({type(layer).__name__}): {err}")
 
     def init(self, key, in_shape):
@@ -173,7 +183,10 @@ class Sequential(Layer):
             try:
                 p, shape = layer.init(k, shape)
             except (ValueError, TypeError) as e:
-                raise self._context(i, layer, e) from e
+                new = self._context(i, layer, e)
+                if new is e:
+                    raise
+                raise new from e
             params.append(p)
         return tuple(params), shape
 
@@ -192,7 +205,10 @@ class Sequential(Layer):
             try:
                 x, c = layer.forward(p, x, key=k, train=train)
             except (ValueError, TypeError) as e:
-                raise self._context(i, layer, e) from e
+                new = self._context(i, layer, e)
+                if new is e:
+                    raise
+                raise new from e
             caches.append(c)
         return x, tuple(caches)
 
@@ -204,7 +220,7 @@ class Sequential(Layer):
         """``(grads, dx, deltas)`` where ``deltas[i]`` is the ``dy`` handed to layer ``i``.
 
         For a ``Dense`` layer that is its ``δ = ∂L/∂z``; for an activation it is
-        ``∂L/∂a``. Diagnostics and per-example gradient norms read these.
+        ``∂L/∂a``. (The engine's extensions see the same deltas through ``backward_ext``.)
         """
         self._check_params(params)
         grads = [None] * len(self.layers)
@@ -259,7 +275,10 @@ class Sequential(Layer):
             try:
                 x, c, s = layer.forward_with_state(p, s, x, key=k, train=train)
             except (ValueError, TypeError) as e:
-                raise self._context(i, layer, e) from e
+                new = self._context(i, layer, e)
+                if new is e:
+                    raise
+                raise new from e
             caches.append(c)
             new_state.append(s)
         return x, tuple(caches), tuple(new_state)

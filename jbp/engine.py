@@ -187,9 +187,9 @@ def backprop(model, loss, *, regularizer=None, extensions=(), grad_fn: str = "ma
 
     def f(params, x, y, *, key=None, state=None, train=True) -> Pass:
         x, y = check_batch(x, y)
-        n = x.shape[0]
+        n = _values(x).shape[0]
         if state is None:
-            state = model.init_state(tuple(x.shape[1:]))
+            state = model.init_state(tuple(_values(x).shape[1:]))
         for e in exts:
             if e.per_example and model.mixes_examples(train):
                 raise ValueError(f"extensions: {e.name} is a per-example quantity, but the model "
@@ -216,6 +216,8 @@ def backprop(model, loss, *, regularizer=None, extensions=(), grad_fn: str = "ma
         value, dpred = loss_value_and_grad(loss, pred, y)
         if main:
             grads, _, extras = model.backward_ext(params, cache, dpred, _visitor(main, n))
+            for e in main:                  # a model with no layers (Sequential([])) visits none
+                extras.setdefault(e.name, params)
         else:
             grads, _ = model.backward(params, cache, dpred)
             extras = {}

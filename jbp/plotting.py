@@ -15,8 +15,10 @@ _LABELS = {
     "bias_grad_norm": "speed of learning ‖∂C/∂bˡ‖",
     "delta_norm": "mean ‖δˡ‖",
     "W_norm": "‖Wˡ‖",
+    "grad_norm": "‖∂C/∂θˡ‖",
+    "param_norm": "‖θˡ‖",
     "saturated": "saturated fraction",
-    "dead": "dead-ReLU fraction",
+    "dead": "dead-unit fraction",
 }
 
 
@@ -42,7 +44,8 @@ def plot_gradient_norms(record, path=None, *, quantity: str = "grad_W_norm", tit
         or anything with ``.epochs``, ``.layers`` and ``.quantity(name)``.
       path: save the figure there (PNG, or any extension matplotlib knows); ``None``: don't.
       quantity: ``"grad_W_norm"`` (default), ``"bias_grad_norm"`` (speed of learning),
-        ``"delta_norm"``, ``"W_norm"``, ``"saturated"`` or ``"dead"``.
+        ``"delta_norm"``, ``"W_norm"``, ``"grad_norm"``, ``"param_norm"``, ``"saturated"``
+        or ``"dead"``. One line per layer that has the quantity (``record.present``).
       title: the axes' title (default: the quantity).
       ax: draw into these axes instead of a new figure.
       log: log-scale y axis; default True for norms, False for fractions.
@@ -57,6 +60,9 @@ def plot_gradient_norms(record, path=None, *, quantity: str = "grad_W_norm", tit
     if not record.epochs:
         raise ValueError("plot_gradient_norms: the record is empty (no epoch recorded)")
     series = record.quantity(quantity)
+    present = getattr(record, "present", None)
+    if isinstance(present, dict) and quantity in present:  # leave out the layers that lack it
+        series = {name: v for name, v in series.items() if name in present[quantity]}
     plt = require_matplotlib()
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp.layers.masking import Masked
+from jbp.testing import TOLERANCES
 
-RTOL = {jnp.dtype(jnp.float64): 1e-10, jnp.dtype(jnp.float32): 1e-4}
+# one definition of the tolerances: jbp.testing.TOLERANCES (what check_layer publishes)
+RTOL = {jnp.dtype(d): rtol for d, (rtol, _) in TOLERANCES.items()}
 
 
 def rand(rng, shape, dtype=jnp.float64, scale=1.0):

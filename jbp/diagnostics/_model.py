@@ -1,48 +1,11 @@
-"""Model plumbing shared by the diagnostics: flatten nested ``Sequential``s, name layers,
-check that ``params`` belong to the model."""
+"""Model plumbing shared by the diagnostics: check that ``params`` belong to the model, put
+layer names in model order."""
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-from jbp.core import Layer, Sequential, leaf_name
-from jbp.layers.dense import Dense
-
-
-def flatten_model(model, params):
-    """``(names, layers, params)`` of the leaf layers of ``model``, nested ``Sequential``s
-    unrolled in order. Names follow :func:`jbp.core.leaf_name`: ``layers[2]``,
-    ``layers[1].layers[0]``; a bare (non-``Sequential``) model is named after its class.
-    """
-    if not isinstance(model, Layer):
-        raise TypeError(f"model: expected a jbp Layer (e.g. jbp.Sequential), got {type(model).__name__}")
-    names, layers, flat_params = [], [], []
-
-    def walk(m, p, prefix):
-        if isinstance(m, Sequential):
-            for i, (layer, lp) in enumerate(zip(m.layers, p)):
-                walk(layer, lp, f"{prefix}.layers[{i}]" if prefix else f"layers[{i}]")
-        else:
-            names.append(prefix or type(m).__name__)
-            layers.append(m)
-            flat_params.append(p)
-
-    walk(model, params, "")
-    return tuple(names), tuple(layers), tuple(flat_params)
-
-
-def dense_indices(layers) -> tuple[int, ...]:
-    return tuple(i for i, layer in enumerate(layers) if isinstance(layer, Dense))
-
-
-def check_model_has_dense(model, layers) -> tuple[int, ...]:
-    idx = dense_indices(layers)
-    if not idx:
-        kinds = ", ".join(type(l).__name__ for l in layers) or "no layers"
-        raise ValueError(f"diagnostics: the model has no Dense layer ({kinds}); the per-layer "
-                         f"gradient diagnostics read the deltas and weights of Dense layers: "
-                         f"{model!r}")
-    return idx
+from jbp.core import leaf_name
 
 
 def check_params_match(model, params, in_shape) -> None:

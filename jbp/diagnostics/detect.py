@@ -27,15 +27,17 @@ class GradientProblem:
 
 
 def _as_norms(obj, quantity, epoch):
-    """``(norms {layer: float}, extra {what: float} checked for finiteness, epoch)``."""
+    """``(norms {layer: float}, extra [(layer, quantity, label, value)] checked for
+    finiteness, quantity, epoch)``."""
+    from ._model import in_model_order
     from .history import GradientNormRecord
     from .stats import LayerReport
 
     if isinstance(obj, LayerReport):
         q = quantity or "grad_W_norm"
         norms = {k: v for k, v in obj.column(q).items() if v is not None}
-        extra = {"loss": obj.loss}
-        extra.update({f"{r.name} ‖W‖": r.W_norm for r in obj.layers})
+        extra = [("loss", "loss", "loss", obj.loss)]
+        extra += [(r.name, "param_norm", f"{r.name} ‖θ‖", r.param_norm) for r in obj.layers]
         return norms, extra, q, None
     if isinstance(obj, GradientNormRecord):
         if not obj.epochs:
@@ -45,15 +47,17 @@ def _as_norms(obj, quantity, epoch):
         if i is None:
             raise ValueError(f"detect_gradient_problems: epoch {epoch!r} was not recorded; "
                              f"recorded: {obj.epochs}")
-        norms = {name: vals[i] for name, vals in obj.quantity(q).items()}
-        extra = {"loss": obj.loss[i]}
+        norms = {name: vals[i] for name, vals in obj.quantity(q, present_only=True).items()}
+        extra = [("loss", "loss", "loss", obj.loss[i])]
         return norms, extra, q, obj.epochs[i]
     if isinstance(obj, Mapping) and "layers" in obj and isinstance(obj["layers"], Mapping):
         # the raw output of gradient_stats_fn
         q = quantity or "grad_W_norm"
-        from ._model import in_model_order
-        norms = {k: float(v[q]) for k, v in in_model_order(obj["layers"]).items() if q in v}
-        extra = {"loss": float(obj["loss"])} if "loss" in obj else {}
+        rows = in_model_order(obj["layers"])
+        norms = {k: float(v[q]) for k, v in rows.items() if q in v}
+        extra = [("loss", "loss", "loss", float(obj["loss"]))] if "loss" in obj else []
+        extra += [(k, "param_norm", f"{k} ‖θ‖", float(v["param_norm"]))
+                  for k, v in rows.items() if "param_norm" in v]
         return norms, extra, q, epoch
     if isinstance(obj, Mapping):
         norms = {}
@@ -63,7 +67,7 @@ def _as_norms(obj, quantity, epoch):
             except (TypeError, ValueError):
                 raise TypeError(f"detect_gradient_problems: expected a number for layer {k!r}, "
                                 f"got {type(v).__name__}") from None
-        return norms, {}, quantity or "norm", epoch
+        return norms, [], quantity or "norm", epoch
     raise TypeError("detect_gradient_problems: expected a LayerReport, a GradientNormRecord, the "
                     "output of gradient_stats_fn, or a mapping {layer name: gradient norm} "
                     f"(e.g. speed_of_learning's), got {type(obj).__name__}")
@@ -86,18 +90,21 @@ def detect_gradient_problems(report_or_norms, *, vanishing_ratio: float = 1e-3,
       report_or_norms: a :class:`LayerReport`; a :class:`GradientNormRecord` (its last
         epoch, or ``epoch``); the output of :func:`gradient_stats_fn`; or a mapping
         ``{layer name: gradient norm}`` ordered from input to output (e.g. the output of
-        :func:`speed_of_learning`).
+        :func:`speed_of_learning`). Layers that lack the quantity (no parameters, for
+        ``grad_W_norm``) are left out.
       vanishing_ratio: a layer is reported ``"vanishing"`` when its norm divided by the
         *last* layer's norm is below this (default ``1e-3``: the layer learns a thousand
         times slower than the output layer). With the first layer lowest this is the
         classic first/last ratio test.
       exploding_norm: a layer is reported ``"exploding"`` when its norm exceeds this
         (default ``1e3``) or is not finite (``inf``/``nan``). A non-finite loss (or, for a
-        report, a non-finite ``‖W‖``) is reported as ``"exploding"`` too.
+        report or stats, a non-finite parameter norm ``‖θ‖``) is reported as
+        ``"exploding"`` too.
       min_norm: optional absolute floor; a layer whose norm is below it is reported
         ``"vanishing"`` whatever the last layer does (e.g. every ReLU dead).
       quantity: which per-layer norm to test: ``"grad_W_norm"`` (default for reports and
-        records), ``"bias_grad_norm"`` (speed of learning) or ``"delta_norm"``.
+        records: every layer with weights), ``"grad_norm"`` (every layer with parameters),
+        ``"bias_grad_norm"`` (speed of learning) or ``"delta_norm"`` (every layer).
       epoch: for a record, the epoch to test (default: the last recorded).
 
     Returns:
@@ -112,12 +119,11 @@ def detect_gradient_problems(report_or_norms, *, vanishing_ratio: float = 1e-3,
     found = []
     when = f" (epoch {epoch})" if epoch is not None else ""
 
-    for what, v in extra.items():
+    for layer, what, label, v in extra:
         if v is not None and not math.isfinite(v):
-            layer = "loss" if what == "loss" else what.split(" ")[0]
             found.append(GradientProblem(
-                "exploding", layer, what if what == "loss" else "W_norm", v, exploding_norm,
-                f"{layer}: exploding — {what} is {v}{when}", epoch))
+                "exploding", layer, what, v, exploding_norm,
+                f"{layer}: exploding — {label} is {v}{when}", epoch))
     for name, v in norms.items():
         if not math.isfinite(v) or v > exploding_norm:
             found.append(GradientProblem(

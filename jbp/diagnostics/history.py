@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import numpy as np
 
 from ._model import in_model_order
 from .stats import _validate, gradient_stats_fn
@@ -12,24 +11,29 @@ from .stats import _validate, gradient_stats_fn
 __all__ = ["GradientNormRecord", "GradientNormHistory", "QUANTITIES"]
 
 #: the per-layer quantities a record keeps (see :mod:`jbp.diagnostics.stats`)
-QUANTITIES = ("bias_grad_norm", "delta_norm", "grad_W_norm", "W_norm", "saturated", "dead")
+QUANTITIES = ("bias_grad_norm", "delta_norm", "grad_W_norm", "W_norm", "grad_norm",
+              "param_norm", "saturated", "dead")
 
 
 @dataclasses.dataclass
 class GradientNormRecord:
     """Per-layer gradient statistics, one entry per recorded epoch.
 
-    ``record.epochs[k]`` is the epoch of entry ``k``; ``record.loss[k]`` the probe loss;
-    ``record.values[quantity][layer][k]`` the value (``nan`` where a layer lacks the
-    quantity, e.g. ``saturated`` for a ReLU layer). ``record.quantity("grad_W_norm")``
-    gives ``{layer: [values over epochs]}``; ``record.speed_of_learning()`` the same for
-    ``bias_grad_norm``.
+    ``record.layers`` names every leaf layer of the model, in order (``layers[0]``,
+    ``layers[1]``, ...); ``record.epochs[k]`` is the epoch of entry ``k``; ``record.loss[k]``
+    the probe loss; ``record.values[quantity][layer][k]`` the value (``nan`` where a layer
+    lacks the quantity, e.g. ``saturated`` for anything but a ``Sigmoid``/``Tanh`` layer,
+    ``grad_W_norm`` for a layer without parameters); ``record.present[quantity]`` lists the
+    layers that have it (so a ``nan`` of an exploded run is told apart from an absent
+    quantity). ``record.quantity("grad_W_norm")`` gives ``{layer: [values over epochs]}``;
+    ``record.speed_of_learning()`` the same for ``bias_grad_norm``, layers with a bias only.
     """
 
     layers: list = dataclasses.field(default_factory=list)
     epochs: list = dataclasses.field(default_factory=list)
     loss: list = dataclasses.field(default_factory=list)
     values: dict = dataclasses.field(default_factory=dict)
+    present: dict = dataclasses.field(default_factory=dict)
 
     def append(self, epoch: int, stats: dict) -> None:
         """Add one epoch from the (host) output of :func:`gradient_stats_fn`."""
@@ -37,6 +41,8 @@ class GradientNormRecord:
         if not self.layers:
             self.layers = layers
             self.values = {q: {name: [] for name in layers} for q in QUANTITIES}
+            self.present = {q: [name for name in layers if q in stats["layers"][name]]
+                            for q in QUANTITIES}
         elif layers != self.layers:
             raise ValueError(f"GradientNormRecord: layers changed from {self.layers} to {layers}")
         self.epochs.append(int(epoch))
@@ -46,26 +52,31 @@ class GradientNormRecord:
                 s = stats["layers"][name]
                 self.values[q][name].append(float(s[q]) if q in s else float("nan"))
 
-    def quantity(self, quantity: str) -> dict:
+    def quantity(self, quantity: str, *, present_only: bool = False) -> dict:
+        """``{layer: [value per recorded epoch]}`` of one quantity: every layer (``nan``
+        where a layer lacks it), or with ``present_only`` the layers that have it."""
         if quantity not in QUANTITIES:
             raise ValueError(f"unknown quantity {quantity!r}; recorded: {list(QUANTITIES)}")
-        return {name: list(v) for name, v in self.values.get(quantity, {}).items()}
+        keep = self.present.get(quantity) if present_only else None  # None: not known
+        return {name: list(v) for name, v in self.values.get(quantity, {}).items()
+                if keep is None or name in keep}
 
     def speed_of_learning(self) -> dict:
-        """``{layer: [‖∂C/∂bˡ‖ per recorded epoch]}`` (layers with a bias)."""
-        return {k: v for k, v in self.quantity("bias_grad_norm").items()
-                if not all(np.isnan(v))}
+        """``{layer: [‖∂C/∂bˡ‖ per recorded epoch]}`` (the layers with a bias only)."""
+        return self.quantity("bias_grad_norm", present_only=True)
 
     def __len__(self):
         return len(self.epochs)
 
     def to_dict(self) -> dict:
         return {"layers": list(self.layers), "epochs": list(self.epochs), "loss": list(self.loss),
-                "values": {q: {k: list(v) for k, v in d.items()} for q, d in self.values.items()}}
+                "values": {q: {k: list(v) for k, v in d.items()} for q, d in self.values.items()},
+                "present": {q: list(v) for q, v in self.present.items()}}
 
     def table(self, quantity: str = "bias_grad_norm") -> str:
-        """A text table: one row per recorded epoch, one column per layer."""
-        cols = self.quantity(quantity)
+        """A text table: one row per recorded epoch, one column per layer that has the
+        quantity."""
+        cols = self.quantity(quantity, present_only=True)
         names = list(cols)
         head = ["epoch"] + names
         rows = [[str(e)] + [f"{cols[n][k]:.3e}" for n in names] for k, e in enumerate(self.epochs)]
@@ -80,23 +91,28 @@ class GradientNormHistory:
     """Opt-in recording of per-layer gradient norms during training.
 
     Each recorded epoch runs ONE jit-compiled call of :func:`gradient_stats_fn` on a fixed
-    probe batch ``(x, y)`` and appends the per-layer norms (``‖∂C/∂Wˡ‖``, speed of learning
-    ``‖∂C/∂bˡ‖``, ``‖δˡ‖``, ``‖Wˡ‖``, saturated / dead fractions) to :attr:`record`, a
-    :class:`GradientNormRecord`. Draw it with :func:`jbp.plotting.plot_gradient_norms`.
+    probe batch ``(x, y)`` and appends the per-layer norms of every leaf layer
+    (``‖∂C/∂Wˡ‖``, speed of learning ``‖∂C/∂bˡ‖``, ``‖δˡ‖``, ``‖Wˡ‖``, ``‖∂C/∂θˡ‖``,
+    ``‖θˡ‖``, saturated / dead fractions) to :attr:`record`, a :class:`GradientNormRecord`.
+    Draw it with :func:`jbp.plotting.plot_gradient_norms`.
 
     With ``jbp.fit``: pass it in ``callbacks=[...]`` (it implements ``on_epoch_end(epoch,
-    logs, params, state)``; ``fit``'s epochs are 1-based), and call ``hist(0, params)``
-    before ``fit`` to record the network at initialization. ``fit`` hands callbacks a copy
-    of the epoch's logs, so the norms go into :attr:`record`; copy them into ``fit``'s
-    ``History`` afterwards with :meth:`add_to_history`. In a hand-rolled loop call
-    ``hist(epoch, params)`` (or :meth:`record_epoch`) once per epoch.
+    logs, params, state)``; ``fit``'s epochs are 1-based; the model's state — BatchNorm's
+    running statistics — is used too), and call ``hist(0, params)`` (``hist(0, params,
+    state)`` for a model with state) before ``fit`` to record the network at
+    initialization. ``fit`` hands callbacks a copy of the epoch's logs, so the norms go
+    into :attr:`record`; copy them into ``fit``'s ``History`` afterwards with
+    :meth:`add_to_history`. In a hand-rolled loop call ``hist(epoch, params[, state])`` (or
+    :meth:`record_epoch`) once per epoch.
 
     Args:
       model, loss: the network and loss being trained.
       probe_data: ``(x, y)``, a fixed batch (a few hundred examples is plenty).
       every: record every ``every``-th epoch (and epoch 0 when called with it).
       key, train: handed to the probe's forward pass. The default ``train=False`` makes the
-        probe deterministic, so epochs are comparable (dropout off).
+        probe deterministic, so epochs are comparable (dropout off, BatchNorm's running
+        statistics, so a model with state needs ``state`` at every call).
+      sigmoid_eps, tanh_eps: saturation thresholds (see :mod:`jbp.diagnostics.stats`).
     """
 
     def __init__(self, model, loss, probe_data, *, every: int = 1, key=None, train: bool = False,
@@ -107,28 +123,32 @@ class GradientNormHistory:
             raise ValueError(f"GradientNormHistory: every must be a positive integer, got {every!r}")
         self.model, self.loss = model, loss
         self.x, self.y = jax.numpy.asarray(probe_data[0]), jax.numpy.asarray(probe_data[1])
-        self.every, self.key = every, key
+        self.every, self.key, self.train = every, key, bool(train)
         self._fn = gradient_stats_fn(model, loss, train=train, sigmoid_eps=sigmoid_eps,
                                      tanh_eps=tanh_eps)
         self._checked = False
         self.record = GradientNormRecord()
 
-    def record_epoch(self, epoch: int, params) -> dict | None:
-        """Record ``params`` at ``epoch`` (if ``epoch % every == 0``); returns the host
-        stats dict, or ``None`` when the epoch is skipped."""
+    def record_epoch(self, epoch: int, params, state=None) -> dict | None:
+        """Record ``params`` (and the model's non-trainable ``state``, if it has one) at
+        ``epoch`` (if ``epoch % every == 0``); returns the host stats dict, or ``None``
+        when the epoch is skipped."""
         epoch = int(epoch)
         if epoch % self.every:
             return None
-        if not self._checked:  # clear errors before the first compile
-            _validate(self.model, self.loss, params, self.x, self.y)
+        if isinstance(state, tuple) and not state:
+            state = None  # a stateless model's () — one compiled probe for both spellings
+        if not self._checked:
+            # clear errors before the first compile
+            _validate(self.model, self.loss, params, self.x, self.y, None, state, self.train)
             self._checked = True
-        stats = jax.device_get(self._fn(params, self.x, self.y, self.key))
+        stats = jax.device_get(self._fn(params, self.x, self.y, self.key, None, state))
         self.record.append(epoch, stats)
         return stats
 
-    def __call__(self, epoch: int, params, *args, **kwargs):
-        """``hist(epoch, params)``: record one epoch (hand-rolled loops)."""
-        self.record_epoch(epoch, params)
+    def __call__(self, epoch: int, params, state=None):
+        """``hist(epoch, params[, state])``: record one epoch (hand-rolled loops)."""
+        self.record_epoch(epoch, params, state)
         return None
 
     # --- the jbp.fit callback protocol ---------------------------------------------------
@@ -136,7 +156,7 @@ class GradientNormHistory:
         pass
 
     def on_epoch_end(self, epoch, logs, params, state=()):
-        self.record_epoch(epoch, params)
+        self.record_epoch(epoch, params, state)
         return None  # never stops training
 
     def on_train_end(self, params, state=()):
@@ -146,9 +166,7 @@ class GradientNormHistory:
         """``{"<quantity>/<layer>": {epoch: value}}`` for the given quantities."""
         out = {}
         for q in quantities:
-            for name, vals in self.record.quantity(q).items():
-                if all(np.isnan(vals)):
-                    continue
+            for name, vals in self.record.quantity(q, present_only=True).items():
                 out[f"{q}/{name}"] = dict(zip(self.record.epochs, vals))
         return out
 

@@ -1,45 +1,69 @@
-"""Per-layer gradient statistics from the hand-written backward pass.
+"""Per-layer gradient statistics, read off the one engine (:func:`jbp.backprop`).
 
-Everything here is read off one forward pass and one call of
-``Sequential.backward_with_deltas``: for each ``Dense`` layer ``l`` (``z = a W + b``) the
-backward hands over ``δˡ = ∂C/∂zˡ`` (``C`` the batch-mean loss), and its own gradients
-``∂C/∂Wˡ = aᵀ δˡ``, ``∂C/∂bˡ = Σ_batch δˡ``. No autodiff is involved.
+Everything here is one call of ``jbp.backprop(model, loss, extensions=[GradientStats()])``:
+the engine runs the forward pass, the loss and the hand-written backward, and visits every
+leaf layer of the model — whatever its type: ``Dense``, ``Conv2D``, pooling, ``BatchNorm``,
+``LayerNorm``, ``Embedding``, ``SimpleRNN``/``LSTM``, activations, nested ``Sequential``\\ s —
+with its cache, the delta ``δˡ = ∂C/∂yˡ`` at its output and its parameter gradient. No
+autodiff is involved, and nothing here checks a layer's type. Layers are named by their
+path in the params tree: ``layers[2]``, nested ``layers[1].layers[0]``.
 
-Quantities (per ``Dense`` layer, ``n`` the batch size):
+Quantities (per leaf layer ``l``; ``C`` the batch-mean loss, ``n`` the batch size; a layer
+that does not have one lacks it, ``None`` in a report):
 
 =====================  ===================================================================
-``bias_grad_norm``     ``‖∂C/∂bˡ‖`` — Nielsen's *speed of learning* of the layer (ch. 5)
-``delta_norm``         ``1/n Σₓ ‖δˡₓ‖`` with ``δˡₓ = ∂Cₓ/∂zˡₓ = n·δˡ[x]`` the delta of one
-                       example's own loss: the batch-mean per-example delta norm
-``grad_W_norm``        ``‖∂C/∂Wˡ‖`` (Frobenius)
-``W_norm``             ``‖Wˡ‖`` (Frobenius)
-``update_ratio``       ``‖ΔWˡ‖/‖Wˡ‖`` for a given update tree (e.g. an optimizer's
+``delta_norm``         ``1/n Σₓ ‖δˡₓ‖`` with ``δˡₓ = n·δˡ[x]`` the delta of one example's own
+                       loss at the layer's output: the batch-mean per-example delta norm
+                       (every layer; for a ``Dense`` ``δ = ∂C/∂z``, for an activation
+                       ``∂C/∂a``)
+``bias_grad_norm``     ``‖∂C/∂bˡ‖`` — Nielsen's *speed of learning* of the layer (ch. 5);
+                       bias leaves are the parameters named ``b`` (``Dense``, ``Conv2D``,
+                       ``SimpleRNN``, ``LSTM``) or ``beta`` (``BatchNorm``, ``LayerNorm``),
+                       or those a layer lists in its ``bias_leaves`` attribute
+``grad_W_norm``        ``‖∂C/∂Wˡ‖`` over the layer's weights, i.e. every parameter leaf but
+                       the bias (``W``; ``W_x`` and ``W_h`` of a recurrent layer together;
+                       ``gamma`` of a norm layer)
+``W_norm``             ``‖Wˡ‖`` over the same weights
+``grad_norm``          ``‖∂C/∂θˡ‖`` over all of the layer's parameters
+``param_norm``         ``‖θˡ‖`` over all of the layer's parameters
+``update_ratio``       ``‖ΔWˡ‖/‖Wˡ‖`` (weights) for a given update tree (e.g. an optimizer's
                        ``updates``); about 1e-3 per step is the usual healthy range
-``saturated``          for a ``Dense`` followed by ``Sigmoid``: the fraction of the batch's
-                       activations with ``a < ε`` or ``a > 1 − ε`` (``ε = sigmoid_eps``,
-                       default 0.05, where ``σ' < 0.048``, under a fifth of its peak);
-                       followed by ``Tanh``: the fraction with ``|a| > 1 − ε``
-                       (``ε = tanh_eps``, default 0.05, where ``tanh' < 0.098``)
-``dead``               for a ``Dense`` followed by ``ReLU``: the fraction of its units whose
-                       pre-activation is ``≤ 0`` for every example of the batch (they pass
-                       no gradient at all)
+``saturated``          on a ``Sigmoid`` layer: the fraction of the batch's activations with
+                       ``a < ε`` or ``a > 1 − ε`` (``ε = sigmoid_eps``, default 0.05, where
+                       ``σ' < 0.048``, under a fifth of its peak); on a ``Tanh`` layer: the
+                       fraction with ``|a| > 1 − ε`` (``ε = tanh_eps``, default 0.05, where
+                       ``tanh' < 0.098``)
+``dead``               on a ``ReLU`` layer: the fraction of its units (entries of the last
+                       axis: a ``Dense`` unit, a conv channel) whose input is ``≤ 0`` for
+                       every example (and every position) of the batch
 =====================  ===================================================================
+
+Per parameter leaf (``W_x``, ``b``, ...), a report row's ``leaves`` holds ``grad_norm``,
+``param_norm`` and, given updates, ``update_ratio``. ``saturated`` and ``dead`` come from
+the layer's own ``unit_stats(cache, **thresholds)`` method (:mod:`jbp.layers.activations`):
+give your own layer one and its statistics appear here.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import numbers
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 
-from jbp.core import Sequential
-from jbp._validate import check_batch as _check_batch, check_model_and_loss as _check_model_and_loss
-from jbp.layers.activations import ReLU, Sigmoid, Tanh
+from jbp._validate import cached_if_hashable
+from jbp._validate import check_batch as _check_batch
+from jbp._validate import check_model_and_loss as _check_model_and_loss
+from jbp.engine import backprop
 
-from ._model import check_model_has_dense, check_params_match, flatten_model, in_model_order
+from ._model import check_params_match, in_model_order
+from .extension import (
+    GradientStats,
+    LayerDeltas,
+    _check_eps,
+    rows_by_name,
+    safe_norm,
+    with_update_ratios,
+)
 
 __all__ = [
     "gradient_stats_fn",
@@ -52,32 +76,8 @@ __all__ = [
 ]
 
 
-def safe_norm(x) -> jax.Array:
-    """``‖x‖₂`` of all entries, rescaled by ``max|x|`` so that huge (but finite) values
-    do not overflow to ``inf`` when squared; ``nan`` if any entry is ``nan``, ``inf`` if
-    any is ``±inf``."""
-    x = jnp.ravel(jnp.asarray(x))
-    if x.size == 0:
-        return jnp.zeros((), x.dtype)
-    m = jnp.max(jnp.abs(x))
-    ok = jnp.isfinite(m) & (m > 0)
-    safe_m = jnp.where(ok, m, 1)
-    scaled = safe_m * jnp.sqrt(jnp.sum((x / safe_m) ** 2))
-    return jnp.where(ok, scaled, m)
-
-
-def _activation_kind(layer) -> Optional[str]:
-    if isinstance(layer, Sigmoid):
-        return "sigmoid"
-    if isinstance(layer, Tanh):
-        return "tanh"
-    if isinstance(layer, ReLU):
-        return "relu"
-    return None
-
-
-def _validate(model, loss, params, x, y, updates=None):
-    """Boundary checks (trace time): returns ``(x, y, names, layers, flat_params, dense_idx)``."""
+def _validate(model, loss, params, x, y, updates=None, state=None, train=True):
+    """Boundary checks (trace time): returns ``(x, y)``."""
     _check_model_and_loss(model, loss)
     x, y = _check_batch(x, y)
     check_params_match(model, params, x.shape[1:])
@@ -86,124 +86,130 @@ def _validate(model, loss, params, x, y, updates=None):
             check_params_match(model, updates, x.shape[1:])
         except ValueError as e:
             raise ValueError(f"updates must have the structure and shapes of params: {e}") from None
-    names, layers, flat_params = flatten_model(model, params)
-    idx = check_model_has_dense(model, layers)
-    return x, y, names, layers, flat_params, idx
+    if state is None and not train and model.stateful:
+        raise ValueError("state: the model has non-trainable state (e.g. BatchNorm's running "
+                         "statistics), which train=False uses; pass state= (from fit's history."
+                         "state, the train step, or model.init_state(in_shape) at "
+                         "initialization)")
+    return x, y
 
 
-def _forward_backward(model, loss, params, x, y, key, train, updates=None):
-    """Flat forward + ``backward_with_deltas``: ``(value, names, layers, flat_params,
-    caches, grads, deltas, dense_idx)``."""
-    x, y, names, layers, flat_params, idx = _validate(model, loss, params, x, y, updates)
-    flat = Sequential(layers)
-    pred, caches = flat.forward(flat_params, x, key=key, train=train)
-    value = loss.value(pred, y)
-    grads, _, deltas = flat.backward_with_deltas(flat_params, caches, loss.grad(pred, y))
-    return value, names, layers, flat_params, caches, grads, deltas, idx, x
+def _named_rows(model, loss, ext, train, params, x, y, key, state):
+    """One engine pass with ``ext``: ``(loss, rows tree, {name: row})``."""
+    try:
+        out = backprop(model, loss, extensions=[ext])(params, x, y, key=key, state=state,
+                                                      train=train)
+    except KeyError as e:  # the walk visited no layer (an empty Sequential): no result
+        if e.args != (ext.name,):
+            raise
+        raise ValueError(f"diagnostics: the model has no layers: {model!r}") from None
+    rows = out.extras[ext.name]
+    named = rows_by_name(rows)
+    if not named:
+        raise ValueError(f"diagnostics: the model has no layers: {model!r}")
+    return out.loss, rows, named
 
 
-def _stats(model, loss, params, x, y, key=None, updates=None, *, train, sigmoid_eps, tanh_eps):
-    value, names, layers, flat_params, caches, grads, deltas, idx, x = _forward_backward(
-        model, loss, params, x, y, key, train, updates)
-    flat_updates = flatten_model(model, updates)[2] if updates is not None else None
-    n = x.shape[0]
-    out = {}
-    for i in idx:
-        p, g, d = flat_params[i], grads[i], deltas[i]
-        s = {}
-        if "b" in g:
-            s["bias_grad_norm"] = safe_norm(g["b"])
-        per_example = (n * d).reshape(n, -1)
-        s["delta_norm"] = jnp.mean(jax.vmap(safe_norm)(per_example))
-        s["grad_W_norm"] = safe_norm(g["W"])
-        s["W_norm"] = safe_norm(p["W"])
-        if flat_updates is not None:
-            s["update_ratio"] = safe_norm(flat_updates[i]["W"]) / s["W_norm"]
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        kind = _activation_kind(nxt)
-        if kind == "sigmoid":
-            a = caches[i + 1]["y"]
-            s["saturated"] = jnp.mean((a < sigmoid_eps) | (a > 1 - sigmoid_eps))
-        elif kind == "tanh":
-            a = caches[i + 1]["y"]
-            s["saturated"] = jnp.mean(jnp.abs(a) > 1 - tanh_eps)
-        elif kind == "relu":
-            z = caches[i + 1]["x"]
-            z2 = z.reshape(-1, z.shape[-1])
-            s["dead"] = jnp.mean(jnp.all(z2 <= 0, axis=0))
-        out[names[i]] = s
-    return {"loss": value, "layers": out}
+def _stats(model, loss, params, x, y, key=None, updates=None, state=None, *, train,
+           sigmoid_eps, tanh_eps):
+    x, y = _validate(model, loss, params, x, y, updates, state, train)
+    ext = GradientStats(sigmoid_eps=sigmoid_eps, tanh_eps=tanh_eps)
+    value, rows, named = _named_rows(model, loss, ext, train, params, x, y, key, state)
+    if updates is not None:
+        named = rows_by_name(with_update_ratios(rows, params, updates))
+    return {"loss": value, "layers": named}
 
 
-def _check_eps(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 < v < 0.5):
-        raise ValueError(f"{name}: expected a number in (0, 0.5), got {v!r}")
-    return float(v)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_jit(model, loss, train, sigmoid_eps, tanh_eps):
-    return jax.jit(functools.partial(_stats, model, loss, train=train,
-                                     sigmoid_eps=sigmoid_eps, tanh_eps=tanh_eps))
+_STATS_JITS: dict = {}
+_DELTAS_JITS: dict = {}
 
 
 def gradient_stats_fn(model, loss, *, train: bool = True, sigmoid_eps: float = 0.05,
                       tanh_eps: float = 0.05):
     """The jit-compiled core of the diagnostics.
 
-    Returns ``f(params, x, y, key=None, updates=None) -> {"loss": C, "layers": {name:
-    {quantity: scalar}}}`` (a dict from ``jit`` comes back sorted by key: put it in model
-    order with :func:`in_model_order`) — one compiled call computing, for every ``Dense`` layer, the
-    quantities of this module's table (``update_ratio`` only when ``updates`` is given,
-    ``saturated``/``dead`` only for layers followed by ``Sigmoid``/``Tanh``/``ReLU``,
-    ``bias_grad_norm`` only for layers with a bias). Arguments are checked when ``f`` is
-    traced: a model without ``Dense`` layers or params from another model raise
-    ``ValueError``. Layer names are those of the params' paths: ``layers[2]``.
+    Args:
+      model: any jbp layer (``jbp.Sequential``, nested or not, of any layers).
+      loss: a jbp loss.
+      train: training behaviour of the forward pass (dropout on, batch statistics).
+      sigmoid_eps, tanh_eps: saturation thresholds, in ``(0, 0.5)`` (see
+        :mod:`jbp.diagnostics.stats`).
+
+    Returns:
+      ``f(params, x, y, key=None, updates=None, state=None) -> {"loss": C, "layers": {name:
+      {quantity: scalar}}}`` — one compiled call computing, for every leaf layer, the
+      quantities of this module's table that it has (``update_ratio`` only when ``updates``
+      is given). Each ``{quantity: scalar}`` is a :class:`~jbp.diagnostics.LayerRow`, whose
+      ``.layer`` is the layer object. A dict from ``jit`` comes back sorted by key: put it
+      in model order with :func:`in_model_order`. ``state`` is the model's non-trainable
+      state (needed with ``train=False`` by a model that has one, e.g. ``BatchNorm``).
+      Arguments are checked when ``f`` is traced: params from another model raise
+      ``ValueError``.
     """
     _check_model_and_loss(model, loss)
     sigmoid_eps = _check_eps("sigmoid_eps", sigmoid_eps)
     tanh_eps = _check_eps("tanh_eps", tanh_eps)
     train = bool(train)
-    try:
-        return _cached_jit(model, loss, train, sigmoid_eps, tanh_eps)
-    except TypeError:  # an unhashable layer or loss: compile without the cache
-        return jax.jit(functools.partial(_stats, model, loss, train=train,
-                                         sigmoid_eps=sigmoid_eps, tanh_eps=tanh_eps))
+
+    def build():
+        return jax.jit(lambda params, x, y, key=None, updates=None, state=None: _stats(
+            model, loss, params, x, y, key, updates, state, train=train,
+            sigmoid_eps=sigmoid_eps, tanh_eps=tanh_eps))
+
+    return cached_if_hashable(_STATS_JITS, (model, loss, train, sigmoid_eps, tanh_eps), build,
+                              max_size=64)
 
 
-def speed_of_learning(model, loss, params, x, y, *, key=None, train: bool = True) -> dict:
-    """Nielsen's *speed of learning*: ``{layer name: ‖∂C/∂bˡ‖}`` for every ``Dense`` layer
-    with a bias, in order from input to output.
+def speed_of_learning(model, loss, params, x, y, *, key=None, train: bool = True,
+                      state=None) -> dict:
+    """Nielsen's *speed of learning*: ``{layer name: ‖∂C/∂bˡ‖}`` for every layer with a
+    bias, in order from input to output.
 
-    ``∂C/∂bˡ = Σ_batch δˡ`` is read from the hand-written deltas of one backward pass
-    (``C`` the batch-mean loss). In a sigmoid network the earlier layers' values are
-    smaller: they learn slower (*Neural Networks and Deep Learning*, chapter 5).
+    ``∂C/∂bˡ`` is the layer's hand-written bias gradient from one backward pass (``C`` the
+    batch-mean loss; for ``Dense`` it is ``Σ_batch δˡ``). In a sigmoid network the earlier
+    layers' values are smaller: they learn slower (*Neural Networks and Deep Learning*,
+    chapter 5).
+
+    Args:
+      model, loss, params, x, y: as for :func:`jbp.value_and_grad`.
+      key, train, state: handed to the forward pass (see :func:`gradient_stats_fn`).
+
+    Raises:
+      ValueError: no layer of the model has a bias (``b``/``beta``, see
+        :mod:`jbp.diagnostics.stats`), or ``params`` do not belong to the model.
     """
-    stats = gradient_stats_fn(model, loss, train=train)(params, x, y, key)
-    return {name: float(s["bias_grad_norm"]) for name, s in in_model_order(stats["layers"]).items()
-            if "bias_grad_norm" in s}
+    stats = gradient_stats_fn(model, loss, train=train)(params, x, y, key, None, state)
+    out = {name: float(s["bias_grad_norm"]) for name, s in in_model_order(stats["layers"]).items()
+           if "bias_grad_norm" in s}
+    if not out:
+        raise ValueError(f"speed_of_learning: no layer of the model has a bias (a parameter "
+                         f"named 'b' or 'beta', or listed in the layer's bias_leaves): {model!r}")
+    return out
 
 
-def layer_deltas(model, loss, params, x, y, *, key=None, train: bool = True) -> dict:
-    """``{layer name: δˡ = ∂C/∂zˡ}`` for every ``Dense`` layer: the ``dy`` that the
-    hand-written backward hands to the layer (shape ``(batch, ..., units)``, ``C`` the
-    batch-mean loss, so row ``x`` is ``1/n`` of example ``x``'s own delta)."""
+def layer_deltas(model, loss, params, x, y, *, key=None, train: bool = True, state=None) -> dict:
+    """``{layer name: δˡ = ∂C/∂yˡ}`` for every leaf layer: the ``dy`` that the hand-written
+    backward hands to the layer's output (shape ``(batch, *out_shape)``, ``C`` the
+    batch-mean loss, so row ``x`` is ``1/n`` of example ``x``'s own delta). For a ``Dense``
+    that is ``∂C/∂z``, for an activation ``∂C/∂a``; for a layer whose output is ``Masked``
+    the values' delta.
+
+    Args:
+      model, loss, params, x, y: as for :func:`jbp.value_and_grad`.
+      key, train, state: handed to the forward pass (see :func:`gradient_stats_fn`).
+    """
     _check_model_and_loss(model, loss)
-    try:
-        f = _cached_deltas_jit(model, loss, bool(train))
-    except TypeError:  # unhashable model or loss
-        f = jax.jit(functools.partial(_deltas, model, loss, train=bool(train)))
-    return in_model_order(f(params, x, y, key))
+    train = bool(train)
 
+    def build():
+        def f(params, x, y, key=None, state=None):
+            x, y = _validate(model, loss, params, x, y, None, state, train)
+            _, _, named = _named_rows(model, loss, LayerDeltas(), train, params, x, y, key, state)
+            return {name: row["delta"] for name, row in named.items()}
+        return jax.jit(f)
 
-def _deltas(model, loss, params, x, y, key=None, *, train):
-    _, names, _, _, _, _, deltas, idx, _ = _forward_backward(model, loss, params, x, y, key, train)
-    return {names[i]: deltas[i] for i in idx}
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_deltas_jit(model, loss, train):
-    return jax.jit(functools.partial(_deltas, model, loss, train=train))
+    f = cached_if_hashable(_DELTAS_JITS, (model, loss, train), build)
+    return in_model_order(f(params, x, y, key, state))
 
 
 # --------------------------------------------------------------------------------------
@@ -212,28 +218,45 @@ def _cached_deltas_jit(model, loss, train):
 
 @dataclasses.dataclass(frozen=True)
 class LayerStats:
-    """One ``Dense`` layer's row of a :class:`LayerReport` (``None``: not applicable)."""
+    """One leaf layer's row of a :class:`LayerReport` (``None``: the layer lacks it).
+
+    ``layer`` is the layer's class name, ``out_shape`` its per-example output shape and
+    ``units`` that shape's last axis; ``activation`` is the lower-case class name of a
+    layer that reports unit statistics (``"sigmoid"``, ``"tanh"``, ``"relu"``), else
+    ``None``. ``leaves`` maps each parameter leaf (``"W"``, ``"b"``, ``"W_h"``, ...) to its
+    ``{"grad_norm", "param_norm"[, "update_ratio"]}``; ``extra`` holds any other quantity a
+    layer's ``unit_stats`` returned. See :mod:`jbp.diagnostics.stats` for the rest.
+    """
 
     name: str
     layer: str
     activation: Optional[str]
-    units: int
+    units: Optional[int]
     bias_grad_norm: Optional[float]
     delta_norm: float
-    grad_W_norm: float
-    W_norm: float
+    grad_W_norm: Optional[float]
+    W_norm: Optional[float]
     update_ratio: Optional[float] = None
     saturated: Optional[float] = None
     dead: Optional[float] = None
+    grad_norm: Optional[float] = None
+    param_norm: Optional[float] = None
+    out_shape: Optional[tuple] = None
+    leaves: Optional[dict] = None
+    extra: Optional[dict] = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+#: the scalar quantities of a row, in the order of LayerStats' fields
+_SCALARS = ("bias_grad_norm", "delta_norm", "grad_W_norm", "W_norm", "update_ratio",
+            "saturated", "dead", "grad_norm", "param_norm")
+
 _COLUMNS = [
-    ("layer", "layer"), ("activation", "act"), ("bias_grad_norm", "‖∂C/∂b‖"),
+    ("layer", "layer"), ("out_shape", "output"), ("bias_grad_norm", "‖∂C/∂b‖"),
     ("delta_norm", "‖δ‖"), ("grad_W_norm", "‖∇W‖"), ("W_norm", "‖W‖"),
-    ("update_ratio", "‖ΔW‖/‖W‖"), ("saturated", "saturated"), ("dead", "dead ReLU"),
+    ("update_ratio", "‖ΔW‖/‖W‖"), ("saturated", "saturated"), ("dead", "dead"),
 ]
 
 
@@ -242,6 +265,8 @@ def _fmt(key, v) -> str:
         return "—"
     if isinstance(v, str):
         return v
+    if isinstance(v, tuple):
+        return str(v)
     if key in ("saturated", "dead"):
         return f"{100 * v:.1f}%"
     return f"{v:.3e}"
@@ -249,8 +274,9 @@ def _fmt(key, v) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class LayerReport:
-    """Per-layer gradient statistics of one batch: ``str(report)`` is a table,
-    ``report.to_dict()`` plain Python, ``report["layers[0]"]`` one :class:`LayerStats`.
+    """Per-layer gradient statistics of one batch, one row per leaf layer in model order:
+    ``str(report)`` is a table, ``report.to_dict()`` plain Python, ``report["layers[0]"]``
+    one :class:`LayerStats`.
 
     See :mod:`jbp.diagnostics.stats` for the definition of each quantity.
     """
@@ -264,7 +290,7 @@ class LayerReport:
         for row in self.layers:
             if row.name == name:
                 return row
-        raise KeyError(f"no Dense layer named {name!r}; layers: {[r.name for r in self.layers]}")
+        raise KeyError(f"no layer named {name!r}; layers: {[r.name for r in self.layers]}")
 
     def __iter__(self):
         return iter(self.layers)
@@ -277,7 +303,8 @@ class LayerReport:
         return [r.name for r in self.layers]
 
     def column(self, quantity: str) -> dict:
-        """``{layer name: value}`` of one quantity, e.g. ``report.column("grad_W_norm")``."""
+        """``{layer name: value}`` of one quantity, e.g. ``report.column("grad_W_norm")``
+        (``None`` for the layers that lack it)."""
         if quantity not in LayerStats.__dataclass_fields__:
             raise ValueError(f"unknown quantity {quantity!r}; known: "
                              f"{list(LayerStats.__dataclass_fields__)}")
@@ -288,8 +315,7 @@ class LayerReport:
                 "layers": [r.to_dict() for r in self.layers]}
 
     def __str__(self) -> str:
-        cols = [c for c in _COLUMNS if c[0] in ("layer", "activation", "delta_norm", "grad_W_norm",
-                                              "W_norm")
+        cols = [c for c in _COLUMNS if c[0] in ("layer", "out_shape", "delta_norm")
                 or any(getattr(r, c[0]) is not None for r in self.layers)]
         head = ["name"] + [h for _, h in cols]
         rows = [[r.name] + [_fmt(k, getattr(r, k)) for k, _ in cols] for r in self.layers]
@@ -305,13 +331,26 @@ class LayerReport:
         return f"LayerReport(loss={self.loss:.6g}, layers={self.names})"
 
 
-def _to_float(v):
-    return float(v)
+def _row_stats(name, row) -> LayerStats:
+    layer = row.layer
+    get = lambda k: float(row[k]) if k in row else None
+    has_units = callable(getattr(layer, "unit_stats", None))
+    leaves = ({leaf: {k: float(v) for k, v in q.items()} for leaf, q in row["leaves"].items()}
+              if "leaves" in row else None)
+    extra = {k: float(v) for k, v in row.items() if k not in _SCALARS and k != "leaves"}
+    out_shape = row.out_shape
+    return LayerStats(
+        name=name, layer=type(layer).__name__,
+        activation=type(layer).__name__.lower() if has_units else None,
+        units=(out_shape[-1] if out_shape else 1) if out_shape is not None else None,
+        **{k: get(k) for k in _SCALARS}, out_shape=out_shape, leaves=leaves,
+        extra=extra or None)
 
 
 def layer_report(model, loss, params, x, y, *, updates=None, key=None, train: bool = True,
-                 sigmoid_eps: float = 0.05, tanh_eps: float = 0.05) -> LayerReport:
-    """Per-``Dense``-layer gradient statistics of one batch, from the hand-written backward.
+                 sigmoid_eps: float = 0.05, tanh_eps: float = 0.05, state=None) -> LayerReport:
+    """Per-layer gradient statistics of one batch, from the hand-written backward, for every
+    leaf layer of any model (one row each, named by its path).
 
     Args:
       model, loss, params, x, y: as for :func:`jbp.value_and_grad`.
@@ -319,28 +358,15 @@ def layer_report(model, loss, params, x, y, *, updates=None, key=None, train: bo
         batch); gives the update-to-weight ratio ``‖ΔW‖/‖W‖``.
       key, train: handed to the forward pass (dropout and friends).
       sigmoid_eps, tanh_eps: saturation thresholds (see :mod:`jbp.diagnostics.stats`).
+      state: the model's non-trainable state (BatchNorm's running statistics); required
+        with ``train=False`` when the model has some.
 
     Raises:
-      ValueError: the model has no ``Dense`` layer, or ``params``/``updates`` do not have
-        the structure and shapes of this model's parameters.
+      ValueError: ``params``/``updates`` do not have the structure and shapes of this
+        model's parameters, or ``state`` is missing.
     """
     f = gradient_stats_fn(model, loss, train=train, sigmoid_eps=sigmoid_eps, tanh_eps=tanh_eps)
-    stats = jax.device_get(f(params, x, y, key, updates))
-    names, layers, _ = flatten_model(model, params)
-    by_name = dict(zip(names, layers))
-    rows = []
-    for i, name in enumerate(names):
-        if name not in stats["layers"]:
-            continue
-        s = stats["layers"][name]
-        layer = by_name[name]
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        act = _activation_kind(nxt) or (type(nxt).__name__ if nxt is not None else None)
-        get = lambda k: _to_float(s[k]) if k in s else None
-        rows.append(LayerStats(
-            name=name, layer=f"Dense({layer.units})", activation=act, units=layer.units,
-            bias_grad_norm=get("bias_grad_norm"), delta_norm=get("delta_norm"),
-            grad_W_norm=get("grad_W_norm"), W_norm=get("W_norm"), update_ratio=get("update_ratio"),
-            saturated=get("saturated"), dead=get("dead")))
-    return LayerReport(layers=tuple(rows), loss=float(stats["loss"]),
+    stats = jax.device_get(f(params, x, y, key, updates, state))
+    rows = tuple(_row_stats(name, row) for name, row in in_model_order(stats["layers"]).items())
+    return LayerReport(layers=rows, loss=float(stats["loss"]),
                        sigmoid_eps=float(sigmoid_eps), tanh_eps=float(tanh_eps))

@@ -114,24 +114,28 @@ def generic_batch_grad(layer, params, cache, dy):
     batch axis of 1; ``dy`` must already be per-example (row ``i`` = the delta of example
     ``i``'s own loss). Returns the structure of ``params`` with a leading ``n`` axis.
 
-    Requires every leaf of ``cache`` to carry the batch axis first (true when the cache keeps
-    the layer's inputs, as the protocol asks); a layer whose cache holds anything else must
-    provide closed forms instead, and this function says so rather than guess.
+    Every leaf of ``cache`` carries the batch axis first (true when the cache keeps the
+    layer's inputs, as the protocol asks) unless the layer's ``cache_axes`` says ``None``
+    for it (a leaf the batch shares); a leaf that breaks this is an error naming it, never
+    a guess.
     """
     dy = _values(dy)
     n = dy.shape[0]
-    for path, leaf in jax.tree_util.tree_flatten_with_path(cache)[0]:
+    axes = layer.cache_axes(cache)
+    for (path, leaf), ax in zip(jax.tree_util.tree_flatten_with_path(cache)[0],
+                                jax.tree.leaves(axes, is_leaf=lambda a: a is None)):
         shape = getattr(leaf, "shape", None)
-        if shape is None or len(shape) == 0 or shape[0] != n:
+        if ax == 0 and (shape is None or len(shape) == 0 or shape[0] != n):
             where = jax.tree_util.keystr(path) or "<root>"
             raise ValueError(
                 f"{layer!r}: the generic per-example extensions vmap the layer's backward over "
                 f"the batch axis of its cache, but cache leaf {where} has shape {shape} (batch "
-                f"size {n}); give the layer closed-form methods (batch_grad, batch_l2, "
-                f"sum_grad_squared) instead")
+                f"size {n}); declare it shared with the layer's cache_axes (None), or give the "
+                f"layer closed-form methods (batch_grad, batch_l2, sum_grad_squared)")
 
     def one(c, d):
-        c1 = jax.tree.map(lambda a: a[None], c)
+        c1 = jax.tree.map(lambda a, ax: a if ax is None else a[None], c, axes,
+                          is_leaf=lambda a: a is None)
         return layer.backward(params, c1, d[None])[0]
 
-    return jax.vmap(one)(cache, dy)
+    return jax.vmap(one, in_axes=(axes, 0))(cache, dy)

@@ -3,7 +3,9 @@
 Forward and backward of each layer sit side by side in its module, with the equations in
 the docstring: ``dense``, ``activations``, ``reshape`` (Flatten), ``dropout``, ``conv``,
 ``pooling``, ``normalization`` (BatchNorm with non-trainable state, LayerNorm),
-``embedding``, ``masking`` (padded sequences), ``recurrent`` (SimpleRNN, LSTM).
+``embedding``, ``masking`` (padded sequences), ``recurrent`` (SimpleRNN, LSTM),
+``attention`` (MultiHeadAttention, transformer_block), ``positional``, ``residual``
+(Residual, PositionWise).
 """
 from jbp.core import Layer, Sequential
 from jbp.layers.activations import (
@@ -18,6 +20,7 @@ from jbp.layers.activations import (
     Softplus,
     Tanh,
 )
+from jbp.layers.attention import MultiHeadAttention, transformer_block
 from jbp.layers.conv import Conv2D
 from jbp.layers.dense import Dense
 from jbp.layers.dropout import Dropout
@@ -25,8 +28,10 @@ from jbp.layers.embedding import Embedding
 from jbp.layers.masking import Masked, Masking, MeanPool1D
 from jbp.layers.normalization import BatchNorm, LayerNorm
 from jbp.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from jbp.layers.positional import PositionalEmbedding
 from jbp.layers.recurrent import LSTM, SimpleRNN
 from jbp.layers.reshape import Flatten
+from jbp.layers.residual import PositionWise, Residual
 
 __all__ = [
     "Layer", "Sequential", "Dense", "Flatten", "Dropout",
@@ -34,4 +39,5 @@ __all__ = [
     "Softmax",
     "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm", "LayerNorm",
     "Embedding", "Masked", "Masking", "MeanPool1D", "SimpleRNN", "LSTM",
+    "MultiHeadAttention", "PositionalEmbedding", "Residual", "PositionWise", "transformer_block",
 ]

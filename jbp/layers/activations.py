@@ -7,6 +7,12 @@ Element-wise activations ``a = f(z)`` share one backward::
 where ``f'`` is written out per activation (often in terms of the output ``a``, which
 the cache keeps next to the input ``z``). ``Softmax`` is not element-wise; its backward
 is the full Jacobian-vector product.
+
+``Sigmoid``, ``Tanh`` and ``ReLU`` also have ``unit_stats(cache, **thresholds)``: the
+fraction of saturated (sigmoid, tanh) or dead (ReLU) units of a batch, read from the cache
+by :mod:`jbp.diagnostics` (any layer with a ``unit_stats`` method gets the same columns).
+Thresholds come by keyword; each layer reads its own (``sigmoid_eps``, ``tanh_eps``) and
+ignores the others.
 """
 from __future__ import annotations
 
@@ -68,6 +74,20 @@ class Sigmoid(Activation):
     def derivative(self, z, a):
         return a * (1 - a)
 
+    def unit_stats(self, cache, *, sigmoid_eps: float = 0.05, **thresholds) -> dict:
+        """``{"saturated": fraction of the batch's activations with a < ε or a > 1 − ε}``.
+
+        With the default ``ε = 0.05`` that is ``|z| > log(19) ≈ 2.944``, where
+        ``σ'(z) < 0.048``, under a fifth of its peak ``1/4``.
+
+        Args:
+          cache: this layer's forward cache (``{"x": z, "y": a}``).
+          sigmoid_eps: ``ε`` in ``(0, 0.5)``.
+          **thresholds: other layers' thresholds (``tanh_eps``, ...), ignored.
+        """
+        a = cache["y"]
+        return {"saturated": jnp.mean((a < sigmoid_eps) | (a > 1 - sigmoid_eps))}
+
 
 @dataclasses.dataclass(frozen=True)
 class Tanh(Activation):
@@ -79,6 +99,19 @@ class Tanh(Activation):
     def derivative(self, z, a):
         return 1 - a * a
 
+    def unit_stats(self, cache, *, tanh_eps: float = 0.05, **thresholds) -> dict:
+        """``{"saturated": fraction of the batch's activations with |a| > 1 − ε}``.
+
+        With the default ``ε = 0.05`` that is ``|z| > atanh(0.95) ≈ 1.832``, where
+        ``tanh'(z) < 0.098``, under a tenth of its peak ``1``.
+
+        Args:
+          cache: this layer's forward cache (``{"x": z, "y": a}``).
+          tanh_eps: ``ε`` in ``(0, 0.5)``.
+          **thresholds: other layers' thresholds (``sigmoid_eps``, ...), ignored.
+        """
+        return {"saturated": jnp.mean(jnp.abs(cache["y"]) > 1 - tanh_eps)}
+
 
 @dataclasses.dataclass(frozen=True)
 class ReLU(Activation):
@@ -89,6 +122,22 @@ class ReLU(Activation):
 
     def derivative(self, z, a):
         return (z > 0).astype(z.dtype)
+
+    def unit_stats(self, cache, **thresholds) -> dict:
+        """``{"dead": fraction of units whose input is ≤ 0 for every example of the batch}``.
+
+        A unit is one entry of the last (feature) axis: a ``Dense`` unit, a ``Conv2D``
+        channel, a recurrent feature; it is dead when ``z ≤ 0`` at every example *and*
+        every other position (pixels, time steps), so it passes no gradient at all
+        (``f'(z) = 0``; an exact ``0`` counts as dead, as in :meth:`derivative`).
+
+        Args:
+          cache: this layer's forward cache (``{"x": z, "y": a}``).
+          **thresholds: other layers' thresholds (``sigmoid_eps``, ...), ignored.
+        """
+        z = cache["x"]
+        units = z.shape[-1] if z.ndim > 1 else 1     # (batch,) alone: one unit
+        return {"dead": jnp.mean(jnp.all(z.reshape(-1, units) <= 0, axis=0))}
 
 
 @dataclasses.dataclass(frozen=True)

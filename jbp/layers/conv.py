@@ -8,8 +8,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from jbp import initializers
-from jbp.core import Layer, check_array, check_floating, layer_error
+from jbp.core import check_array, check_floating, layer_error
 from jbp.layers import _window
+from jbp.layers._feedback import RuleLayer, rule_field, seed_field
 
 __all__ = ["Conv2D"]
 
@@ -21,8 +22,8 @@ _INPUT_GRAD_DN = ("NHWC", "HWOI", "NHWC")
 _KERNEL_GRAD_DN = ("CHWN", "IHWO", "HWNC")
 
 
-@dataclasses.dataclass(frozen=True)
-class Conv2D(Layer):
+@dataclasses.dataclass(frozen=True, repr=False)
+class Conv2D(RuleLayer):
     """2-D convolution (cross-correlation, as in every deep-learning library) on NHWC input.
 
     Input ``x`` of shape ``(batch, H, W, C)``, kernel ``K`` of shape ``(kh, kw, C, F)``
@@ -60,6 +61,11 @@ class Conv2D(Layer):
       w_init, b_init: initializer or name; defaults Glorot-uniform (fans of an HWIO kernel:
         ``fan_in = kh·kw·C``, ``fan_out = kh·kw·F``) and zeros, as for ``Dense``. For deep
         ReLU networks ``w_init="he_normal"`` is the usual choice.
+      rule: the backward rule (default ``"bp"``): ``"fa"``, ``"sign"`` or
+        ``"kolen_pollack"`` put a feedback kernel ``B`` (shape of ``K``) in place of ``K``
+        in ``∂L/∂x`` only; ``∂L/∂K`` and ``∂L/∂b`` keep their form. See
+        :mod:`jbp.layers._feedback`.
+      feedback_seed: seed of feedback alignment's fixed ``B`` (``rule="fa"``).
 
     ``params = {"W": (kh, kw, C, F), "b": (F,)}``; ``cache = {"x": x}``.
     """
@@ -72,6 +78,8 @@ class Conv2D(Layer):
     use_bias: bool = True
     w_init: Any = "glorot_uniform"
     b_init: Any = "zeros"
+    rule: str = rule_field()
+    feedback_seed: int = seed_field()
 
     def __post_init__(self):
         if not _window._positive_int(self.features):
@@ -82,6 +90,7 @@ class Conv2D(Layer):
         object.__setattr__(self, "padding", _window.padding_spec(self.padding, "Conv2D"))
         initializers.get(self.w_init)
         initializers.get(self.b_init)
+        self.check_rule()
 
     # --- geometry -------------------------------------------------------------------
     def _geometry(self, size):
@@ -101,7 +110,7 @@ class Conv2D(Layer):
         params = {"W": initializers.get(self.w_init)(key, (kh, kw, in_shape[2], self.features))}
         if self.use_bias:
             params["b"] = initializers.get(self.b_init)(key, (self.features,))
-        return params, (ho, wo, self.features)
+        return self.rule_params(key, params), (ho, wo, self.features)
 
     def forward(self, params, x, *, key=None, train=False):
         x = check_array("x", x)
@@ -129,14 +138,15 @@ class Conv2D(Layer):
         # r: rows/columns at the bottom/right that no window reached (stride remainder).
         rem = [(n + lo + hi - k) % s for n, (lo, hi), k, s in zip(size, pads, k_eff, self.strides)]
         dtype = jnp.result_type(x.dtype, W.dtype, dy.dtype)
-        xd, Wd, dyd = x.astype(dtype), W.astype(dtype), dy.astype(dtype)
+        xd, dyd = x.astype(dtype), dy.astype(dtype)
+        Fd = self.feedback(params, cache, "W").astype(dtype)   # the kernel K itself for rule="bp"
 
         dW = lax.conv_general_dilated(
             xd, dyd, window_strides=self.dilation,
             padding=[(lo, hi - r) for (lo, hi), r in zip(pads, rem)],
             rhs_dilation=self.strides, dimension_numbers=_KERNEL_GRAD_DN)
         dx = lax.conv_general_dilated(
-            dyd, Wd[::-1, ::-1], window_strides=(1, 1),
+            dyd, Fd[::-1, ::-1], window_strides=(1, 1),
             padding=[(k - 1 - lo, k - 1 - hi + r) for k, (lo, hi), r in zip(k_eff, pads, rem)],
             lhs_dilation=self.strides, rhs_dilation=self.dilation,
             dimension_numbers=_INPUT_GRAD_DN)
@@ -144,4 +154,4 @@ class Conv2D(Layer):
         grads = {"W": dW.astype(W.dtype)}
         if self.use_bias:
             grads["b"] = jnp.sum(dy, axis=(0, 1, 2)).astype(params["b"].dtype)
-        return grads, dx.astype(x.dtype)
+        return self.rule_grads(grads), dx.astype(x.dtype)

@@ -8,11 +8,12 @@ import jax
 import jax.numpy as jnp
 
 from jbp import initializers
-from jbp.core import Layer, check_array, check_floating, layer_error
+from jbp.core import check_array, check_floating, layer_error
+from jbp.layers._feedback import RuleLayer, rule_field, seed_field
 
 
-@dataclasses.dataclass(frozen=True)
-class Dense(Layer):
+@dataclasses.dataclass(frozen=True, repr=False)
+class Dense(RuleLayer):
     """Fully connected layer ``z = a W + b``.
 
     Forward, for an input ``a`` of shape ``(batch, ..., in)`` (the seed's
@@ -30,18 +31,26 @@ class Dense(Layer):
     ``w_init``/``b_init`` take an initializer object or its name (``"he_normal"``);
     defaults: Glorot-uniform weights, zero biases. ``cache = {"x": a}``: the layer's
     input, from which per-example gradients and their norms are computed.
+
+    ``rule`` (default ``"bp"``) swaps the ``W`` of ``∂L/∂a = δ Wᵀ`` for a feedback matrix
+    ``B`` — ``"fa"`` (fixed random, state drawn from ``feedback_seed``), ``"sign"``
+    (``sign(W)·mean|W|``), ``"kolen_pollack"`` (trainable ``params["B"]``) — leaving
+    ``∂L/∂W`` and ``∂L/∂b`` as they are: see :mod:`jbp.layers._feedback`.
     """
 
     units: int
     w_init: Any = "glorot_uniform"
     b_init: Any = "zeros"
     use_bias: bool = True
+    rule: str = rule_field()
+    feedback_seed: int = seed_field()
 
     def __post_init__(self):
         if isinstance(self.units, bool) or not isinstance(self.units, (int,)) or self.units <= 0:
             raise ValueError(f"Dense: units must be a positive integer, got {self.units!r}")
         initializers.get(self.w_init)  # unknown names fail here, at construction
         initializers.get(self.b_init)
+        self.check_rule()
 
     def init(self, key, in_shape):
         if len(in_shape) < 1 or in_shape[-1] <= 0:
@@ -51,7 +60,7 @@ class Dense(Layer):
         params = {"W": initializers.get(self.w_init)(key, (n_in, self.units))}
         if self.use_bias:
             params["b"] = initializers.get(self.b_init)(key, (self.units,))
-        return params, tuple(in_shape[:-1]) + (self.units,)
+        return self.rule_params(key, params), tuple(in_shape[:-1]) + (self.units,)
 
     def forward(self, params, x, *, key=None, train=False):
         x = check_array("x", x)
@@ -85,18 +94,19 @@ class Dense(Layer):
 
     def backward(self, params, cache, dy):
         x = cache["x"]
-        W = params["W"]
         x2 = x.reshape(-1, x.shape[-1])
         d2 = dy.reshape(-1, dy.shape[-1])
         grads = {"W": jnp.matmul(x2.T, d2)}
         if self.use_bias:
             grads["b"] = jnp.sum(d2, axis=0)
-        dx = jnp.matmul(dy, W.T)
-        return grads, dx
+        dx = jnp.matmul(dy, self.feedback(params, cache, "W").T)   # W itself for rule="bp"
+        return self.rule_grads(grads), dx
 
     # --- closed forms for the per-example extensions (jbp.extensions) ------------------
     # ``dy`` here is per example: row i is the delta of example i's own loss, so the
     # per-example gradient is ∂ℓᵢ/∂W = Σₜ aᵢₜᵀ δᵢₜ (one outer product without extra axes).
+    # The rule does not change the parameter gradients; Kolen–Pollack's B gets W's
+    # (``rule_grads`` copies the entry).
 
     def _per_example_views(self, cache, dy):
         x = cache["x"]
@@ -109,7 +119,7 @@ class Dense(Layer):
         out = {"W": jnp.einsum("nti,ntu->niu", a, d)}
         if self.use_bias:
             out["b"] = jnp.sum(d, axis=1)
-        return out
+        return self.rule_grads(out)
 
     def batch_l2(self, params, cache, dy):
         """``‖∂ℓᵢ/∂W‖²`` and ``‖∂ℓᵢ/∂b‖²`` per example, without forming ``∂ℓᵢ/∂W``.
@@ -128,7 +138,7 @@ class Dense(Layer):
             out = {"W": jnp.sum(jnp.square(a[:, 0]), axis=1) * d_sq}
             if self.use_bias:
                 out["b"] = d_sq
-            return out
+            return self.rule_grads(out)
         if T * T <= n_in * units:
             gram_a = jnp.einsum("nti,nsi->nts", a, a)
             gram_d = jnp.einsum("ntu,nsu->nts", d, d)
@@ -137,7 +147,7 @@ class Dense(Layer):
             out = {"W": jnp.sum(jnp.square(jnp.einsum("nti,ntu->niu", a, d)), axis=(1, 2))}
         if self.use_bias:
             out["b"] = jnp.sum(jnp.square(jnp.sum(d, axis=1)), axis=1)
-        return out
+        return self.rule_grads(out)
 
     def sum_grad_squared(self, params, cache, dy):
         """``Σᵢ (∂ℓᵢ/∂W)²`` elementwise: ``(a²)ᵀ(δ²)`` without extra axes (never forming the
@@ -148,6 +158,6 @@ class Dense(Layer):
             out = {"W": jnp.matmul(jnp.square(a).T, jnp.square(d))}
             if self.use_bias:
                 out["b"] = jnp.sum(jnp.square(d), axis=0)
-            return out
+            return self.rule_grads(out)
         return jax.tree.map(lambda g: jnp.sum(jnp.square(g), axis=0),
                             self.batch_grad(params, cache, dy))

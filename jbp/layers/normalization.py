@@ -126,6 +126,11 @@ class BatchNorm(_Norm):
 
     stateful = True
 
+    def mixes_examples(self, train: bool) -> bool:
+        """In training mode the batch statistics couple the examples (per-example
+        extensions and DP-SGD refuse it); in evaluation mode they do not."""
+        return bool(train)
+
     def __post_init__(self):
         if not (isinstance(self.momentum, (int, float)) and not isinstance(self.momentum, bool)
                 and 0 <= self.momentum <= 1):

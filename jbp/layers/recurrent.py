@@ -25,17 +25,25 @@ import jax.numpy as jnp
 from jax import lax
 
 from jbp import initializers
-from jbp.core import Layer, layer_error
+from jbp.core import layer_error
+from jbp.layers._feedback import RuleLayer, rule_field, seed_field
 from jbp.layers._window import _positive_int
 from jbp.layers.masking import Masked, cotangent_values, split_masked
 
 __all__ = ["SimpleRNN", "LSTM"]
 
 
-class _Recurrent(Layer):
-    """Shared input checking, shapes and output packing; ``gates`` = 1 (RNN) or 4 (LSTM)."""
+class _Recurrent(RuleLayer):
+    """Shared input checking, shapes and output packing; ``gates`` = 1 (RNN) or 4 (LSTM).
+
+    Backward rules (``rule``, see :mod:`jbp.layers._feedback`): ``"fa"``, ``"sign"`` and
+    ``"kolen_pollack"`` use ``B_h`` in place of ``W_h`` in the recurrent delta
+    ``∂L/∂h_{t−1} = δ_t B_hᵀ (+ …)`` and ``B_x`` in place of ``W_x`` in ``∂L/∂x_t = δ_t B_xᵀ``;
+    the weight gradients ``Σ_t x_tᵀδ_t``, ``Σ_t h_{t−1}ᵀδ_t``, ``Σ_t δ_t`` keep their form.
+    """
 
     gates = 1
+    _feedback_of = {"B_x": ("W_x", "w_init"), "B_h": ("W_h", "recurrent_init")}
 
     def __post_init__(self):
         name = type(self).__name__
@@ -43,6 +51,7 @@ class _Recurrent(Layer):
             raise ValueError(f"{name}: features must be a positive integer, got {self.features!r}")
         for init in (self.w_init, self.recurrent_init, self.b_init):
             initializers.get(init)
+        self.check_rule()
 
     def _init_weights(self, key, in_shape):
         in_shape = tuple(int(d) for d in in_shape)
@@ -55,7 +64,7 @@ class _Recurrent(Layer):
                   "W_h": initializers.get(self.recurrent_init)(k2, (n, g)),
                   "b": initializers.get(self.b_init)(k3, (g,))}
         out = (in_shape[0], n) if self.return_sequences else (n,)
-        return params, out
+        return self.rule_params(key, params), out
 
     def _inputs(self, params, x):
         xs, mask = split_masked(self, x, rank=3)
@@ -78,10 +87,11 @@ class _Recurrent(Layer):
             return jnp.zeros(hs_b[:, 0].shape, dtype), jnp.swapaxes(dy, 0, 1)
         return dy, None
 
-    def _weight_grads(self, params, xs, hs, dz, h0):
+    def _weight_grads(self, params, xs, hs, dz, h0, cache):
         """Everything that is not sequential: ``dW_x, dW_h, db, dx`` from all ``δ_t`` at once.
 
         ``hs``, ``dz``: time-major ``(T, batch, ·)``; ``xs`` and the returned ``dx`` batch-first.
+        ``dx`` goes through ``feedback(…, "W_x")`` (``W_x`` itself for ``rule="bp"``).
         """
         h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
         Wx = params["W_x"]
@@ -89,8 +99,9 @@ class _Recurrent(Layer):
         grads = {"W_x": jnp.einsum("tbf,tbg->fg", xs_t, dz).astype(Wx.dtype),
                  "W_h": jnp.einsum("tbh,tbg->hg", h_prev, dz).astype(params["W_h"].dtype),
                  "b": jnp.sum(dz, axis=(0, 1)).astype(params["b"].dtype)}
-        dx = jnp.swapaxes(jnp.matmul(dz, Wx.T.astype(dz.dtype)), 0, 1).astype(xs.dtype)
-        return grads, dx
+        Fx = self.feedback(params, cache, "W_x")
+        dx = jnp.swapaxes(jnp.matmul(dz, Fx.T.astype(dz.dtype)), 0, 1).astype(xs.dtype)
+        return self.rule_grads(grads), dx
 
     @staticmethod
     def _projection(params, xs, dtype):
@@ -99,7 +110,7 @@ class _Recurrent(Layer):
         return jnp.matmul(xs_t, params["W_x"].astype(dtype)) + params["b"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class SimpleRNN(_Recurrent):
     """Elman RNN with tanh, ``h_0 = 0``::
 
@@ -126,6 +137,8 @@ class SimpleRNN(_Recurrent):
     w_init: Any = "glorot_uniform"
     recurrent_init: Any = "orthogonal"
     b_init: Any = "zeros"
+    rule: str = rule_field()
+    feedback_seed: int = seed_field()
 
     def init(self, key, in_shape):
         return self._init_weights(key, in_shape)
@@ -153,7 +166,7 @@ class SimpleRNN(_Recurrent):
     def backward(self, params, cache, dy):
         xs, mask, hs_b = cache["x"], cache["mask"], cache["h"]
         dtype = hs_b.dtype
-        WhT = params["W_h"].T.astype(dtype)
+        WhT = self.feedback(params, cache, "W_h").T.astype(dtype)   # W_hᵀ for rule="bp"
         g_T, dys = self._seed(dy, hs_b, dtype)
         ms = None if mask is None else jnp.swapaxes(mask, 0, 1)[:, :, None]
 
@@ -168,10 +181,10 @@ class SimpleRNN(_Recurrent):
 
         hs = jnp.swapaxes(hs_b, 0, 1)
         _, dzs = lax.scan(step, g_T, (hs, dys, ms), reverse=True)
-        return self._weight_grads(params, xs, hs, dzs, jnp.zeros(hs.shape[1:], dtype))
+        return self._weight_grads(params, xs, hs, dzs, jnp.zeros(hs.shape[1:], dtype), cache)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class LSTM(_Recurrent):
     """Long short-term memory, ``h_0 = c_0 = 0``; gates in the column order ``i, f, g, o``::
 
@@ -203,6 +216,8 @@ class LSTM(_Recurrent):
     recurrent_init: Any = "orthogonal"
     b_init: Any = "zeros"
     forget_bias: float = 1.0
+    rule: str = rule_field()
+    feedback_seed: int = seed_field()
 
     gates = 4
 
@@ -244,7 +259,7 @@ class LSTM(_Recurrent):
     def backward(self, params, cache, dy):
         xs, mask, hs_b = cache["x"], cache["mask"], cache["h"]
         dtype, n = hs_b.dtype, self.features
-        WhT = params["W_h"].T.astype(dtype)
+        WhT = self.feedback(params, cache, "W_h").T.astype(dtype)   # W_hᵀ for rule="bp"
         g_T, dys = self._seed(dy, hs_b, dtype)
         zeros = jnp.zeros(hs_b[:, 0].shape, dtype)
         cs = jnp.swapaxes(cache["c"], 0, 1)
@@ -267,4 +282,4 @@ class LSTM(_Recurrent):
 
         _, dzs = lax.scan(step, (g_T, zeros), (jnp.swapaxes(cache["gates"], 0, 1), cs, c_prev, dys, ms),
                           reverse=True)
-        return self._weight_grads(params, xs, jnp.swapaxes(hs_b, 0, 1), dzs, zeros)
+        return self._weight_grads(params, xs, jnp.swapaxes(hs_b, 0, 1), dzs, zeros, cache)

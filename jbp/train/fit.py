@@ -132,14 +132,14 @@ _CKPT_FORMAT = "jbp.fit"
 _CKPT_VERSION = 1
 
 
-def _fingerprint(x, y, key, *, batch_size, shuffle, drop_last, grad_fn) -> dict:
+def _fingerprint(x, y, key, *, batch_size, shuffle, drop_last, grad_fn, privacy) -> dict:
     """What must not change between a run and its resumption for the result to be identical
     (the model's structure and shapes are checked by ``restore(like=...)``)."""
     data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     return {"x": [list(x.shape), str(x.dtype)], "y": [list(y.shape), str(y.dtype)],
             "key": np.asarray(data).astype(np.int64).ravel().tolist(),
             "batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last,
-            "grad_fn": grad_fn}
+            "grad_fn": grad_fn, "privacy": None if privacy is None else repr(privacy)}
 
 
 def _callback_states(cbs):
@@ -239,9 +239,9 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
         early_stopping: EarlyStopping | int | None = None, shuffle: bool = True,
         drop_last: bool = False, augment: Callable | None = None, regularizer=None,
         callbacks=(), verbose: int = 1, grad_fn: str = "manual", state=None,
-        opt_state=None, eval_batch_size: int | None = 1024, on_nonfinite: str = "stop",
-        checkpoint_dir=None, checkpoint_every: int = 1, keep: int | None = 3,
-        resume: bool = False):
+        opt_state=None, eval_batch_size: int | None = 1024, privacy=None,
+        on_nonfinite: str = "stop", checkpoint_dir=None, checkpoint_every: int = 1,
+        keep: int | None = 3, resume: bool = False):
     """Train ``model`` from ``params``; return ``(params, history)``.
 
     ``batch_size``: ``None`` (or n) = full-batch gradient descent, ``1`` = SGD (the data
@@ -277,6 +277,11 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
       ``model.init_state``); the final one is ``history.state``.
     - ``opt_state``: to resume an optimizer (default ``optimizer.init(params)``); the
       final one is ``history.opt_state``.
+    - ``privacy=jbp.dp.DPConfig(...)``: DP-SGD (:mod:`jbp.dp.sgd`): each epoch is
+      ``steps_per_epoch`` Poisson-sampled, padded, clipped and noised steps in one
+      ``lax.scan`` (``batch_size``, ``shuffle`` are then unused; leave ``batch_size=None``);
+      the history gains ``epsilon`` (ε spent so far, :func:`jbp.dp.epsilon`),
+      ``dp_clipped``, ``dp_rows`` and ``dp_dropped`` per epoch.
     - ``on_nonfinite``: what a NaN/Inf epoch loss (or NaN/Inf parameters) does.
       ``"stop"`` (default): stop at once and return the parameters (and optimizer and model
       state) of the last finite epoch; the diverged epoch's record is the last of the
@@ -375,11 +380,22 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
         check_opt_state(optimizer, opt_state, params)
 
     # ---- build and compile ----
-    step = make_train_step(model, loss, optimizer, regularizer=regularizer, grad_fn=grad_fn,
-                           metrics=[m.name for m in metric_objs], augment=augment)
     finalizers = {m.name: m.finalize for m in metric_objs}
-    epoch_fn = _Compiled(_make_epoch(step, n=n, batch_size=batch_size, shuffle=shuffle,
-                                     drop_last=drop_last, finalizers=finalizers))
+    if privacy is not None:  # DP-SGD: jbp.dp.sgd builds the whole epoch
+        from jbp.dp.sgd import check_fit_privacy, make_private_epoch  # noqa: PLC0415
+
+        check_fit_privacy(privacy, batch_size=batch_size, n=n, grad_fn=grad_fn,
+                          drop_last=drop_last)
+        columns += ["dp_clipped", "dp_rows", "dp_dropped"]
+        epoch_fn = _Compiled(make_private_epoch(
+            privacy, model, loss, optimizer, n=n, regularizer=regularizer,
+            metrics=[m.name for m in metric_objs], augment=augment, finalizers=finalizers))
+    else:
+        step = make_train_step(model, loss, optimizer, regularizer=regularizer,
+                               grad_fn=grad_fn, metrics=[m.name for m in metric_objs],
+                               augment=augment)
+        epoch_fn = _Compiled(_make_epoch(step, n=n, batch_size=batch_size, shuffle=shuffle,
+                                         drop_last=drop_last, finalizers=finalizers))
     eval_fn = None
     if val is not None:
         eval_fn = _Compiled(make_eval(model, loss, metric_objs, n=val[0].shape[0],
@@ -396,7 +412,7 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
     fingerprint = None
     if checkpoint_dir is not None:
         fingerprint = _fingerprint(x, y, key, batch_size=batch_size, shuffle=shuffle,
-                                   drop_last=drop_last, grad_fn=grad_fn)
+                                   drop_last=drop_last, grad_fn=grad_fn, privacy=privacy)
     if resume:
         loaded = _load_checkpoint(checkpoint_dir, carry, cbs, fingerprint)
         if loaded is not None:
@@ -441,6 +457,8 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
             logs = {"epoch": e + 1}
             logs.update({k: float(train_m[k]) for k in columns if k in train_m})
             logs.update({f"val_{m.name}": float(val_m[m.name]) for m in metric_objs if val_m})
+            if privacy is not None:
+                logs["epsilon"] = privacy.epsilon_after(e + 1)
             logs["seconds"] = seconds
             if why is not None:  # on_nonfinite="stop": the carry stays at epoch e
                 history.append(logs)

@@ -1,0 +1,170 @@
+"""Attention benchmarks: a Transformer training step, and blockwise vs dense attention memory.
+
+1. **Training step** (``--batch 32``, ``T = 128``, 4 heads, 128 features, MLP 512): a
+   pre-LayerNorm Transformer block, mean-pooled, then ``Dense(10)`` and softmax
+   cross-entropy; forward, loss, backward and an SGD update in one ``jax.jit`` (the step of
+   ``bench/step.py``). Hand-written backward (``jbp.value_and_grad``) vs
+   ``jax.value_and_grad`` of the same forward, for the dense and the blockwise attention.
+2. **Attention at long T** (``--lengths 1024 4096``, batch 1): forward + backward of one
+   ``MultiHeadAttention`` layer w.r.t. its parameters and input, for three contenders:
+   the blockwise hand-written path (``block_size=--block``), the dense hand-written path
+   (caches ``P``, ``(batch, H, T, T)``), and ``jax.grad`` of a naive attention (softmax of
+   the full score matrix). Reported: the compiled temporary memory,
+   ``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes`` (what XLA
+   allocates besides arguments and outputs), and the time per call.
+
+Contenders run side by side in this process: compile and warm up, then ``--repeats``
+rounds, alternating between contenders round by round so drifting machine load hits all
+alike; each round times ``--iters`` calls; the median is reported with ratios.
+
+    python bench/attention.py                             # full run
+    python bench/attention.py --iters 2 --repeats 3       # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jbp
+from jbp import losses
+from jbp.layers import Dense, MeanPool1D, MultiHeadAttention, transformer_block
+from step import make_step, one_round  # bench/step.py: the same jitted step and timed round
+
+
+def interleaved(contenders, run_round, repeats):
+    """``{name: median seconds}``; ``run_round(name)`` times one round of one contender."""
+    samples = {k: [] for k in contenders}
+    for _ in range(repeats):
+        for k in contenders:
+            samples[k].append(run_round(k))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+# --- 1. training step ------------------------------------------------------------------
+
+def bench_step(args):
+    print(f"\n1. Transformer block training step: batch {args.batch}, T = {args.seq}, "
+          f"{args.heads} heads, {args.features} features, MLP {4 * args.features}; float32")
+    print(f"{'attention':<26} {'manual':>12} {'jax.grad':>14} {'ratio':>9}")
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((args.batch, args.seq, args.features)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, args.batch))
+    for name, block_size in (("dense", None), (f"blockwise (block {args.step_block})", args.step_block)):
+        model = jbp.Sequential([
+            transformer_block(args.features, args.heads, 4 * args.features, block_size=block_size),
+            MeanPool1D(), Dense(10)])
+        params, _ = model.init(jax.random.key(0), x.shape[1:])
+        steps = {"manual": make_step(model, losses.softmax_cross_entropy, True, lr=0.01),
+                 "autodiff": make_step(model, losses.softmax_cross_entropy, False, lr=0.01)}
+        state = {}
+        for k, step in steps.items():                 # compile + warm up
+            p = params
+            for _ in range(3):
+                p, _ = step(p, x, y)
+            state[k] = jax.block_until_ready(p)
+
+        def run_round(k):
+            dt, state[k] = one_round(steps[k], state[k], x, y, args.iters)
+            return dt
+
+        t = interleaved(steps, run_round, args.repeats)
+        print(f"{name:<26} {t['manual'] * 1e3:>9.2f} ms {t['autodiff'] * 1e3:>11.2f} ms "
+              f"{t['manual'] / t['autodiff']:>8.3f}x", flush=True)
+
+
+# --- 2. attention memory and time at long T ----------------------------------------------
+
+def naive_attention(params, x, num_heads):
+    """Full-matrix attention, written for autodiff: ``softmax(Q Kᵀ/√d) V``."""
+    B, T, _ = x.shape
+    q, k, v = (x @ params[f"W{n}"] + params[f"b{n}"] for n in "qkv")
+    d = q.shape[-1] // num_heads
+    split = lambda a: a.reshape(B, T, num_heads, d)
+    s = jnp.einsum("bthd,bshd->bhts", split(q), split(k)) / math.sqrt(d)
+    o = jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(s, axis=-1), split(v))
+    return o.reshape(B, T, -1) @ params["Wo"] + params["bo"]
+
+
+def attention_contenders(heads, block):
+    blockwise, dense = MultiHeadAttention(heads, block_size=block), MultiHeadAttention(heads)
+
+    def manual(layer):
+        def f(params, x, dy):
+            _, cache = layer.forward(params, x)
+            return layer.backward(params, cache, dy)
+        return f
+
+    def autodiff(params, x, dy):
+        return jax.grad(lambda p, v: jnp.sum(naive_attention(p, v, heads) * dy), argnums=(0, 1))(params, x)
+
+    return {f"blockwise {block}": manual(blockwise), "dense (hand)": manual(dense),
+            "jax.grad naive": autodiff}
+
+
+def bench_long(args):
+    print(f"\n2. MultiHeadAttention forward + backward at long T: batch 1, {args.heads} heads, "
+          f"{args.features} features; float32. temp = compiled temporary memory")
+    names = list(attention_contenders(args.heads, args.block))
+    print(f"{'T':>6} " + " ".join(f"{n + ' temp':>22} {'time':>9}" for n in names)
+          + f" {'time dense/block':>17} {'time grad/block':>16}")
+    layer = MultiHeadAttention(args.heads)
+    rng = np.random.default_rng(1)
+    for T in args.lengths:
+        params, _ = layer.init(jax.random.key(0), (T, args.features))
+        x = jnp.asarray(rng.standard_normal((1, T, args.features)), jnp.float32)
+        dy = jnp.asarray(rng.standard_normal((1, T, args.features)), jnp.float32)
+        fns = {}
+        temp = {}
+        for name, f in attention_contenders(args.heads, args.block).items():
+            compiled = jax.jit(f).lower(params, x, dy).compile()
+            temp[name] = compiled.memory_analysis().temp_size_in_bytes
+            fns[name] = compiled
+            jax.block_until_ready(compiled(params, x, dy))     # warm up
+
+        def run_round(k):
+            t0 = time.perf_counter()
+            for _ in range(args.long_iters):
+                out = fns[k](params, x, dy)
+            jax.block_until_ready(out)
+            return (time.perf_counter() - t0) / args.long_iters
+
+        t = interleaved(fns, run_round, args.repeats)
+        b = names[0]
+        print(f"{T:>6} " + " ".join(f"{temp[n] / 2**20:>18.1f} MiB {t[n] * 1e3:>6.0f} ms" for n in names)
+              + f" {t[names[1]] / t[b]:>16.2f}x {t[names[2]] / t[b]:>15.2f}x", flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128, help="T of the training-step benchmark")
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--features", type=int, default=128)
+    ap.add_argument("--step-block", type=int, default=32, help="block size of the blockwise step")
+    ap.add_argument("--block", type=int, default=128, help="block size at long T")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--iters", type=int, default=10, help="steps per timed round (training step)")
+    ap.add_argument("--long-iters", type=int, default=1, help="calls per timed round (long T)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds per contender; median kept")
+    ap.add_argument("--skip-step", action="store_true", help="only the long-T part")
+    ap.add_argument("--skip-long", action="store_true", help="only the training step")
+    args = ap.parse_args(argv)
+    print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
+          f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; "
+          f"median of {args.repeats} alternating rounds")
+    if not args.skip_step:
+        bench_step(args)
+    if not args.skip_long:
+        bench_long(args)
+
+
+if __name__ == "__main__":
+    main()

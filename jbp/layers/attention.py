@@ -1,0 +1,387 @@
+"""Multi-head self-attention with a hand-written backward (dense, or blockwise over keys in
+the FlashAttention style), and the pre-LayerNorm Transformer block.
+
+Notation, per example and head (``T`` positions, head size ``d``, ``s = 1/√d``)::
+
+    Q = x W_q + b_q     K = x W_k + b_k     V = x W_v + b_v         (split into heads)
+    S = s Q Kᵀ          P = softmax_rows(S + mask)                  O = P V
+    y = concat_heads(O) W_o + b_o
+
+Backward, with ``dO = ∂L/∂O`` (from ``dy W_oᵀ``)::
+
+    dV = Pᵀ dO          dP = dO Vᵀ          dS = P ⊙ (dP − rowsum(dP ⊙ P))
+    dQ = s dS K         dK = s dSᵀ Q
+
+then the projections, which are ``Dense`` layers on the extra axes ``(batch, T)``:
+``∂L/∂W_q = Σ_{batch,T} xᵀ dQ``, ``∂L/∂b_q = Σ dQ``, and
+``∂L/∂x = dQ W_qᵀ + dK W_kᵀ + dV W_vᵀ`` (likewise ``∂L/∂W_o = Σ Oᵀ dy``, ``∂L/∂b_o = Σ dy``).
+
+**Blockwise** (``block_size=k``): the keys are cut into blocks of ``k`` and a ``lax.scan``
+walks them, so no ``T × T`` matrix is ever formed (memory ``O(T·k)`` per head). The forward
+keeps, per query row, a running max ``m``, normaliser ``ℓ`` and unnormalised output ``A``
+(the online softmax)::
+
+    m' = max(m, rowmax S_j)      P̃_j = exp(S_j − m')      α = exp(m − m')
+    ℓ' = α ℓ + rowsum P̃_j        A' = α A + P̃_j V_j
+    O = A / ℓ                    L = m + log ℓ               (the row's log-sum-exp)
+
+and caches only ``O`` and ``L`` (with the projected ``Q, K, V`` and the input). The
+backward recomputes each block of probabilities from ``L`` and uses
+``D = rowsum(dO ⊙ O)``, which equals ``rowsum(dP ⊙ P)`` because ``O = P V``::
+
+    P_j = exp(S_j − L)     dV_j = P_jᵀ dO     dS_j = P_j ⊙ (dO V_jᵀ − D)
+    dQ += s dS_j K_j       dK_j = s dS_jᵀ Q
+
+When ``k`` does not divide ``T`` the keys are padded internally with masked positions.
+
+**Masks.** Input ``(batch, T, features)`` or ``Masked(values, mask)`` (see
+:mod:`jbp.layers.masking`): padded keys get no weight, padded query rows output zeros, and
+the output is ``Masked`` again with the same mask. ``causal=True`` lets position ``t``
+attend to keys ``≤ t`` only. A row with no key left (a padded query) gets ``P = 0``, never
+NaN; its output and its gradients are zero.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jbp import initializers
+from jbp.core import Layer, Sequential, layer_error
+from jbp.layers._window import _positive_int
+from jbp.layers.activations import GELU
+from jbp.layers.dense import Dense
+from jbp.layers.masking import Masked, cotangent_values, split_masked
+from jbp.layers.normalization import LayerNorm
+from jbp.layers.residual import PositionWise, Residual
+
+__all__ = ["MultiHeadAttention", "transformer_block"]
+
+_NAMES = ("q", "k", "v")
+
+
+def _allowed(q_mask, k_mask, q_pos, k_pos, causal):
+    """Which (query, key) pairs may attend, broadcastable to ``(batch, heads, Tq, Tk)``;
+    ``None`` when all may. ``q_mask``/``k_mask``: ``(batch, T)`` bool or ``None``;
+    ``q_pos``/``k_pos``: positions ``(Tq,)``/``(Tk,)``, used when ``causal``."""
+    allowed = None
+    if k_mask is not None:
+        allowed = k_mask[:, None, None, :]
+    if q_mask is not None:
+        q = q_mask[:, None, :, None]
+        allowed = q if allowed is None else allowed & q
+    if causal:
+        c = (k_pos[None, :] <= q_pos[:, None])[None, None]
+        allowed = c if allowed is None else allowed & c
+    return allowed
+
+
+def _scores(q, k, scale, allowed):
+    """``S = s Q Kᵀ`` per head, ``(batch, heads, Tq, Tk)``; −∞ where not allowed."""
+    s = jnp.einsum("bthd,bshd->bhts", q, k) * scale
+    return s if allowed is None else jnp.where(allowed, s, -jnp.inf)
+
+
+def _finite(m):
+    """A row max of ``−∞`` (nothing allowed yet) becomes 0, so ``exp(S − m)`` stays 0, not NaN."""
+    return jnp.where(m == -jnp.inf, 0, m)
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiHeadAttention(Layer):
+    """Multi-head self-attention, ``(batch, T, features) → (batch, T, features)``.
+
+    The equations (forward, dense backward, blockwise forward and backward) are in the
+    module docstring of :mod:`jbp.layers.attention`. Heads are split from the projected last
+    axis in order (head ``h`` is columns ``h·d … (h+1)·d − 1``); scores are scaled by
+    ``1/√d``.
+
+    Args:
+      num_heads: number of heads ``H`` (positive).
+      head_dim: size ``d`` of each head; default ``features // num_heads`` (then
+        ``features`` must be divisible by ``num_heads``).
+      causal: position ``t`` attends to keys ``≤ t`` only.
+      block_size: ``None`` for the dense path (caches ``P``, ``(batch, H, T, T)``), or a
+        positive ``k``: blockwise over keys (caches ``O`` and the log-sum-exp ``L`` only);
+        ``k`` need not divide ``T``.
+      use_bias: add ``b_q, b_k, b_v, b_o``.
+      w_init, b_init: initializers (objects or names) of the weights and biases; defaults
+        Glorot-uniform and zeros.
+
+    ``params = {"Wq", "Wk", "Wv": (features, H·d), "Wo": (H·d, features), "bq", "bk", "bv":
+    (H·d,), "bo": (features,)}`` (no biases when ``use_bias=False``). ``cache = {"x", "mask",
+    "q", "k", "v", "o"}`` plus ``"P"`` (dense) or ``"L"`` (blockwise), all batch-first
+    (``q, k, v, o``: ``(batch, T, H, d)``).
+    """
+
+    num_heads: int
+    head_dim: Optional[int] = None
+    causal: bool = False
+    block_size: Optional[int] = None
+    use_bias: bool = True
+    w_init: Any = "glorot_uniform"
+    b_init: Any = "zeros"
+
+    def __post_init__(self):
+        if not _positive_int(self.num_heads):
+            raise ValueError(f"MultiHeadAttention: num_heads must be a positive integer, "
+                             f"got {self.num_heads!r}")
+        if self.head_dim is not None and not _positive_int(self.head_dim):
+            raise ValueError(f"MultiHeadAttention: head_dim must be None or a positive integer, "
+                             f"got {self.head_dim!r}")
+        if self.block_size is not None and not _positive_int(self.block_size):
+            raise ValueError(f"MultiHeadAttention: block_size must be None or a positive integer, "
+                             f"got {self.block_size!r}")
+        for name in ("causal", "use_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"MultiHeadAttention: {name} must be a bool, "
+                                f"got {getattr(self, name)!r}")
+        initializers.get(self.w_init)
+        initializers.get(self.b_init)
+
+    # --- shapes and checks ------------------------------------------------------------
+    def _head_dim(self, features):
+        if self.head_dim is not None:
+            return self.head_dim
+        if features % self.num_heads:
+            raise layer_error(self, f"features = {features} is not divisible by num_heads = "
+                              f"{self.num_heads}; pass head_dim explicitly")
+        return features // self.num_heads
+
+    def init(self, key, in_shape):
+        in_shape = tuple(int(d) for d in in_shape)
+        if len(in_shape) != 2 or min(in_shape) <= 0:
+            raise layer_error(self, f"expected an input shape (time, features) without the batch "
+                              f"axis, got {in_shape}")
+        f = in_shape[1]
+        hd = self.num_heads * self._head_dim(f)
+        w, b = initializers.get(self.w_init), initializers.get(self.b_init)
+        keys = jax.random.split(key, 4)
+        params = {f"W{n}": w(kk, (f, hd)) for n, kk in zip(_NAMES, keys)}
+        params["Wo"] = w(keys[3], (hd, f))
+        if self.use_bias:
+            params.update({f"b{n}": b(kk, (hd,)) for n, kk in zip(_NAMES, keys)})
+            params["bo"] = b(keys[3], (f,))
+        return params, in_shape
+
+    def _check_params(self, params):
+        want = {"Wq", "Wk", "Wv", "Wo"} | ({"bq", "bk", "bv", "bo"} if self.use_bias else set())
+        if not isinstance(params, dict) or set(params) != want:
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise layer_error(self, f"expected params with keys {sorted(want)}, got {got}; were "
+                              f"they made by this layer's init?")
+        f, hd = params["Wq"].shape
+        if self.head_dim is not None and hd != self.num_heads * self.head_dim:
+            raise layer_error(self, f"params['Wq'] has {hd} columns, expected num_heads · head_dim "
+                              f"= {self.num_heads * self.head_dim}")
+        if hd % self.num_heads:
+            raise layer_error(self, f"params['Wq'] has {hd} columns, not divisible by num_heads = "
+                              f"{self.num_heads}")
+        shapes = {"Wk": (f, hd), "Wv": (f, hd), "Wo": (hd, f), "bq": (hd,), "bk": (hd,),
+                  "bv": (hd,), "bo": (f,)}
+        for name, shape in shapes.items():
+            if name in params and params[name].shape != shape:
+                raise layer_error(self, f"params['{name}'] has shape {params[name].shape}, expected "
+                                  f"{shape} to match params['Wq'] {(f, hd)}")
+
+    def _inputs(self, params, x):
+        xs, mask = split_masked(self, x, rank=3)
+        self._check_params(params)
+        f = params["Wq"].shape[0]
+        if xs.shape[2] != f or xs.shape[1] == 0:
+            raise layer_error(self, f"expected input of shape (batch, time ≥ 1, {f}) (features from "
+                              f"params['Wq'] of shape {params['Wq'].shape}), got {xs.shape}")
+        return xs, mask
+
+    # --- forward ----------------------------------------------------------------------
+    def forward(self, params, x, *, key=None, train=False):
+        xs, mask = self._inputs(params, x)
+        dtype = jnp.result_type(xs.dtype, params["Wq"].dtype)
+        B, T, _ = xs.shape
+        hd = params["Wq"].shape[1]
+        H, d = self.num_heads, hd // self.num_heads
+        x_c = xs.astype(dtype)
+
+        def project(n):
+            z = jnp.matmul(x_c, params[f"W{n}"].astype(dtype))
+            if self.use_bias:
+                z = z + params[f"b{n}"].astype(dtype)
+            return z.reshape(B, T, H, d)
+
+        q, k, v = (project(n) for n in _NAMES)
+        if self.block_size is None:
+            o, core = self._dense_forward(q, k, v, mask)
+        else:
+            o, core = self._block_forward(q, k, v, mask)
+        y = jnp.matmul(o.reshape(B, T, hd), params["Wo"].astype(dtype))
+        if self.use_bias:
+            y = y + params["bo"].astype(dtype)
+        if mask is not None:
+            y = jnp.where(mask[:, :, None], y, 0)
+        cache = {"x": xs, "mask": mask, "q": q, "k": k, "v": v, "o": o, **core}
+        return (y if mask is None else Masked(y, mask)), cache
+
+    def _dense_forward(self, q, k, v, mask):
+        """``P = softmax(s Q Kᵀ + mask)``, ``O = P V``; caches ``P``."""
+        T = q.shape[1]
+        pos = jnp.arange(T)
+        s = _scores(q, k, 1 / math.sqrt(q.shape[-1]), _allowed(mask, mask, pos, pos, self.causal))
+        e = jnp.exp(s - lax.stop_gradient(_finite(jnp.max(s, axis=-1, keepdims=True))))
+        l = jnp.sum(e, axis=-1, keepdims=True)
+        p = e / jnp.where(l > 0, l, 1)
+        return jnp.einsum("bhts,bshd->bthd", p, v), {"P": p}
+
+    def _key_blocks(self, k, v, mask):
+        """Keys and values cut into blocks, leading axis = block: ``(nb, batch, blk, H, d)``,
+        key mask ``(nb, batch, blk)`` (``None`` when nothing is masked) and positions
+        ``(nb, blk)``. Keys past ``T`` (when ``blk`` does not divide ``T``) are masked."""
+        B, T, H, d = k.shape
+        blk = min(self.block_size, T)
+        nb = -(-T // blk)
+        pad = nb * blk - T
+        if pad:
+            k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (k, v))
+            base = jnp.ones((B, T), bool) if mask is None else mask
+            mask = jnp.pad(base, ((0, 0), (0, pad)), constant_values=False)
+        split = lambda a: jnp.moveaxis(a.reshape((B, nb, blk) + a.shape[2:]), 1, 0)
+        km = None if mask is None else split(mask)
+        return split(k), split(v), km, jnp.arange(nb * blk).reshape(nb, blk), blk, nb
+
+    def _block_forward(self, q, k, v, mask):
+        """Online softmax over key blocks (module docstring); caches ``L``, not ``P``."""
+        B, T, H, d = q.shape
+        scale = 1 / math.sqrt(d)
+        kb, vb, kmb, posb, _, _ = self._key_blocks(k, v, mask)
+        q_pos = jnp.arange(T)
+
+        def step(carry, blk):
+            m, l, acc = carry
+            kj, vj, kmj, pj = blk
+            s = _scores(q, kj, scale, _allowed(mask, kmj, q_pos, pj, self.causal))
+            m_new = jnp.maximum(m, lax.stop_gradient(jnp.max(s, axis=-1)))
+            m_fin = _finite(m_new)
+            p = jnp.exp(s - m_fin[..., None])
+            alpha = jnp.exp(m - m_fin)
+            l = alpha * l + jnp.sum(p, axis=-1)
+            acc = alpha[..., None] * acc + jnp.einsum("bhts,bshd->bhtd", p, vj)
+            return (m_new, l, acc), None
+
+        init = (jnp.full((B, H, T), -jnp.inf, q.dtype), jnp.zeros((B, H, T), q.dtype),
+                jnp.zeros((B, H, T, d), q.dtype))
+        (m, l, acc), _ = lax.scan(step, init, (kb, vb, kmb, posb))
+        has = l > 0
+        o = jnp.swapaxes(acc / jnp.where(has, l, 1)[..., None], 1, 2)    # (B, T, H, d)
+        lse = jnp.where(has, _finite(m) + jnp.log(jnp.where(has, l, 1)), 0)
+        return o, {"L": lse}
+
+    # --- backward ---------------------------------------------------------------------
+    def backward(self, params, cache, dy):
+        """Output projection, attention core (dense or blockwise), input projections."""
+        xs, mask, o = cache["x"], cache["mask"], cache["o"]
+        B, T, H, d = o.shape
+        dtype = o.dtype
+        dy = cotangent_values(dy).astype(dtype)
+        if mask is not None:
+            dy = jnp.where(mask[:, :, None], dy, 0)
+        grads = {"Wo": jnp.einsum("btk,btf->kf", o.reshape(B, T, H * d), dy)}
+        if self.use_bias:
+            grads["bo"] = jnp.sum(dy, axis=(0, 1))
+        do = jnp.matmul(dy, params["Wo"].T.astype(dtype)).reshape(B, T, H, d)
+        if "P" in cache:
+            dq, dk, dv = self._dense_backward(cache, do)
+        else:
+            dq, dk, dv = self._block_backward(cache, do)
+        x_c = xs.astype(dtype)
+        dx = jnp.zeros(xs.shape, dtype)
+        for n, dz in zip(_NAMES, (dq, dk, dv)):
+            dz = dz.reshape(B, T, H * d)
+            grads[f"W{n}"] = jnp.einsum("btf,btk->fk", x_c, dz)
+            if self.use_bias:
+                grads[f"b{n}"] = jnp.sum(dz, axis=(0, 1))
+            dx = dx + jnp.matmul(dz, params[f"W{n}"].T.astype(dtype))
+        grads = {name: g.astype(params[name].dtype) for name, g in grads.items()}
+        return grads, dx.astype(xs.dtype)
+
+    @staticmethod
+    def _dense_backward(cache, do):
+        """``dV = Pᵀ dO``, ``dP = dO Vᵀ``, ``dS = P ⊙ (dP − rowsum(dP ⊙ P))``,
+        ``dQ = s dS K``, ``dK = s dSᵀ Q``."""
+        p, q, k, v = cache["P"], cache["q"], cache["k"], cache["v"]
+        scale = 1 / math.sqrt(q.shape[-1])
+        dv = jnp.einsum("bhts,bthd->bshd", p, do)
+        dp = jnp.einsum("bthd,bshd->bhts", do, v)
+        ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
+        dq = jnp.einsum("bhts,bshd->bthd", ds, k) * scale
+        dk = jnp.einsum("bhts,bthd->bshd", ds, q) * scale
+        return dq, dk, dv
+
+    def _block_backward(self, cache, do):
+        """Per key block ``j``: ``P_j = exp(S_j − L)``, ``dV_j = P_jᵀ dO``,
+        ``dS_j = P_j ⊙ (dO V_jᵀ − D)`` with ``D = rowsum(dO ⊙ O)``, ``dQ += s dS_j K_j``,
+        ``dK_j = s dS_jᵀ Q``."""
+        q, k, v, o, lse, mask = (cache[n] for n in ("q", "k", "v", "o", "L", "mask"))
+        B, T, H, d = q.shape
+        scale = 1 / math.sqrt(d)
+        kb, vb, kmb, posb, blk, nb = self._key_blocks(k, v, mask)
+        big_d = jnp.einsum("bthd,bthd->bht", do, o)[..., None]
+        q_pos = jnp.arange(T)
+
+        def step(dq, blk_in):
+            kj, vj, kmj, pj = blk_in
+            s = _scores(q, kj, scale, _allowed(mask, kmj, q_pos, pj, self.causal))
+            p = jnp.exp(s - lse[..., None])
+            dvj = jnp.einsum("bhts,bthd->bshd", p, do)
+            ds = p * (jnp.einsum("bthd,bshd->bhts", do, vj) - big_d)
+            dq = dq + jnp.einsum("bhts,bshd->bthd", ds, kj) * scale
+            dkj = jnp.einsum("bhts,bthd->bshd", ds, q) * scale
+            return dq, (dkj, dvj)
+
+        dq, (dkb, dvb) = lax.scan(step, jnp.zeros_like(q), (kb, vb, kmb, posb))
+        unblock = lambda a: jnp.moveaxis(a, 0, 1).reshape(B, nb * blk, H, d)[:, :T]
+        return dq, unblock(dkb), unblock(dvb)
+
+
+def transformer_block(features: int, num_heads: int, mlp_hidden: int, *, causal: bool = False,
+                      block_size: Optional[int] = None) -> Sequential:
+    """A pre-LayerNorm Transformer block, ``(batch, T, features) → (batch, T, features)``::
+
+        x = x + MultiHeadAttention(LayerNorm(x))
+        x = x + Dense(features)(GELU(Dense(mlp_hidden)(LayerNorm(x))))
+
+    It is the composition (all backward passes are the layers' own)::
+
+        Sequential([
+            Residual(Sequential([PositionWise(LayerNorm()),
+                                 MultiHeadAttention(num_heads, causal=causal,
+                                                    block_size=block_size)])),
+            Residual(PositionWise(Sequential([LayerNorm(), Dense(mlp_hidden), GELU(),
+                                              Dense(features)]))),
+        ])
+
+    ``PositionWise`` hands a padding mask (``Masked`` input, e.g. from
+    ``Embedding(pad_id=...)``) past the position-wise layers to the attention, which uses
+    it; with a plain array input it changes nothing.
+
+    Args:
+      features: the model width (input and output features).
+      num_heads: attention heads; ``features`` must be divisible by it.
+      mlp_hidden: hidden width of the position-wise MLP.
+      causal: causal attention (each position sees itself and the past).
+      block_size: blockwise attention over key blocks of this size (``None``: dense).
+    """
+    for name, v in (("features", features), ("num_heads", num_heads), ("mlp_hidden", mlp_hidden)):
+        if not _positive_int(v):
+            raise ValueError(f"transformer_block: {name} must be a positive integer, got {v!r}")
+    if features % num_heads:
+        raise ValueError(f"transformer_block: features = {features} is not divisible by "
+                         f"num_heads = {num_heads}")
+    attention = MultiHeadAttention(num_heads, causal=causal, block_size=block_size)
+    mlp = Sequential([LayerNorm(), Dense(mlp_hidden), GELU(), Dense(features)])
+    return Sequential([
+        Residual(Sequential([PositionWise(LayerNorm()), attention])),
+        Residual(PositionWise(mlp)),
+    ])
