@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp._validate import (check_batch, check_model_and_loss, check_model_input, check_params,
+from jbp._validate import (check_batch, check_key, check_model_and_loss, check_model_input, check_params,
                            check_regularizer, check_same_structure, check_state, check_targets)
 from jbp.core import cast, named_leaves
 from jbp.engine import backprop, value_and_grad
@@ -187,6 +187,8 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True, state=No
     """
     x, y = check_batch(x, y)
     check_model_and_loss(model, loss, regularizer)
+    if key is not None:
+        check_key(key)
     in_shape = tuple(x.shape[1:])
     out_shape = check_params(model, params, in_shape)
     check_model_input(model, x, name="x")

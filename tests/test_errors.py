@@ -121,6 +121,9 @@ def test_an_int_in_shape_or_an_int_seed_is_named():
     with pytest.raises(TypeError, match=r"key: expected a jax.random key \(jax.random.key\(seed\)\), "
                                         r"got int \(an int seed is not a key: use jax.random.key\(0\)\)"):
         model.init(0, (4,))
+    params, _ = model.init(jax.random.key(0), (4,))
+    with pytest.raises(TypeError, match=r"key: .*an int seed is not a key: use jax.random.key\(3\)"):
+        jbp.check_gradients(model, losses.mse, params, jnp.ones((2, 4)), jnp.ones((2, 3)), key=3)
 
 
 def test_wrong_dense_params_are_not_blamed_on_the_input(net):

@@ -130,6 +130,19 @@ def test_per_example_grad_norms_through_residual():
     np.testing.assert_allclose(norms, ref, rtol=1e-10)
 
 
+class Narrows(jbp.Layer):
+    """Claims to keep its input shape in init, drops a feature in forward."""
+
+    def init(self, key, in_shape):
+        return (), tuple(in_shape)
+
+    def forward(self, params, x, *, key=None, train=False):
+        return x[..., :3], {}
+
+    def backward(self, params, cache, dy):  # pragma: no cover - never reached
+        raise AssertionError
+
+
 def test_bad_blocks_raise_clear_errors():
     with pytest.raises(ValueError, match=r"Residual\(block=Dense\(units=3.*the block maps input "
                                          r"shape \(4,\) to output shape \(3,\)"):
@@ -138,6 +151,9 @@ def test_bad_blocks_raise_clear_errors():
     params, _ = layer.init(jax.random.key(0), (4,))
     with pytest.raises(ValueError, match=r"the block maps an input of shape \(2, 4\) to an output "
                                          r"of shape \(2, 3\)"):
+        Residual(Narrows()).forward((), jnp.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"Residual.block \(Dense\): .*params\['W'\] has shape "
+                                         r"\(4, 3\), expected \(in_features, 4\)"):
         layer.forward({"W": jnp.ones((4, 3)), "b": jnp.ones(3)}, jnp.ones((2, 4)))
     with pytest.raises(ValueError, match=r"Residual.block \(Dense\): Dense\(units=4.*expected input "
                                          r"of shape \(batch, ..., 4\), got \(2, 5\)"):
