@@ -160,8 +160,15 @@ class EarlyStopping(Callback):
         return meta, arrays
 
     def load_state_dict(self, meta, arrays) -> None:
-        """Restore what :meth:`state_dict` returned (``ValueError`` if it monitored another
-        column or direction)."""
+        """Restore what :meth:`state_dict` returned.
+
+        Args:
+          meta: the JSON-able progress (best value and epoch, epochs waited, ...).
+          arrays: ``{"params": ..., "state": ...}`` of the best epoch, or ``None``.
+
+        Raises:
+          ValueError: the progress is of another monitored column or direction.
+        """
         if meta.get("monitor") != self.monitor or meta.get("mode") != self.mode:
             raise ValueError(f"EarlyStopping: the checkpoint monitored {meta.get('monitor')!r} "
                              f"({meta.get('mode')}), this one monitors {self.monitor!r} "

@@ -174,6 +174,11 @@ def check_schedule(name: str, schedule, *, where: str = "") -> None:
     allows); one that cannot take an array is called step by step on the first 64 steps
     and a few later ones. A schedule that fails on a concrete step raises its own error
     here, naming it; one whose values are not concrete (closed over a tracer) is not checked.
+
+    Args:
+      name: how the schedule is called in messages (``learning_rate``).
+      schedule: a callable ``step -> value``.
+      where: a prefix naming the caller (``"sgd: "``).
     """
     try:
         key = (schedule, where, name)
