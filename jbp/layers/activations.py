@@ -57,6 +57,10 @@ class Identity(Activation):
     def backward(self, params, cache, dy):
         return (), dy
 
+    def second_derivative(self, z, a):
+        """``f''(z) = 0``."""
+        return jnp.zeros_like(z)
+
 
 @dataclasses.dataclass(frozen=True)
 class Sigmoid(Activation):
@@ -67,6 +71,10 @@ class Sigmoid(Activation):
 
     def derivative(self, z, a):
         return a * (1 - a)
+
+    def second_derivative(self, z, a):
+        """``σ''(z) = σ(1 − σ)(1 − 2σ)``."""
+        return a * (1 - a) * (1 - 2 * a)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +87,10 @@ class Tanh(Activation):
     def derivative(self, z, a):
         return 1 - a * a
 
+    def second_derivative(self, z, a):
+        """``tanh''(z) = −2 tanh(z)(1 − tanh(z)²)``."""
+        return -2 * a * (1 - a * a)
+
 
 @dataclasses.dataclass(frozen=True)
 class ReLU(Activation):
@@ -89,6 +101,10 @@ class ReLU(Activation):
 
     def derivative(self, z, a):
         return (z > 0).astype(z.dtype)
+
+    def second_derivative(self, z, a):
+        """``f''(z) = 0`` (everywhere but at 0, where it is not defined)."""
+        return jnp.zeros_like(z)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +123,10 @@ class LeakyReLU(Activation):
     def derivative(self, z, a):
         return jnp.where(z >= 0, 1.0, self.negative_slope).astype(z.dtype)
 
+    def second_derivative(self, z, a):
+        """``f''(z) = 0`` (everywhere but at 0)."""
+        return jnp.zeros_like(z)
+
 
 @dataclasses.dataclass(frozen=True)
 class ELU(Activation):
@@ -124,6 +144,10 @@ class ELU(Activation):
     def derivative(self, z, a):
         return jnp.where(z > 0, 1.0, a + self.alpha).astype(z.dtype)
 
+    def second_derivative(self, z, a):
+        """``f''(z) = 0 if z > 0 else αeᶻ = a + α``."""
+        return jnp.where(z > 0, 0.0, a + self.alpha).astype(z.dtype)
+
 
 @dataclasses.dataclass(frozen=True)
 class Softplus(Activation):
@@ -134,6 +158,11 @@ class Softplus(Activation):
 
     def derivative(self, z, a):
         return jax.nn.sigmoid(z)
+
+    def second_derivative(self, z, a):
+        """``f''(z) = σ(z)(1 − σ(z))``."""
+        s = jax.nn.sigmoid(z)
+        return s * (1 - s)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -162,6 +191,17 @@ class GELU(Activation):
         cdf = 0.5 * (1 + jax.lax.erf(z / math.sqrt(2.0)))
         pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
         return cdf + z * pdf
+
+    def second_derivative(self, z, a):
+        """Exact: ``f''(z) = 2φ(z) + zφ'(z) = φ(z)(2 − z²)``. ``approximate=True``, with
+        ``t = tanh u``, ``u' = √(2/π)(1 + 3·0.044715 z²)``, ``u'' = 6·0.044715 √(2/π) z``:
+        ``f''(z) = (1 − t²)u' + ½ z (1 − t²)(u'' − 2 t u'²)``."""
+        if self.approximate:
+            t = jnp.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z ** 3))
+            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z * z)
+            d2u = _SQRT_2_OVER_PI * 6 * 0.044715 * z
+            return (1 - t * t) * du + 0.5 * z * (1 - t * t) * (d2u - 2 * t * du * du)
+        return _INV_SQRT_2PI * jnp.exp(-0.5 * z * z) * (2 - z * z)
 
 
 @dataclasses.dataclass(frozen=True)
