@@ -59,7 +59,9 @@ block of ``leaf.reshape(-1)``. Conventions:
   get their exact GGN block: ``A = [[1]]``, ``B = (1/n) Σᵢ Σ_c gᵢ,c gᵢ,cᵀ`` with ``gᵢ,c`` the
   leaf's per-example gradient from column ``c`` (a ``Dense`` bias: ``Σₜ δᵢₜ,c``).
 - A leaf of rank ≥ 2 of any other layer raises a ``ValueError`` naming the layer (give the
-  layer a ``kron_factors(params, cache, dy)`` method, see ``Dense.kron_factors``).
+  layer a ``kron_factors(params, cache, dy)`` method, see ``Dense.kron_factors``: per leaf
+  ``(A, R)``, ``A`` and the rows ``R`` whose Gram matrix ``RᵀR`` is column ``dy``'s share of
+  ``n·B``; the extension forms ``Σ_c R_cᵀR_c`` in one product over all columns).
 
 Cross-leaf blocks (``W`` with ``b``, layer with layer) are dropped, as in K-FAC.
 """
@@ -352,13 +354,18 @@ def _outer_sum(v):
     return jnp.matmul(v2.T, v2)
 
 
+def _rows(v):
+    """``v`` as rows ``(-1, last)``: their Gram matrix is a column's share of ``B``."""
+    return v.reshape(-1, v.shape[-1])
+
+
 def _one(dtype):
     return jnp.ones((1, 1), dtype)
 
 
 def _conv2d_factors(layer, params, cache, dy):
     """``Conv2D``: ``A`` from the input patches ``(kh·kw·C)`` of every output position
-    (averaged over examples and positions), ``B_c = Σᵢₚ δδᵀ``; exact bias block."""
+    (averaged over examples and positions), rows ``δᵢₚ``; exact bias block (rows ``Σₚ δᵢₚ``)."""
     x = cache["x"]
     n, ho, wo, f = dy.shape
     _, pads = layer._geometry(x.shape[1:3])
@@ -368,15 +375,15 @@ def _conv2d_factors(layer, params, cache, dy):
                             j * dw:j * dw + (wo - 1) * sw + 1:sw, :]
                          for i in range(kh) for j in range(kw)], axis=3)  # (n, ho, wo, kh·kw, C)
     patches = patches.reshape(n * ho * wo, kh * kw * x.shape[3]).astype(dy.dtype)
-    out = {"W": (jnp.matmul(patches.T, patches) / (n * ho * wo), _outer_sum(dy))}
+    out = {"W": (jnp.matmul(patches.T, patches) / (n * ho * wo), _rows(dy))}
     if layer.use_bias:
-        out["b"] = (_one(dy.dtype), _outer_sum(jnp.sum(dy, axis=(1, 2))))
+        out["b"] = (_one(dy.dtype), jnp.sum(dy, axis=(1, 2)))
     return out
 
 
 def _embedding_factors(layer, params, cache, dy):
     """``Embedding``: ``A = diag(count of each token)/N`` over the ``N`` real (non-pad)
-    tokens, ``B_c = Σᵢₜ δδᵀ``."""
+    tokens, rows ``δᵢₜ``."""
     from jbp.layers.masking import cotangent_values  # noqa: PLC0415
 
     ids = cache["x"].reshape(-1)
@@ -385,14 +392,14 @@ def _embedding_factors(layer, params, cache, dy):
             else (ids != layer.pad_id).astype(d.dtype))
     counts = jnp.zeros((layer.vocab_size,), d.dtype).at[ids].add(real, mode="clip")
     A = jnp.diag(counts / jnp.maximum(jnp.sum(real), 1))
-    return {"W": (A, _outer_sum(d))}
+    return {"W": (A, _rows(d))}
 
 
 def _recurrent_factors(layer, params, cache, dy):
     """``SimpleRNN``/``LSTM``: the per-step pre-activation deltas ``δ_t`` come from the layer's
     own backward with ``W_x`` replaced by the identity (its ``∂L/∂x_t = δ_t W_xᵀ`` is then
     ``δ_t``); ``W_x``: ``A`` from ``x_t``, ``W_h``: ``A`` from ``h_{t−1}`` (``h_0 = 0``), both
-    averaged over the real steps, ``B_c = Σᵢₜ δδᵀ``; exact bias block."""
+    averaged over the real steps, rows ``δᵢₜ``; exact bias block (rows ``Σₜ δᵢₜ``)."""
     g = params["W_h"].shape[1]
     xs, mask, hs = cache["x"], cache["mask"], cache["h"]
     eye = jnp.eye(g, dtype=params["W_x"].dtype)
@@ -401,10 +408,10 @@ def _recurrent_factors(layer, params, cache, dy):
     steps = jnp.maximum(jnp.sum(m), 1)
     h_prev = jnp.concatenate([jnp.zeros_like(hs[:, :1]), hs[:, :-1]], axis=1)
     xs = xs.astype(hs.dtype)
-    B = _outer_sum(delta)
-    return {"W_x": (_outer_sum(xs * m) / steps, B),
-            "W_h": (_outer_sum(h_prev * m) / steps, B),
-            "b": (_one(hs.dtype), _outer_sum(jnp.sum(delta, axis=1)))}
+    rows = _rows(delta)
+    return {"W_x": (_outer_sum(xs * m) / steps, rows),
+            "W_h": (_outer_sum(h_prev * m) / steps, rows),
+            "b": (_one(hs.dtype), jnp.sum(delta, axis=1))}
 
 
 def _kron_rules():
@@ -414,9 +421,10 @@ def _kron_rules():
 
 
 def _layer_kron_factors(layer, params, cache, dy):
-    """``{leaf: KronFactors(A, B_c)}`` (params' structure) of one column, ``B_c`` not yet
-    divided by ``n``: the layer's ``kron_factors`` method, the rules above, or — for the
-    1-D leaves of any layer — the exact block from its per-example gradients."""
+    """``{leaf: KronFactors(A, R_c)}`` (params' structure) of one column: ``A`` and the rows
+    ``R_c`` whose Gram matrix is the column's share of ``n·B``; from the layer's
+    ``kron_factors`` method, the rules above, or — for the 1-D leaves of any layer — the
+    exact block, rows = the per-example gradients."""
     method = getattr(layer, "kron_factors", None)
     rule = next((r for cls, r in _kron_rules() if isinstance(layer, cls)), None)
     if callable(method):
@@ -433,8 +441,8 @@ def _layer_kron_factors(layer, params, cache, dy):
                 f"(1-D parameters of any layer get their exact block); give the layer a "
                 f"kron_factors(params, cache, dy) method (see Dense.kron_factors)")
         grads = _column_batch_grad(layer, params, cache, dy)
-        return jax.tree.map(lambda gr: KronFactors(_one(gr.dtype),
-                                                   _outer_sum(gr.reshape(gr.shape[0], -1))), grads)
+        return jax.tree.map(lambda gr: KronFactors(_one(gr.dtype), gr.reshape(gr.shape[0], -1)),
+                            grads)
     treedef = jax.tree.structure(params)
     try:
         flat = treedef.flatten_up_to(pairs)
@@ -449,16 +457,16 @@ def _is_factors(x):
 
 
 class _Kron(_Columns):
-    """Shared by :class:`KFAC` and :class:`KFLR`: per column, each layer's ``(A, B_c)``;
-    ``reduce`` keeps ``A`` (the same in every column) and sums ``B_c``; ``finalize``
-    divides ``B`` by ``n``."""
+    """Shared by :class:`KFAC` and :class:`KFLR`: per column, each layer's ``(A, R_c)``;
+    ``reduce`` keeps ``A`` (the same in every column) and forms ``Σ_c R_cᵀR_c`` in one
+    matrix product over all columns' rows; ``finalize`` divides ``B`` by ``n``."""
 
     def compute(self, call):
         return _layer_kron_factors(call.layer, call.params, call.cache, _values(call.dy))
 
     def reduce(self, stacked):
-        return jax.tree.map(lambda f: KronFactors(f.A[0], jnp.sum(f.B, axis=0)), stacked,
-                            is_leaf=_is_factors)
+        return jax.tree.map(lambda f: KronFactors(f.A[0], jnp.einsum("cmk,cml->kl", f.B, f.B)),
+                            stacked, is_leaf=_is_factors)
 
     def finalize(self, result, n):
         return jax.tree.map(lambda f: KronFactors(f.A, f.B / n), result, is_leaf=_is_factors)

@@ -143,21 +143,21 @@ class Dense(Layer):
         ``(1/n) Σᵢ Σ_c (aᵢaᵢᵀ) ⊗ (δᵢ,c δᵢ,cᵀ)`` and K-FAC takes it apart as ``kron(A, B)``::
 
             A = (1/(n·T)) Σᵢₜ aᵢₜ aᵢₜᵀ            (in, in)     — the same for every column
-            B_c = Σᵢₜ δᵢₜ δᵢₜᵀ                     (units, units) — this column's share
+            B = (1/n) Σ_c R_cᵀ R_c,   R_c = δ_c reshaped to (n·T, units)
 
-        (the extension sums ``B_c`` over the columns and divides by ``n``). Extra axes are
-        treated as more examples ("expand"/KFC convention: ``A`` averages over positions,
-        ``B`` sums over them). The bias gets its exact block: ``A = [[1]]``,
-        ``B_c = Σᵢ (Σₜ δᵢₜ)(Σₜ δᵢₜ)ᵀ``.
+        Each column contributes the rows ``R_c`` (the extension sums the Gram matrices over
+        the columns in one product and divides by ``n``). Extra axes count as more examples
+        ("expand"/KFC convention: ``A`` averages over positions, ``B`` sums over them). The
+        bias gets its exact block: ``A = [[1]]``, rows ``Σₜ δᵢₜ`` (the same rows as ``W``'s
+        when ``T = 1``).
 
-        Returns ``{"W": (A, B_c), "b": ([[1]], B_b)}`` (pairs in the structure of params).
+        Returns ``{"W": (A, R), "b": ([[1]], R_b)}`` (pairs in the structure of params).
         """
         a, d = self._per_example_views(cache, dy)
         n, T = a.shape[0], a.shape[1]
         a2 = a.reshape(n * T, a.shape[2])
-        d2 = d.reshape(n * T, d.shape[2])
-        out = {"W": (jnp.matmul(a2.T, a2) / (n * T), jnp.matmul(d2.T, d2))}
+        rows = d.reshape(n * T, d.shape[2])
+        out = {"W": (jnp.matmul(a2.T, a2) / (n * T), rows)}
         if self.use_bias:
-            s = jnp.sum(d, axis=1)
-            out["b"] = (jnp.ones((1, 1), s.dtype), jnp.matmul(s.T, s))
+            out["b"] = (jnp.ones((1, 1), rows.dtype), rows if T == 1 else jnp.sum(d, axis=1))
         return out
