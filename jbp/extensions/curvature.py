@@ -465,8 +465,10 @@ class _Kron(_Columns):
         return _layer_kron_factors(call.layer, call.params, call.cache, _values(call.dy))
 
     def reduce(self, stacked):
-        return jax.tree.map(lambda f: KronFactors(f.A[0], jnp.einsum("cmk,cml->kl", f.B, f.B)),
-                            stacked, is_leaf=_is_factors)
+        # (C, m, k) rows -> (C·m, k), one GEMM (an einsum contracting two axes is ~10× slower
+        # on CPU)
+        return jax.tree.map(lambda f: KronFactors(f.A[0], _outer_sum(f.B)), stacked,
+                            is_leaf=_is_factors)
 
     def finalize(self, result, n):
         return jax.tree.map(lambda f: KronFactors(f.A, f.B / n), result, is_leaf=_is_factors)
