@@ -95,7 +95,8 @@ def compare(title, contenders, baseline, x, y, iters, repeats):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--iters", type=int, default=10, help="calls per timed round (steps: ×10)")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds per contender")

@@ -111,7 +111,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=("fashion_mnist", "digits"), default="fashion_mnist")
-    p.add_argument("--path", default=None, help=f"Fashion-MNIST IDX directory (default {DEBIAN_DIR})")
+    p.add_argument("--path", default=None,
+                   help=f"Fashion-MNIST IDX directory (default {DEBIAN_DIR})")
     p.add_argument("--hidden", type=int, nargs="+", default=[128])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=256)
@@ -190,8 +191,8 @@ def main(argv=None) -> dict:
            "histories": results, "plot": None}
     if not args.no_plot and args.out:
         os.makedirs(args.out, exist_ok=True)
-        out["plot"] = plot(results, target, os.path.join(args.out, "kfac.png"),
-                           f"{name}: MLP {'-'.join(map(str, args.hidden))}, batch {args.batch_size}")
+        title = f"{name}: MLP {'-'.join(map(str, args.hidden))}, batch {args.batch_size}"
+        out["plot"] = plot(results, target, os.path.join(args.out, "kfac.png"), title)
         if out["plot"]:
             print(f"plot: {out['plot']}")
     return out

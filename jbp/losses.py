@@ -113,6 +113,7 @@ class Loss:
           samples: how many sampled gradients per example.
         """
         samples = _check_samples(self.name, samples)
+        pred, _ = self._check(pred, target)
         ys = self.sample_targets(key, pred, samples)
         return jax.vmap(lambda t: self.grad(pred, t) * pred.shape[0])(ys)
 
@@ -310,7 +311,7 @@ class SoftmaxCrossEntropy(Loss):
         """As :meth:`Loss.sampled_grads`, times ``√τ`` (``τ = Σⱼ tᵢⱼ`` of the true targets, 1
         for labels and probabilities) so that ``E[g gᵀ]`` is this loss's ``Hᵢ``."""
         z, t = self._targets(pred, target)
-        g = super().sampled_grads(key, z, jnp.zeros(z.shape[:1], jnp.int32), samples)
+        g = super().sampled_grads(key, z, t, samples)
         return g * jnp.sqrt(jnp.sum(t, axis=-1, keepdims=True))
 
 

@@ -44,7 +44,8 @@ def assert_close(a, b, rtol, what=""):
         assert u.shape == v.shape, (what, path, u.shape, v.shape)
         scale = max(np.max(np.abs(v)), 1e-300)
         err = np.max(np.abs(u - v)) / scale
-        assert err <= rtol, f"{what} {jax.tree_util.keystr(path)}: relative error {err:.3g} > {rtol}"
+        where = jax.tree_util.keystr(path)
+        assert err <= rtol, f"{what} {where}: relative error {err:.3g} > {rtol}"
 
 
 def _targets(loss, out_shape, n, rng, dtype=jnp.float64):
@@ -329,24 +330,24 @@ def test_embedding_and_recurrent_every_quantity(cell, pad, loss):
     ids = _ids(pad=pad)
     params, x, y = _setup(model, (3,), loss, ids=ids, seed=14)
     if pad:
-        got = _run_all(model, loss, params, x, y, ALL).extras["kflr"]
+        out = _run_all(model, loss, params, x, y, ALL)
     else:
-        got = jax.jit(jbp.backprop(model, loss, extensions=[KFLR()]))(params, x, y).extras["kflr"]
+        out = jax.jit(jbp.backprop(model, loss, extensions=[KFLR()]))(params, x, y)
+    got = out.extras["kflr"]
     n, T = ids.shape
     mask = (ids != 0) if pad else np.ones((n, T), bool)
     real = mask.sum()
-    # Embedding: A from the one-hot rows ∂y[i, t, 0]/∂W[:, 0] (jax.jacrev), real tokens only
-    emb = model.layers[0]
-    onehot = jax.jacrev(lambda W: jbp.layers.masking.cotangent_values(
-        emb.apply({"W": W}, x)))(params[0]["W"])[:, :, 0, :, 0]          # (n, T, vocab)
-    onehot = onehot * mask[..., None]
-    A_emb = jnp.einsum("ntv,ntw->vw", onehot, onehot) / real
+    emb, dense = model.layers[0], model.layers[2]
     xs = params[0]["W"][ids]                                              # (n, T, 3)
-    dense = model.layers[2]
     g = params[1]["W_h"].shape[1]
 
     @jax.jit
-    def reference(p_rec, p_dense, xs, y):
+    def reference(p_emb, p_rec, p_dense, xs, y):
+        # Embedding: A from the one-hot rows ∂y[i, t, 0]/∂W[:, 0] (jax.jacrev), real tokens only
+        onehot = jax.jacrev(lambda W: jbp.layers.masking.cotangent_values(
+            emb.apply({"W": W}, x)))(p_emb["W"])[:, :, 0, :, 0] * mask[..., None]
+        A_emb = jnp.einsum("ntv,ntw->vw", onehot, onehot) / real
+
         def pred_of(eps, xi, mi):
             h, prev = _recurrent_reference(cell, p_rec, xi, mi, eps)
             return dense.apply(p_dense, h[None])[0], prev
@@ -360,10 +361,10 @@ def test_embedding_and_recurrent_every_quantity(cell, pad, loss):
         B_emb = jnp.einsum("nmtf,nmk,nktg->fg", Jx, H, Jx) / n     # ∂pred/∂x_t blocks, Σ_t
         Jb = jnp.sum(J, axis=2)                                     # ∂pred/∂b = Σ_t ∂pred/∂z_t
         B_b = jnp.einsum("nmg,nmk,nkh->gh", Jb, H, Jb) / n         # the exact GGN block of b
-        return pred, prev, B_rec, B_emb, B_b
+        return pred, prev, A_emb, B_rec, B_emb, B_b
 
-    pred, prev, B_rec, B_emb, B_b = reference(params[1], params[2], xs, y)
-    np.testing.assert_allclose(pred, model.apply(params, x), rtol=1e-12)  # the reference is right
+    pred, prev, A_emb, B_rec, B_emb, B_b = reference(params[0], params[1], params[2], xs, y)
+    np.testing.assert_allclose(pred, out.pred, rtol=1e-12)               # the reference is right
     m = mask[..., None]
     A_x = jnp.einsum("ntf,ntg->fg", xs * m, xs * m) / real
     A_h = jnp.einsum("ntf,ntg->fg", prev * m, prev * m) / real

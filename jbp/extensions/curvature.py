@@ -64,6 +64,13 @@ block of ``leaf.reshape(-1)``. Conventions:
   ``n·B``; the extension forms ``Σ_c R_cᵀR_c`` in one product over all columns).
 
 Cross-leaf blocks (``W`` with ``b``, layer with layer) are dropped, as in K-FAC.
+
+**Layer methods consulted** (each receives one column's delta, per example, as ``dy``):
+``sum_grad_squared(params, cache, dy)`` (DiagGGN, DiagGGNMC, DiagHessian),
+``batch_grad(params, cache, dy)`` (BatchDiagGGN, the 1-D blocks), ``kron_factors(params,
+cache, dy)`` (KFAC, KFLR) and, on element-wise activations, ``second_derivative(z, a)``
+(DiagHessian). Without them the generic ``vmap`` of the layer's own ``backward`` runs
+(Conv2D, Embedding and the recurrent layers get their Kronecker factors from this module).
 """
 from __future__ import annotations
 
@@ -145,9 +152,6 @@ class _Columns(Extension):
 
     per_example = True
     seeded = True
-
-    def cotangent(self, call):
-        return _values(call.dy)
 
 
 def _mean_over_examples(result, n):
@@ -265,7 +269,7 @@ def _hessian_walk(layer, params, cache, dy, pos, neg, n, where):
     ``dy`` is the main-walk delta ``∂L/∂out`` of the mean loss; ``pos``/``neg`` hold columns
     ``(C, n, *out)`` with ``∇²_out ℓᵢ = Σ pos pos ᵀ − Σ neg negᵀ`` per example.
     """
-    from jbp.core import Sequential  # noqa: PLC0415 - core imports the engine, which imports us lazily
+    from jbp.core import Sequential  # noqa: PLC0415 - jbp.core imports the engine
 
     if isinstance(layer, Sequential):
         layer._check_params(params)
@@ -296,7 +300,9 @@ def _hessian_walk(layer, params, cache, dy, pos, neg, n, where):
         result = params
 
     def back(cols):
-        return None if cols is None else jax.vmap(lambda s: layer.backward(params, cache, s)[1])(cols)
+        if cols is None:
+            return None
+        return jax.vmap(lambda s: layer.backward(params, cache, s)[1])(cols)
 
     pos, neg = back(pos), back(neg)
     if callable(second) and not isinstance(layer, _piecewise_linear()):
@@ -447,8 +453,9 @@ def _layer_kron_factors(layer, params, cache, dy):
     try:
         flat = treedef.flatten_up_to(pairs)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"KFAC/KFLR: {layer!r}: Kronecker factors {jax.tree.map(jnp.shape, pairs)} "
-                         f"do not have the structure of its params {treedef}: {e}") from e
+        shapes = jax.tree.map(jnp.shape, pairs)
+        raise ValueError(f"KFAC/KFLR: {layer!r}: Kronecker factors {shapes} do not have the "
+                         f"structure of its params {treedef}: {e}") from e
     return treedef.unflatten([KronFactors(*pair) for pair in flat])
 
 

@@ -90,7 +90,8 @@ def _damped_inverses(f: KronFactors, damping) -> KronFactors:
     p, q = f.A.shape[0], f.B.shape[0]
     ta, tb = jnp.trace(f.A) / p, jnp.trace(f.B) / q
     ok = (ta > 0) & (tb > 0)
-    pi = jnp.clip(jnp.where(ok, jnp.sqrt(jnp.where(ok, ta, 1) / jnp.where(ok, tb, 1)), 1), 1e-6, 1e6)
+    pi = jnp.where(ok, jnp.sqrt(jnp.where(ok, ta, 1) / jnp.where(ok, tb, 1)), 1)
+    pi = jnp.clip(pi, 1e-6, 1e6)
     root = jnp.sqrt(jnp.asarray(damping, f.A.dtype))
     return KronFactors(_spd_inverse(f.A + pi * root * jnp.eye(p, dtype=f.A.dtype)),
                        _spd_inverse(f.B + root / pi * jnp.eye(q, dtype=f.B.dtype)))
@@ -168,10 +169,11 @@ def kfac(learning_rate, *, damping: float = 1e-3, decay: float = 0.95, inverse_e
         paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(grads)[0]]
         for path, g, f, o in zip(paths, g_leaves, new, old):
             want = kron_factor_shapes(jnp.shape(g))
-            if not _is_factors(f) or (f.A.shape, f.B.shape) != want or (o.A.shape, o.B.shape) != want:
-                got = (f.A.shape, f.B.shape) if _is_factors(f) else type(f).__name__
+            got = (f.A.shape, f.B.shape) if _is_factors(f) else type(f).__name__
+            held = (o.A.shape, o.B.shape)
+            if got != want or held != want:
                 raise ValueError(f"{where}leaf {path or '<root>'} of shape {jnp.shape(g)} needs "
-                                 f"factors of shapes {want}, got {got} (state {(o.A.shape, o.B.shape)})")
+                                 f"factors of shapes {want}, got {got} (state {held})")
 
         count = state.count
         eps = jnp.where(count == 0, 0.0, decay)
