@@ -223,7 +223,11 @@ def backprop(model, loss, *, regularizer=None, extensions=(), grad_fn: str = "ma
             extras = {}
         for i, e in enumerate(seeded):
             k = None if key is None else jax.random.fold_in(jax.random.fold_in(key, 0x6A6270), i)
-            seeds = e.seed(SeedContext(loss, pred, y, dpred, k, n, dict(extras)))
+            ctx = SeedContext(loss, pred, y, dpred, k, n, dict(extras))
+            if callable(getattr(e, "walk", None)):  # its own walk (columns appear mid-way)
+                extras[e.name] = e.walk(model, params, cache, ctx)
+                continue
+            seeds = e.seed(ctx)
             visit = _visitor((e,), n)
 
             def column(s, visit=visit, e=e):

@@ -17,6 +17,7 @@ Cross-entropies take logits ``z`` (not probabilities) and are computed in the st
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,21 @@ def _concrete(a):
         return None
 
 
+def _check_samples(who, samples) -> int:
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise ValueError(f"{who}: samples must be a positive integer, got {samples!r}")
+    return int(samples)
+
+
+def _unit_columns(pred, scale=None):
+    """``(m, *pred.shape)``: column ``c`` is ``e_c`` (times ``scale[:, c]``) in every example,
+    ``m = prod(pred.shape[1:])``: the factor of a Hessian that is diagonal per example."""
+    n, m = pred.shape[0], math.prod(pred.shape[1:])
+    eye = jnp.eye(m, dtype=pred.dtype)[:, None, :]                      # (m, 1, m)
+    cols = jnp.broadcast_to(eye, (m, n, m)) if scale is None else eye * scale.reshape(n, m)[None]
+    return cols.reshape((m,) + pred.shape)
+
+
 class Loss:
     name = "loss"
 
@@ -51,6 +67,56 @@ class Loss:
 
     def __call__(self, pred, target):
         return self.value(pred, target)
+
+    # --- curvature (jbp.extensions.curvature) ---------------------------------------------
+    # ``ℓᵢ`` is the loss of example ``i`` alone (a batch of one: no 1/n), ``Hᵢ = ∂²ℓᵢ/∂predᵢ²``
+    # its Hessian w.r.t. that example's prediction (flattened to ``m = prod(pred.shape[1:])``).
+
+    def hessian_factor(self, pred, target):
+        """A symmetric factor of each example's loss Hessian w.r.t. its prediction.
+
+        Returns ``S`` of shape ``(C, *pred.shape)`` with ``Σ_c S[c, i] S[c, i]ᵀ = Hᵢ`` for every
+        example ``i`` (each ``S[c, i]`` flattened): the columns the curvature extensions
+        backpropagate. Per example, not divided by ``n``.
+
+        Args:
+          pred: the model's output, leading batch axis.
+          target: the targets, as for ``value``.
+        """
+        raise TypeError(f"{self.name}: this loss has no hessian_factor(pred, target); the "
+                        f"curvature extensions need one (mse, binary_cross_entropy and "
+                        f"softmax_cross_entropy have it)")
+
+    def sample_targets(self, key, pred, samples: int = 1):
+        """``samples`` targets per example drawn from the model's predictive distribution
+        at ``pred``; shape ``(samples, *target_shape)``.
+
+        Args:
+          key: a ``jax.random`` key.
+          pred: the model's output, leading batch axis.
+          samples: how many targets per example.
+        """
+        raise TypeError(f"{self.name}: this loss has no sample_targets(key, pred, samples); "
+                        f"the Monte-Carlo curvature extensions need one")
+
+    def sampled_grads(self, key, pred, target, samples: int = 1):
+        """``∂ℓᵢ(predᵢ, ŷᵢ)/∂predᵢ`` at targets ``ŷ`` drawn by :meth:`sample_targets`, shape
+        ``(samples, *pred.shape)``: per example (``n ·`` the mean-loss ``grad``), so that
+        ``E[g gᵀ] = Hᵢ`` — the Monte-Carlo columns of ``DiagGGNMC`` and ``KFAC``.
+
+        ``target`` only fixes the scale where the Hessian depends on it (softmax
+        cross-entropy with unnormalised soft targets); the loss's own ``grad`` does the rest.
+
+        Args:
+          key: a ``jax.random`` key.
+          pred: the model's output, leading batch axis.
+          target: the true targets (validated as for ``value``).
+          samples: how many sampled gradients per example.
+        """
+        samples = _check_samples(self.name, samples)
+        pred, _ = self._check(pred, target)
+        ys = self.sample_targets(key, pred, samples)
+        return jax.vmap(lambda t: self.grad(pred, t) * pred.shape[0])(ys)
 
     def __repr__(self):
         return f"jbp.losses.{self.name}"
@@ -135,6 +201,19 @@ class MSE(Loss):
         r = pred - target
         return 0.5 * jnp.sum(r * r) / pred.shape[0], r / pred.shape[0]
 
+    def hessian_factor(self, pred, target):
+        """``ℓᵢ = ½‖yᵢ − ŷᵢ‖²`` (the ½ of the 1/(2n) convention), so ``Hᵢ = I``: ``S`` is the
+        identity, ``m = prod(pred.shape[1:])`` columns, column ``c`` = ``e_c`` in every example."""
+        pred, _ = self._check(pred, target)
+        return _unit_columns(pred)
+
+    def sample_targets(self, key, pred, samples: int = 1):
+        """``ŷ ~ N(pred, I)`` (the Gaussian whose negative log-likelihood is ``ℓ`` up to a
+        constant): ``∂ℓ/∂pred = pred − ŷ = −ε`` with ``E[εεᵀ] = I = Hᵢ``."""
+        samples = _check_samples(self.name, samples)
+        pred = jax.lax.stop_gradient(pred)
+        return pred + jax.random.normal(key, (samples,) + pred.shape, pred.dtype)
+
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class BinaryCrossEntropy(Loss):
@@ -175,6 +254,20 @@ class BinaryCrossEntropy(Loss):
         z, t = self._check(pred, target)
         n = z.shape[0]
         return jnp.sum(jnp.logaddexp(z, 0.0) - t * z) / n, (jax.nn.sigmoid(z) - t) / n
+
+    def hessian_factor(self, pred, target):
+        """``∂²ℓ/∂z² = σ(z)(1 − σ(z))``, independently per output: diagonal ``Hᵢ``, so ``S`` has
+        one column per output, column ``c`` = ``√(σ(z_c)(1 − σ(z_c))) e_c``."""
+        z, _ = self._check(pred, target)
+        s = jax.nn.sigmoid(z)
+        return _unit_columns(z, jnp.sqrt(s * (1 - s)))
+
+    def sample_targets(self, key, pred, samples: int = 1):
+        """``t ~ Bernoulli(σ(z))`` per output: ``∂ℓ/∂z = σ − t`` has ``E[(σ − t)²] = σ(1 − σ)``
+        and independent outputs, so ``E[g gᵀ] = Hᵢ``."""
+        samples = _check_samples(self.name, samples)
+        p = jax.nn.sigmoid(jax.lax.stop_gradient(pred))
+        return jax.random.bernoulli(key, p, (samples,) + pred.shape).astype(pred.dtype)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -252,6 +345,37 @@ class SoftmaxCrossEntropy(Loss):
         log_p = shifted - jnp.log(s)
         t_sum = jnp.sum(t, axis=-1, keepdims=True)
         return -jnp.sum(t * log_p) / n, ((e / s) * t_sum - t) / n
+
+    def hessian_factor(self, pred, target):
+        """With ``p = softmax(z)`` and ``τ = Σⱼ tⱼ`` (1 for labels, one-hot or probabilities),
+        ``ℓ = τ logsumexp(z) − t·z`` has ``H = τ (diag(p) − p pᵀ)``. Its factor
+        ``S = √τ (diag(√p) − p √pᵀ)``: column ``c`` is ``√τ √p_c (e_c − p)`` — ``√p_c`` times
+        the gradient the loss would have for label ``c``. Check:
+        ``S Sᵀ/τ = diag(p) − p pᵀ − p pᵀ + p (√pᵀ√p) pᵀ = diag(p) − p pᵀ`` since ``Σ p = 1``.
+        ``k`` columns; shape ``(k, n, k)``."""
+        z, t = self._targets(pred, target)
+        p = jax.nn.softmax(z, axis=-1)
+        k = z.shape[1]
+        eye = jnp.eye(k, dtype=z.dtype)[:, None, :]                        # (k, 1, k): e_c
+        root = jnp.sqrt(p * jnp.sum(t, axis=-1, keepdims=True))            # √(τ p_c), (n, k)
+        return root.T[:, :, None] * (eye - p[None])
+
+    def sample_targets(self, key, pred, samples: int = 1):
+        """Labels ``ŷ ~ Categorical(softmax(z))``, integer ``(samples, n)``: ``∂ℓ/∂z = p − e_ŷ``
+        has ``E[g gᵀ] = Σ_c p_c (p − e_c)(p − e_c)ᵀ = diag(p) − p pᵀ``."""
+        samples = _check_samples(self.name, samples)
+        z = jax.lax.stop_gradient(pred)
+        if z.ndim != 2:
+            raise ValueError(f"softmax_cross_entropy: logits must have shape (batch, classes), "
+                             f"got {z.shape}")
+        return jax.random.categorical(key, z, axis=-1, shape=(samples, z.shape[0]))
+
+    def sampled_grads(self, key, pred, target, samples: int = 1):
+        """As :meth:`Loss.sampled_grads`, times ``√τ`` (``τ = Σⱼ tᵢⱼ`` of the true targets, 1
+        for labels and probabilities) so that ``E[g gᵀ]`` is this loss's ``Hᵢ``."""
+        z, t = self._targets(pred, target)
+        g = super().sampled_grads(key, z, t, samples)
+        return g * jnp.sqrt(jnp.sum(t, axis=-1, keepdims=True))
 
 
 mse = MSE()

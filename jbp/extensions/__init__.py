@@ -14,11 +14,17 @@ extension                         ``extras`` key        leaves
 ``ClippedGrad(max_norm)``         ``"clipped_grad"``    ``leaf.shape``: ``(1/n) Σᵢ min(1, C/‖gᵢ‖) gᵢ``
 ================================  ====================  ===================================
 
+Curvature (:mod:`jbp.extensions.curvature`): ``DiagGGN``, ``DiagGGNMC``, ``BatchDiagGGN``,
+``DiagHessian``, ``KFLR``, ``KFAC``.
+
 Write your own by subclassing :class:`Extension` (see its docstring).
 """
 from jbp.extensions.base import Extension, generic_batch_grad
 from jbp.extensions.firstorder import (BatchGrad, BatchL2, ClippedGrad, SumGradSquared, Variance,
                                        global_sq_norms)
+from jbp.extensions.curvature import (KFAC, KFLR, BatchDiagGGN, DiagGGN, DiagGGNMC, DiagHessian,
+                                      KronFactors)
 
 __all__ = ["Extension", "BatchGrad", "BatchL2", "SumGradSquared", "Variance", "ClippedGrad",
-           "generic_batch_grad", "global_sq_norms"]
+           "generic_batch_grad", "global_sq_norms",
+           "DiagGGN", "DiagGGNMC", "BatchDiagGGN", "DiagHessian", "KFLR", "KFAC", "KronFactors"]

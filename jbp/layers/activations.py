@@ -63,6 +63,10 @@ class Identity(Activation):
     def backward(self, params, cache, dy):
         return (), dy
 
+    def second_derivative(self, z, a):
+        """``f''(z) = 0``."""
+        return jnp.zeros_like(z)
+
 
 @dataclasses.dataclass(frozen=True)
 class Sigmoid(Activation):
@@ -88,6 +92,10 @@ class Sigmoid(Activation):
         a = cache["y"]
         return {"saturated": jnp.mean((a < sigmoid_eps) | (a > 1 - sigmoid_eps))}
 
+    def second_derivative(self, z, a):
+        """``σ''(z) = σ(1 − σ)(1 − 2σ)``."""
+        return a * (1 - a) * (1 - 2 * a)
+
 
 @dataclasses.dataclass(frozen=True)
 class Tanh(Activation):
@@ -111,6 +119,10 @@ class Tanh(Activation):
           **thresholds: other layers' thresholds (``sigmoid_eps``, ...), ignored.
         """
         return {"saturated": jnp.mean(jnp.abs(cache["y"]) > 1 - tanh_eps)}
+
+    def second_derivative(self, z, a):
+        """``tanh''(z) = −2 tanh(z)(1 − tanh(z)²)``."""
+        return -2 * a * (1 - a * a)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +151,10 @@ class ReLU(Activation):
         units = z.shape[-1] if z.ndim > 1 else 1     # (batch,) alone: one unit
         return {"dead": jnp.mean(jnp.all(z.reshape(-1, units) <= 0, axis=0))}
 
+    def second_derivative(self, z, a):
+        """``f''(z) = 0`` (everywhere but at 0, where it is not defined)."""
+        return jnp.zeros_like(z)
+
 
 @dataclasses.dataclass(frozen=True)
 class LeakyReLU(Activation):
@@ -155,6 +171,10 @@ class LeakyReLU(Activation):
 
     def derivative(self, z, a):
         return jnp.where(z >= 0, 1.0, self.negative_slope).astype(z.dtype)
+
+    def second_derivative(self, z, a):
+        """``f''(z) = 0`` (everywhere but at 0)."""
+        return jnp.zeros_like(z)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +193,10 @@ class ELU(Activation):
     def derivative(self, z, a):
         return jnp.where(z > 0, 1.0, a + self.alpha).astype(z.dtype)
 
+    def second_derivative(self, z, a):
+        """``f''(z) = 0 if z > 0 else αeᶻ = a + α``."""
+        return jnp.where(z > 0, 0.0, a + self.alpha).astype(z.dtype)
+
 
 @dataclasses.dataclass(frozen=True)
 class Softplus(Activation):
@@ -183,6 +207,11 @@ class Softplus(Activation):
 
     def derivative(self, z, a):
         return jax.nn.sigmoid(z)
+
+    def second_derivative(self, z, a):
+        """``f''(z) = σ(z)(1 − σ(z))``."""
+        s = jax.nn.sigmoid(z)
+        return s * (1 - s)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -211,6 +240,17 @@ class GELU(Activation):
         cdf = 0.5 * (1 + jax.lax.erf(z / math.sqrt(2.0)))
         pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
         return cdf + z * pdf
+
+    def second_derivative(self, z, a):
+        """Exact: ``f''(z) = 2φ(z) + zφ'(z) = φ(z)(2 − z²)``. ``approximate=True``, with
+        ``t = tanh u``, ``u' = √(2/π)(1 + 3·0.044715 z²)``, ``u'' = 6·0.044715 √(2/π) z``:
+        ``f''(z) = (1 − t²)u' + ½ z (1 − t²)(u'' − 2 t u'²)``."""
+        if self.approximate:
+            t = jnp.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z ** 3))
+            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z * z)
+            d2u = _SQRT_2_OVER_PI * 6 * 0.044715 * z
+            return (1 - t * t) * du + 0.5 * z * (1 - t * t) * (d2u - 2 * t * du * du)
+        return _INV_SQRT_2PI * jnp.exp(-0.5 * z * z) * (2 - z * z)
 
 
 @dataclasses.dataclass(frozen=True)

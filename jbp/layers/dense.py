@@ -161,3 +161,32 @@ class Dense(RuleLayer):
             return self.rule_grads(out)
         return jax.tree.map(lambda g: jnp.sum(jnp.square(g), axis=0),
                             self.batch_grad(params, cache, dy))
+
+    # --- closed form for the Kronecker-factored curvature (jbp.extensions.KFAC / KFLR) -------
+    def kron_factors(self, params, cache, dy):
+        """Kronecker factors of the GGN blocks from one backpropagated column ``dy``.
+
+        With ``a`` the input ``(n, T, in)`` and ``δ`` this column's delta ``(n, T, units)``
+        (``T = 1`` without extra axes), the per-example gradient of ``W.reshape(-1)``
+        (row-major ``(in, units)``) is ``Σₜ aᵢₜ ⊗ δᵢₜ``, so for ``T = 1`` the GGN block is
+        ``(1/n) Σᵢ Σ_c (aᵢaᵢᵀ) ⊗ (δᵢ,c δᵢ,cᵀ)`` and K-FAC takes it apart as ``kron(A, B)``::
+
+            A = (1/(n·T)) Σᵢₜ aᵢₜ aᵢₜᵀ            (in, in)     — the same for every column
+            B = (1/n) Σ_c R_cᵀ R_c,   R_c = δ_c reshaped to (n·T, units)
+
+        Each column contributes the rows ``R_c`` (the extension sums the Gram matrices over
+        the columns in one product and divides by ``n``). Extra axes count as more examples
+        ("expand"/KFC convention: ``A`` averages over positions, ``B`` sums over them). The
+        bias gets its exact block: ``A = [[1]]``, rows ``Σₜ δᵢₜ`` (the same rows as ``W``'s
+        when ``T = 1``).
+
+        Returns ``{"W": (A, R), "b": ([[1]], R_b)}`` (pairs in the structure of params).
+        """
+        a, d = self._per_example_views(cache, dy)
+        n, T = a.shape[0], a.shape[1]
+        a2 = a.reshape(n * T, a.shape[2])
+        rows = d.reshape(n * T, d.shape[2])
+        out = {"W": (jnp.matmul(a2.T, a2) / (n * T), rows)}
+        if self.use_bias:
+            out["b"] = (jnp.ones((1, 1), rows.dtype), rows if T == 1 else jnp.sum(d, axis=1))
+        return out

@@ -23,6 +23,7 @@ from .base import (
     identity,
 )
 from .clipping import clip, clip_by_global_norm, global_norm
+from .kfac import CurvatureOptimizer, KFACState, kfac
 from .optimizers import adagrad, adam, adamw, momentum, rmsprop, sgd
 from .schedules import (
     constant,
@@ -62,6 +63,7 @@ __all__ = [
     "chain", "identity", "apply_updates",
     # optimizers
     "sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw",
+    "kfac", "KFACState", "CurvatureOptimizer",
     # building blocks
     "scale", "scale_by_schedule", "scale_by_learning_rate", "trace", "scale_by_adam",
     "scale_by_rms", "scale_by_stddev", "scale_by_rss", "add_decayed_weights",

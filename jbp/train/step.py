@@ -40,7 +40,9 @@ def make_train_step(model, loss, optimizer, *, regularizer=None, grad_fn: str = 
 
     Args:
       model, loss, regularizer, grad_fn, extensions: as for :func:`jbp.backprop`.
-      optimizer: an optax-protocol optimizer (``jbp.optim`` or optax).
+      optimizer: an optax-protocol optimizer (``jbp.optim`` or optax). One that carries
+        ``extensions`` (``jbp.optim.kfac``) gets them added to the pass and its ``update`` is
+        called with ``extras=out.extras``.
       metrics: names from :mod:`jbp.metrics`; ``metrics`` returned by the step is a dict of
         scalars computed on this batch *before* the update: ``"loss"`` (the data loss, without
         the penalty), ``"penalty"`` (when a regularizer is given) and the requested metrics.
@@ -52,6 +54,10 @@ def make_train_step(model, loss, optimizer, *, regularizer=None, grad_fn: str = 
     check_grad_fn(grad_fn)
     check_augment(augment)
     metric_objs = get_metrics(metrics)
+    opt_exts = tuple(getattr(optimizer, "extensions", ()))  # curvature optimizers (optim.kfac)
+    if opt_exts:
+        extensions = tuple(extensions if isinstance(extensions, (tuple, list)) else (extensions,))
+        extensions += opt_exts
     run = backprop(model, loss, regularizer=regularizer, extensions=extensions, grad_fn=grad_fn)
 
     def step(params, opt_state, x, y, key, state=()):
@@ -59,7 +65,10 @@ def make_train_step(model, loss, optimizer, *, regularizer=None, grad_fn: str = 
         if augment is not None:
             x = augment(k_aug, x)
         out = run(params, x, y, key=k_fwd, state=state, train=True)
-        updates, opt_state = optimizer.update(out.grads, opt_state, params)
+        if opt_exts:
+            updates, opt_state = optimizer.update(out.grads, opt_state, params, extras=out.extras)
+        else:
+            updates, opt_state = optimizer.update(out.grads, opt_state, params)
         params = apply_updates(params, updates)
         pred = jax.lax.stop_gradient(out.pred)
         logs = {"loss": out.loss}

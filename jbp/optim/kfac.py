@@ -1,0 +1,208 @@
+"""K-FAC: gradient steps preconditioned by Kronecker-factored curvature (Martens & Grosse, 2015).
+
+Each parameter leaf ``θ`` (reshaped to a matrix ``(p, q)``, ``q`` = its last axis, ``p = 1``
+for a 1-D leaf) has its block of the GGN approximated as ``kron(A, B)`` by the
+:class:`jbp.extensions.KFAC` (or ``KFLR``) extension, computed in the same hand-written
+backward as the gradient. The step, with ``t`` the step count (0 first)::
+
+    A ← ε_t A + (1 − ε_t) A_batch        B ← ε_t B + (1 − ε_t) B_batch
+        ε_0 = 0 (the first batch's factors), ε_t = decay after
+    every inverse_every steps (t mod k = 0), factored Tikhonov damping λ:
+        π = sqrt((tr A / p) / (tr B / q))
+        Ā = (A + π √λ I)⁻¹           B̄ = (B + (√λ / π) I)⁻¹
+    v = Ā G B̄                       (G = ∇θ as a (p, q) matrix: (A ⊗ B)⁻¹ vec(G), damped)
+    v ← ν v,  ν = min(1, sqrt(c / (η_t² Σ_leaves v·G)))      (norm_constraint c, optional)
+    m ← μ m + v                      (momentum μ, optional)
+    u = −η_t m
+
+The inverses are refreshed inside the compiled step with ``lax.cond`` (Cholesky solves);
+between refreshes the last ones are reused with the new gradients.
+
+**How the factors arrive.** ``kfac(...)`` returns a :class:`CurvatureOptimizer`: the optax
+pair ``init``/``update`` plus ``extensions = (KFAC(samples),)``. Its ``update`` takes the
+extension's result as a keyword, ``update(grads, state, params, extras=out.extras)``;
+``jbp.make_train_step`` (hence ``jbp.fit``) sees ``optimizer.extensions``, adds them to the
+engine's pass and hands ``extras`` to ``update``. By hand::
+
+    opt = jbp.optim.kfac(0.1)
+    run = jbp.backprop(model, loss, extensions=opt.extensions)
+    out = run(params, x, y, key=key)                     # the K-FAC extension samples: key
+    updates, state = opt.update(out.grads, state, params, extras=out.extras)
+
+It cannot sit inside ``chain`` (whose ``update`` has no ``extras``).
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jbp.extensions.curvature import KFAC, KFLR, KronFactors, kron_factor_shapes
+
+from .base import check_learning_rate, check_real, increment, zero_count
+
+__all__ = ["kfac", "KFACState", "CurvatureOptimizer"]
+
+
+class CurvatureOptimizer(NamedTuple):
+    """An optimizer that needs curvature from the backward pass: ``init(params)``,
+    ``update(grads, state, params=None, *, extras)`` and the ``extensions`` whose results
+    ``extras`` must hold (``make_train_step`` and ``fit`` request them)."""
+
+    init: Callable
+    update: Callable
+    extensions: tuple
+
+
+class KFACState(NamedTuple):
+    """``count`` (int32), the moving averages ``factors`` and the damped ``inverses`` (both
+    :class:`KronFactors` per leaf, in the structure of params), and the momentum buffer
+    ``velocity`` (params' structure; ``()`` without momentum)."""
+
+    count: jax.Array
+    factors: Any
+    inverses: Any
+    velocity: Any
+
+
+def _is_factors(x):
+    return isinstance(x, KronFactors)
+
+
+def _factor_dtype(leaf):
+    return jnp.promote_types(jnp.result_type(leaf), jnp.float32)
+
+
+def _spd_inverse(m):
+    """``m⁻¹`` of a symmetric positive-definite matrix (Cholesky), symmetrised."""
+    m = 0.5 * (m + m.T)
+    c = jax.scipy.linalg.cho_factor(m, lower=True)
+    inv = jax.scipy.linalg.cho_solve(c, jnp.eye(m.shape[0], dtype=m.dtype))
+    return 0.5 * (inv + inv.T)
+
+
+def _damped_inverses(f: KronFactors, damping) -> KronFactors:
+    """``((A + π√λ I)⁻¹, (B + √λ/π I)⁻¹)`` with ``π = sqrt((tr A/p)/(tr B/q))`` (Martens &
+    Grosse's factored Tikhonov damping; ``π = 1`` when a trace vanishes)."""
+    p, q = f.A.shape[0], f.B.shape[0]
+    ta, tb = jnp.trace(f.A) / p, jnp.trace(f.B) / q
+    ok = (ta > 0) & (tb > 0)
+    pi = jnp.where(ok, jnp.sqrt(jnp.where(ok, ta, 1) / jnp.where(ok, tb, 1)), 1)
+    pi = jnp.clip(pi, 1e-6, 1e6)
+    root = jnp.sqrt(jnp.asarray(damping, f.A.dtype))
+    return KronFactors(_spd_inverse(f.A + pi * root * jnp.eye(p, dtype=f.A.dtype)),
+                       _spd_inverse(f.B + root / pi * jnp.eye(q, dtype=f.B.dtype)))
+
+
+def kfac(learning_rate, *, damping: float = 1e-3, decay: float = 0.95, inverse_every: int = 10,
+         momentum: float = 0.0, norm_constraint: float | None = None,
+         curvature=None) -> CurvatureOptimizer:
+    """K-FAC on the optax protocol (see the module docstring for the equations).
+
+    Args:
+      learning_rate: ``η``, a number > 0 or a schedule ``step -> η``.
+      damping: ``λ > 0``, Tikhonov damping shared between the two factors.
+      decay: ``ε ∈ [0, 1)``, the factors' moving-average decay.
+      inverse_every: recompute the damped inverses every ``k ≥ 1`` steps (at steps
+        0, k, 2k, ...).
+      momentum: ``μ ∈ [0, 1)`` on the preconditioned step (0: none).
+      norm_constraint: ``c > 0`` to cap ``η² vᵀG`` at ``c`` (K-FAC's "KL clipping"); ``None``
+        for no cap.
+      curvature: the extension that supplies the factors, ``jbp.extensions.KFAC(samples)``
+        (default, one sampled target per example; the pass then needs a key) or
+        ``jbp.extensions.KFLR()`` (exact loss Hessian, one backward per output).
+
+    Returns:
+      A :class:`CurvatureOptimizer` ``(init, update, extensions)``.
+    """
+    where = "kfac: "
+    check_learning_rate(learning_rate, where=where)
+    check_real("damping", damping, low=0.0, low_open=True, where=where)
+    check_real("decay", decay, low=0.0, high=1.0, high_open=True, where=where)
+    check_real("momentum", momentum, low=0.0, high=1.0, high_open=True, where=where)
+    if norm_constraint is not None:
+        check_real("norm_constraint", norm_constraint, low=0.0, low_open=True, where=where)
+    if (isinstance(inverse_every, bool) or not isinstance(inverse_every, numbers.Integral)
+            or inverse_every < 1):
+        raise ValueError(f"{where}inverse_every must be a positive integer, got {inverse_every!r}")
+    if curvature is None:
+        curvature = KFAC()
+    if not isinstance(curvature, (KFAC, KFLR)):
+        raise TypeError(f"{where}curvature must be jbp.extensions.KFAC(samples) or KFLR(), "
+                        f"got {curvature!r}")
+    name = curvature.name
+    use_momentum = float(momentum) > 0
+
+    def init(params):
+        def factors(leaf, fill):
+            (a, _), (b, _) = kron_factor_shapes(jnp.shape(leaf))
+            dt = _factor_dtype(leaf)
+            return KronFactors(fill(a, dt), fill(b, dt))
+
+        zeros = jax.tree.map(lambda l: factors(l, lambda k, dt: jnp.zeros((k, k), dt)), params)
+        eyes = jax.tree.map(lambda l: factors(l, lambda k, dt: jnp.eye(k, dtype=dt)), params)
+        velocity = jax.tree.map(jnp.zeros_like, params) if use_momentum else ()
+        return KFACState(zero_count(), zeros, eyes, velocity)
+
+    def update(grads, state, params=None, *, extras=None):
+        if not isinstance(state, KFACState):
+            raise ValueError(f"{where}state must be the KFACState of this optimizer's init, "
+                             f"got {type(state).__name__}")
+        if not isinstance(extras, dict) or name not in extras:
+            got = "nothing" if extras is None else (sorted(extras) if isinstance(extras, dict)
+                                                    else type(extras).__name__)
+            raise ValueError(
+                f"{where}update needs the Kronecker factors: extras={{'{name}': ...}} from "
+                f"jbp.backprop(model, loss, extensions=opt.extensions); make_train_step and fit "
+                f"pass them (got {got})")
+        g_leaves, treedef = jax.tree.flatten(grads)
+        try:
+            new = treedef.flatten_up_to(extras[name])
+            old = treedef.flatten_up_to(state.factors)
+            inv = treedef.flatten_up_to(state.inverses)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}the factors in extras[{name!r}] or the state do not have "
+                             f"the structure of grads ({treedef}): {e}") from e
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(grads)[0]]
+        for path, g, f, o in zip(paths, g_leaves, new, old):
+            want = kron_factor_shapes(jnp.shape(g))
+            got = (f.A.shape, f.B.shape) if _is_factors(f) else type(f).__name__
+            held = (o.A.shape, o.B.shape)
+            if got != want or held != want:
+                raise ValueError(f"{where}leaf {path or '<root>'} of shape {jnp.shape(g)} needs "
+                                 f"factors of shapes {want}, got {got} (state {held})")
+
+        count = state.count
+        eps = jnp.where(count == 0, 0.0, decay)
+        factors = [KronFactors(*(eps * o_ + (1 - eps) * n_.astype(o_.dtype)
+                                 for o_, n_ in zip(o, f))) for o, f in zip(old, new)]
+        inverses = lax.cond(count % inverse_every == 0,
+                            lambda fs, _: [_damped_inverses(f, damping) for f in fs],
+                            lambda _, old_inv: old_inv, factors, inv)
+
+        def precondition(g, i):
+            G = g.reshape(i.A.shape[0], i.B.shape[0]).astype(i.A.dtype)
+            return jnp.matmul(jnp.matmul(i.A, G), i.B).reshape(g.shape)
+
+        v = [precondition(g, i) for g, i in zip(g_leaves, inverses)]
+        lr = learning_rate(count) if callable(learning_rate) else learning_rate
+        if norm_constraint is not None:
+            vg = sum(jnp.sum(a * g.astype(a.dtype)) for a, g in zip(v, g_leaves))
+            nu = jnp.minimum(1.0, jnp.sqrt(norm_constraint / jnp.maximum(lr * lr * vg, 1e-30)))
+            v = [a * nu for a in v]
+        velocity = state.velocity
+        if use_momentum:
+            vel = [momentum * m.astype(a.dtype) + a
+                   for m, a in zip(treedef.flatten_up_to(velocity), v)]
+            velocity = treedef.unflatten([m.astype(g.dtype) for m, g in zip(vel, g_leaves)])
+            v = vel
+        updates = treedef.unflatten([(-lr * a).astype(jnp.result_type(g))
+                                     for a, g in zip(v, g_leaves)])
+        return updates, KFACState(increment(count), treedef.unflatten(factors),
+                                  treedef.unflatten(inverses), velocity)
+
+    return CurvatureOptimizer(init, update, (curvature,))
+
