@@ -18,7 +18,7 @@ from jbp.testing import check_layer
 SETTINGS = [
     ("dense", L.Dense(4), (5,), {}),
     ("dense_seq_nobias", L.Dense(3, use_bias=False), (4, 5), {}),
-    ("dense_seq_long", L.Dense(2), (7, 2), {}),          # T² > in·units: per-example product
+    ("dense_seq_long", L.Dense(2), (7, 2), {}),          # 2T² > in·units: per-example product
     ("sigmoid", L.Sigmoid(), (4,), {}),
     ("tanh", L.Tanh(), (4,), {}),
     ("relu", L.ReLU(), (4,), {}),

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numbers
 
+from jax import lax
+
 
 def _positive_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
@@ -86,3 +88,12 @@ def check_fits(layer, what: str, size, pads, k_eff) -> None:
                          f"than the padded input ({padded[0]}×{padded[1]}, from an input of "
                          f"height×width {size[0]}×{size[1]}); use a smaller {what}, "
                          f"padding='SAME', or a larger input")
+
+
+def strided_window(xp, offset: tuple[int, int], strides: tuple[int, int], out: tuple[int, int]):
+    """``xp[:, i + p·sh, j + q·sw, :]`` for every output ``(p, q)``: the input pixel that
+    window offset ``(i, j)`` sees at every output position, ``(n, Ho, Wo, C)``."""
+    (i, j), (sh, sw), (ho, wo) = offset, strides, out
+    return lax.slice(xp, (0, i, j, 0),
+                     (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, xp.shape[3]),
+                     (1, sh, sw, 1))

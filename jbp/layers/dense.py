@@ -4,11 +4,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from jbp import initializers
 from jbp.core import check_array, check_floating, layer_error
+from jbp.layers import _per_example as _pe
 from jbp.layers._feedback import RuleLayer, rule_field, seed_field
 
 
@@ -116,9 +116,9 @@ class Dense(RuleLayer):
     def batch_grad(self, params, cache, dy):
         """``∂ℓᵢ/∂W = Σₜ aᵢₜᵀ δᵢₜ`` ``(n, in, units)`` and ``∂ℓᵢ/∂b = Σₜ δᵢₜ`` ``(n, units)``."""
         a, d = self._per_example_views(cache, dy)
-        out = {"W": jnp.einsum("nti,ntu->niu", a, d)}
+        out = {"W": _pe.outer_grads(a, d)}
         if self.use_bias:
-            out["b"] = jnp.sum(d, axis=1)
+            out["b"] = _pe.bias_grads(d)
         return self.rule_grads(out)
 
     def batch_l2(self, params, cache, dy):
@@ -128,39 +128,23 @@ class Dense(RuleLayer):
         an outer product, so ``‖∂ℓᵢ/∂W‖² = ‖aᵢ‖² ‖δᵢ‖²`` and ``‖∂ℓᵢ/∂b‖² = ‖δᵢ‖²``.
         With extra axes, ``(n, T, in)``: the Gram form
         ``‖∂ℓᵢ/∂W‖² = Σₜₛ (aᵢₜ·aᵢₛ)(δᵢₜ·δᵢₛ)`` costs ``O(T²(in+units))`` per example; when
-        ``T² > in·units`` the per-example ``(in, units)`` gradient is cheaper and is formed
-        instead. ``∂ℓᵢ/∂b = Σₜ δᵢₜ``.
+        ``2T² > in·units`` the per-example ``(in, units)`` gradient is cheaper and is formed
+        instead (:func:`jbp.layers._per_example.use_gram`). ``∂ℓᵢ/∂b = Σₜ δᵢₜ``.
         """
         a, d = self._per_example_views(cache, dy)
-        T, n_in, units = a.shape[1], a.shape[2], d.shape[2]
-        if T == 1:
-            d_sq = jnp.sum(jnp.square(d[:, 0]), axis=1)
-            out = {"W": jnp.sum(jnp.square(a[:, 0]), axis=1) * d_sq}
-            if self.use_bias:
-                out["b"] = d_sq
-            return self.rule_grads(out)
-        if T * T <= n_in * units:
-            gram_a = jnp.einsum("nti,nsi->nts", a, a)
-            gram_d = jnp.einsum("ntu,nsu->nts", d, d)
-            out = {"W": jnp.sum(gram_a * gram_d, axis=(1, 2))}
-        else:
-            out = {"W": jnp.sum(jnp.square(jnp.einsum("nti,ntu->niu", a, d)), axis=(1, 2))}
+        out = {"W": _pe.outer_sq_norms(a, d)}
         if self.use_bias:
-            out["b"] = jnp.sum(jnp.square(jnp.sum(d, axis=1)), axis=1)
+            out["b"] = jnp.sum(jnp.square(_pe.bias_grads(d)), axis=1)
         return self.rule_grads(out)
 
     def sum_grad_squared(self, params, cache, dy):
         """``Σᵢ (∂ℓᵢ/∂W)²`` elementwise: ``(a²)ᵀ(δ²)`` without extra axes (never forming the
         per-example gradients); with extra axes from the per-example gradients."""
         a, d = self._per_example_views(cache, dy)
-        if a.shape[1] == 1:
-            a, d = a[:, 0], d[:, 0]
-            out = {"W": jnp.matmul(jnp.square(a).T, jnp.square(d))}
-            if self.use_bias:
-                out["b"] = jnp.sum(jnp.square(d), axis=0)
-            return self.rule_grads(out)
-        return jax.tree.map(lambda g: jnp.sum(jnp.square(g), axis=0),
-                            self.batch_grad(params, cache, dy))
+        out = {"W": _pe.outer_sum_sq(a, d)}
+        if self.use_bias:
+            out["b"] = jnp.sum(jnp.square(_pe.bias_grads(d)), axis=0)
+        return self.rule_grads(out)
 
     # --- closed form for the Kronecker-factored curvature (jbp.extensions.KFAC / KFLR) -------
     def kron_factors(self, params, cache, dy):

@@ -12,6 +12,7 @@ import numpy as np
 from jbp import initializers
 from jbp._validate import check_index_range
 from jbp.core import Layer, check_array, layer_error
+from jbp.layers import _per_example as _pe
 from jbp.layers._window import _nonneg_int, _positive_int
 from jbp.layers.masking import Masked, cotangent_values
 
@@ -54,6 +55,21 @@ class Embedding(Layer):
     ``w_init``: an initializer or its name; the default ``None`` draws ``N(0, 1/features)``
     (flax's default: embedding vectors of about unit norm, which keeps a tanh RNN on top
     out of saturation). ``params = {"W": (vocab_size, features)}``; ``cache = {"x": ids}``.
+
+    Per-example extensions (``jbp.extensions``): example ``i``'s gradient is
+    ``Gᵢ = Σ_t onehot(idᵢₜ) δᵢₜᵀ`` (``(vocab, features)``, mostly zero), so, with
+    ``Sᵢₜ = Σ_s [idᵢₛ = idᵢₜ] δᵢₛ`` (row ``idᵢₜ`` of ``Gᵢ``: a repeated id sums its deltas)::
+
+        batch_grad:        Gᵢ, a scatter-add by id per example        (n, vocab, features)
+        batch_l2:          ‖Gᵢ‖² = Σ_{t,s} [idᵢₜ = idᵢₛ] (δᵢₜ·δᵢₛ) = Σ_t δᵢₜ·Sᵢₜ      (n,)
+        sum_grad_squared:  Σᵢ Gᵢ²: row v gets Sᵢₜ² from the FIRST t with idᵢₜ = v, per i
+
+    without a ``(n, vocab, features)`` tensor, through the ``T × T`` id-equality matrix;
+    when ``2T² > vocab·features`` (very long sequences, tiny tables) ``Gᵢ`` is formed
+    instead (:func:`jbp.layers._per_example.use_gram`). Padded positions are treated as
+    in ``backward``: their delta goes to row ``pad_id`` and is zero whenever the consumer
+    is mask-aware (``SimpleRNN``, ``LSTM``, ``MeanPool1D`` send no delta to padding), so
+    row ``pad_id`` gets no gradient.
     """
 
     vocab_size: int
@@ -132,3 +148,55 @@ class Embedding(Layer):
         dW = jnp.zeros(W.shape, dy.dtype).at[ids.reshape(-1)].add(
             dy.reshape(-1, W.shape[1]), mode="clip")
         return {"W": dW.astype(W.dtype)}, np.zeros(ids.shape, jax.dtypes.float0)
+
+    # --- closed forms for the per-example extensions (jbp.extensions) ------------------
+    # ``dy`` here is per example: row i is the delta of example i's own loss.
+
+    def _per_example_views(self, cache, dy):
+        """``(ids (n, T) clamped to the table as in backward, δ (n, T, features))``."""
+        ids = cache["x"]
+        n = ids.shape[0]
+        ids = jnp.clip(ids.reshape(n, -1), 0, self.vocab_size - 1)
+        return ids, cotangent_values(dy).reshape(n, ids.shape[1], self.features)
+
+    def _gram_is_cheaper(self, T):
+        return _pe.use_gram(T, self.vocab_size, self.features)
+
+    @staticmethod
+    def _same_id(ids, dtype):
+        """``[idᵢₜ = idᵢₛ]`` as ``(n, T, T)`` in ``dtype``."""
+        return (ids[:, :, None] == ids[:, None, :]).astype(dtype)
+
+    def batch_grad(self, params, cache, dy):
+        """``Gᵢ = Σ_t onehot(idᵢₜ) δᵢₜᵀ``: one scatter-add, ``(n, vocab, features)``."""
+        ids, d = self._per_example_views(cache, dy)
+        W = params["W"]
+        rows = jnp.arange(ids.shape[0])[:, None]
+        g = jnp.zeros((ids.shape[0],) + W.shape, d.dtype).at[rows, ids].add(d)
+        return {"W": g.astype(W.dtype)}
+
+    def batch_l2(self, params, cache, dy):
+        """``‖Gᵢ‖² = Σ_{t,s} [idᵢₜ = idᵢₛ] (δᵢₜ·δᵢₛ)``, ``(n,)`` (see the class docstring)."""
+        ids, d = self._per_example_views(cache, dy)
+        W = params["W"]
+        if self._gram_is_cheaper(ids.shape[1]):
+            sq = jnp.sum(self._same_id(ids, d.dtype) * _pe.gram(d), axis=(1, 2))
+        else:
+            sq = jnp.sum(jnp.square(self.batch_grad(params, cache, dy)["W"]), axis=(1, 2))
+        return {"W": sq.astype(W.dtype)}
+
+    def sum_grad_squared(self, params, cache, dy):
+        """``Σᵢ Gᵢ ⊙ Gᵢ``, ``(vocab, features)``: ``Sᵢₜ = Σ_s [idᵢₛ = idᵢₜ] δᵢₛ`` is row
+        ``idᵢₜ`` of ``Gᵢ``; each (example, id) pair adds its ``Sᵢₜ²`` once (at the id's first
+        position in the example) in one scatter-add over the table."""
+        ids, d = self._per_example_views(cache, dy)
+        W = params["W"]
+        if not self._gram_is_cheaper(ids.shape[1]):
+            return {"W": jnp.sum(jnp.square(self.batch_grad(params, cache, dy)["W"]), axis=0)}
+        same = self._same_id(ids, d.dtype)
+        rows = jnp.einsum("nts,nsf->ntf", same, d)                       # Sᵢₜ
+        earlier = jnp.tril(same, k=-1)                                   # s < t with the same id
+        first = (jnp.sum(earlier, axis=2) == 0).astype(d.dtype)[:, :, None]
+        sgs = jnp.zeros(W.shape, d.dtype).at[ids.reshape(-1)].add(
+            (first * jnp.square(rows)).reshape(-1, self.features))
+        return {"W": sgs.astype(W.dtype)}

@@ -72,6 +72,30 @@ class _Norm(Layer):
     def _scaled(self, params, dy):
         return dy * params["gamma"] if self.use_scale else dy
 
+    # --- closed forms for the per-example extensions (jbp.extensions) ------------------
+    # ``dy`` here is per example: row i is the delta of example i's own loss. With fixed
+    # normalisation statistics (LayerNorm: each example's own; BatchNorm in evaluation:
+    # the running ones) example i's gradients are its own sums over the non-batch axes:
+    #     ∂ℓᵢ/∂γ = Σ_{...} δᵢ ⊙ x̂ᵢ        ∂ℓᵢ/∂β = Σ_{...} δᵢ        (n, F) each.
+
+    def _check_per_example(self, cache):
+        """Raise when the cache does not allow per-example gradients (BatchNorm in training)."""
+
+    def batch_grad(self, params, cache, dy):
+        """``∂ℓᵢ/∂γ = Σ δᵢ ⊙ x̂ᵢ`` and ``∂ℓᵢ/∂β = Σ δᵢ`` over the non-batch axes, ``(n, F)``."""
+        self._check_per_example(cache)
+        return self._param_grads(params, dy, cache["xhat"], tuple(range(1, dy.ndim - 1)))
+
+    def batch_l2(self, params, cache, dy):
+        """``‖∂ℓᵢ/∂γ‖²`` and ``‖∂ℓᵢ/∂β‖²``, ``(n,)``, from the ``(n, F)`` rows of ``batch_grad``."""
+        return jax.tree.map(lambda g: jnp.sum(jnp.square(g), axis=1),
+                            self.batch_grad(params, cache, dy))
+
+    def sum_grad_squared(self, params, cache, dy):
+        """``Σᵢ (∂ℓᵢ/∂γ)²`` and ``Σᵢ (∂ℓᵢ/∂β)²``, ``(F,)``, from the rows of ``batch_grad``."""
+        return jax.tree.map(lambda g: jnp.sum(jnp.square(g), axis=0),
+                            self.batch_grad(params, cache, dy))
+
 
 @dataclasses.dataclass(frozen=True)
 class BatchNorm(_Norm):
@@ -111,7 +135,13 @@ class BatchNorm(_Norm):
 
     Per-example gradients of a BatchNorm network in training mode are those of each
     example normalised by its own statistics (a batch of one): they do not average to
-    the batch gradient, because the batch statistics mix the examples.
+    the batch gradient, because the batch statistics mix the examples. So
+    ``mixes_examples(train=True)`` is ``True`` and ``jbp.backprop`` refuses per-example
+    extensions in training mode; in evaluation (``train=False``, running statistics)
+    the layer is a fixed per-feature affine map and its closed forms ``batch_grad``,
+    ``batch_l2``, ``sum_grad_squared`` give ``∂ℓᵢ/∂γ = Σ δᵢ ⊙ x̂ᵢ``, ``∂ℓᵢ/∂β = Σ δᵢ``
+    (sums over the spatial axes). They are needed: the eval cache holds ``inv_std`` of
+    shape ``(F,)``, without a batch axis, so the generic ``vmap`` default cannot run.
 
     ``params = {"gamma": (F,), "beta": (F,)}`` (``use_scale``/``use_bias`` drop them);
     ``cache = {"x", "xhat", "inv_std"}`` (+ an empty ``"running"`` marker in eval mode).
@@ -146,6 +176,13 @@ class BatchNorm(_Norm):
                               f"got {in_shape}")
         f = in_shape[-1]
         return {"mean": jnp.zeros((f,), jnp.float32), "var": jnp.ones((f,), jnp.float32)}
+
+    def _check_per_example(self, cache):
+        if "running" not in cache:
+            raise layer_error(self, "per-example gradients need the running statistics "
+                              "(evaluation mode): the cache comes from train=True, where the "
+                              "batch statistics mix the examples; call with train=False and the "
+                              "model's state")
 
     def _batch_forward(self, params, x):
         axes = tuple(range(x.ndim - 1))

@@ -51,10 +51,7 @@ class _Pool2D(Layer):
 
     def _strided_patch(self, xp, i, j, out):
         """``xp[:, i + p·sh, j + q·sw, :]`` for every output ``(p, q)``: offset ``(i, j)``."""
-        (sh, sw), (ho, wo) = self.strides, out
-        return lax.slice(xp, (0, i, j, 0),
-                         (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, xp.shape[3]),
-                         (1, sh, sw, 1))
+        return _window.strided_window(xp, (i, j), self.strides, out)
 
     def _unpatch(self, v, i, j, padded):
         """Transpose of :meth:`_strided_patch`: put ``v`` back at offset ``(i, j)``, zeros elsewhere."""

@@ -26,6 +26,7 @@ from jax import lax
 
 from jbp import initializers
 from jbp.core import layer_error
+from jbp.layers import _per_example as _pe
 from jbp.layers._feedback import RuleLayer, rule_field, seed_field
 from jbp.layers._window import _positive_int
 from jbp.layers.masking import Masked, cotangent_values, split_masked
@@ -93,7 +94,7 @@ class _Recurrent(RuleLayer):
         ``hs``, ``dz``: time-major ``(T, batch, ·)``; ``xs`` and the returned ``dx`` batch-first.
         ``dx`` goes through ``feedback(…, "W_x")`` (``W_x`` itself for ``rule="bp"``).
         """
-        h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+        h_prev = self._previous(hs, h0)
         Wx = params["W_x"]
         xs_t = jnp.swapaxes(xs, 0, 1).astype(dz.dtype)
         grads = {"W_x": jnp.einsum("tbf,tbg->fg", xs_t, dz).astype(Wx.dtype),
@@ -102,6 +103,57 @@ class _Recurrent(RuleLayer):
         Fx = self.feedback(params, cache, "W_x")
         dx = jnp.swapaxes(jnp.matmul(dz, Fx.T.astype(dz.dtype)), 0, 1).astype(xs.dtype)
         return self.rule_grads(grads), dx
+
+    @staticmethod
+    def _previous(hs, h0):
+        """``h_{t−1}`` for every step, time-major: ``[h_0, h_1, …, h_{T−1}]``."""
+        return jnp.concatenate([h0[None], hs[:-1]], axis=0)
+
+    def backward(self, params, cache, dy):
+        """BPTT (the subclass's ``_deltas``: a reverse scan for every ``δ_t``), then the
+        weight gradients and ``∂L/∂x`` from all steps at once (``_weight_grads``)."""
+        return self._weight_grads(params, *self._deltas(params, cache, dy), cache)
+
+    # --- closed forms for the per-example extensions (jbp.extensions) ------------------
+    # ``dy`` here is per example: row i is the delta of example i's own loss. The weight
+    # gradients are sums over time of outer products, like Dense on (batch, T, in):
+    #     ∂ℓᵢ/∂W_x = Σ_t xᵢₜᵀ δᵢₜ      ∂ℓᵢ/∂W_h = Σ_t hᵢ,ₜ₋₁ᵀ δᵢₜ      ∂ℓᵢ/∂b = Σ_t δᵢₜ
+    # with the per-step deltas δᵢₜ of the same reverse scan as backward (``_deltas``; zero at
+    # padded steps, so padding contributes nothing). ``batch_l2`` uses the sequence Gram form
+    # ‖∂ℓᵢ/∂W_x‖² = Σ_{t,s} (xᵢₜ·xᵢₛ)(δᵢₜ·δᵢₛ) while 2T² ≤ in·gates·features (resp.
+    # features·gates·features for W_h), and forms the per-example gradient otherwise
+    # (jbp.layers._per_example.use_gram, the rule of Dense). The backward rule shapes δ (through
+    # B_h in the reverse scan) but not the form of the weight gradients; Kolen–Pollack's B_x, B_h
+    # get W_x's, W_h's (``rule_grads``).
+
+    def _per_example_pairs(self, params, cache, dy):
+        """``({"W_x": x, "W_h": h_{t−1}}, δ)``, batch-first ``(n, T, ·)``."""
+        xs, hs, dzs, h0 = self._deltas(params, cache, dy)
+        d = jnp.swapaxes(dzs, 0, 1)
+        h_prev = jnp.swapaxes(self._previous(hs, h0), 0, 1)
+        return {"W_x": xs.astype(d.dtype), "W_h": h_prev}, d
+
+    def batch_grad(self, params, cache, dy):
+        """``∂ℓᵢ/∂W_x``, ``∂ℓᵢ/∂W_h``, ``∂ℓᵢ/∂b`` with a leading batch axis."""
+        a, d = self._per_example_pairs(params, cache, dy)
+        out = {k: _pe.outer_grads(v, d).astype(params[k].dtype) for k, v in a.items()}
+        out["b"] = _pe.bias_grads(d).astype(params["b"].dtype)
+        return self.rule_grads(out)
+
+    def batch_l2(self, params, cache, dy):
+        """``‖∂ℓᵢ/∂θ‖²`` per leaf, ``(n,)``: the sequence Gram form or the per-example
+        gradient, whichever is cheaper (see above)."""
+        a, d = self._per_example_pairs(params, cache, dy)
+        out = {k: _pe.outer_sq_norms(v, d).astype(params[k].dtype) for k, v in a.items()}
+        out["b"] = jnp.sum(jnp.square(_pe.bias_grads(d)), axis=1).astype(params["b"].dtype)
+        return self.rule_grads(out)
+
+    def sum_grad_squared(self, params, cache, dy):
+        """``Σᵢ (∂ℓᵢ/∂θ)²`` elementwise, per leaf."""
+        a, d = self._per_example_pairs(params, cache, dy)
+        out = {k: _pe.outer_sum_sq(v, d).astype(params[k].dtype) for k, v in a.items()}
+        out["b"] = jnp.sum(jnp.square(_pe.bias_grads(d)), axis=0).astype(params["b"].dtype)
+        return self.rule_grads(out)
 
     @staticmethod
     def _projection(params, xs, dtype):
@@ -163,7 +215,9 @@ class SimpleRNN(_Recurrent):
         hs_b = jnp.swapaxes(hs, 0, 1)
         return self._output(hs_b, mask), {"x": xs, "mask": mask, "h": hs_b}
 
-    def backward(self, params, cache, dy):
+    def _deltas(self, params, cache, dy):
+        """Backpropagation through time: ``(xs, hs, δ, h_0)`` with ``hs`` and the per-step
+        deltas ``δ_t = ∂L/∂z_t`` time-major ``(T, batch, features)`` (zero at padding)."""
         xs, mask, hs_b = cache["x"], cache["mask"], cache["h"]
         dtype = hs_b.dtype
         WhT = self.feedback(params, cache, "W_h").T.astype(dtype)   # W_hᵀ for rule="bp"
@@ -181,7 +235,7 @@ class SimpleRNN(_Recurrent):
 
         hs = jnp.swapaxes(hs_b, 0, 1)
         _, dzs = lax.scan(step, g_T, (hs, dys, ms), reverse=True)
-        return self._weight_grads(params, xs, hs, dzs, jnp.zeros(hs.shape[1:], dtype), cache)
+        return xs, hs, dzs, jnp.zeros(hs.shape[1:], dtype)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -256,7 +310,9 @@ class LSTM(_Recurrent):
         hs_b, cs_b, gs_b = (jnp.swapaxes(a, 0, 1) for a in (hs, cs, gs))
         return self._output(hs_b, mask), {"x": xs, "mask": mask, "h": hs_b, "c": cs_b, "gates": gs_b}
 
-    def backward(self, params, cache, dy):
+    def _deltas(self, params, cache, dy):
+        """Backpropagation through time: ``(xs, hs, δ, h_0)`` with ``hs`` and the per-step
+        gate deltas ``δ_t = ∂L/∂z_t`` time-major (``(T, batch, 4·features)``; zero at padding)."""
         xs, mask, hs_b = cache["x"], cache["mask"], cache["h"]
         dtype, n = hs_b.dtype, self.features
         WhT = self.feedback(params, cache, "W_h").T.astype(dtype)   # W_hᵀ for rule="bp"
@@ -282,4 +338,4 @@ class LSTM(_Recurrent):
 
         _, dzs = lax.scan(step, (g_T, zeros), (jnp.swapaxes(cache["gates"], 0, 1), cs, c_prev, dys, ms),
                           reverse=True)
-        return self._weight_grads(params, xs, jnp.swapaxes(hs_b, 0, 1), dzs, zeros, cache)
+        return xs, jnp.swapaxes(hs_b, 0, 1), dzs, zeros
