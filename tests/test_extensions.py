@@ -270,6 +270,14 @@ LAYERS = {
     # without a mask
     "rnn_masked_seq_gram": (SimpleRNN(6, return_sequences=True), (3, 4), "masked", True, True),
     "lstm_outer": (LSTM(2), (7, 2), "float", True, False),
+    # backward rules (jbp.layers._feedback): Kolen–Pollack's B gets W's per-example quantity;
+    # in a recurrent layer B_h replaces W_h in the recurrent delta, so its rows have no jax.vjp
+    # oracle (the rule's update is not a gradient) and are checked against the generic default
+    # (feedback alignment's B is state, carried in the cache)
+    "conv_kolen_pollack": (Conv2D(3, 3, rule="kolen_pollack"), (5, 5, 2), "float", True, False),
+    "rnn_kolen_pollack_seq_gram": (SimpleRNN(5, return_sequences=True, rule="kolen_pollack"),
+                                   (3, 4), "float", True, True),
+    "lstm_fa_masked": (LSTM(3, rule="fa"), (4, 2), "masked", True, False),
 }
 
 
@@ -291,6 +299,8 @@ def _layer_setting(name, rng, n=5):
         f = in_shape[-1]
         state = {"mean": jnp.asarray(rng.standard_normal(f)),
                  "var": jnp.asarray(rng.uniform(0.3, 3.0, f))}
+    elif layer.stateful:                                  # feedback alignment's fixed B
+        state = jbp.cast(layer.init_state(in_shape), jnp.float64)
     dy = jnp.asarray(rng.standard_normal((n,) + tuple(out_shape)))   # per example: row i = δᵢ
     return layer, params, feed, state, dy
 
@@ -330,17 +340,24 @@ def test_layer_closed_forms_equal_vjp_oracle_and_generic_default(name):
         grads, _ = layer.backward(params, cache, dy / n)
         return cache, LayerCall(layer, params, cache, dy / n, grads, n)
 
+    rule = getattr(layer, "rule", "bp")
+
     @jax.jit
     def run(params, feed, state, dy):
         cache, call = visit(params, feed, state, dy)
         closed = {e.name: e.compute(call) for e in LAYER_EXTS}
         generic = {e.name: e.default(call) for e in LAYER_EXTS} if generic_runs else {}
-        return closed, generic, _vjp_per_example(layer, params, feed, state, dy)
+        not_a_gradient = rule != "bp" and isinstance(layer, (SimpleRNN, LSTM))
+        oracle = None if not_a_gradient else _vjp_per_example(layer, params, feed, state, dy)
+        return closed, generic, oracle
 
     closed, generic, G = jax.device_get(run(params, feed, state, dy))
-    expected = _expected(G, 1.0)
-    for e in LAYER_EXTS:
-        _assert_tree_close(closed[e.name], expected[e.name], jnp.float64, f"{name} {e.name}")
+    if G is not None:
+        if rule == "kolen_pollack":   # by definition B's gradient is W's (B is not in the forward)
+            G = {**G, **{b: G[w] for b, (w, _) in layer._feedback_of.items()}}
+        expected = _expected(G, 1.0)
+        for e in LAYER_EXTS:
+            _assert_tree_close(closed[e.name], expected[e.name], jnp.float64, f"{name} {e.name}")
     for k, v in generic.items():
         _assert_tree_close(v, closed[k], jnp.float64, f"{name} {k} generic")
     if not generic_runs:   # BatchNorm's eval cache has inv_std of shape (F,): why it needs closed forms
