@@ -204,12 +204,7 @@ def check_same_structure(name_a: str, a, name_b: str, b) -> None:
     ta, tb = jax.tree.structure(a), jax.tree.structure(b)
     if ta == tb:
         return
-    from jbp.core import named_leaves  # noqa: PLC0415
-
-    na = [n for n, _ in named_leaves(a)]
-    nb = [n for n, _ in named_leaves(b)]
-    missing = [n for n in na if n not in nb]
-    extra = [n for n in nb if n not in na]
+    missing, extra = _leaf_name_diff(a, b, _param_name)
     parts = []
     if missing:
         parts.append(f"missing in {name_b}: {', '.join(missing)}")
@@ -218,6 +213,14 @@ def check_same_structure(name_a: str, a, name_b: str, b) -> None:
     if not parts:
         parts.append(f"{name_a} is {ta}, {name_b} is {tb}")
     raise ValueError(f"{name_b} does not have the structure of {name_a}: " + "; ".join(parts))
+
+
+def _leaf_name_diff(expected, got, namer):
+    """``(missing, extra)``: leaf names of ``expected`` absent from ``got``, and the reverse."""
+    exp_names = [namer(p) for p, _ in jax.tree_util.tree_flatten_with_path(expected)[0]]
+    got_names = [namer(p) for p, _ in jax.tree_util.tree_flatten_with_path(got)[0]]
+    return ([n for n in exp_names if n not in got_names],
+            [n for n in got_names if n not in exp_names])
 
 
 def cached_if_hashable(cache: dict, key, build, *, max_size: int = 32):
@@ -329,10 +332,7 @@ def check_tree(name: str, tree, expected_name: str, expected, *, namer=None, hin
     exp, exp_def = jax.tree_util.tree_flatten_with_path(expected)
     suffix = f"; {hint}" if hint else ""
     if got_def != exp_def:
-        got_names = [namer(p) for p, _ in got]
-        exp_names = [namer(p) for p, _ in exp]
-        missing = [n for n in exp_names if n not in got_names]
-        extra = [n for n in got_names if n not in exp_names]
+        missing, extra = _leaf_name_diff(expected, tree, namer)
         parts = []
         if missing:
             parts.append(f"missing {_few(missing)}")
