@@ -95,7 +95,7 @@ class PythonLoop:
         xs, ys = self.x[order], self.y[order]
         p, s, b = self.params, self.opt_state, self.batch
         for i in range(0, len(xs), b):
-            p, s, m = self.step(p, s, xs[i:i + b], ys[i:i + b], self.key)
+            p, s, m, _ = self.step(p, s, xs[i:i + b], ys[i:i + b], self.key)
         jax.block_until_ready(p)
         self.params, self.opt_state = p, s
         self.last_loss = float(m["loss"])
@@ -115,7 +115,7 @@ class TypicalPythonLoop(PythonLoop):
         losses = []
         for i in range(0, len(xs), b):
             key, sub = jax.random.split(key)
-            p, s, m = self.step(p, s, xs[i:i + b], ys[i:i + b], sub)
+            p, s, m, _ = self.step(p, s, xs[i:i + b], ys[i:i + b], sub)
             losses.append(m["loss"])
         self.last_loss = float(np.mean(jax.device_get(losses)))
         self.params, self.opt_state, self.key = p, s, key
