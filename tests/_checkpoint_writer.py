@@ -32,17 +32,9 @@ def tree_for(i: int) -> dict:
 def main(directory: str, start: int, block_at: int) -> None:
     from jbp import checkpoint
 
-    real_fsync, calls = os.fsync, [0]
+    from _fsync_trap import block_fsync_at
 
-    def fsync(fd):
-        calls[0] += 1
-        if calls[0] == block_at:
-            print(f"blocked {calls[0]}", flush=True)
-            sys.stdin.read()  # until the parent kills us (or closes stdin: then give up)
-            os._exit(3)
-        real_fsync(fd)
-
-    os.fsync = fsync
+    block_fsync_at(block_at)
     single = os.path.join(directory, "single.jbp")
     i = start
     while True:
