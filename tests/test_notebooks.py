@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import sys
 
 import pytest
@@ -22,6 +23,7 @@ from nbclient.exceptions import CellExecutionError  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TIMEOUT_S = 300  # per cell; a notebook takes seconds
 
 
@@ -71,10 +73,13 @@ def test_notebook_stored_clean(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
+    error = None
     try:
         nb = run_notebook(path, tmp_path)
-    except CellExecutionError as e:  # the cell's source and traceback, without pytest's frames
-        pytest.fail(f"{path.name} failed:\n{e}", pytrace=False)
+    except CellExecutionError as e:
+        error = ANSI.sub("", str(e))  # IPython colours its tracebacks
+    if error is not None:  # the cell's source and traceback, without pytest's frames
+        pytest.fail(f"{path.name} failed:\n{error}", pytrace=False)
     # no cell printed a traceback it caught and swallowed
     out = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "Traceback" not in out
