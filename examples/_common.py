@@ -45,3 +45,15 @@ def validation_split(x, y, fraction: float, seed: int):
     strat = labels if labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer) else None
     tr, va = split_indices(len(labels), fraction, seed, labels=strat)
     return (x[tr], y[tr]), (x[va], y[va])
+
+
+_IMAGE_EXTS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def figure_path(out: str, filename: str) -> str:
+    """Where an example's figure goes: ``DIR/filename`` for ``--out DIR``; a path that already
+    names an image (``--out curves.png``, kept for compatibility) as is; ``""`` stays ``""``
+    (no figure)."""
+    if not out or out.lower().endswith(_IMAGE_EXTS):
+        return out
+    return os.path.join(out, filename)

@@ -32,6 +32,9 @@ from jbp import diagnostics, initializers, optim
 from jbp.layers import Dense, ReLU
 from jbp.train import fit
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+from _common import add_common_args, figure_path  # noqa: E402
+
 LOSS = jbp.losses.mse
 
 
@@ -101,8 +104,7 @@ def table(head, rows, left=1):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
-    p.add_argument("--out", default=os.path.join("out", "exploding_gradients.png"),
-                   help="where to save the plot (default out/exploding_gradients.png)")
+    add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
     p.add_argument("--clip", type=float, default=1.0, help="max global norm (default 1.0)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -110,9 +112,8 @@ def parse_args(argv):
                    help="the detector's threshold on ‖∂C/∂W‖ (default 1e3)")
     p.add_argument("--synthetic", action="store_true",
                    help="a synthetic regression target instead of the Ames house prices")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = p.parse_args(argv)
+    args.out = figure_path(args.out, "exploding_gradients.png")
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch-size must be >= 1")
     return args

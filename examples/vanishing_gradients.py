@@ -35,6 +35,9 @@ from jbp import diagnostics, initializers, optim
 from jbp.layers import Dense, ReLU, Sigmoid
 from jbp.train import fit
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+from _common import add_common_args, figure_path  # noqa: E402
+
 LOSS = jbp.losses.softmax_cross_entropy
 HIDDEN = 30
 
@@ -112,8 +115,7 @@ def evolution_table(title, record, labels, every) -> str:
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
-    p.add_argument("--out", default=os.path.join("out", "vanishing_gradients.png"),
-                   help="where to save the plot (default out/vanishing_gradients.png)")
+    add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     p.add_argument("--path", default=None, help="directory of MNIST/Fashion-MNIST IDX files "
                    "(default: the embedded UCI digits)")
     p.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist",
@@ -125,9 +127,8 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
     p.add_argument("--probe", type=int, default=1000, help="probe batch size (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = p.parse_args(argv)
+    args.out = figure_path(args.out, "vanishing_gradients.png")
     if args.epochs < 1 or args.max_depth < 1 or args.probe < 1:
         p.error("--epochs, --max-depth and --probe must be >= 1")
     return args
