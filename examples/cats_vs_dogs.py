@@ -53,7 +53,7 @@ from jbp.layers.conv import Conv2D
 from jbp.layers.pooling import MaxPool2D
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
-from _common import add_common_args, figure_path  # noqa: E402
+from _common import add_common_args, figure_path, validation_split  # noqa: E402
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 SOURCES = ("auto", "cifar10", "fashion_mnist", "digits")
@@ -235,9 +235,11 @@ def main(argv=None) -> dict:
                                      jnp.asarray(y[:6], jnp.float64), key=key_check)
     print(report)
 
+    # validation: 10% of the training images; the test set is evaluated once at the end
+    (x, y), (xv, yv) = validation_split(x, y, 0.1, args.seed)
     params, history = jbp.fit(model, params, loss, jbp.optim.adam(args.lr), (x, y),
                               batch_size=min(args.batch_size, len(y)), epochs=args.epochs,
-                              key=key_fit, validation_data=(xt, yt))
+                              key=key_fit, validation_data=(xv, yv))
     test = jbp.evaluate(model, params, loss, (xt, yt))
     train = jbp.evaluate(model, params, loss, (x, y))
     majority = float(jnp.mean(y)) >= 0.5

@@ -33,7 +33,7 @@ from jbp.layers import Dense, ReLU
 from jbp.train import fit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
-from _common import add_common_args, figure_path  # noqa: E402
+from _common import add_common_args, figure_path, validation_split  # noqa: E402
 
 LOSS = jbp.losses.mse
 
@@ -123,8 +123,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.perf_counter()
     (x, y), (xt, yt), data_name = load_data(args.synthetic, args.seed)
+    # validation: 10% of the training set (the val_loss column); the test set is not used here
+    (x, y), (xv, yv) = validation_split(np.asarray(x), np.asarray(y), 0.1, args.seed)
     probe = (jnp.asarray(x[:512]), jnp.asarray(y[:512]))
-    print(f"data: {data_name}; {len(x)} train / {len(xt)} test; loss: MSE (½ mean squared error)")
+    print(f"data: {data_name}; {len(x)} train / {len(xv)} validation / {len(xt)} test; loss: MSE (½ mean squared error)")
     print(f"net: 12 → 64 ReLU → 64 ReLU → 1; SGD lr {args.lr}, batch {args.batch_size}\n")
 
     key = jax.random.key(args.seed)
@@ -168,7 +170,7 @@ def main(argv=None) -> dict:
         hist(0, r["params"])
         _, history = fit(r["model"], r["params"], LOSS, r["opt"], (x, y),
                          batch_size=args.batch_size, epochs=args.epochs,
-                         key=jax.random.fold_in(key, 100), validation_data=(xt, yt),
+                         key=jax.random.fold_in(key, 100), validation_data=(xv, yv),
                          metrics=("loss",), callbacks=[hist], verbose=0)
         losses, vals = history["loss"], history["val_loss"]
         bad = next((e for e, v in zip(history["epoch"], losses) if not math.isfinite(v)), None)

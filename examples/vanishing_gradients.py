@@ -36,7 +36,7 @@ from jbp.layers import Dense, ReLU, Sigmoid
 from jbp.train import fit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
-from _common import add_common_args, figure_path  # noqa: E402
+from _common import add_common_args, figure_path, validation_split  # noqa: E402
 
 LOSS = jbp.losses.softmax_cross_entropy
 HIDDEN = 30
@@ -138,6 +138,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.perf_counter()
     (x, y), (xt, yt), data_name = load_data(args)
+    # validation: 10% of the training set; the test set is evaluated once after training
+    (x, y), (xv, yv) = validation_split(np.asarray(x), np.asarray(y), 0.1, args.seed)
     probe = (jnp.asarray(x[: args.probe]), jnp.asarray(y[: args.probe]))
     n_in = x.shape[1]
     print(f"data: {data_name}; probe batch: {len(probe[0])} examples; loss: softmax cross-entropy")
@@ -172,7 +174,7 @@ def main(argv=None) -> dict:
         hist(0, params)
         params, history = fit(model, params, LOSS, optim.sgd(args.lr), (x, y),
                               batch_size=args.batch_size, epochs=args.epochs,
-                              key=jax.random.fold_in(key, 100 + depth), validation_data=(xt, yt),
+                              key=jax.random.fold_in(key, 100 + depth), validation_data=(xv, yv),
                               callbacks=[hist], verbose=0)
         labels = layer_labels(list(hist.record.speed_of_learning()))  # the Dense layers
         print(f"per-layer report at initialization — {title}")
@@ -182,7 +184,7 @@ def main(argv=None) -> dict:
         print()
         print(evolution_table(f"speed of learning during training (SGD, lr {args.lr}, batch "
                               f"{args.batch_size}) — {title}", hist.record, labels, every))
-        acc = history["val_accuracy"][-1]
+        acc = float(jbp.evaluate(model, params, LOSS, (xt, yt), metrics=("accuracy",))["accuracy"])
         print(f"test accuracy after {args.epochs} epochs: {acc:.4f}\n")
         records[kind] = (hist.record, labels, title)
         results["train"][kind] = {"record": hist.record.to_dict(), "test_accuracy": acc,
