@@ -52,6 +52,9 @@ from jbp.layers import Dense, Dropout, Flatten, ReLU
 from jbp.layers.conv import Conv2D
 from jbp.layers.pooling import MaxPool2D
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+from _common import add_common_args, figure_path, validation_split  # noqa: E402
+
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 SOURCES = ("auto", "cifar10", "fashion_mnist", "digits")
 DEFAULT_CLASSES = {"cifar10": ("cat", "dog"), "fashion_mnist": ("T-shirt/top", "Shirt"),
@@ -189,11 +192,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--dropout", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join("out", "cats_vs_dogs.png"),
-                   help="PNG of the curves and a few test images (default out/cats_vs_dogs.png)")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     args = p.parse_args(argv)
+    args.out = figure_path(args.out, "cats_vs_dogs.png")
     if args.epochs < 1 or args.batch_size < 1 or args.limit < 0:
         p.error("--epochs and --batch-size must be >= 1, --limit >= 0")
     if args.source not in ("auto", "cifar10") and (args.path or args.download):
@@ -234,9 +235,11 @@ def main(argv=None) -> dict:
                                      jnp.asarray(y[:6], jnp.float64), key=key_check)
     print(report)
 
+    # validation: 10% of the training images; the test set is evaluated once at the end
+    (x, y), (xv, yv) = validation_split(x, y, 0.1, args.seed)
     params, history = jbp.fit(model, params, loss, jbp.optim.adam(args.lr), (x, y),
                               batch_size=min(args.batch_size, len(y)), epochs=args.epochs,
-                              key=key_fit, validation_data=(xt, yt))
+                              key=key_fit, validation_data=(xv, yv))
     test = jbp.evaluate(model, params, loss, (xt, yt))
     train = jbp.evaluate(model, params, loss, (x, y))
     majority = float(jnp.mean(y)) >= 0.5

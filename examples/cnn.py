@@ -15,6 +15,8 @@ statistics and returns them as ``history.state``, which evaluation then uses.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +28,9 @@ from jbp.layers import Dense, Flatten, ReLU
 from jbp.layers.conv import Conv2D
 from jbp.layers.normalization import BatchNorm
 from jbp.layers.pooling import MaxPool2D
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+from _common import add_common_args, validation_split  # noqa: E402
 
 
 def build_model(n_classes: int = 10) -> jbp.Sequential:
@@ -66,15 +71,17 @@ def main(argv=None):
     ap.add_argument("--no-augment", action="store_true")
     ap.add_argument("--no-verify", action="store_true",
                     help="skip the checksums of the IDX files (your own IDX files)")
-    ap.add_argument("--seed", type=int, default=0)
+    add_common_args(ap, out=False, plot=False, val_fraction=0.1)  # --seed, --val-fraction
     args = ap.parse_args(argv)
 
     name, (x_tr, y_tr), (x_te, y_te), aug = load(args.path, args.limit, not args.no_verify)
+    # validation: a held-out slice of the training set; the test set is used once at the end
+    (x_tr, y_tr), (x_va, y_va) = validation_split(x_tr, y_tr, args.val_fraction, args.seed)
     model = build_model()
     key_init, key_fit = jax.random.split(jax.random.key(args.seed))
     params, _ = model.init(key_init, x_tr.shape[1:])
     loss = jbp.losses.softmax_cross_entropy
-    print(f"{name}: {x_tr.shape[0]} train, {x_te.shape[0]} test, input {tuple(x_tr.shape[1:])}")
+    print(f"{name}: {x_tr.shape[0]} train, {x_va.shape[0]} validation, {x_te.shape[0]} test, input {tuple(x_tr.shape[1:])}")
     print(model)
 
     # 1. the proof: hand-written backward vs jax.grad and finite differences, in float64.
@@ -92,7 +99,7 @@ def main(argv=None):
     # 2. training: BatchNorm's running statistics come back as history.state
     params, history = jbp.fit(model, params, loss, jbp.optim.adam(args.lr), (x_tr, y_tr),
                               batch_size=args.batch_size, epochs=args.epochs, key=key_fit,
-                              validation_data=(x_te, y_te),
+                              validation_data=(x_va, y_va),
                               augment=None if args.no_augment else aug)
     result = jbp.evaluate(model, params, loss, (x_te, y_te), state=history.state)
     print(f"test accuracy {result['accuracy']:.4f} (loss {result['loss']:.4f})")

@@ -10,7 +10,8 @@ keeps ε(δ) at or below the target after all the epochs
 minibatches of ``--batch`` without clipping or noise.
 
 Prints a table: target ε, σ, ε reached, test accuracy, seconds per epoch (median, compile
-excluded); ``--out DIR`` saves ``DIR/dp_sgd.png`` (test accuracy per epoch) and
+excluded); ``--out DIR`` (default ``out/``) saves ``DIR/dp_sgd.png`` (validation accuracy per epoch,
+on a 10% slice of the training set; the test set is evaluated once at the end) and
 ``DIR/dp_sgd.json``.
 
 Data: Fashion-MNIST IDX files from ``--path`` or ``/usr/share/datasets/fashion-mnist``
@@ -33,6 +34,10 @@ import numpy as np
 
 import jbp
 from jbp.layers import Dense, ReLU
+
+import sys  # noqa: E402  (the examples' shared flags live next to this file)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import add_common_args, validation_split  # noqa: E402
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -68,12 +73,14 @@ def build_model(hidden) -> jbp.Sequential:
 
 def run(args) -> list[dict]:
     (x, y), (xt, yt), name = load(args.dataset, args.path, args.train_size)
+    # validation: a held-out slice of the training set; the test set is used once at the end
+    (x, y), (xv, yv) = validation_split(x, y, args.val_fraction, args.seed)
     n = int(x.shape[0])
     q = args.batch / n
     model = build_model(args.hidden)
     params, _ = model.init(jax.random.key(args.seed), tuple(x.shape[1:]))
     loss = jbp.losses.softmax_cross_entropy
-    print(f"{name}: {n} train / {xt.shape[0]} test examples, MLP {x.shape[1]}-"
+    print(f"{name}: {n} train / {xv.shape[0]} validation / {xt.shape[0]} test examples, MLP {x.shape[1]}-"
           f"{'-'.join(map(str, args.hidden))}-10, expected batch {args.batch} (q = {q:.5f}), "
           f"C = {args.max_norm}, δ = {args.delta:g}, {args.epochs} epochs")
     rows, curves = [], {}
@@ -81,42 +88,42 @@ def run(args) -> list[dict]:
     for label, target in settings:
         opt = jbp.optim.sgd(args.lr, momentum=args.momentum)
         if target is None:
-            _, h = jbp.fit(model, params, loss, opt, (x, y), batch_size=min(args.batch, n),
-                           epochs=args.epochs, key=jax.random.key(args.seed + 1),
-                           validation_data=(xt, yt), verbose=args.verbose)
+            p_end, h = jbp.fit(model, params, loss, opt, (x, y), batch_size=min(args.batch, n),
+                               epochs=args.epochs, key=jax.random.key(args.seed + 1),
+                               validation_data=(xv, yv), verbose=args.verbose)
             sigma, eps = 0.0, float("inf")
         else:
             steps = max(1, round(1 / q)) * args.epochs
             sigma = jbp.dp.noise_multiplier_for(target, q, steps, args.delta)
             cfg = jbp.dp.DPConfig(noise_multiplier=sigma, max_norm=args.max_norm, sample_rate=q,
                                   delta=args.delta)
-            _, h = jbp.fit(model, params, loss, opt, (x, y), epochs=args.epochs,
-                           key=jax.random.key(args.seed + 1), validation_data=(xt, yt),
-                           privacy=cfg, verbose=args.verbose)
+            p_end, h = jbp.fit(model, params, loss, opt, (x, y), epochs=args.epochs,
+                               key=jax.random.key(args.seed + 1), validation_data=(xv, yv),
+                               privacy=cfg, verbose=args.verbose)
             eps = h["epsilon"][-1]
         curves[label] = h["val_accuracy"]
+        test = jbp.evaluate(model, p_end, loss, (xt, yt), metrics=("accuracy",))
         rows.append({"setting": label, "sigma": sigma, "epsilon": eps,
-                     "test_accuracy": h["val_accuracy"][-1],
+                     "val_accuracy": h["val_accuracy"][-1],
+                     "test_accuracy": float(test["accuracy"]),
                      "seconds_per_epoch": float(np.median(h["seconds"]))})
-    print(f"\n{'setting':<13} {'σ':>7} {'ε reached':>10} {'test acc':>9} {'s/epoch':>8}")
+    print(f"\n{'setting':<13} {'σ':>7} {'ε reached':>10} {'val acc':>8} {'test acc':>9} "
+          f"{'s/epoch':>8}")
     for r in rows:
-        print(f"{r['setting']:<13} {r['sigma']:7.3f} {r['epsilon']:10.3f} "
+        print(f"{r['setting']:<13} {r['sigma']:7.3f} {r['epsilon']:10.3f} {r['val_accuracy']:8.4f} "
               f"{r['test_accuracy']:9.4f} {r['seconds_per_epoch']:8.3f}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "dp_sgd.json"), "w") as f:
             json.dump({"dataset": name, "rows": rows, "curves": curves}, f, indent=2)
         if not args.no_plot:
-            import matplotlib  # noqa: PLC0415
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt  # noqa: PLC0415
-
-            from jbp.plotting import save_figure  # noqa: PLC0415
+            from jbp.plotting import require_matplotlib, save_figure  # noqa: PLC0415
+            plt = require_matplotlib()
             fig, ax = plt.subplots(figsize=(6, 4))
             for label, acc in curves.items():
                 ax.plot(range(1, len(acc) + 1), acc, marker="o", label=label)
             ax.set_xlabel("epoch")
-            ax.set_ylabel("test accuracy")
+            ax.set_ylabel("validation accuracy")
             ax.set_title(f"DP-SGD on {name} (δ = {args.delta:g}, C = {args.max_norm})")
             ax.legend()
             save_figure(fig, os.path.join(args.out, "dp_sgd.png"))
@@ -137,10 +144,8 @@ def main(argv=None):
     p.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 3.0, 8.0])
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=1)
-    p.add_argument("--out", default=None, help="folder for dp_sgd.png and dp_sgd.json")
-    p.add_argument("--no-plot", action="store_true")
+    add_common_args(p, val_fraction=0.1)  # --out DIR (dp_sgd.png, dp_sgd.json), --seed, --no-plot
     return run(p.parse_args(argv))
 
 

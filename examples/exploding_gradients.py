@@ -32,6 +32,9 @@ from jbp import diagnostics, initializers, optim
 from jbp.layers import Dense, ReLU
 from jbp.train import fit
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+from _common import add_common_args, figure_path, validation_split  # noqa: E402
+
 LOSS = jbp.losses.mse
 
 
@@ -101,8 +104,7 @@ def table(head, rows, left=1):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
-    p.add_argument("--out", default=os.path.join("out", "exploding_gradients.png"),
-                   help="where to save the plot (default out/exploding_gradients.png)")
+    add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
     p.add_argument("--clip", type=float, default=1.0, help="max global norm (default 1.0)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -110,9 +112,8 @@ def parse_args(argv):
                    help="the detector's threshold on ‖∂C/∂W‖ (default 1e3)")
     p.add_argument("--synthetic", action="store_true",
                    help="a synthetic regression target instead of the Ames house prices")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = p.parse_args(argv)
+    args.out = figure_path(args.out, "exploding_gradients.png")
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch-size must be >= 1")
     return args
@@ -122,8 +123,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.perf_counter()
     (x, y), (xt, yt), data_name = load_data(args.synthetic, args.seed)
+    # validation: 10% of the training set (the val_loss column); the test set is not used here
+    (x, y), (xv, yv) = validation_split(np.asarray(x), np.asarray(y), 0.1, args.seed)
     probe = (jnp.asarray(x[:512]), jnp.asarray(y[:512]))
-    print(f"data: {data_name}; {len(x)} train / {len(xt)} test; loss: MSE (½ mean squared error)")
+    print(f"data: {data_name}; {len(x)} train / {len(xv)} validation / {len(xt)} test; loss: MSE (½ mean squared error)")
     print(f"net: 12 → 64 ReLU → 64 ReLU → 1; SGD lr {args.lr}, batch {args.batch_size}\n")
 
     key = jax.random.key(args.seed)
@@ -167,7 +170,7 @@ def main(argv=None) -> dict:
         hist(0, r["params"])
         _, history = fit(r["model"], r["params"], LOSS, r["opt"], (x, y),
                          batch_size=args.batch_size, epochs=args.epochs,
-                         key=jax.random.fold_in(key, 100), validation_data=(xt, yt),
+                         key=jax.random.fold_in(key, 100), validation_data=(xv, yv),
                          metrics=("loss",), callbacks=[hist], verbose=0)
         losses, vals = history["loss"], history["val_loss"]
         bad = next((e for e, v in zip(history["epoch"], losses) if not math.isfinite(v)), None)

@@ -40,6 +40,9 @@ from jbp.plotting import save_figure
 from jbp.callbacks import EarlyStopping
 from jbp.layers import Dense, ReLU
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+from _common import add_common_args, figure_path  # noqa: E402
+
 
 def build_model(hidden: int = 64) -> jbp.Sequential:
     """12 → Dense(hidden) → ReLU → Dense(hidden) → ReLU → Dense(1)."""
@@ -117,11 +120,9 @@ def main(argv=None) -> dict:
                    help="slice of the training split used to pick the epoch (default 0.15)")
     p.add_argument("--patience", type=int, default=30, help="early-stopping patience (epochs)")
     p.add_argument("--limit", type=int, default=0, help="use only N training houses (smoke tests)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling")
-    p.add_argument("--out", default=os.path.join("out", "house_prices.png"),
-                   help="PNG of the curves and predictions (default out/house_prices.png)")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     args = p.parse_args(argv)
+    args.out = figure_path(args.out, "house_prices.png")
     if args.epochs < 1 or args.hidden < 1 or args.batch_size < 1 or args.patience < 1:
         p.error("--epochs, --hidden, --batch-size and --patience must be >= 1")
     if not 0.0 < args.val_fraction < 0.5:

@@ -30,6 +30,7 @@ size); on an accelerator, the per-epoch gap narrows.
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 from pathlib import Path
 
@@ -40,6 +41,9 @@ import numpy as np
 import jbp
 from jbp.layers import Dense, ReLU
 from jbp.plotting import save_figure
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+from _common import add_common_args  # noqa: E402
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -126,9 +130,7 @@ def main(argv=None) -> dict:
     p.add_argument("--lr-sgd", type=float, default=0.1, help="SGD with momentum 0.9")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images (0 = all)")
     p.add_argument("--test-limit", type=int, default=0, help="test on the first N images (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out", help="directory for kfac.png (default out/)")
-    p.add_argument("--no-plot", action="store_true")
+    add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     args = p.parse_args(argv)
     if (args.epochs < 1 or args.batch_size < 1 or min(args.hidden) < 1 or args.limit < 0
             or args.test_limit < 0 or args.inverse_every < 1):

@@ -42,6 +42,9 @@ from jbp.datasets import (FASHION_MNIST_CLASSES, MNIST_CLASSES, cache, fashion_m
                           prepare_images)
 from jbp.layers import Dense, ReLU
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+from _common import add_common_args, figure_path  # noqa: E402
+
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 LOADERS = {"mnist": (mnist, MNIST_CLASSES), "fashion_mnist": (fashion_mnist, FASHION_MNIST_CLASSES)}
 STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -136,11 +139,9 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images (0 = all)")
     p.add_argument("--test-limit", type=int, default=0, help="test on the first N images (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join("out", "mnist_mlp.png"),
-                   help="PNG of the curves and the confusion matrix (default out/mnist_mlp.png)")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     args = p.parse_args(argv)
+    args.out = figure_path(args.out, "mnist_mlp.png")
     if args.epochs < 1 or args.batch_size < 1 or args.limit < 0 or args.test_limit < 0 \
             or min(args.hidden) < 1:
         p.error("--epochs, --batch-size and --hidden must be >= 1, --limit/--test-limit >= 0")

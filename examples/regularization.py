@@ -15,13 +15,14 @@ train/validation curves to a PNG. Every configuration starts from the same initi
 parameters (the baseline's Dropout(0.0) is the identity, so all nets share one parameter
 structure) and sees the same data. Offline, well under a minute on 2 CPU cores::
 
-    python examples/regularization.py                   # 150 epochs, regularization.png
+    python examples/regularization.py                   # 150 epochs, out/regularization.png
     python examples/regularization.py --epochs 300 --n-train 200 --out curves.png
     python examples/regularization.py --only none dropout --dropout 0.3
 """
 from __future__ import annotations
 
 import argparse
+import os
 import functools
 import sys
 import time
@@ -37,6 +38,9 @@ from jbp.callbacks import EarlyStopping
 from jbp.layers import Dense, Flatten, ReLU
 from jbp.layers.dropout import Dropout
 from jbp.train import fit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+from _common import add_common_args, figure_path  # noqa: E402
 
 
 def make_model(dropout: float) -> jbp.Sequential:
@@ -158,11 +162,11 @@ def main(argv=None):
     p.add_argument("--l2", type=float, default=1e-2, help="L2 strength λ (default 1e-2)")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout rate = drop probability")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience")
-    p.add_argument("--seed", type=int, default=0)
+    add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     p.add_argument("--only", nargs="+", default=None, metavar="NAME",
                    help="run only these configurations (none, l2, dropout, augment, 'early stop')")
-    p.add_argument("--out", default="regularization.png", help="PNG of the curves ('' to skip)")
     args = p.parse_args(argv)
+    args.out = "" if args.no_plot else figure_path(args.out, "regularization.png")
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
 

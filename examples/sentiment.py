@@ -45,6 +45,9 @@ from jbp.callbacks import EarlyStopping
 from jbp.datasets import Vocabulary, rotten_tomatoes
 from jbp.layers import LSTM, Dense, Dropout, Embedding, MeanPool1D, ReLU, SimpleRNN
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+from _common import add_common_args, figure_path  # noqa: E402
+
 PAD_ID = 0  # Vocabulary: id 0 is "<pad>", id 1 is "<unk>"
 
 
@@ -132,11 +135,9 @@ def main(argv=None) -> dict:
     p.add_argument("--patience", type=int, default=3, help="early-stopping patience (epochs)")
     p.add_argument("--limit", type=int, default=0,
                    help="use only N training sentences (and N/4 test ones): smoke tests")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join("out", "sentiment.png"),
-                   help="PNG of the curves (default out/sentiment.png)")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     args = p.parse_args(argv)
+    args.out = figure_path(args.out, "sentiment.png")
     if min(args.epochs, args.max_len, args.dim, args.hidden, args.batch_size, args.patience) < 1:
         p.error("--epochs, --max-len, --dim, --hidden, --batch-size and --patience must be >= 1")
     if args.vocab < 3:

@@ -77,12 +77,14 @@ def main(argv=None):
     spec = dict(classes=args.classes, vocab=args.vocab, min_len=args.min_len, max_len=args.max_len)
     x_tr, y_tr = make_data(args.train, rng=rng, **spec)
     x_te, y_te = make_data(max(args.train // 4, 1), rng=rng, **spec)
+    x_va, y_va = make_data(max(args.train // 10, 1), rng=rng, **spec)  # validation, not the test set
     model = build_model(args.cell, args.vocab, args.classes, args.hidden)
     key_init, key_fit = jax.random.split(jax.random.key(args.seed))
     params, _ = model.init(key_init, x_tr.shape[1:])
     loss = jbp.losses.softmax_cross_entropy
     print(f"key-recall task: {args.classes} classes, lengths {args.min_len}..{args.max_len} "
-          f"(padded with id {PAD}), {x_tr.shape[0]} train / {x_te.shape[0]} test; "
+          f"(padded with id {PAD}), {x_tr.shape[0]} train / {x_va.shape[0]} validation / "
+          f"{x_te.shape[0]} test; "
           f"chance accuracy {1 / args.classes:.2f}")
     print(model)
 
@@ -92,7 +94,7 @@ def main(argv=None):
 
     params, history = jbp.fit(model, params, loss, jbp.optim.adam(args.lr), (x_tr, y_tr),
                               batch_size=args.batch_size, epochs=args.epochs, key=key_fit,
-                              validation_data=(x_te, y_te))
+                              validation_data=(x_va, y_va))
     result = jbp.evaluate(model, params, loss, (x_te, y_te))
     out = {"report": report, "history": history, "test": result}
     if not args.no_baseline:

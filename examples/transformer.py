@@ -77,6 +77,8 @@ from jbp.layers import (Dense, Dropout, Embedding, LayerNorm, MeanPool1D,  # noq
                         PositionalEmbedding, PositionWise, transformer_block)
 from jbp.plotting import save_figure  # noqa: E402
 
+from _common import add_common_args  # noqa: E402
+
 # README's examples section: examples/sentiment.py at its defaults (seed 0, full data).
 QUOTED = [("bag of embeddings + MLP (64-d)", 0.7683, 0.4921),
           ("SimpleRNN (64 units)", 0.7428, 0.5638),
@@ -416,9 +418,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate (default: sentiment 1e-3, lm 3e-3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out", help="folder for the PNG (default out/)")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     g = p.add_argument_group("sentiment")
     g.add_argument("--vocab", type=int, default=10000, help="vocabulary size (default 10000)")
     g.add_argument("--max-len", type=int, default=40, help="word ids per sentence (default 40)")

@@ -35,6 +35,9 @@ from jbp import diagnostics, initializers, optim
 from jbp.layers import Dense, ReLU, Sigmoid
 from jbp.train import fit
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+from _common import add_common_args, figure_path, validation_split  # noqa: E402
+
 LOSS = jbp.losses.softmax_cross_entropy
 HIDDEN = 30
 
@@ -112,8 +115,7 @@ def evolution_table(title, record, labels, every) -> str:
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
-    p.add_argument("--out", default=os.path.join("out", "vanishing_gradients.png"),
-                   help="where to save the plot (default out/vanishing_gradients.png)")
+    add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     p.add_argument("--path", default=None, help="directory of MNIST/Fashion-MNIST IDX files "
                    "(default: the embedded UCI digits)")
     p.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist",
@@ -125,9 +127,8 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
     p.add_argument("--probe", type=int, default=1000, help="probe batch size (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = p.parse_args(argv)
+    args.out = figure_path(args.out, "vanishing_gradients.png")
     if args.epochs < 1 or args.max_depth < 1 or args.probe < 1:
         p.error("--epochs, --max-depth and --probe must be >= 1")
     return args
@@ -137,6 +138,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.perf_counter()
     (x, y), (xt, yt), data_name = load_data(args)
+    # validation: 10% of the training set; the test set is evaluated once after training
+    (x, y), (xv, yv) = validation_split(np.asarray(x), np.asarray(y), 0.1, args.seed)
     probe = (jnp.asarray(x[: args.probe]), jnp.asarray(y[: args.probe]))
     n_in = x.shape[1]
     print(f"data: {data_name}; probe batch: {len(probe[0])} examples; loss: softmax cross-entropy")
@@ -171,7 +174,7 @@ def main(argv=None) -> dict:
         hist(0, params)
         params, history = fit(model, params, LOSS, optim.sgd(args.lr), (x, y),
                               batch_size=args.batch_size, epochs=args.epochs,
-                              key=jax.random.fold_in(key, 100 + depth), validation_data=(xt, yt),
+                              key=jax.random.fold_in(key, 100 + depth), validation_data=(xv, yv),
                               callbacks=[hist], verbose=0)
         labels = layer_labels(list(hist.record.speed_of_learning()))  # the Dense layers
         print(f"per-layer report at initialization — {title}")
@@ -181,7 +184,7 @@ def main(argv=None) -> dict:
         print()
         print(evolution_table(f"speed of learning during training (SGD, lr {args.lr}, batch "
                               f"{args.batch_size}) — {title}", hist.record, labels, every))
-        acc = history["val_accuracy"][-1]
+        acc = float(jbp.evaluate(model, params, LOSS, (xt, yt), metrics=("accuracy",))["accuracy"])
         print(f"test accuracy after {args.epochs} epochs: {acc:.4f}\n")
         records[kind] = (hist.record, labels, title)
         results["train"][kind] = {"record": hist.record.to_dict(), "test_accuracy": acc,

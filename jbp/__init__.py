@@ -14,6 +14,7 @@ from jbp.core import Layer, Sequential, cast, named_leaves
 from jbp.engine import Pass, autodiff_value_and_grad, backprop, value_and_grad
 from jbp.history import History
 from jbp.layers import Dense, Dropout, Flatten
+from jbp.summary import summary
 from jbp.per_example import per_example_clipped_grad, per_example_grad_norms, per_example_grads
 from jbp.train import DivergenceError, evaluate, fit, make_train_step
 
@@ -23,7 +24,7 @@ __all__ = [
     # the engine
     "Layer", "Sequential", "Dense", "Dropout", "Flatten",
     "backprop", "Pass", "value_and_grad", "autodiff_value_and_grad", "check_gradients", "GradientReport",
-    "GradientCheckError", "cast", "named_leaves", "check_params",
+    "GradientCheckError", "cast", "named_leaves", "check_params", "summary",
     # training
     "fit", "evaluate", "make_train_step", "History", "Callback", "EarlyStopping",
     "DivergenceError",

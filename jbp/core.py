@@ -165,6 +165,12 @@ class Sequential(Layer):
     def __len__(self) -> int:
         return len(self.layers)
 
+    def summary(self, in_shape, *, params=None, dtype=None, print_fn=None) -> str:
+        """A table of layers, output shapes, parameter counts and dtypes; see :func:`jbp.summary`."""
+        from jbp.summary import summary
+        kw = {} if dtype is None else {"dtype": dtype}
+        return summary(self, in_shape, params=params, print_fn=print_fn, **kw)
+
     def __getitem__(self, i):
         return self.layers[i]
 

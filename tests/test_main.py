@@ -121,3 +121,39 @@ def test_checkpoint_resume_save_and_evaluate(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--resume"])
     assert e.value.code == 2 and "--resume needs --checkpoint-dir" in capsys.readouterr().err
+
+
+def test_summary_plot_and_x64(tmp_path, capsys):
+    import jax
+    before = bool(jax.config.jax_enable_x64)
+    fig = tmp_path / "figs" / "run.png"
+    assert main(["--x64", "--plot", str(fig), "--epochs", "2", "--hidden", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "Sequential on input (None, 64) float64" in out
+    assert f"Trainable params: {64 * 8 + 8 + 8 * 10 + 10:,} (float64)" in out
+    assert "gradient check (float64" in out and "all gradients agree" in out
+    assert fig.exists() and fig.stat().st_size > 0
+    assert bool(jax.config.jax_enable_x64) == before  # restored after the run
+
+
+@pytest.mark.parametrize("mode,lr", [("sgd", 0.02), ("gd", 1.0), ("32", 0.3)])
+def test_learning_rate_default_fits_the_batch_mode(mode, lr):
+    from jbp.__main__ import build_optimizer, build_parser
+    args = build_parser().parse_args(["--batch-size", mode])
+    assert build_optimizer(args)[1] == lr
+
+
+def test_full_batch_default_prints_a_stride_of_epochs(capsys):
+    assert main(["--batch-size", "gd", "--no-check", "--hidden", "8", "--epochs", "120"]) == 0
+    out = capsys.readouterr().out
+    epochs = re.findall(r"^epoch +(\d+)/120 ", out, re.M)
+    assert epochs[0] == "1" and epochs[-1] == "120" and len(epochs) < 40
+
+
+def test_rising_loss_warns(capsys):
+    from jbp.__main__ import _warn_if_loss_rose
+    from jbp.history import History
+    assert not _warn_if_loss_rose(History([{"epoch": i + 1, "loss": 2.0 / (i + 1)} for i in range(8)]))
+    assert _warn_if_loss_rose(History([{"epoch": i + 1, "loss": 1.0 + i % 2 * 0.5 + 0.01 * i}
+                                       for i in range(8)]))
+    assert "training loss rose" in capsys.readouterr().err
