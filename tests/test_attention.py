@@ -289,3 +289,49 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=r"layers\[1\] \(Residual\): Residual\(.*the block maps input "
                                          r"shape \(3, 4\) to output shape \(3, 8\)"):
         transformer_block(8, 2, 8).init(jax.random.key(0), (3, 4))
+
+
+# --- closed-form per-example extensions of the projections -------------------------------
+# (layer, in_shape, mask option): T=7 on 6 features takes the direct form of ‖Gᵢ‖²
+# (2T² > in·out), T=3 on 8 features the Gram form; padding and causal masks, blockwise too.
+EXT_CASES = [
+    (MultiHeadAttention(2, causal=True), (7, 6), "random"),
+    (MultiHeadAttention(2, head_dim=4), (3, 8), "random"),
+    (MultiHeadAttention(2, causal=True, block_size=2, use_bias=False), (3, 8), None),
+]
+
+
+@pytest.mark.parametrize("layer,in_shape,mask", EXT_CASES, ids=["direct-causal-mask",
+                                                                 "gram-mask", "gram-block-causal"])
+def test_attention_extensions_check_layer(layer, in_shape, mask):
+    """batch_grad / batch_l2 / sum_grad_squared (closed forms) vs vmap(jax.grad), f64 and f32."""
+    from jbp.layers import _per_example as _pe
+    T, f = in_shape
+    hd = layer.num_heads * (layer.head_dim or f // layer.num_heads)
+    assert _pe.use_gram(T, f, hd) == (T == 3)
+    report = jbp.testing.check_layer(layer, in_shape, mask=mask, finite_differences=False)
+    assert report.ok, str(report)
+    assert any(r.check.startswith("extension batch_l2") for r in report.rows)
+
+
+def test_attention_closed_forms_equal_generic_default():
+    """The closed forms are the layer's methods, and equal the generic vmap-of-backward."""
+    from jbp.extensions.base import generic_batch_grad
+    layer = MultiHeadAttention(2, causal=True, block_size=3)
+    rng, params, x = _setup(layer, (4, 7, 6), jnp.float64, seed=3)
+    m = jnp.asarray(MASK)
+    dy = rand(rng, x.shape)
+
+    @jax.jit
+    def run(params, x, dy):
+        _, cache = layer.forward(params, Masked(x, m))
+        return (generic_batch_grad(layer, params, cache, dy), layer.batch_grad(params, cache, dy),
+                layer.batch_l2(params, cache, dy), layer.sum_grad_squared(params, cache, dy))
+
+    ref, bg, l2, sgs = run(params, x, dy)
+    for name in ref:
+        np.testing.assert_allclose(bg[name], ref[name], rtol=1e-10, atol=1e-12)
+        sq = jnp.square(ref[name])
+        np.testing.assert_allclose(l2[name], jnp.sum(sq, axis=tuple(range(1, sq.ndim))),
+                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(sgs[name], jnp.sum(sq, axis=0), rtol=1e-10, atol=1e-12)

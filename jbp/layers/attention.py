@@ -52,6 +52,7 @@ from jax import lax
 
 from jbp import initializers
 from jbp.core import Layer, Sequential, layer_error
+from jbp.layers import _per_example as _pe
 from jbp.layers._window import _positive_int
 from jbp.layers.activations import GELU
 from jbp.layers.dense import Dense
@@ -279,32 +280,73 @@ class MultiHeadAttention(Layer):
         return o, {"L": lse}
 
     # --- backward ---------------------------------------------------------------------
-    def backward(self, params, cache, dy):
-        """Output projection, attention core (dense or blockwise), input projections."""
+    def _projection_deltas(self, params, cache, dy):
+        """The four projections as ``Dense`` layers on extra axes: ``{name: (a, δ)}`` with
+        ``a`` the projection's input and ``δ`` the delta at its output, both
+        ``(batch, T, ·)``: ``"o": (O, dy)``, ``"q": (x, dQ)``, ``"k": (x, dK)``,
+        ``"v": (x, dV)``. Examples never mix, so for a per-example ``dy`` (row ``i`` = the
+        delta of example ``i``'s own loss) every ``δ`` is per example too."""
         xs, mask, o = cache["x"], cache["mask"], cache["o"]
         B, T, H, d = o.shape
         dtype = o.dtype
         dy = cotangent_values(dy).astype(dtype)
         if mask is not None:
             dy = jnp.where(mask[:, :, None], dy, 0)
-        grads = {"Wo": jnp.einsum("btk,btf->kf", o.reshape(B, T, H * d), dy)}
-        if self.use_bias:
-            grads["bo"] = jnp.sum(dy, axis=(0, 1))
         do = jnp.matmul(dy, params["Wo"].T.astype(dtype)).reshape(B, T, H, d)
         if "P" in cache:
             dq, dk, dv = self._dense_backward(cache, do)
         else:
             dq, dk, dv = self._block_backward(cache, do)
         x_c = xs.astype(dtype)
-        dx = jnp.zeros(xs.shape, dtype)
+        out = {"o": (o.reshape(B, T, H * d), dy)}
         for n, dz in zip(_NAMES, (dq, dk, dv)):
-            dz = dz.reshape(B, T, H * d)
-            grads[f"W{n}"] = jnp.einsum("btf,btk->fk", x_c, dz)
+            out[n] = (x_c, dz.reshape(B, T, H * d))
+        return out
+
+    def backward(self, params, cache, dy):
+        """Output projection, attention core (dense or blockwise), input projections."""
+        xs = cache["x"]
+        deltas = self._projection_deltas(params, cache, dy)
+        grads = {}
+        dx = jnp.zeros(xs.shape, deltas["o"][1].dtype)
+        for n, (a, dz) in deltas.items():
+            grads[f"W{n}"] = jnp.einsum("btf,btk->fk", a, dz)
             if self.use_bias:
                 grads[f"b{n}"] = jnp.sum(dz, axis=(0, 1))
-            dx = dx + jnp.matmul(dz, params[f"W{n}"].T.astype(dtype))
+            if n != "o":
+                dx = dx + jnp.matmul(dz, params[f"W{n}"].T.astype(dz.dtype))
         grads = {name: g.astype(params[name].dtype) for name, g in grads.items()}
         return grads, dx.astype(xs.dtype)
+
+    # --- closed forms for the per-example extensions (jbp.extensions) ------------------
+    # Each projection is a Dense on the extra axis T: with ``(a, δ)`` from
+    # ``_projection_deltas`` (``dy`` per example), ``∂ℓᵢ/∂W = Σₜ aᵢₜᵀ δᵢₜ`` and
+    # ``∂ℓᵢ/∂b = Σₜ δᵢₜ``, computed by the helpers Dense uses (jbp.layers._per_example).
+
+    def _closed_form(self, params, cache, dy, w_fn, b_fn):
+        out = {}
+        for n, (a, dz) in self._projection_deltas(params, cache, dy).items():
+            out[f"W{n}"] = w_fn(a, dz)
+            if self.use_bias:
+                out[f"b{n}"] = b_fn(_pe.bias_grads(dz))
+        return {name: g.astype(params[name].dtype) for name, g in out.items()}
+
+    def batch_grad(self, params, cache, dy):
+        """``∂ℓᵢ/∂W = Σₜ aᵢₜᵀ δᵢₜ`` ``(n, in, out)`` and ``∂ℓᵢ/∂b = Σₜ δᵢₜ`` ``(n, out)`` for
+        each projection ``q, k, v, o``."""
+        return self._closed_form(params, cache, dy, _pe.outer_grads, lambda g: g)
+
+    def batch_l2(self, params, cache, dy):
+        """``‖∂ℓᵢ/∂W‖²`` per example and projection without forming ``∂ℓᵢ/∂W`` when the Gram
+        form ``Σₜₛ (aᵢₜ·aᵢₛ)(δᵢₜ·δᵢₛ)`` is cheaper (``2T² ≤ in·out``,
+        :func:`jbp.layers._per_example.use_gram`); ``‖Σₜ δᵢₜ‖²`` for the biases."""
+        return self._closed_form(params, cache, dy, _pe.outer_sq_norms,
+                                 lambda g: jnp.sum(jnp.square(g), axis=1))
+
+    def sum_grad_squared(self, params, cache, dy):
+        """``Σᵢ (∂ℓᵢ/∂W)²`` and ``Σᵢ (∂ℓᵢ/∂b)²`` elementwise, per projection."""
+        return self._closed_form(params, cache, dy, _pe.outer_sum_sq,
+                                 lambda g: jnp.sum(jnp.square(g), axis=0))
 
     @staticmethod
     def _dense_backward(cache, do):
