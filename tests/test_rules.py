@@ -607,3 +607,86 @@ def test_with_rule_and_as_backprop_round_trip():
     only = with_rule(net, "sign", layers=[3])
     assert (only[0].rule, only[3].rule, only[3].feedback_seed) == ("bp", "sign", 0)
     assert isinstance(dfa(net), DFA) and hash(dfa(net)) == hash(dfa(net))
+
+
+# --------------------------------------------------------------------------------------
+# The Alignment engine extension (one forward, the rule's walk + backprop's walk)
+# --------------------------------------------------------------------------------------
+
+def _old_alignment(model, loss, params, x, y, state):
+    """The former stand-alone implementation of ``alignment`` (its own forward, the rule's
+    backward and ``as_backprop``'s backward), kept as a reference for the extension."""
+    from jbp.rules.alignment import _at, _bp_cache, _entries, _flat, _weights, angle
+    pred, cache, _ = model.forward_with_state(params, state, x)
+    e = loss.grad(pred, y)
+    grads, _ = model.backward(params, cache, e)
+    bp_grads, _ = as_backprop(model).backward(params, _bp_cache(model, cache), e)
+    out = {}
+    for name, path, layer, kind in _entries(model):
+        names = _weights(layer)
+        g, gb = _at(grads, path), _at(bp_grads, path)
+        rec = {"grad_angle": angle([g[w] for w in names], [gb[w] for w in names])}
+        if kind == "rule":
+            p, c = _at(params, path), _at(cache, path)
+            Ws, Bs = [p[w] for w in names], [layer.feedback(p, c, w) for w in names]
+            rec["feedback_angle"] = angle(Bs, Ws)
+            rec["norm_ratio"] = jnp.linalg.norm(_flat(Bs)) / jnp.linalg.norm(_flat(Ws))
+        out[name] = rec
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_alignment_extension_vs_numpy_rule_and_jax_grad(dtype):
+    rng = np.random.default_rng(21)
+    model = jbp.Sequential([Dense(7, rule="fa", feedback_seed=3), Tanh(),
+                            Dense(6, rule="kolen_pollack"), ReLU(), Dense(5, rule="sign"),
+                            Tanh(), Dense(3)])
+    params = randomize(model.init(jax.random.key(0), (4,))[0], rng, dtype)
+    state = jbp.cast(model.init_state((4,)), dtype)
+    x, y = rand(rng, (10, 4), dtype), jnp.asarray(rng.integers(0, 3, 10))
+    tol = {jnp.float64: 1e-9, jnp.float32: 2e-3}[dtype]
+    run = jax.jit(lambda p, s, x, y: jbp.backprop(model, CE, extensions=[jbp.rules.Alignment()])(
+        p, x, y, state=s, train=False))
+    out = run(params, state, x, y)
+    ext = out.extras["alignment"]
+    assert list(ext) == ["layers[0]", "layers[2]", "layers[4]"]
+    # the old two-walk path gives the same numbers
+    old = jax.jit(lambda p, s, x, y: _old_alignment(model, CE, p, x, y, s))(params, state, x, y)
+    for name in ext:
+        for q in ext[name]:
+            np.testing.assert_allclose(float(ext[name][q]), float(old[name][q]),
+                                       rtol=tol, atol=tol)
+    # independent: the rule's gradient by a NumPy walk, the true one by jax.grad of the bp net
+    P = np64(params)
+    W = [P[i]["W"] for i in (0, 2, 4, 6)]
+    b = [P[i]["b"] for i in (0, 2, 4, 6)]
+    Bs = [np.asarray(state[0]["B"], np.float64), P[2]["B"],
+          np.sign(W[2]) * np.abs(W[2]).mean()]
+    a0 = np.asarray(x, np.float64)
+    z1 = a0 @ W[0] + b[0]; a1 = np.tanh(z1)
+    z2 = a1 @ W[1] + b[1]; a2 = np.maximum(z2, 0)
+    z3 = a2 @ W[2] + b[2]; a3 = np.tanh(z3)
+    z4 = a3 @ W[3] + b[3]
+    pr = np.exp(z4 - z4.max(1, keepdims=True)); pr /= pr.sum(1, keepdims=True)
+    e = (pr - np.eye(3)[np.asarray(y)]) / len(a0)
+    d3 = (e @ W[3].T) * (1 - a3 ** 2)            # output layer is bp
+    d2 = (d3 @ Bs[2].T) * (z2 > 0)               # sign feedback
+    d1 = (d2 @ Bs[1].T) * (1 - a1 ** 2)          # Kolen-Pollack feedback
+    g_rule = {0: a0.T @ d1, 2: a1.T @ d2, 4: a2.T @ d3}
+    g_true = np64(jax.grad(lambda p: CE.value(as_backprop(model).apply(p, x), y))(params))
+    for i, B in zip((0, 2, 4), Bs):
+        rec = ext[f"layers[{i}]"]
+        assert rec["grad_angle"].dtype == dtype
+        np.testing.assert_allclose(float(rec["grad_angle"]), _angle_np(g_rule[i], g_true[i]["W"]),
+                                   rtol=tol, atol=1e2 * tol)
+        np.testing.assert_allclose(float(rec["feedback_angle"]), _angle_np(B, W[i // 2]),
+                                   rtol=tol, atol=1e2 * tol)
+        np.testing.assert_allclose(float(rec["norm_ratio"]),
+                                   np.linalg.norm(B) / np.linalg.norm(W[i // 2]), rtol=tol)
+    # the reader returns the extension's numbers, and the extension refuses a bp model
+    red = jax.jit(alignment(model, CE))(params, x, y, state=state)
+    assert float(red["loss"]) == float(out.loss)
+    close(red["layers"], ext, dtype)
+    with pytest.raises(ValueError, match="no layer with a learning rule"):
+        jbp.backprop(jbp.Sequential([Dense(2)]), CE, extensions=[jbp.rules.Alignment()])(
+            jbp.Sequential([Dense(2)]).init(jax.random.key(0), (3,))[0], x[:, :3], y % 2)

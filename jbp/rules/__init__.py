@@ -12,7 +12,9 @@ the delta ``δ`` each layer receives.
   the copy with every rule back to ``"bp"``.
 - **Direct feedback alignment** (Nøkland 2016) is model-level: :func:`dfa` wraps a
   ``Sequential`` in a :class:`DFA` layer whose hidden weight layers receive ``B_l e``.
-- **Alignment metrics**: :func:`alignment` (jit-able: per layer, the angle between the
+- **Alignment metrics**: the engine extension :class:`Alignment`
+  (``jbp.backprop(..., extensions=[Alignment()])`` → ``Pass.extras["alignment"]``, computed
+  from the same forward pass plus one backprop walk), its reader :func:`alignment` (jit-able: per layer, the angle between the
   rule's weight gradient and backprop's, the angle between ``B`` and ``W`` and ``‖B‖/‖W‖``),
   :class:`AlignmentHistory` (a ``jbp.fit`` callback recording them every epoch) and
   :func:`plot_alignment`.
@@ -24,10 +26,10 @@ as a mismatch, by design: prove the forward and the parameter gradients on
 ``as_backprop(model)``.
 """
 from jbp.layers._feedback import RULES
-from jbp.rules.alignment import (AlignmentHistory, AlignmentRecord, QUANTITIES, alignment,
+from jbp.rules.alignment import (Alignment, AlignmentHistory, AlignmentRecord, QUANTITIES, alignment,
                                  plot_alignment)
 from jbp.rules.convert import RULE_LAYERS, as_backprop, with_rule
 from jbp.rules.dfa import DFA, dfa
 
-__all__ = ["RULES", "RULE_LAYERS", "with_rule", "as_backprop", "DFA", "dfa", "alignment",
+__all__ = ["RULES", "RULE_LAYERS", "with_rule", "as_backprop", "DFA", "dfa", "Alignment", "alignment",
            "AlignmentHistory", "AlignmentRecord", "QUANTITIES", "plot_alignment"]

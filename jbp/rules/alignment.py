@@ -10,12 +10,13 @@ import jax.numpy as jnp
 from jbp._validate import check_batch as _check_batch
 from jbp._validate import check_model_and_loss as _check_model_and_loss
 from jbp.core import Layer, Sequential
-from jbp.engine import loss_value_and_grad
+from jbp.engine import backprop
+from jbp.extensions.base import Extension
 from jbp.layers._feedback import RuleLayer
 from jbp.rules.convert import as_backprop
 from jbp.rules.dfa import DFA
 
-__all__ = ["QUANTITIES", "alignment", "AlignmentRecord", "AlignmentHistory", "plot_alignment"]
+__all__ = ["QUANTITIES", "Alignment", "alignment", "angle", "AlignmentRecord", "AlignmentHistory", "plot_alignment"]
 
 #: the per-layer quantities :func:`alignment` returns
 QUANTITIES = ("grad_angle", "feedback_angle", "norm_ratio")
@@ -89,25 +90,101 @@ def _weights(layer):
     return [w for w, _ in layer._feedback_of.values()]
 
 
-def alignment(model: Layer, loss):
-    """Per-layer alignment of a learning rule with backpropagation, on one batch.
+class _RuleGrads(Extension):
+    """The rule's own parameter gradient of every layer, as the main walk computes it (the
+    ``grads`` of each visit: the same arrays, no extra work); read by :class:`Alignment`."""
 
-    Returns the pure, jit-able ``f(params, x, y, *, state=None, key=None, train=False)``,
-    which runs ONE forward pass of ``model`` (``forward_with_state`` for a stateful model;
-    ``state=None`` means ``model.init_state``), the rule's backward and
-    :func:`as_backprop`'s backward on the same cache and output delta ``e = ∂L/∂ŷ``, and
-    returns ``{"loss": L, "layers": {name: {...}}}`` with, for every layer whose rule is
-    not ``"bp"`` (named like ``layers[2]``)::
+    name = "alignment_rule_grads"
+    params_only = True
+
+    def compute(self, call):
+        return call.grads
+
+    def __eq__(self, other):
+        return type(other) is _RuleGrads
+
+    def __hash__(self):
+        return hash(_RuleGrads)
+
+
+class Alignment(Extension):
+    """Engine extension: how far each learning-rule layer is from backpropagation, on the
+    batch of the pass (``jbp.backprop(model, loss, extensions=[Alignment()])`` →
+    ``Pass.extras["alignment"]``).
+
+    The main walk is the rule's own backward: every layer is visited with the delta ``δ``
+    the rule sends it and records its gradient ``∇W_rule = aᵀδ`` (extension
+    ``"alignment_rule_grads"``, required, which appears in ``Pass.extras`` too — it is
+    ``Pass.grads`` before any regularizer). The *true* gradient needs the true delta
+    ``δ_bp``, which no rule computes: at layer ``l`` it is ``e`` carried down through
+    ``Wᵀ`` of every layer above, while the rule carries it through ``B``. So ``Alignment``
+    is a seeded extension with its own walk: it backpropagates the same output delta
+    ``e = ∂L/∂ŷ`` through :func:`as_backprop`'s backward on the same forward cache (no
+    second forward pass) and compares, per layer. The cost is one more backward pass (its
+    input deltas and weight gradients), not a forward.
+
+    The result is ``{name: {...}}`` with, for every layer whose rule is not ``"bp"`` (named
+    like ``layers[2]``, in model order)::
 
         grad_angle      ∠(∇W_rule, ∇W_bp)   in degrees (W; W_x and W_h together for RNNs)
         feedback_angle  ∠(B, W)             the feedback matrix the backward used vs W
         norm_ratio      ‖B‖ / ‖W‖
 
-    and for every hidden weight layer of a :class:`DFA` only ``grad_angle`` (its ``B`` maps
-    the output error, not this layer's output: no ``W`` to compare it with). Angles below
-    90° mean the rule's update is a descent direction for that layer; ``grad_angle`` of an
-    output layer is 0 (it receives ``e`` under every rule). Angles are NaN where a gradient
-    is zero.
+    and for every hidden weight layer of a :class:`DFA` only ``grad_angle`` (its ``B``
+    maps the output error, not this layer's output: no ``W`` to compare it with). Both
+    gradients are those of the mean data loss of the batch (no regularizer); ``∇W`` of a
+    layer means its weights only (``W``; ``W_x`` and ``W_h`` concatenated), not biases.
+    Angles use :func:`angle` (``2·atan2(‖â−b̂‖, ‖â+b̂‖)``); NaN where a vector is zero.
+    ``grad_angle`` of an output layer is 0 (it receives ``e`` under every rule); below
+    90° the rule's update is a descent direction for that layer.
+
+    Raises (when the pass runs):
+      ValueError: the model has no layer with a rule other than ``"bp"`` and is no DFA.
+    """
+
+    name = "alignment"
+    seeded = True
+    params_only = True
+    requires = (_RuleGrads(),)
+
+    def __eq__(self, other):
+        return type(other) is Alignment
+
+    def __hash__(self):
+        return hash(Alignment)
+
+    def walk(self, model, params, cache, ctx):
+        entries = _entries(model)
+        if not entries:
+            raise ValueError(f"alignment: the model has no layer with a learning rule other than "
+                             f"'bp' and is not a DFA, so it is backpropagation already: {model!r}")
+        grads = ctx.extras[_RuleGrads.name]
+        bp_grads, _ = as_backprop(model).backward(params, _bp_cache(model, cache), ctx.dpred)
+        layers = {}
+        for name, path, layer, kind in entries:
+            names = _weights(layer)
+            g, gb = _at(grads, path), _at(bp_grads, path)
+            rec = {"grad_angle": angle([g[w] for w in names], [gb[w] for w in names])}
+            if kind == "rule":
+                p, c = _at(params, path), _at(cache, path)
+                Ws = [p[w] for w in names]
+                Bs = [layer.feedback(p, c, w) for w in names]
+                rec["feedback_angle"] = angle(Bs, Ws)
+                rec["norm_ratio"] = jnp.linalg.norm(_flat(Bs)) / jnp.linalg.norm(_flat(Ws))
+            layers[name] = rec
+        return layers
+
+
+def alignment(model: Layer, loss):
+    """Per-layer alignment of a learning rule with backpropagation, on one batch: a reader
+    of the :class:`Alignment` extension.
+
+    Returns the pure, jit-able ``f(params, x, y, *, state=None, key=None, train=False)``,
+    which runs ``jbp.backprop(model, loss, extensions=[Alignment()])`` (ONE forward pass,
+    the rule's backward and backprop's backward on the same cache; ``state=None`` or ``()``
+    means ``model.init_state``) and returns ``{"loss": L, "layers": extras["alignment"]}``
+    (the quantities are defined in :class:`Alignment`). Note ``train=False`` by default
+    (deterministic probe), unlike ``jbp.backprop``.
 
     Args:
       model: a model containing at least one layer with a rule other than ``"bp"``, or a
@@ -122,33 +199,13 @@ def alignment(model: Layer, loss):
     if not entries:
         raise ValueError(f"alignment: the model has no layer with a learning rule other than "
                          f"'bp' and is not a DFA, so it is backpropagation already: {model!r}")
-    bp_model = as_backprop(model)
-    stateful = bool(model.stateful)
+    run = backprop(model, loss, extensions=[Alignment()])
 
     def f(params, x, y, *, state=None, key=None, train=False):
-        x, y = _check_batch(x, y)
-        if stateful:
-            if state is None or _empty(state):
-                state = model.init_state(tuple(x.shape[1:]))
-            pred, cache, _ = model.forward_with_state(params, state, x, key=key, train=train)
-        else:
-            pred, cache = model.forward(params, x, key=key, train=train)
-        value, e = loss_value_and_grad(loss, pred, y)
-        grads, _ = model.backward(params, cache, e)
-        bp_grads, _ = bp_model.backward(params, _bp_cache(model, cache), e)
-        layers = {}
-        for name, path, layer, kind in entries:
-            names = _weights(layer)
-            g, gb = _at(grads, path), _at(bp_grads, path)
-            rec = {"grad_angle": angle([g[w] for w in names], [gb[w] for w in names])}
-            if kind == "rule":
-                p, c = _at(params, path), _at(cache, path)
-                Ws = [p[w] for w in names]
-                Bs = [layer.feedback(p, c, w) for w in names]
-                rec["feedback_angle"] = angle(Bs, Ws)
-                rec["norm_ratio"] = jnp.linalg.norm(_flat(Bs)) / jnp.linalg.norm(_flat(Ws))
-            layers[name] = rec
-        return {"loss": value, "layers": layers}
+        if state is not None and _empty(state):
+            state = None
+        out = run(params, x, y, key=key, state=state, train=train)
+        return {"loss": out.loss, "layers": out.extras["alignment"]}
 
     f.layer_names = tuple(name for name, *_ in entries)
     return f

@@ -1,0 +1,76 @@
+"""The cost of the ``jbp.rules.Alignment`` extension inside a training step.
+
+One ``jax.jit``-ed AdamW training step (forward, hand-written backward, optimizer update) of
+the Fashion-MNIST MLP of ``examples/learning_rules.py`` (784 → Dense(256) → ReLU → Dense(10),
+batch 128, random float32 data) under each learning rule, with and without
+``extensions=[Alignment()]``; timed with ``bench/extensions.py``'s ``race`` (warm-up, then
+``--repeats`` alternating rounds of ``--iters`` calls, medians). The extension adds one
+backprop walk (deltas and weight gradients of ``as_backprop(model)`` on the same forward
+cache) and the angle reductions, no forward pass. ``--hidden 256 256`` adds hidden layers.
+
+    python bench/rules.py
+    python bench/rules.py --iters 20 --repeats 5 --hidden 256 256
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import jbp  # noqa: E402
+from jbp import optim  # noqa: E402
+from jbp.layers import Dense, ReLU  # noqa: E402
+from jbp.rules import Alignment, dfa, with_rule  # noqa: E402
+from extensions import data, race  # noqa: E402
+
+LOSS = jbp.losses.softmax_cross_entropy
+
+
+def step_fn(model, extensions):
+    run = jbp.backprop(model, LOSS, extensions=extensions)
+    opt = optim.adamw(1e-3, weight_decay=1e-4)
+
+    def step(params, opt_state, state, x, y):
+        out = run(params, x, y, state=state)
+        updates, opt_state = opt.update(out.grads, opt_state, params)
+        return (optim.apply_updates(params, updates), opt_state, out.state, out.loss,
+                out.extras.get("alignment"))
+
+    return jax.jit(step), opt
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--hidden", type=int, nargs="+", default=[256])
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rules", nargs="+", default=["fa", "dfa", "kolen_pollack"])
+    a = p.parse_args(argv)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; MLP 784-"
+          f"{'-'.join(map(str, a.hidden))}-10, batch {a.batch}, AdamW step")
+    net = jbp.Sequential([l for h in a.hidden for l in (Dense(h, w_init="he_normal"), ReLU())]
+                         + [Dense(10)])
+    x, y = data((784,), a.batch)
+    for rule in a.rules:
+        model = dfa(net) if rule == "dfa" else with_rule(net, rule)
+        params, _ = model.init(jax.random.key(0), (784,))
+        state = model.init_state((784,))
+        fns, args = {}, None
+        for label, exts in (("step", ()), ("step + Alignment", (Alignment(),))):
+            f, opt = step_fn(model, exts)
+            fns[label] = (lambda f=f, o=opt.init(params): (lambda p, s, x, y: f(p, o, s, x, y)))()
+        med = race(fns, (params, state, x, y), a.iters, a.repeats)
+        t0 = med["step"]
+        print(f"  {rule:<14} step {t0 * 1e3:7.3f} ms   with Alignment "
+              f"{med['step + Alignment'] * 1e3:7.3f} ms   ratio "
+              f"{med['step + Alignment'] / t0:5.2f}×")
+
+
+if __name__ == "__main__":
+    main()
