@@ -21,6 +21,7 @@ __all__ = [
     "cached_if_hashable", "check_model", "check_bool", "check_in_shape", "model_spec", "check_params",
     "check_tree", "check_opt_state", "check_state", "check_targets", "check_model_input",
     "concrete", "value_range", "check_index_range", "check_interval", "check_regularizer",
+    "check_mesh", "check_mesh_batches",
 ]
 
 GRAD_FNS = ("manual", "autodiff")
@@ -513,3 +514,46 @@ def check_regularizer(regularizer, params) -> None:
     check = getattr(regularizer, "check_params", None)
     if check is not None:
         check(params)
+
+
+# --------------------------------------------------------------------------------------
+# Device meshes (data parallelism)
+# --------------------------------------------------------------------------------------
+
+def check_mesh(mesh, name: str = "mesh"):
+    """``None``, or the number of devices on the ``"data"`` axis of a ``jax.sharding.Mesh``.
+
+    Raises:
+      TypeError: ``mesh`` is not a ``jax.sharding.Mesh`` (or ``None``).
+      ValueError: the mesh has no ``"data"`` axis.
+    """
+    if mesh is None:
+        return None
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(f"{name}: expected a jax.sharding.Mesh with a 'data' axis (e.g. "
+                        f"jbp.distributed.data_mesh()), or None, got {type(mesh).__name__}")
+    if "data" not in mesh.axis_names:
+        raise ValueError(f"{name}: expected a mesh with a 'data' axis to shard the batch over, "
+                         f"got axes {tuple(mesh.axis_names)}; build one with "
+                         f"jax.make_mesh((n,), ('data',)) or jbp.distributed.data_mesh()")
+    return int(mesh.shape["data"])
+
+
+def check_mesh_batches(n_devices, bs: int, rem: int, *, name: str = "batch_size",
+                       drop_last_hint: bool = True) -> None:
+    """Every batch (the full ones of ``bs`` rows and the remainder of ``rem``) must split
+    evenly over the ``n_devices`` of the mesh's ``"data"`` axis. No padding is done."""
+    if n_devices is None:
+        return
+    if bs % n_devices:
+        down, up = bs - bs % n_devices, bs + n_devices - bs % n_devices
+        eg = f"{down} or {up}" if down else f"{up}"
+        raise ValueError(f"{name}: {bs} examples per batch do not split evenly over the "
+                         f"{n_devices} devices of the mesh's 'data' axis; use a multiple of "
+                         f"{n_devices} (e.g. {eg})")
+    if rem % n_devices:
+        hint = " or drop_last=True" if drop_last_hint else ""
+        raise ValueError(f"{name}: the last batch of the epoch has {rem} examples (the data "
+                         f"size mod {bs}), which does not split evenly over the {n_devices} "
+                         f"devices of the mesh's 'data' axis; make the number of examples a "
+                         f"multiple of {n_devices} (or of {bs}){hint}")

@@ -21,7 +21,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-__all__ = ["parse_batch_size", "batch_plan", "scan_batches"]
+__all__ = ["parse_batch_size", "batch_plan", "scan_batches", "data_sharding", "replicate",
+           "shard_data", "mesh_shardings", "auto_mesh"]
 
 
 def parse_batch_size(text) -> int | None:
@@ -62,14 +63,27 @@ def _chunk_batches(bs, nb, x, y):
     return max(1, min(nb, _CHUNK_BYTES // max(1, bs * row)))
 
 
-def scan_batches(fn, carry, x, y, keys, *, bs: int, nb: int, rem: int, order=None):
+def scan_batches(fn, carry, x, y, keys, *, bs: int, nb: int, rem: int, order=None,
+                 sharding=None):
     """Run ``fn(carry, xb, yb, k) -> (carry, metrics)`` over the batches of ``(x, y)``.
 
     Batch ``j`` is rows ``order[j·bs:(j+1)·bs]`` (``order=None``: consecutive rows), with
     key ``keys[j]`` (``keys=None``: ``k`` is ``None``); the remainder batch of ``rem`` rows
     comes last with ``keys[nb]``. Returns ``(carry, means)``: each metric averaged over the
     examples (batch means weighted by batch size).
+
+    ``sharding`` (data parallelism, a ``NamedSharding(mesh, P("data"))``): every batch —
+    the remainder too — is constrained (``jax.lax.with_sharding_constraint``) to be split
+    by example over the mesh's ``"data"`` axis before ``fn`` sees it; ``fn``'s batch means
+    then compile (GSPMD) to per-device partial sums and one all-reduce.
     """
+    if sharding is not None:
+        fn0 = fn
+
+        def fn(c, xb, yb, k):
+            xb, yb = jax.lax.with_sharding_constraint((xb, yb), (sharding, sharding))
+            return fn0(c, xb, yb, k)
+
     def scan_slices(carry, xs, ys, ks):
         return jax.lax.scan(lambda c, inp: fn(c, *inp), carry, (xs, ys, ks))
 
@@ -116,3 +130,62 @@ def scan_batches(fn, carry, x, y, keys, *, bs: int, nb: int, rem: int, order=Non
                 else {k: sums[k] + mt[k] * rem for k in sums})
     count = nb * bs + rem
     return carry, {k: v / count for k, v in sums.items()}
+
+
+# --------------------------------------------------------------------------------------
+# data parallelism over a device mesh (``fit(..., mesh=)``, ``evaluate(..., mesh=)``)
+# --------------------------------------------------------------------------------------
+
+def auto_mesh(mesh):
+    """``mesh`` with every axis of type ``Auto`` (GSPMD decides the layout of intermediate
+    values; ``jax.make_mesh`` makes ``Explicit`` axes by default, where a gather from
+    example-sharded data would need an explicit output sharding). Same devices, same names."""
+    if mesh is None or all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return jax.sharding.Mesh(mesh.devices, mesh.axis_names,
+                             axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+
+
+def data_sharding(mesh):
+    """``NamedSharding(mesh, P("data"))`` (split by example), or ``None`` without a mesh."""
+    if mesh is None:
+        return None
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+
+def _replicated(mesh):
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def replicate(tree, mesh):
+    """Every leaf of ``tree`` copied whole onto each device of ``mesh`` (``P()``)."""
+    return jax.device_put(tree, _replicated(mesh))
+
+
+def shard_data(arrays, mesh):
+    """``arrays`` (a tuple) laid out for data parallelism on ``mesh``.
+
+    A ``jax.Array`` already spread over ``mesh``'s devices (a global array from
+    :func:`jbp.distributed.process_local_shard`) is kept as it is. Others are split by
+    example over the ``"data"`` axis when the example count divides evenly, else
+    replicated (each batch is still split inside the compiled epoch)."""
+    n_dev = int(mesh.shape["data"])
+    devices = set(mesh.devices.flat)
+    mesh = auto_mesh(mesh)
+    out = []
+    for a in arrays:
+        if isinstance(a, jax.Array) and set(a.sharding.device_set) == devices \
+                and len(devices) > 1:
+            out.append(a)
+        elif a.shape[0] % n_dev == 0:
+            out.append(jax.device_put(a, data_sharding(mesh)))
+        else:
+            out.append(jax.device_put(a, _replicated(mesh)))
+    return tuple(out)
+
+
+def mesh_shardings(mesh):
+    """``jax.jit`` keyword arguments for a data-parallel ``fn``: outputs replicated. The
+    inputs keep the shardings they were placed with (:func:`replicate`,
+    :func:`shard_data`); batches are constrained inside :func:`scan_batches`."""
+    return {"out_shardings": _replicated(mesh)}

@@ -21,20 +21,22 @@ import numpy as np
 
 from jbp import checkpoint as ckpt
 from jbp._validate import (check_augment, check_batch_size, check_bool, check_data, check_epochs,
-                           check_grad_fn, check_key, check_model_and_loss, check_model_input,
+                           check_grad_fn, check_key, check_mesh, check_mesh_batches,
+                           check_model_and_loss, check_model_input,
                            check_opt_state, check_optimizer, check_params, check_regularizer,
                            check_state, check_targets, eval_batch_size as check_eval_batch_size)
 from jbp.callbacks import EarlyStopping, as_callback, format_epoch
 from jbp.history import History
 from jbp.metrics import get_metrics
-from jbp.train.batching import batch_plan, scan_batches
+from jbp.train.batching import (auto_mesh, batch_plan, data_sharding, mesh_shardings, replicate,
+                                scan_batches, shard_data)
 from jbp.train.evaluate import make_eval
 from jbp.train.step import make_train_step
 
 __all__ = ["fit", "DivergenceError", "ON_NONFINITE"]
 
 
-def _make_epoch(step, *, n, batch_size, shuffle, drop_last, finalizers):
+def _make_epoch(step, *, n, batch_size, shuffle, drop_last, finalizers, mesh=None):
     """``epoch(carry, x, y, key) -> (carry, mean_metrics)``, one compiled function.
 
     Keys: ``k_perm, k_steps = split(key)``; the order is ``permutation(k_perm, n)`` (or
@@ -56,7 +58,8 @@ def _make_epoch(step, *, n, batch_size, shuffle, drop_last, finalizers):
         k_perm, k_steps = jax.random.split(key)
         keys = jax.random.split(k_steps, n_steps)
         order = jax.random.permutation(k_perm, n) if permute else None
-        carry, means = scan_batches(run, carry, x, y, keys, bs=bs, nb=nb, rem=rem, order=order)
+        carry, means = scan_batches(run, carry, x, y, keys, bs=bs, nb=nb, rem=rem, order=order,
+                                    sharding=data_sharding(mesh))
         return carry, {k: finalizers.get(k, _same)(v) for k, v in means.items()}
 
     return epoch
@@ -68,10 +71,15 @@ def _same(v):
 
 class _Compiled:
     """``jax.jit`` compiled ahead of time per input signature, so compile time is measured
-    apart from the epochs (``seconds``)."""
+    apart from the epochs (``seconds``). With a ``mesh``: the outputs are replicated over
+    it; the inputs keep the layout they were placed with (data split by example, the
+    carry replicated)."""
 
-    def __init__(self, fn):
-        self.jitted = jax.jit(fn)
+    def __init__(self, fn, mesh=None):
+        if mesh is None:
+            self.jitted = jax.jit(fn)
+        else:
+            self.jitted = jax.jit(fn, **mesh_shardings(mesh))
         self.cache = {}
         self.compile_seconds = 0.0
 
@@ -241,7 +249,7 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
         callbacks=(), verbose: int = 1, grad_fn: str = "manual", state=None,
         opt_state=None, eval_batch_size: int | None = 1024, privacy=None,
         on_nonfinite: str = "stop", checkpoint_dir=None, checkpoint_every: int = 1,
-        keep: int | None = 3, resume: bool = False):
+        keep: int | None = 3, resume: bool = False, mesh=None):
     """Train ``model`` from ``params``; return ``(params, history)``.
 
     ``batch_size``: ``None`` (or n) = full-batch gradient descent, ``1`` = SGD (the data
@@ -288,6 +296,19 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
       history and ``history.diverged`` is its number (the progress line says so).
       ``"raise"``: raise :class:`DivergenceError` (a ``FloatingPointError``) naming the
       epoch. ``"ignore"``: train on.
+    - ``mesh``: a ``jax.sharding.Mesh`` with a ``"data"`` axis (e.g.
+      :func:`jbp.distributed.data_mesh`): data-parallel training. Every batch is split by
+      example over the ``"data"`` axis (``NamedSharding(mesh, P("data"))``), the
+      parameters, optimizer state and model state are replicated (``P()``), and the same
+      compiled epoch runs under ``jax.jit`` with those shardings: XLA (GSPMD) turns each
+      batch mean into per-device partial sums and one all-reduce, so the gradient is the
+      exact mean over the whole batch, as on one device (up to summation order). BatchNorm
+      uses the statistics of the whole (global) batch, not per-device ones. Every batch —
+      the remainder batch too — must split evenly over the devices: otherwise
+      ``ValueError`` naming ``batch_size`` and the device count (no padding is done; use
+      a multiple, or ``drop_last=True`` for the remainder). Data already laid out as a
+      global ``jax.Array`` (:func:`jbp.distributed.process_local_shard`, several
+      processes) is used as it is. Not combined with ``privacy``.
     - ``checkpoint_dir``: after every ``checkpoint_every`` epochs (and after the last one,
       an early stop, a divergence or Ctrl-C) save the parameters, optimizer state, model
       state, history, epoch counter and early-stopping progress there with
@@ -330,6 +351,13 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
     n = x.shape[0]
     in_shape = tuple(x.shape[1:])
     batch_size = check_batch_size(batch_size, n)
+    n_dev = check_mesh(mesh)
+    mesh = auto_mesh(mesh)
+    if n_dev is not None:
+        if privacy is not None:
+            raise ValueError("mesh: data-parallel training over a mesh is not combined with "
+                             "privacy (DP-SGD) yet; pass mesh=None")
+        check_mesh_batches(n_dev, *batch_plan(n, batch_size, drop_last)[::2])
     out_shape = check_params(model, params, in_shape)
     check_targets(loss, y, out_shape, name="train_data: y")
     check_model_input(model, x, name="train_data: x")
@@ -342,6 +370,9 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
         check_targets(loss, val[1], out_shape, name="validation_data: y")
         check_model_input(model, val[0], name="validation_data: x")
         eval_bs = check_eval_batch_size(eval_batch_size, val[0].shape[0], "eval_batch_size")
+        if n_dev is not None:
+            vbs, _, vrem = batch_plan(val[0].shape[0], eval_bs)
+            check_mesh_batches(n_dev, vbs, vrem, name="eval_batch_size", drop_last_hint=False)
     if regularizer is not None:
         check_regularizer(regularizer, params)
     if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral):
@@ -394,18 +425,24 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
         step = make_train_step(model, loss, optimizer, regularizer=regularizer,
                                grad_fn=grad_fn, metrics=[m.name for m in metric_objs],
                                augment=augment)
-        epoch_fn = _Compiled(_make_epoch(step, n=n, batch_size=batch_size, shuffle=shuffle,
-                                         drop_last=drop_last, finalizers=finalizers))
+        epoch = _make_epoch(step, n=n, batch_size=batch_size, shuffle=shuffle,
+                            drop_last=drop_last, finalizers=finalizers, mesh=mesh)
+        epoch_fn = _Compiled(epoch, mesh=mesh)
     eval_fn = None
     if val is not None:
         eval_fn = _Compiled(make_eval(model, loss, metric_objs, n=val[0].shape[0],
-                                      batch_size=eval_bs))
+                                      batch_size=eval_bs, mesh=mesh), mesh=mesh)
 
     history = History(epochs=epochs)
     for c in cbs:
         if hasattr(c, "on_train_begin"):
             c.on_train_begin()
     carry = _strong((params, opt_state, state))
+    if mesh is not None:
+        carry = replicate(carry, mesh)
+        x, y = shard_data((x, y), mesh)
+        if val is not None:
+            val = shard_data(val, mesh)
 
     # ---- resume from the newest complete checkpoint ----
     start, finished, saved_epoch = 0, None, None
