@@ -1,4 +1,15 @@
-"""Property-based: random Sequential nets — the hand-written gradient equals autodiff."""
+"""Property-based: random Sequential nets — the hand-written gradient equals autodiff.
+
+Each random architecture compiles its own program (~3 s on a CPU core), so the default run checks
+only a few nets (``JBP_PROPERTY_EXAMPLES``, default 8) to keep the suite fast. Scale it up for a
+nightly-style run, e.g.::
+
+    JBP_PROPERTY_EXAMPLES=1000 python -m pytest tests/test_property.py
+
+The number of nets actually checked is printed by the last test of this module.
+"""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +24,7 @@ ACTIVATIONS = [Sigmoid(), Tanh(), ReLU(), LeakyReLU(0.05), ELU(0.8), Softplus(),
                GELU(approximate=True), Softmax(), Identity()]
 LOSSES = [losses.mse, losses.binary_cross_entropy, losses.softmax_cross_entropy]
 CHECKED = {"nets": 0}
+EXAMPLES = int(os.environ.get("JBP_PROPERTY_EXAMPLES", "8"))
 
 
 @st.composite
@@ -31,7 +43,7 @@ def nets(draw):
     return jbp.Sequential(layers), loss, draw(st.integers(1, 9)), draw(st.integers(1, 12)), draw(st.integers(0, 2**31 - 1))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nets())
 def test_random_nets_manual_equals_autodiff(spec):
     model, loss, n, d_in, seed = spec
