@@ -32,11 +32,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from step import make_step, one_round  # bench/step.py: the same jitted step and timed round
 
 import jbp
 from jbp import losses
 from jbp.layers import Dense, MeanPool1D, MultiHeadAttention, transformer_block
-from step import make_step, one_round  # bench/step.py: the same jitted step and timed round
 
 
 def interleaved(contenders, run_round, repeats):

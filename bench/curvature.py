@@ -74,7 +74,7 @@ def compare(title, contenders, baseline, x, y, iters, repeats):
     """``contenders``: name -> (fn, initial carry, iterations multiplier)."""
     key = jax.random.key(0)
     carries = {}
-    for name, (fn, carry, mult) in contenders.items():          # compile + warm up
+    for name, (fn, carry, _mult) in contenders.items():          # compile + warm up
         for _ in range(2):
             carry, out = fn(carry, x, y, key)
         jax.block_until_ready((carry, out))

@@ -23,6 +23,7 @@ import statistics
 import jax
 import jax.numpy as jnp
 import numpy as np
+from step import make_step, one_round  # bench/step.py: the same jitted step and timed round
 
 import jbp
 from jbp import losses
@@ -32,7 +33,6 @@ from jbp.layers.embedding import Embedding
 from jbp.layers.normalization import BatchNorm
 from jbp.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from jbp.layers.recurrent import LSTM, SimpleRNN
-from step import make_step, one_round  # bench/step.py: the same jitted step and timed round
 
 
 def bench(name, model, x, y, iters, repeats):

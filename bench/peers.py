@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import platform
 import random
@@ -82,20 +81,19 @@ import traceback
 import warnings
 from importlib import metadata
 
+import epoch as epoch_bench  # bench/epoch.py: Nielsen's net, data, jbp.fit and loop contenders
 import jax
 import jax.numpy as jnp
+import nielsen_numpy  # bench/nielsen_numpy.py: the faithful NumPy port
 import numpy as np
+import peer_models as pm  # bench/peer_models.py: the same net in every library
+from step import make_step  # bench/step.py: jit(jbp.value_and_grad + SGD)
 
 import jbp
 from jbp import losses, optim
 from jbp.layers import Dense, Flatten, ReLU
 from jbp.layers.conv import Conv2D
 from jbp.layers.pooling import MaxPool2D
-
-import epoch as epoch_bench          # bench/epoch.py: Nielsen's net, data, jbp.fit and loop contenders
-import nielsen_numpy                 # bench/nielsen_numpy.py: the faithful NumPy port
-import peer_models as pm             # bench/peer_models.py: the same net in every library
-from step import make_step           # bench/step.py: jit(jbp.value_and_grad + SGD)
 
 WORKLOADS = ("step", "epoch", "per_example", "extensions")
 LIBS = ("jbp", "jax", "equinox", "flax", "torch", "opacus", "backpack", "numpy")

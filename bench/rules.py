@@ -18,15 +18,15 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from extensions import data, race  # noqa: E402
+
 import jbp  # noqa: E402
 from jbp import optim  # noqa: E402
 from jbp.layers import Dense, ReLU  # noqa: E402
 from jbp.rules import Alignment, dfa, with_rule  # noqa: E402
-from extensions import data, race  # noqa: E402
 
 LOSS = jbp.losses.softmax_cross_entropy
 
@@ -61,7 +61,7 @@ def main(argv=None):
         model = dfa(net) if rule == "dfa" else with_rule(net, rule)
         params, _ = model.init(jax.random.key(0), (784,))
         state = model.init_state((784,))
-        fns, args = {}, None
+        fns, _args = {}, None
         for label, exts in (("step", ()), ("step + Alignment", (Alignment(),))):
             f, opt = step_fn(model, exts)
             fns[label] = (lambda f=f, o=opt.init(params): (lambda p, s, x, y: f(p, o, s, x, y)))()

@@ -45,12 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
-from jbp.plotting import save_figure
 from jbp.datasets import cache, cifar10, digits, fashion_mnist, prepare_images
 from jbp.datasets.cifar import TARBALL
 from jbp.layers import Dense, Dropout, Flatten, ReLU
 from jbp.layers.conv import Conv2D
 from jbp.layers.pooling import MaxPool2D
+from jbp.plotting import save_figure
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
 from _common import add_common_args, figure_path, validation_split  # noqa: E402

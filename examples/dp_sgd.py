@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys  # noqa: E402  (the examples' shared flags live next to this file)
 from pathlib import Path
 
 import jax
@@ -35,7 +36,6 @@ import numpy as np
 import jbp
 from jbp.layers import Dense, ReLU
 
-import sys  # noqa: E402  (the examples' shared flags live next to this file)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_common_args, validation_split  # noqa: E402
 

@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
-from jbp.plotting import save_figure
 from jbp import diagnostics, initializers, optim
 from jbp.layers import Dense, ReLU
+from jbp.plotting import save_figure
 from jbp.train import fit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
@@ -165,7 +165,7 @@ def main(argv=None) -> dict:
 
     print(f"\ntraining {args.epochs} epochs with jbp.fit (GradientNormHistory on the probe batch):")
     rows = []
-    for i, (name, r) in enumerate(runs.items()):
+    for name, r in runs.items():
         hist = diagnostics.GradientNormHistory(r["model"], LOSS, probe)
         hist(0, r["params"])
         _, history = fit(r["model"], r["params"], LOSS, r["opt"], (x, y),

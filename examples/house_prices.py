@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
-from jbp.plotting import save_figure
 from jbp.callbacks import EarlyStopping
 from jbp.layers import Dense, ReLU
+from jbp.plotting import save_figure
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
 from _common import add_common_args, figure_path  # noqa: E402

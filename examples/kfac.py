@@ -30,8 +30,8 @@ size); on an accelerator, the per-epoch gap narrows.
 from __future__ import annotations
 
 import argparse
-import sys
 import os
+import sys
 from pathlib import Path
 
 import jax

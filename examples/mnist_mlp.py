@@ -37,10 +37,16 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
-from jbp.plotting import save_figure
-from jbp.datasets import (FASHION_MNIST_CLASSES, MNIST_CLASSES, cache, fashion_mnist, mnist,
-                          prepare_images)
+from jbp.datasets import (
+    FASHION_MNIST_CLASSES,
+    MNIST_CLASSES,
+    cache,
+    fashion_mnist,
+    mnist,
+    prepare_images,
+)
 from jbp.layers import Dense, ReLU
+from jbp.plotting import save_figure
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
 from _common import add_common_args, figure_path  # noqa: E402

@@ -22,8 +22,8 @@ structure) and sees the same data. Offline, well under a minute on 2 CPU cores::
 from __future__ import annotations
 
 import argparse
-import os
 import functools
+import os
 import sys
 import time
 
@@ -31,10 +31,10 @@ import jax
 import numpy as np
 
 import jbp
-from jbp.datasets import digits
 from jbp import augment as aug
 from jbp import optim, regularizers
 from jbp.callbacks import EarlyStopping
+from jbp.datasets import digits
 from jbp.layers import Dense, Flatten, ReLU
 from jbp.layers.dropout import Dropout
 from jbp.train import fit

@@ -40,10 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
-from jbp.plotting import save_figure
 from jbp.callbacks import EarlyStopping
 from jbp.datasets import Vocabulary, rotten_tomatoes
 from jbp.layers import LSTM, Dense, Dropout, Embedding, MeanPool1D, ReLU, SimpleRNN
+from jbp.plotting import save_figure
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
 from _common import add_common_args, figure_path  # noqa: E402

@@ -69,15 +69,22 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sentiment  # noqa: E402  (examples/sentiment.py: data pipeline, table, plot, baselines)
+from _common import add_common_args  # noqa: E402
 
 import jbp  # noqa: E402
 from jbp.callbacks import EarlyStopping  # noqa: E402
 from jbp.datasets import rotten_tomatoes  # noqa: E402
-from jbp.layers import (Dense, Dropout, Embedding, LayerNorm, MeanPool1D,  # noqa: E402
-                        PositionalEmbedding, PositionWise, transformer_block)
+from jbp.layers import (  # noqa: E402
+    Dense,
+    Dropout,
+    Embedding,
+    LayerNorm,
+    MeanPool1D,
+    PositionalEmbedding,
+    PositionWise,
+    transformer_block,
+)
 from jbp.plotting import save_figure  # noqa: E402
-
-from _common import add_common_args  # noqa: E402
 
 # README's examples section: examples/sentiment.py at its defaults (seed 0, full data).
 QUOTED = [("bag of embeddings + MLP (64-d)", 0.7683, 0.4921),

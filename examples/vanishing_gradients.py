@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
-from jbp.plotting import save_figure
 from jbp import diagnostics, initializers, optim
 from jbp.layers import Dense, ReLU, Sigmoid
+from jbp.plotting import save_figure
 from jbp.train import fit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
@@ -194,7 +194,7 @@ def main(argv=None) -> dict:
         from jbp.plotting import plot_gradient_norms, require_matplotlib
         plt = require_matplotlib()
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-        for ax, (kind, (record, labels, title)) in zip(axes, records.items()):
+        for ax, (_kind, (record, labels, title)) in zip(axes, records.items()):
             plot_gradient_norms(record, None, quantity="bias_grad_norm", ax=ax, title=title)
             handles, names = ax.get_legend_handles_labels()
             ax.legend(handles, [labels.get(n, n) for n in names], fontsize=8)

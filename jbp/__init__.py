@@ -5,7 +5,7 @@ parameters; ``Sequential`` composes them; ``value_and_grad`` runs forward, loss 
 hand-written backward; ``check_gradients`` proves it against ``jax.grad`` and finite
 differences; ``fit`` trains with one compiled ``lax.scan`` per epoch.
 """
-from jbp import distributed  # noqa: E402,I001 - data parallelism (jbp.distributed)
+from jbp import distributed  # noqa: E402,F401,I001 - data parallelism (jbp.distributed)
 from jbp import (augment, checkpoint, datasets, diagnostics, dp, extensions, initializers, layers,
                  losses, optim, plotting, regularizers, rules, testing)
 from jbp._validate import check_params

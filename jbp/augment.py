@@ -31,7 +31,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Callable, Tuple
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +95,7 @@ def _nonneg_real(value, name: str, who: str) -> float:
     return value
 
 
-def _int_pair(value, name: str, who: str, allow_none: bool = False) -> Tuple[int, int]:
+def _int_pair(value, name: str, who: str, allow_none: bool = False) -> tuple[int, int]:
     """An int or a pair of ints (rows, columns), each >= 0."""
     if allow_none and value is None:
         return None
@@ -359,7 +359,7 @@ class RandomTranslation(_Augmentation):
     """Shift each example by integers ``dy`` in ``[-max_dy, max_dy]`` and ``dx``
     in ``[-max_dx, max_dx]``, drawn uniformly and independently (see
     :func:`translate`; zero fill). ``max_pixels`` is an int or ``(max_dy, max_dx)``."""
-    max_pixels: Tuple[int, int]
+    max_pixels: tuple[int, int]
     _name = "random_translation"
 
     def __post_init__(self):
@@ -384,8 +384,8 @@ class RandomCrop(_Augmentation):
     position drawn uniformly per example. With ``size`` equal to the image size
     (or ``None``, meaning "the input's size") this is the classic pad-and-crop,
     a random translation by up to ``padding`` pixels."""
-    size: Tuple[int, int] = None
-    padding: Tuple[int, int] = 0
+    size: tuple[int, int] = None
+    padding: tuple[int, int] = 0
     _name = "random_crop"
 
     def __post_init__(self):
@@ -451,7 +451,7 @@ class GaussianNoise(_Augmentation):
 @dataclasses.dataclass(frozen=True)
 class Compose(_Augmentation):
     """Apply ``augs`` in order, each with its own key split from the given one."""
-    augs: Tuple[Callable, ...] = ()
+    augs: tuple[Callable, ...] = ()
     _name = "compose"
 
     def __post_init__(self):

@@ -14,14 +14,22 @@ Use it whenever you write a new layer::
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp._validate import (check_batch, check_key, check_model_and_loss, check_model_input, check_params,
-                           check_regularizer, check_same_structure, check_state, check_targets)
+from jbp._validate import (
+    check_batch,
+    check_key,
+    check_model_and_loss,
+    check_model_input,
+    check_params,
+    check_regularizer,
+    check_same_structure,
+    check_state,
+    check_targets,
+)
 from jbp.core import cast, named_leaves
 from jbp.engine import backprop, value_and_grad
 
@@ -62,10 +70,10 @@ class LeafCheck:
     abs_err: float
     rel_err: float
     ok_autodiff: bool
-    fd_rel_err: Optional[float] = None
-    ok_fd: Optional[bool] = None
+    fd_rel_err: float | None = None
+    ok_fd: bool | None = None
     bound: str = "leaf"
-    fd_bound: Optional[str] = None
+    fd_bound: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -78,10 +86,10 @@ class GradientReport:
     dtype: str
     rtol: float
     atol: float
-    fd_rtol: Optional[float]
+    fd_rtol: float | None
     loss_value: float
     scale: float = 0.0        # max |autodiff| over all leaves (the "others" floor / FLOOR)
-    fd_noise: Optional[float] = None  # the "loss" floor of the finite differences
+    fd_noise: float | None = None  # the "loss" floor of the finite differences
 
     @property
     def ok(self) -> bool:
@@ -92,7 +100,7 @@ class GradientReport:
         """Names of the leaves that disagree."""
         return [l.name for l in self.leaves if not l.ok]
 
-    def raise_if_failed(self) -> "GradientReport":
+    def raise_if_failed(self) -> GradientReport:
         if not self.ok:
             raise GradientCheckError(f"hand-written gradient disagrees for {self.failed}\n{self}")
         return self
@@ -154,8 +162,8 @@ def _param_dtype(params):
 
 def check_gradients(model, loss, params, x, y, *, key=None, train=True, state=None,
                     regularizer=None,
-                    finite_differences: bool = True, rtol: Optional[float] = None,
-                    atol: Optional[float] = None, fd_rtol: float = 1e-5, fd_eps: float = 1e-6,
+                    finite_differences: bool = True, rtol: float | None = None,
+                    atol: float | None = None, fd_rtol: float = 1e-5, fd_eps: float = 1e-6,
                     fd_directions: int = 3, seed: int = 0,
                     raise_on_failure: bool = False) -> GradientReport:
     """Compare the hand-written gradient with ``jax.grad`` and finite differences.

@@ -17,13 +17,13 @@ layers stay three functions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jbp._validate import (check_array, check_floating,  # noqa: F401 - layers import them from here
-                           check_in_shape, check_key)
+from jbp._validate import check_array, check_floating, check_in_shape, check_key  # noqa: F401 - layers import them from here
 
 Array = jax.Array
 PyTree = Any
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-def layer_error(layer: "Layer", message: str, exc: type = ValueError) -> Exception:
+def layer_error(layer: Layer, message: str, exc: type = ValueError) -> Exception:
     """Build an error that names the layer: ``Dense(units=10): message``."""
     return exc(f"{layer!r}: {message}")
 
@@ -324,4 +324,3 @@ def named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
 
 
 # The engine lives in jbp/engine.py; these names stay importable from here.
-from jbp.engine import autodiff_value_and_grad, value_and_grad  # noqa: E402

@@ -29,7 +29,8 @@ layers with those deltas instead. See :class:`jbp.extensions.Extension`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

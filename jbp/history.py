@@ -97,7 +97,7 @@ class History:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path) -> "History":
+    def from_json(cls, text_or_path) -> History:
         """Read back what :meth:`to_json` wrote (a JSON string or a file path)."""
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):

@@ -29,7 +29,8 @@ import dataclasses
 import math
 import numbers
 import operator
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -377,7 +378,7 @@ _BY_NAME: dict[str, Callable[[], Initializer]] = {
 }
 
 
-def get(spec: Union[str, Callable]) -> Callable:
+def get(spec: str | Callable) -> Callable:
     """Resolve ``spec`` to an initializer.
 
     - an initializer (any callable ``init(key, shape, dtype)``): returned as is;

@@ -22,7 +22,7 @@ Note: the ``mse`` *metric* is the plain mean of squares; the ``mse`` *loss*
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 

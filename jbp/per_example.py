@@ -28,7 +28,7 @@ gradient of ``ℓᵢ`` alone). All of this assumes the model's layers do not mix
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -31,7 +31,6 @@ this checks a hand-written backward, its batching, and every quantity derived fr
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +80,7 @@ class LayerCheckReport:
     def __bool__(self) -> bool:
         return self.ok
 
-    def raise_if_failed(self) -> "LayerCheckReport":
+    def raise_if_failed(self) -> LayerCheckReport:
         if not self.ok:
             raise AssertionError(f"check_layer({self.layer}) failed: {self.failed}\n{self}")
         return self
@@ -158,7 +157,7 @@ def _values(y):
 
 
 def check_layer(layer, in_shape, *, batch: int = 3, params=None, state=None, train: bool = False,
-                key=None, mask=None, vocab: Optional[int] = None, dtypes=("float64", "float32"),
+                key=None, mask=None, vocab: int | None = None, dtypes=("float64", "float32"),
                 extensions: bool = True, finite_differences: bool = True, fd_directions: int = 2,
                 seed: int = 0) -> LayerCheckReport:
     """Check a layer's hand-written backward and everything derived from it.
@@ -335,7 +334,7 @@ def _finite_difference_rows(fwd, P, x, m, c, grads, dx, rng, n_dir):
     leaves = [np.asarray(a) for a in leaves]
     targets = [(f"leaf {i}", i) for i in range(len(leaves))] + ([] if dx is None else [("input", None)])
     worst_err, worst_scale = 0.0, 0.0
-    for label, i in targets:
+    for _label, i in targets:
         base = x if i is None else leaves[i]
         if not np.issubdtype(base.dtype, np.floating) or base.size == 0:
             continue

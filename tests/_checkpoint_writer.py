@@ -30,9 +30,9 @@ def tree_for(i: int) -> dict:
 
 
 def main(directory: str, start: int, block_at: int) -> None:
-    from jbp import checkpoint
-
     from _fsync_trap import block_fsync_at
+
+    from jbp import checkpoint
 
     block_fsync_at(block_at)
     single = os.path.join(directory, "single.jbp")

@@ -7,7 +7,6 @@ SIGKILL it exactly there: odd n = in the middle of writing a checkpoint (the tem
 written, not yet renamed), even n = renamed, directory not yet synced. The parent runs the
 same :func:`train` in its own process to compare bit for bit.
 """
-import os
 import sys
 
 import jax

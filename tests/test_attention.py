@@ -10,13 +10,19 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _layer_checks import assert_close, compare_with_autodiff, rand  # noqa: E402
 
 import jbp  # noqa: E402
 from jbp.core import _out_shape  # noqa: E402
-from jbp.layers import (Dense, Embedding, Masked, MeanPool1D, MultiHeadAttention,  # noqa: E402
-                        PositionalEmbedding, transformer_block)
-
-from _layer_checks import assert_close, compare_with_autodiff, rand  # noqa: E402
+from jbp.layers import (  # noqa: E402
+    Dense,
+    Embedding,
+    Masked,
+    MeanPool1D,
+    MultiHeadAttention,
+    PositionalEmbedding,
+    transformer_block,
+)
 
 # right padding, none, left padding, and a sequence that is all padding
 MASK = np.array([[1, 1, 1, 1, 1, 0, 0],

@@ -6,12 +6,11 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _layer_checks import compare_with_autodiff, per_example_grads, rand, randomize  # noqa: E402
 
 import jbp  # noqa: E402
 from jbp.layers.conv import Conv2D  # noqa: E402
 from jbp.layers.pooling import MaxPool2D  # noqa: E402
-
-from _layer_checks import compare_with_autodiff, per_example_grads, rand, randomize  # noqa: E402
 
 # (input (batch, H, W, C), layer kwargs): non-square images, stride 2 with a remainder
 # ((H + pads − k_eff) mod s ≠ 0), VALID and SAME, kernel larger than stride and smaller

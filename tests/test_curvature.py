@@ -25,11 +25,25 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import jbp  # noqa: E402
 from jbp.core import Layer  # noqa: E402
-from jbp.extensions import (KFAC, KFLR, BatchDiagGGN, DiagGGN, DiagGGNMC,  # noqa: E402
-                            DiagHessian, KronFactors)
-from jbp.layers import (ELU, GELU, LSTM, AvgPool2D, Conv2D, Dense, Dropout,  # noqa: E402
-                        Embedding, Flatten, LayerNorm, MaxPool2D, ReLU, Sigmoid, SimpleRNN,
-                        Softplus, Tanh)
+from jbp.extensions import KFAC, KFLR, BatchDiagGGN, DiagGGN, DiagGGNMC, DiagHessian, KronFactors  # noqa: E402
+from jbp.layers import (  # noqa: E402
+    ELU,
+    GELU,
+    LSTM,
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    LayerNorm,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    SimpleRNN,
+    Softplus,
+    Tanh,
+)
 
 L = jbp.losses
 RTOL = {jnp.float64: 1e-10, jnp.float32: 2e-4}

@@ -275,7 +275,7 @@ def test_report_deltas_and_norms_equal_autodiff(dtype, rtol):
     y = _rand(5, (n, 3), dtype)
     rep, deltas = _check_report(model, mse, params, x, y, rtol)
     assert rep.names == NAMES and list(deltas) == NAMES
-    for name, path, layer in _leaves(model):
+    for name, _path, layer in _leaves(model):
         if name in DENSE:
             assert rep[name].layer == "Dense" and rep[name].units == layer.units
     assert rep["layers[3]"].bias_grad_norm is None          # Dense(5, use_bias=False)
@@ -747,6 +747,7 @@ def test_gradient_norm_history_hand_rolled_loop(tmp_path):
     assert h2.record.epochs == [0, 2]
 
     import matplotlib as mpl
+
     from jbp.plotting import plot_gradient_norms
     fig = plot_gradient_norms(rec, tmp_path / "sub" / "norms.png")
     assert (tmp_path / "sub" / "norms.png").stat().st_size > 1000

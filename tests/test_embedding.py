@@ -6,12 +6,11 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _layer_checks import assert_close, compare_with_autodiff, per_example_grads, rand  # noqa: E402
 
 import jbp  # noqa: E402
 from jbp.layers.embedding import Embedding  # noqa: E402
 from jbp.layers.masking import Masked, Masking, MeanPool1D  # noqa: E402
-
-from _layer_checks import assert_close, compare_with_autodiff, per_example_grads, rand  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])

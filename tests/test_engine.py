@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TOL, assert_trees_close, init, rand
 
 import jbp
 from jbp import losses
 from jbp.layers import ELU, Dense, Flatten, ReLU, Sigmoid, Softmax, Tanh
-from helpers import TOL, assert_trees_close, init, rand
 
 
 def _mlp():

@@ -26,10 +26,22 @@ import pytest  # noqa: E402
 import jbp  # noqa: E402
 from jbp.core import Layer  # noqa: E402
 from jbp.engine import LayerCall  # noqa: E402
-from jbp.extensions import (BatchGrad, BatchL2, ClippedGrad, SumGradSquared,  # noqa: E402
-                            Variance)
-from jbp.layers import (LSTM, AvgPool2D, BatchNorm, Conv2D, Dense, Embedding,  # noqa: E402
-                        Flatten, LayerNorm, MaxPool2D, MeanPool1D, ReLU, SimpleRNN, Tanh)
+from jbp.extensions import BatchGrad, BatchL2, ClippedGrad, SumGradSquared, Variance  # noqa: E402
+from jbp.layers import (  # noqa: E402
+    LSTM,
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Embedding,
+    Flatten,
+    LayerNorm,
+    MaxPool2D,
+    MeanPool1D,
+    ReLU,
+    SimpleRNN,
+    Tanh,
+)
 from jbp.layers import _per_example as _pe  # noqa: E402
 from jbp.layers.masking import Masked  # noqa: E402
 

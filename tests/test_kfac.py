@@ -95,7 +95,7 @@ def test_the_inverses_are_refreshed_every_k_steps(mlp_pass):
         _, state = update(out.grads, state, params, extras=out.extras)
         seen.append(_leaves(state.inverses))
     f = _leaves(out.extras["kflr"])            # constant factors: the averages equal them
-    for step, inverses in enumerate(seen):
+    for _step, inverses in enumerate(seen):
         for got, fl in zip(inverses, f):
             Ai, Bi = _np_inverses(fl.A, fl.B, 0.01)
             np.testing.assert_allclose(got.A, Ai, rtol=1e-9)

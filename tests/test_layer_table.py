@@ -83,6 +83,7 @@ def test_check_layer_catches_a_wrong_backward_and_names_the_check():
 
 def test_check_layer_catches_a_wrong_closed_form():
     import dataclasses
+
     import jax.numpy as jnp
 
     @dataclasses.dataclass(frozen=True)

@@ -3,11 +3,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_close, init, rand, vjp_reference
 
 import jbp
-from jbp.layers import (ELU, GELU, Dense, Flatten, Identity, LeakyReLU, ReLU, Sigmoid,
-                        Softmax, Softplus, Tanh)
-from helpers import assert_trees_close, init, rand, vjp_reference
+from jbp.layers import (
+    ELU,
+    GELU,
+    Dense,
+    Flatten,
+    Identity,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+)
 
 ACTIVATIONS = [Identity(), Sigmoid(), Tanh(), ReLU(), LeakyReLU(0.2), ELU(0.7), Softplus(),
                GELU(), GELU(approximate=True), Softmax()]

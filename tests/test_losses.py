@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TOL, rand
 
 from jbp import losses
-from helpers import TOL, rand
 
 
 def _np_softmax(z):

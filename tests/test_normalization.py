@@ -6,13 +6,18 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _layer_checks import (  # noqa: E402
+    RTOL,
+    assert_close,
+    compare_with_autodiff,
+    per_example_grads,
+    rand,
+    randomize,
+)
 
 import jbp  # noqa: E402
 from jbp.layers.conv import Conv2D  # noqa: E402
 from jbp.layers.normalization import BatchNorm, LayerNorm  # noqa: E402
-
-from _layer_checks import (RTOL, assert_close, compare_with_autodiff, per_example_grads,  # noqa: E402
-                           rand, randomize)
 
 
 @pytest.mark.parametrize("shape,layer,dtype", [
@@ -102,8 +107,8 @@ def test_batchnorm_in_sequential_state_threading_and_gradient_check():
 
 
 def test_batchnorm_state_through_a_training_step():
-    import jbp.train as train
     import jbp.optim as optim
+    import jbp.train as train
     rng = np.random.default_rng(3)
     model = jbp.Sequential([jbp.Dense(4), BatchNorm(momentum=0.8), jbp.Dense(1)])
     params, _ = model.init(jax.random.key(0), (3,))

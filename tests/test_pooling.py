@@ -6,13 +6,12 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _layer_checks import assert_close, compare_with_autodiff, rand  # noqa: E402
 
 import jbp  # noqa: E402
 from jbp.layers.conv import Conv2D  # noqa: E402
 from jbp.layers.normalization import BatchNorm  # noqa: E402
 from jbp.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D  # noqa: E402
-
-from _layer_checks import assert_close, compare_with_autodiff, rand  # noqa: E402
 
 CONFIGS = [
     ((2, 7, 5, 3), MaxPool2D(2)),                                   # VALID, remainder rows

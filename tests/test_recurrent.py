@@ -6,13 +6,12 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _layer_checks import assert_close, compare_with_autodiff, per_example_grads, rand, randomize  # noqa: E402
 
 import jbp  # noqa: E402
 from jbp.layers.embedding import Embedding  # noqa: E402
 from jbp.layers.masking import Masked  # noqa: E402
 from jbp.layers.recurrent import LSTM, SimpleRNN  # noqa: E402
-
-from _layer_checks import assert_close, compare_with_autodiff, per_example_grads, rand, randomize  # noqa: E402
 
 MASK = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], bool)   # right, none, left
 

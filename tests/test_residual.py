@@ -7,12 +7,22 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _layer_checks import assert_close, compare_with_autodiff, rand, randomize  # noqa: E402
 
 import jbp  # noqa: E402
-from jbp.layers import (BatchNorm, Dense, LayerNorm, Masked, Masking, MeanPool1D,  # noqa: E402
-                        MultiHeadAttention, PositionWise, ReLU, Residual, Tanh)
-
-from _layer_checks import assert_close, compare_with_autodiff, rand, randomize  # noqa: E402
+from jbp.layers import (  # noqa: E402
+    BatchNorm,
+    Dense,
+    LayerNorm,
+    Masked,
+    Masking,
+    MeanPool1D,
+    MultiHeadAttention,
+    PositionWise,
+    ReLU,
+    Residual,
+    Tanh,
+)
 
 MASK = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [0, 1, 1, 1]], bool)
 

@@ -14,8 +14,7 @@ import pytest
 
 import jbp
 from jbp import optim
-from jbp.layers import (LSTM, BatchNorm, Conv2D, Dense, Dropout, Flatten, ReLU, SimpleRNN,
-                        Tanh)
+from jbp.layers import LSTM, BatchNorm, Conv2D, Dense, Dropout, Flatten, ReLU, SimpleRNN, Tanh
 from jbp.rules import DFA, alignment, as_backprop, dfa, with_rule
 from tests._layer_checks import RTOL, assert_close
 

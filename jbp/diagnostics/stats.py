@@ -46,7 +46,6 @@ give your own layer one and its statistics appear here.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import jax
 
@@ -230,20 +229,20 @@ class LayerStats:
 
     name: str
     layer: str
-    activation: Optional[str]
-    units: Optional[int]
-    bias_grad_norm: Optional[float]
+    activation: str | None
+    units: int | None
+    bias_grad_norm: float | None
     delta_norm: float
-    grad_W_norm: Optional[float]
-    W_norm: Optional[float]
-    update_ratio: Optional[float] = None
-    saturated: Optional[float] = None
-    dead: Optional[float] = None
-    grad_norm: Optional[float] = None
-    param_norm: Optional[float] = None
-    out_shape: Optional[tuple] = None
-    leaves: Optional[dict] = None
-    extra: Optional[dict] = None
+    grad_W_norm: float | None
+    W_norm: float | None
+    update_ratio: float | None = None
+    saturated: float | None = None
+    dead: float | None = None
+    grad_norm: float | None = None
+    param_norm: float | None = None
+    out_shape: tuple | None = None
+    leaves: dict | None = None
+    extra: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -108,7 +108,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -122,13 +122,13 @@ __all__ = [
 ]
 
 #: dp_accounting's default RDP orders (``RdpAccountant.__init__``, version 0.6.0).
-DEFAULT_ORDERS: Tuple[float, ...] = tuple(
+DEFAULT_ORDERS: tuple[float, ...] = tuple(
     [1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(11, 64)]
     + [128.0, 256.0, 512.0, 1024.0]
 )
 
 #: The accepted values of ``conversion``.
-CONVERSIONS: Tuple[str, ...] = ("balle2020", "classic")
+CONVERSIONS: tuple[str, ...] = ("balle2020", "classic")
 
 _MAX_FRAC_TERMS = 1000  # dp_accounting's _MAX_STEPS_LOG_A_FRAC
 _FRAC_CHUNK = 64  # fractional-series terms evaluated per vectorised batch
@@ -425,7 +425,7 @@ def _epsilons(rdp_total: np.ndarray, orders: np.ndarray, delta: float,
 # ---------------------------------------------------------------------------------------
 
 
-def rdp(noise_multiplier, sample_rate, steps, orders: Optional[Sequence[float]] = None
+def rdp(noise_multiplier, sample_rate, steps, orders: Sequence[float] | None = None
         ) -> np.ndarray:
     """Rényi DP of ``steps`` Poisson-subsampled Gaussian steps, at every order.
 
@@ -459,7 +459,7 @@ def _rdp_total(q: float, sigma: float, steps: int, orders: np.ndarray) -> np.nda
 
 
 def rdp_to_epsilon(rdp_values, orders, delta, *, conversion: str = "balle2020"
-                   ) -> Tuple[float, float]:
+                   ) -> tuple[float, float]:
     """Convert an RDP curve (e.g. a sum of :func:`rdp` curves) to ``(ε, best order)``.
 
     Args:
@@ -489,7 +489,7 @@ def rdp_to_epsilon(rdp_values, orders, delta, *, conversion: str = "balle2020"
 
 
 def epsilon(noise_multiplier, sample_rate, steps, delta, *,
-            orders: Optional[Sequence[float]] = None, conversion: str = "balle2020") -> float:
+            orders: Sequence[float] | None = None, conversion: str = "balle2020") -> float:
     """ε of ``steps`` DP-SGD steps (Poisson rate q, noise multiplier σ) at a given δ.
 
     Args:
@@ -527,7 +527,7 @@ def _epsilon(sigma, q, steps, delta, orders, conversion) -> float:
 
 
 def noise_multiplier_for(target_epsilon, sample_rate, steps, delta, *,
-                         orders: Optional[Sequence[float]] = None,
+                         orders: Sequence[float] | None = None,
                          conversion: str = "balle2020", rtol: float = 1e-6,
                          max_noise_multiplier: float = 1e6) -> float:
     """The smallest noise multiplier σ whose :func:`epsilon` is at most ``target_epsilon``.

@@ -62,7 +62,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

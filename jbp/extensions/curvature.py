@@ -240,8 +240,7 @@ class BatchDiagGGN(_Columns):
 def _linear_layers():
     """Layers whose output is linear in their input and in their parameters (a.e.): they add
     no second-order term of their own, ``∇²_in = Jᵀ ∇²_out J``."""
-    from jbp.layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten,  # noqa: PLC0415
-                            GlobalAvgPool2D, MaxPool2D)
+    from jbp.layers import AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D  # noqa: PLC0415
     return (Dense, Conv2D, Flatten, Dropout, AvgPool2D, MaxPool2D, GlobalAvgPool2D)
 
 

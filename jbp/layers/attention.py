@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -120,9 +120,9 @@ class MultiHeadAttention(Layer):
     """
 
     num_heads: int
-    head_dim: Optional[int] = None
+    head_dim: int | None = None
     causal: bool = False
-    block_size: Optional[int] = None
+    block_size: int | None = None
     use_bias: bool = True
     w_init: Any = "glorot_uniform"
     b_init: Any = "zeros"
@@ -388,7 +388,7 @@ class MultiHeadAttention(Layer):
 
 
 def transformer_block(features: int, num_heads: int, mlp_hidden: int, *, causal: bool = False,
-                      block_size: Optional[int] = None) -> Sequential:
+                      block_size: int | None = None) -> Sequential:
     """A pre-LayerNorm Transformer block, ``(batch, T, features) → (batch, T, features)``::
 
         x = x + MultiHeadAttention(LayerNorm(x))

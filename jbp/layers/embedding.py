@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +75,7 @@ class Embedding(Layer):
     vocab_size: int
     features: int
     w_init: Any = None
-    pad_id: Optional[int] = None
+    pad_id: int | None = None
 
     def __post_init__(self):
         if not _positive_int(self.vocab_size):

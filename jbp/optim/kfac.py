@@ -34,7 +34,8 @@ It cannot sit inside ``chain`` (whose ``update`` has no ``extras``).
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

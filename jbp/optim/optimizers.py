@@ -9,8 +9,6 @@ hyperparameters at construction (``ValueError`` naming the argument).
 
 from __future__ import annotations
 
-from typing import Optional
-
 from .base import Optimizer, chain, check_learning_rate, check_real, identity
 from .transforms import (
     MaskOrFn,
@@ -31,7 +29,7 @@ def _check_momentum(momentum, where):
         check_real("momentum", momentum, low=0.0, high=1.0, high_open=True, where=where)
 
 
-def sgd(learning_rate, momentum: Optional[float] = None, nesterov: bool = False) -> Optimizer:
+def sgd(learning_rate, momentum: float | None = None, nesterov: bool = False) -> Optimizer:
     """Stochastic gradient descent, optionally with heavy-ball or Nesterov momentum (optax ``sgd``).
 
     Without momentum:          ``u = −η_t · g``
@@ -74,7 +72,7 @@ def adagrad(learning_rate, initial_accumulator_value: float = 0.1, eps: float = 
 
 
 def rmsprop(learning_rate, decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0,
-            centered: bool = False, momentum: Optional[float] = None,
+            centered: bool = False, momentum: float | None = None,
             nesterov: bool = False) -> Optimizer:
     """RMSProp (optax ``rmsprop``; ``eps`` sits *inside* the square root)::
 

@@ -9,7 +9,7 @@ argument "must" be positive but optax itself only logs, jbp raises.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -59,7 +59,7 @@ def constant_schedule(value) -> Schedule:
     return lambda count: value
 
 
-def piecewise_constant_schedule(init_value, boundaries_and_scales: Optional[dict] = None
+def piecewise_constant_schedule(init_value, boundaries_and_scales: dict | None = None
                                 ) -> Schedule:
     """``lr(t) = init_value · Π_{b_i ≤ t} s_i`` for ``{b_i: s_i}`` in ``boundaries_and_scales``.
 

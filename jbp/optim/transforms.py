@@ -16,7 +16,8 @@ for ``lax.scan``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +26,10 @@ import numpy as np
 from .base import (
     CountState,
     Optimizer,
+    acc_dtype,
     cast_like,
     check_learning_rate,
     check_real,
-    acc_dtype,
     check_tree_match,
     increment,
     scalar_like,
@@ -310,7 +311,7 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> O
 # decoupled weight decay
 # ----------------------------------------------------------------------------
 
-MaskOrFn = Optional[Union[Any, Callable[[Any], Any]]]
+MaskOrFn = Any | Callable[[Any], Any] | None
 
 
 def _is_static_bool(m) -> bool:

@@ -26,8 +26,14 @@ as a mismatch, by design: prove the forward and the parameter gradients on
 ``as_backprop(model)``.
 """
 from jbp.layers._feedback import RULES
-from jbp.rules.alignment import (Alignment, AlignmentHistory, AlignmentRecord, QUANTITIES, alignment,
-                                 plot_alignment)
+from jbp.rules.alignment import (
+                                 QUANTITIES,
+                                 Alignment,
+                                 AlignmentHistory,
+                                 AlignmentRecord,
+                                 alignment,
+                                 plot_alignment,
+)
 from jbp.rules.convert import RULE_LAYERS, as_backprop, with_rule
 from jbp.rules.dfa import DFA, dfa
 

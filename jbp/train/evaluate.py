@@ -4,12 +4,28 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jbp._validate import (cached_if_hashable, check_data, check_model_and_loss,
-                           check_mesh, check_mesh_batches, check_model_input, check_params,
-                           check_state, check_targets, eval_batch_size)
+from jbp._validate import (
+    cached_if_hashable,
+    check_data,
+    check_mesh,
+    check_mesh_batches,
+    check_model_and_loss,
+    check_model_input,
+    check_params,
+    check_state,
+    check_targets,
+    eval_batch_size,
+)
 from jbp.metrics import get_metrics
-from jbp.train.batching import (auto_mesh, batch_plan, data_sharding, mesh_shardings, replicate,
-                                scan_batches, shard_data)
+from jbp.train.batching import (
+    auto_mesh,
+    batch_plan,
+    data_sharding,
+    mesh_shardings,
+    replicate,
+    scan_batches,
+    shard_data,
+)
 
 __all__ = ["evaluate", "make_eval"]
 

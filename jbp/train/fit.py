@@ -13,23 +13,45 @@ import math
 import numbers
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jbp import checkpoint as ckpt
-from jbp._validate import (check_augment, check_batch_size, check_bool, check_data, check_epochs,
-                           check_grad_fn, check_key, check_mesh, check_mesh_batches,
-                           check_model_and_loss, check_model_input,
-                           check_opt_state, check_optimizer, check_params, check_regularizer,
-                           check_state, check_targets, eval_batch_size as check_eval_batch_size)
+from jbp._validate import (
+    check_augment,
+    check_batch_size,
+    check_bool,
+    check_data,
+    check_epochs,
+    check_grad_fn,
+    check_key,
+    check_mesh,
+    check_mesh_batches,
+    check_model_and_loss,
+    check_model_input,
+    check_opt_state,
+    check_optimizer,
+    check_params,
+    check_regularizer,
+    check_state,
+    check_targets,
+)
+from jbp._validate import eval_batch_size as check_eval_batch_size
 from jbp.callbacks import EarlyStopping, as_callback, format_epoch
 from jbp.history import History
 from jbp.metrics import get_metrics
-from jbp.train.batching import (auto_mesh, batch_plan, data_sharding, mesh_shardings, replicate,
-                                scan_batches, shard_data)
+from jbp.train.batching import (
+    auto_mesh,
+    batch_plan,
+    data_sharding,
+    mesh_shardings,
+    replicate,
+    scan_batches,
+    shard_data,
+)
 from jbp.train.evaluate import make_eval
 from jbp.train.step import make_train_step
 

@@ -1,7 +1,7 @@
 """The training step: one reader of :func:`jbp.backprop`, then the optimizer."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
