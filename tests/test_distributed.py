@@ -23,6 +23,8 @@ import pytest
 import jbp
 from jbp._validate import check_mesh, check_mesh_batches
 
+pytestmark = pytest.mark.slow  # a long integration test: `pytest -m "not slow"` skips it
+
 WORKER = Path(__file__).with_name("_distributed_worker.py")
 F64_ATOL = 1e-12   # float64: GSPMD only changes the summation order of the batch means
 F32_ATOL = 1e-5    # float32, one epoch, parameters of magnitude <= 1

@@ -14,6 +14,8 @@ import tarfile
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # a long integration test: `pytest -m "not slow"` skips it
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FASHION_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 

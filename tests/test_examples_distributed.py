@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a long integration test: `pytest -m "not slow"` skips it
+
 EXAMPLE = Path(__file__).parent.parent / "examples" / "distributed.py"
 
 

@@ -3,6 +3,10 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a long integration test: `pytest -m "not slow"` skips it
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -5,6 +5,8 @@ import pathlib
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a long integration test: `pytest -m "not slow"` skips it
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

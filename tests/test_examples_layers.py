@@ -4,6 +4,9 @@ import pathlib
 import struct
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # a long integration test: `pytest -m "not slow"` skips it
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

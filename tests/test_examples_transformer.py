@@ -7,6 +7,9 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # a long integration test: `pytest -m "not slow"` skips it
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--features", "8", "--heads", "2", "--blocks", "1", "--mlp-hidden", "8",

@@ -21,6 +21,8 @@ pytest.importorskip("ipykernel")
 
 from nbclient.exceptions import CellExecutionError  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a long integration test: `pytest -m "not slow"` skips it
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

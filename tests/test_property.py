@@ -13,12 +13,15 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jbp
 from jbp import losses
 from jbp.layers import ELU, GELU, Dense, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Softplus, Tanh
+
+pytestmark = pytest.mark.slow  # a long integration test: `pytest -m "not slow"` skips it
 
 ACTIVATIONS = [Sigmoid(), Tanh(), ReLU(), LeakyReLU(0.05), ELU(0.8), Softplus(), GELU(),
                GELU(approximate=True), Softmax(), Identity()]

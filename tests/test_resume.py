@@ -26,6 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import _resume_worker as worker  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a long integration test: `pytest -m "not slow"` skips it
+
 sys.path.remove(str(ROOT / "tests"))
 
 
