@@ -129,8 +129,8 @@ class Embedding(Layer):
           x: integer token ids with a leading example axis (a tracer is not checked).
 
         Raises:
-          TypeError: ids that are not integers. ValueError: ids outside
-          ``[0, vocab_size)``, with how many and the first one.
+          TypeError: ids that are not integers.
+          ValueError: ids outside ``[0, vocab_size)``, with how many and the first one.
         """
         ids = check_array("x", x)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
