@@ -21,7 +21,7 @@ its ``main``)::
 
 The result table sets the Transformer beside the majority class and the bag-of-embeddings,
 SimpleRNN and LSTM models of ``examples/sentiment.py``: ``--baselines quote`` (default)
-prints the README's numbers for those (real runs at sentiment.py's defaults, seed 0: they
+prints the numbers in docs/data.md for those (real runs at sentiment.py's defaults, seed 0: they
 only apply to a full run with the default ``--vocab``/``--max-len``/``--seed``), ``--baselines
 run`` trains bag and rnn here with sentiment.py's defaults on the same split (~25 s more).
 
@@ -43,7 +43,7 @@ few continuations of ``--prompt`` strings, sampled at ``--temperature`` from a j
 Real runs at the defaults on a (shared, busy) 2-core CPU, ~40-50 s of CPU time each:
 sentiment, test accuracy 0.7366 (kept epoch 2 of 4; it overfits from epoch 3) against
 majority 0.5778, bag of embeddings 0.7683, SimpleRNN 0.7428 (``--baselines run``, equal to
-the README's numbers); on 10k short sentences the word-order-blind bag still wins. lm, 3
+the numbers in docs/data.md); on 10k short sentences the word-order-blind bag still wins. lm, 3
 epochs over the 10,200 training sentences: validation 1.835 nats/char (2.65 bits) against
 bigram 2.473 and unigram 3.092; at temperature 0.8 it continues "The best" with
 "far just the grive they elight a the movie, and lure a than New minutes the sit"::
@@ -86,7 +86,7 @@ from jbp.layers import (  # noqa: E402
 )
 from jbp.plotting import save_figure  # noqa: E402
 
-# README's examples section: examples/sentiment.py at its defaults (seed 0, full data).
+# docs/data.md's examples section: examples/sentiment.py at its defaults (seed 0, full data).
 QUOTED = [("bag of embeddings + MLP (64-d)", 0.7683, 0.4921),
           ("SimpleRNN (64 units)", 0.7428, 0.5638),
           ("LSTM (64 units)", 0.7624, None)]
@@ -247,15 +247,15 @@ def run_sentiment(args) -> dict:
         rows += run_baselines(args)
     elif args.baselines == "quote":
         if args.limit == 0 and (args.vocab, args.max_len, args.seed) == (10000, 40, 0):
-            rows += [(f"{n} [README]", a, l) for n, a, l in QUOTED]
+            rows += [(f"{n} [docs]", a, l) for n, a, l in QUOTED]
         else:
-            print("(the README's baseline numbers are for a full run with --vocab 10000 "
+            print("(the docs' baseline numbers are for a full run with --vocab 10000 "
                   "--max-len 40 --seed 0; not quoted here, use --baselines run)")
     rows.append((name, test["accuracy"], test["loss"]))
     print()
     print(sentiment.table(rows))
     if args.baselines == "quote" and len(rows) > 2:
-        print("[README]: quoted from README.md (examples/sentiment.py at its defaults, seed 0); "
+        print("[docs]: quoted from docs/data.md (examples/sentiment.py at its defaults, seed 0); "
               "[run]: trained in this process")
 
     out = {"task": "sentiment", "report": report, "check_ok": check_ok, "history": history,
@@ -433,7 +433,7 @@ def main(argv=None) -> dict:
                    help="dropout before the output layer (default 0.1)")
     g.add_argument("--patience", type=int, default=2, help="early-stopping patience (default 2)")
     g.add_argument("--baselines", choices=("quote", "run", "none"), default="quote",
-                   help="bag/RNN numbers: quoted from the README (default), trained here, or none")
+                   help="bag/RNN numbers: quoted from docs/data.md (default), trained here, or none")
     g = p.add_argument_group("lm")
     g.add_argument("--context", type=int, default=48, help="characters per window T (default 48)")
     g.add_argument("--min-char-count", type=int, default=20,

@@ -137,7 +137,7 @@ def build_model(args, n_classes: int):
 
 
 # Default learning rates by optimizer and --batch-size mode ("k": minibatches, "sgd": one
-# example a step, "gd": the full batch), measured on digits (see the README's CLI section).
+# example a step, "gd": the full batch), measured on digits (docs/cli.md).
 DEFAULT_LR = {
     "k":   {"sgd": 0.3, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.1, "rmsprop": 1e-3,
             "adam": 1e-3, "adamw": 1e-3},
