@@ -17,6 +17,7 @@ block's (so parameter names do not change), and their backward is one short meth
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from jbp.core import Layer, layer_error
 from jbp.layers.masking import Masked, cotangent_values
@@ -35,6 +36,9 @@ def _shape(y):
 class _Wrapper(Layer):
     """Shared plumbing of a composite around one child ``self.block``: state is the child's,
     and the child's errors come back prefixed with ``block (ChildType): ``."""
+
+    if TYPE_CHECKING:  # a dataclass field of every subclass
+        block: Layer
 
     def _check_block(self):
         if not isinstance(self.block, Layer):
@@ -56,7 +60,7 @@ class _Wrapper(Layer):
             raise err from e
 
     @property
-    def stateful(self):  # type: ignore[override]
+    def stateful(self):
         return self.block.stateful
 
     def init_state(self, in_shape):
