@@ -20,6 +20,7 @@ alike; each round times ``--iters`` calls; the median is reported with ratios.
     python bench/attention.py                             # full run
     python bench/attention.py --iters 2 --repeats 3       # a quick look
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,22 +51,36 @@ def interleaved(contenders, run_round, repeats):
 
 # --- 1. training step ------------------------------------------------------------------
 
+
 def bench_step(args):
-    print(f"\n1. Transformer block training step: batch {args.batch}, T = {args.seq}, "
-          f"{args.heads} heads, {args.features} features, MLP {4 * args.features}; float32")
+    print(
+        f"\n1. Transformer block training step: batch {args.batch}, T = {args.seq}, "
+        f"{args.heads} heads, {args.features} features, MLP {4 * args.features}; float32"
+    )
     print(f"{'attention':<26} {'manual':>12} {'jax.grad':>14} {'ratio':>9}")
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((args.batch, args.seq, args.features)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, args.batch))
-    for name, block_size in (("dense", None), (f"blockwise (block {args.step_block})", args.step_block)):
-        model = jbp.Sequential([
-            transformer_block(args.features, args.heads, 4 * args.features, block_size=block_size),
-            MeanPool1D(), Dense(10)])
+    for name, block_size in (
+        ("dense", None),
+        (f"blockwise (block {args.step_block})", args.step_block),
+    ):
+        model = jbp.Sequential(
+            [
+                transformer_block(
+                    args.features, args.heads, 4 * args.features, block_size=block_size
+                ),
+                MeanPool1D(),
+                Dense(10),
+            ]
+        )
         params, _ = model.init(jax.random.key(0), x.shape[1:])
-        steps = {"manual": make_step(model, losses.softmax_cross_entropy, True, lr=0.01),
-                 "autodiff": make_step(model, losses.softmax_cross_entropy, False, lr=0.01)}
+        steps = {
+            "manual": make_step(model, losses.softmax_cross_entropy, True, lr=0.01),
+            "autodiff": make_step(model, losses.softmax_cross_entropy, False, lr=0.01),
+        }
         state = {}
-        for k, step in steps.items():                 # compile + warm up
+        for k, step in steps.items():  # compile + warm up
             p = params
             for _ in range(3):
                 p, _ = step(p, x, y)
@@ -76,11 +91,15 @@ def bench_step(args):
             return dt
 
         t = interleaved(steps, run_round, args.repeats)
-        print(f"{name:<26} {t['manual'] * 1e3:>9.2f} ms {t['autodiff'] * 1e3:>11.2f} ms "
-              f"{t['manual'] / t['autodiff']:>8.3f}x", flush=True)
+        print(
+            f"{name:<26} {t['manual'] * 1e3:>9.2f} ms {t['autodiff'] * 1e3:>11.2f} ms "
+            f"{t['manual'] / t['autodiff']:>8.3f}x",
+            flush=True,
+        )
 
 
 # --- 2. attention memory and time at long T ----------------------------------------------
+
 
 def naive_attention(params, x, num_heads):
     """Full-matrix attention, written for autodiff: ``softmax(Q Kᵀ/√d) V``."""
@@ -100,21 +119,32 @@ def attention_contenders(heads, block):
         def f(params, x, dy):
             _, cache = layer.forward(params, x)
             return layer.backward(params, cache, dy)
+
         return f
 
     def autodiff(params, x, dy):
-        return jax.grad(lambda p, v: jnp.sum(naive_attention(p, v, heads) * dy), argnums=(0, 1))(params, x)
+        return jax.grad(lambda p, v: jnp.sum(naive_attention(p, v, heads) * dy), argnums=(0, 1))(
+            params, x
+        )
 
-    return {f"blockwise {block}": manual(blockwise), "dense (hand)": manual(dense),
-            "jax.grad naive": autodiff}
+    return {
+        f"blockwise {block}": manual(blockwise),
+        "dense (hand)": manual(dense),
+        "jax.grad naive": autodiff,
+    }
 
 
 def bench_long(args):
-    print(f"\n2. MultiHeadAttention forward + backward at long T: batch 1, {args.heads} heads, "
-          f"{args.features} features; float32. temp = compiled temporary memory")
+    print(
+        f"\n2. MultiHeadAttention forward + backward at long T: batch 1, {args.heads} heads, "
+        f"{args.features} features; float32. temp = compiled temporary memory"
+    )
     names = list(attention_contenders(args.heads, args.block))
-    print(f"{'T':>6} " + " ".join(f"{n + ' temp':>22} {'time':>9}" for n in names)
-          + f" {'time dense/block':>17} {'time grad/block':>16}")
+    print(
+        f"{'T':>6} "
+        + " ".join(f"{n + ' temp':>22} {'time':>9}" for n in names)
+        + f" {'time dense/block':>17} {'time grad/block':>16}"
+    )
     layer = MultiHeadAttention(args.heads)
     rng = np.random.default_rng(1)
     for T in args.lengths:
@@ -127,7 +157,7 @@ def bench_long(args):
             compiled = jax.jit(f).lower(params, x, dy).compile()
             temp[name] = compiled.memory_analysis().temp_size_in_bytes
             fns[name] = compiled
-            jax.block_until_ready(compiled(params, x, dy))     # warm up
+            jax.block_until_ready(compiled(params, x, dy))  # warm up
 
         def run_round(k):
             t0 = time.perf_counter()
@@ -138,12 +168,18 @@ def bench_long(args):
 
         t = interleaved(fns, run_round, args.repeats)
         b = names[0]
-        print(f"{T:>6} " + " ".join(f"{temp[n] / 2**20:>18.1f} MiB {t[n] * 1e3:>6.0f} ms" for n in names)
-              + f" {t[names[1]] / t[b]:>16.2f}x {t[names[2]] / t[b]:>15.2f}x", flush=True)
+        print(
+            f"{T:>6} "
+            + " ".join(f"{temp[n] / 2**20:>18.1f} MiB {t[n] * 1e3:>6.0f} ms" for n in names)
+            + f" {t[names[1]] / t[b]:>16.2f}x {t[names[2]] / t[b]:>15.2f}x",
+            flush=True,
+        )
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128, help="T of the training-step benchmark")
     ap.add_argument("--heads", type=int, default=4)
@@ -153,13 +189,17 @@ def main(argv=None):
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--iters", type=int, default=10, help="steps per timed round (training step)")
     ap.add_argument("--long-iters", type=int, default=1, help="calls per timed round (long T)")
-    ap.add_argument("--repeats", type=int, default=7, help="timed rounds per contender; median kept")
+    ap.add_argument(
+        "--repeats", type=int, default=7, help="timed rounds per contender; median kept"
+    )
     ap.add_argument("--skip-step", action="store_true", help="only the long-T part")
     ap.add_argument("--skip-long", action="store_true", help="only the training step")
     args = ap.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
-          f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; "
-          f"median of {args.repeats} alternating rounds")
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
+        f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; "
+        f"median of {args.repeats} alternating rounds"
+    )
     if not args.skip_step:
         bench_step(args)
     if not args.skip_long:

@@ -21,6 +21,7 @@ on a loaded machine).
     python bench/curvature.py                       # both networks, batch 128
     python bench/curvature.py --only mlp --iters 10 --repeats 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,7 +75,7 @@ def compare(title, contenders, baseline, x, y, iters, repeats):
     """``contenders``: name -> (fn, initial carry, iterations multiplier)."""
     key = jax.random.key(0)
     carries = {}
-    for name, (fn, carry, _mult) in contenders.items():          # compile + warm up
+    for name, (fn, carry, _mult) in contenders.items():  # compile + warm up
         for _ in range(2):
             carry, out = fn(carry, x, y, key)
         jax.block_until_ready((carry, out))
@@ -89,50 +90,88 @@ def compare(title, contenders, baseline, x, y, iters, repeats):
     print(f"\n{title}")
     print(f"{'contender':<26} {'per call':>12} {'ratio':>8} {'min ratio':>10}")
     for name in contenders:
-        print(f"{name:<26} {med[name] * 1e3:>9.2f} ms {med[name] / med[baseline]:>7.2f}x "
-              f"{best[name] / best[baseline]:>9.2f}x", flush=True)
+        print(
+            f"{name:<26} {med[name] * 1e3:>9.2f} ms {med[name] / med[baseline]:>7.2f}x "
+            f"{best[name] / best[baseline]:>9.2f}x",
+            flush=True,
+        )
     return {k: med[k] / med[baseline] for k in contenders}
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--iters", type=int, default=10, help="calls per timed round (steps: ×10)")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds per contender")
     ap.add_argument("--only", choices=["mlp", "cnn"], default=None)
     args = ap.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
-          f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; float32; "
-          f"batch {args.batch}; median of {args.repeats} alternating rounds")
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
+        f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; float32; "
+        f"batch {args.batch}; median of {args.repeats} alternating rounds"
+    )
     rng = np.random.default_rng(0)
     loss = losses.softmax_cross_entropy
     nets = {}
     if args.only in (None, "mlp"):
-        nets["mlp"] = ("MLP 784-512-512-10 (ReLU)",
-                       jbp.Sequential([Dense(512), ReLU(), Dense(512), ReLU(), Dense(10)]),
-                       rng.standard_normal((args.batch, 784)))
+        nets["mlp"] = (
+            "MLP 784-512-512-10 (ReLU)",
+            jbp.Sequential([Dense(512), ReLU(), Dense(512), ReLU(), Dense(10)]),
+            rng.standard_normal((args.batch, 784)),
+        )
     if args.only in (None, "cnn"):
-        nets["cnn"] = ("CNN conv16-pool-conv32-pool-dense, 28x28",
-                       jbp.Sequential([Conv2D(16, 3), ReLU(), MaxPool2D(2), Conv2D(32, 3), ReLU(),
-                                       MaxPool2D(2), Flatten(), Dense(10)]),
-                       rng.standard_normal((args.batch, 28, 28, 1)))
+        nets["cnn"] = (
+            "CNN conv16-pool-conv32-pool-dense, 28x28",
+            jbp.Sequential(
+                [
+                    Conv2D(16, 3),
+                    ReLU(),
+                    MaxPool2D(2),
+                    Conv2D(32, 3),
+                    ReLU(),
+                    MaxPool2D(2),
+                    Flatten(),
+                    Dense(10),
+                ]
+            ),
+            rng.standard_normal((args.batch, 28, 28, 1)),
+        )
     ratios = {}
     for tag, (title, model, x) in nets.items():
         x = jnp.asarray(x, jnp.float32)
         y = jnp.asarray(rng.integers(0, 10, args.batch))
         params, _ = model.init(jax.random.key(0), x.shape[1:])
-        exts = {"grad": None, "DiagGGNMC(samples=1)": DiagGGNMC(), "KFAC(samples=1)": KFAC(),
-                "DiagGGN (10 columns)": DiagGGN(), "KFLR (10 columns)": KFLR()}
-        ratios[tag] = compare(f"{title}: one pass, gradient + extension",
-                              {k: (grad_call(model, loss, e), params, 1) for k, e in exts.items()},
-                              "grad", x, y, args.iters, args.repeats)
+        exts = {
+            "grad": None,
+            "DiagGGNMC(samples=1)": DiagGGNMC(),
+            "KFAC(samples=1)": KFAC(),
+            "DiagGGN (10 columns)": DiagGGN(),
+            "KFLR (10 columns)": KFLR(),
+        }
+        ratios[tag] = compare(
+            f"{title}: one pass, gradient + extension",
+            {k: (grad_call(model, loss, e), params, 1) for k, e in exts.items()},
+            "grad",
+            x,
+            y,
+            args.iters,
+            args.repeats,
+        )
         kfac, adam = optim.kfac(1e-2, damping=1e-2, inverse_every=10), optim.adam(1e-3)
         ratios[tag + "_step"] = compare(
             f"{title}: training step (K-FAC inverses every 10 steps)",
-            {"Adam step": (step_call(model, loss, adam), (params, adam.init(params)), 10),
-             "K-FAC step": (step_call(model, loss, kfac), (params, kfac.init(params)), 10)},
-            "Adam step", x, y, args.iters, args.repeats)
+            {
+                "Adam step": (step_call(model, loss, adam), (params, adam.init(params)), 10),
+                "K-FAC step": (step_call(model, loss, kfac), (params, kfac.init(params)), 10),
+            },
+            "Adam step",
+            x,
+            y,
+            args.iters,
+            args.repeats,
+        )
     return ratios
 
 

@@ -18,6 +18,7 @@ Contenders, all jitted, in this process, warmed up, interleaved round by round (
     python bench/dp.py                       # both networks
     python bench/dp.py --repeats 3 --iters 3 --only mlp
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,32 @@ LOSS = jbp.losses.softmax_cross_entropy
 
 def networks(rng, batch):
     mlp = jbp.Sequential([Dense(512), ReLU(), Dense(512), ReLU(), Dense(10)])
-    cnn = jbp.Sequential([Conv2D(16, 3), ReLU(), MaxPool2D(2), Conv2D(32, 3), ReLU(),
-                          MaxPool2D(2), Flatten(), Dense(10)])
+    cnn = jbp.Sequential(
+        [
+            Conv2D(16, 3),
+            ReLU(),
+            MaxPool2D(2),
+            Conv2D(32, 3),
+            ReLU(),
+            MaxPool2D(2),
+            Flatten(),
+            Dense(10),
+        ]
+    )
     y = jnp.asarray(rng.integers(0, 10, batch))
     return {
-        "mlp": ("MLP 784-512-512-10", mlp,
-                jnp.asarray(rng.standard_normal((batch, 784)), jnp.float32), y),
-        "cnn": ("CNN conv16-pool-conv32-pool-dense 28x28", cnn,
-                jnp.asarray(rng.standard_normal((batch, 28, 28, 1)), jnp.float32), y),
+        "mlp": (
+            "MLP 784-512-512-10",
+            mlp,
+            jnp.asarray(rng.standard_normal((batch, 784)), jnp.float32),
+            y,
+        ),
+        "cnn": (
+            "CNN conv16-pool-conv32-pool-dense 28x28",
+            cnn,
+            jnp.asarray(rng.standard_normal((batch, 28, 28, 1)), jnp.float32),
+            y,
+        ),
     }
 
 
@@ -66,27 +85,37 @@ def bench(name, model, x, y, iters, repeats):
     b = x.shape[0]
     steps = {
         "step": jax.jit(jbp.train.make_train_step(model, LOSS, opt)),
-        "dp flat": jax.jit(jbp.dp.make_private_step(model, LOSS, opt, max_norm=1.0,
-                                                    noise_multiplier=1.0,
-                                                    expected_batch_size=float(b))),
-        "dp per-layer": jax.jit(jbp.dp.make_private_step(model, LOSS, opt, max_norm=1.0,
-                                                         noise_multiplier=1.0,
-                                                         expected_batch_size=float(b),
-                                                         clipping="per_layer")),
+        "dp flat": jax.jit(
+            jbp.dp.make_private_step(
+                model, LOSS, opt, max_norm=1.0, noise_multiplier=1.0, expected_batch_size=float(b)
+            )
+        ),
+        "dp per-layer": jax.jit(
+            jbp.dp.make_private_step(
+                model,
+                LOSS,
+                opt,
+                max_norm=1.0,
+                noise_multiplier=1.0,
+                expected_batch_size=float(b),
+                clipping="per_layer",
+            )
+        ),
     }
     norms = jax.jit(per_example_grad_norms(model, LOSS))
     pe = per_example_grads(model, LOSS)
 
     def vmap_norms(p, xx, yy):
         g = pe(p, xx, yy)
-        return jnp.sqrt(sum(jnp.sum(jnp.square(a.reshape(a.shape[0], -1)), axis=1)
-                            for a in jax.tree.leaves(g)))
+        return jnp.sqrt(
+            sum(jnp.sum(jnp.square(a.reshape(a.shape[0], -1)), axis=1) for a in jax.tree.leaves(g))
+        )
 
     funcs = {k: (lambda f=f: _run_steps(f, params, s0, x, y, iters)) for k, f in steps.items()}
     funcs["norms (a, delta)"] = lambda: _run_calls(norms, params, x, y, iters)
     vm = jax.jit(vmap_norms)
     funcs["vmap materialise"] = lambda: _run_calls(vm, params, x, y, iters)
-    for f in funcs.values():               # compile + warm up
+    for f in funcs.values():  # compile + warm up
         f()
         f()
     samples = {k: [] for k in funcs}
@@ -96,15 +125,19 @@ def bench(name, model, x, y, iters, repeats):
             f()
             samples[k].append((time.perf_counter() - t0) / iters)
     med = {k: statistics.median(v) for k, v in samples.items()}
-    mem = {"norms (a, delta)": temp_bytes(per_example_grad_norms(model, LOSS), params, x, y),
-           "vmap materialise": temp_bytes(vmap_norms, params, x, y)}
+    mem = {
+        "norms (a, delta)": temp_bytes(per_example_grad_norms(model, LOSS), params, x, y),
+        "vmap materialise": temp_bytes(vmap_norms, params, x, y),
+    }
     print(f"\n{name}, batch {b}")
     for k in steps:
         print(f"  {k:<18} {med[k] * 1e3:9.2f} ms   {med[k] / med['step']:6.2f}x step")
     for k in mem:
         print(f"  {k:<18} {med[k] * 1e3:9.2f} ms   temp {mem[k] / 2**20:9.2f} MiB")
-    print(f"  norms: materialise / (a, delta) = {med['vmap materialise'] / med['norms (a, delta)']:.2f}x "
-          f"time, {mem['vmap materialise'] / max(mem['norms (a, delta)'], 1):.1f}x temp memory")
+    print(
+        f"  norms: materialise / (a, delta) = {med['vmap materialise'] / med['norms (a, delta)']:.2f}x "
+        f"time, {mem['vmap materialise'] / max(mem['norms (a, delta)'], 1):.1f}x temp memory"
+    )
     return med
 
 
@@ -122,16 +155,19 @@ def _run_calls(f, params, x, y, iters):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--iters", type=int, default=5, help="calls per timed round")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is kept")
     ap.add_argument("--only", choices=["mlp", "cnn"], default=None)
     args = ap.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
-          f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; float32; "
-          f"median of {args.repeats} rounds x {args.iters} calls")
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
+        f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; float32; "
+        f"median of {args.repeats} rounds x {args.iters} calls"
+    )
     for key, (name, model, x, y) in networks(np.random.default_rng(0), args.batch).items():
         if args.only in (None, key):
             bench(name, model, x, y, args.iters, args.repeats)

@@ -23,6 +23,7 @@ Warm-up first, then ``--repeats`` rounds; medians and ratios are printed side by
     python bench/epoch.py                 # full configuration
     python bench/epoch.py --examples 5000 --repeats 3   # quick
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,14 @@ except Exception:  # pragma: no cover - depends on the environment
 
 
 def nielsen_net():
-    return jbp.Sequential([Dense(30, w_init="normal", b_init="normal"), Sigmoid(),
-                           Dense(10, w_init="normal", b_init="normal"), Sigmoid()])
+    return jbp.Sequential(
+        [
+            Dense(30, w_init="normal", b_init="normal"),
+            Sigmoid(),
+            Dense(10, w_init="normal", b_init="normal"),
+            Sigmoid(),
+        ]
+    )
 
 
 def make_data(n, seed=0):
@@ -61,6 +68,7 @@ def make_data(n, seed=0):
 
 # --- contenders: each returns the seconds of one epoch ---------------------------------
 
+
 class JbpFit:
     name = "jbp.fit (compiled epoch)"
 
@@ -71,9 +79,18 @@ class JbpFit:
 
     def epoch(self):
         self.round += 1
-        self.params, hist = fit(self.model, self.params, jbp.losses.mse, optim.sgd(self.lr),
-                                (self.x, self.y), batch_size=self.batch, epochs=1,
-                                key=jax.random.key(self.round), metrics=("loss",), verbose=0)
+        self.params, hist = fit(
+            self.model,
+            self.params,
+            jbp.losses.mse,
+            optim.sgd(self.lr),
+            (self.x, self.y),
+            batch_size=self.batch,
+            epochs=1,
+            key=jax.random.key(self.round),
+            metrics=("loss",),
+            verbose=0,
+        )
         self.last_loss = hist["loss"][-1]
         return hist["seconds"][-1]
 
@@ -95,7 +112,7 @@ class PythonLoop:
         xs, ys = self.x[order], self.y[order]
         p, s, b = self.params, self.opt_state, self.batch
         for i in range(0, len(xs), b):
-            p, s, m, _ = self.step(p, s, xs[i:i + b], ys[i:i + b], self.key)
+            p, s, m, _ = self.step(p, s, xs[i : i + b], ys[i : i + b], self.key)
         jax.block_until_ready(p)
         self.params, self.opt_state = p, s
         self.last_loss = float(m["loss"])
@@ -115,7 +132,7 @@ class TypicalPythonLoop(PythonLoop):
         losses = []
         for i in range(0, len(xs), b):
             key, sub = jax.random.split(key)
-            p, s, m, _ = self.step(p, s, xs[i:i + b], ys[i:i + b], sub)
+            p, s, m, _ = self.step(p, s, xs[i : i + b], ys[i : i + b], sub)
             losses.append(m["loss"])
         self.last_loss = float(np.mean(jax.device_get(losses)))
         self.params, self.opt_state, self.key = p, s, key
@@ -128,8 +145,12 @@ class TorchLoop:
     def __init__(self, x, y, batch, lr, threads):
         torch.manual_seed(0)
         torch.set_num_threads(threads)
-        self.net = torch.nn.Sequential(torch.nn.Linear(784, 30), torch.nn.Sigmoid(),
-                                       torch.nn.Linear(30, 10), torch.nn.Sigmoid())
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(784, 30),
+            torch.nn.Sigmoid(),
+            torch.nn.Linear(30, 10),
+            torch.nn.Sigmoid(),
+        )
         self.opt = torch.optim.SGD(self.net.parameters(), lr=lr)
         self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
         self.batch = batch
@@ -140,7 +161,7 @@ class TorchLoop:
         order = torch.randperm(n)
         xs, ys = self.x[order], self.y[order]
         for i in range(0, n, b):
-            xb, yb = xs[i:i + b], ys[i:i + b]
+            xb, yb = xs[i : i + b], ys[i : i + b]
             out = self.net(xb)
             loss = 0.5 * ((out - yb) ** 2).sum() / xb.shape[0]  # Nielsen's quadratic cost
             self.opt.zero_grad(set_to_none=True)
@@ -152,28 +173,36 @@ class TorchLoop:
 
 def machine_line(batch, n, repeats, torch_threads=1):
     dev = jax.devices()[0]
-    line = (f"jax {jax.__version__} on {jax.default_backend()} ({dev.device_kind}); "
-            f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; "
-            f"python {platform.python_version()}")
+    line = (
+        f"jax {jax.__version__} on {jax.default_backend()} ({dev.device_kind}); "
+        f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; "
+        f"python {platform.python_version()}"
+    )
     if torch is not None:
         line += f"; torch {torch.__version__} ({torch_threads} thread(s))"
     else:
         line += "; torch not importable (PyTorch column skipped)"
-    return (line + f"\nNielsen [784, 30, 10] sigmoid, quadratic cost, SGD lr 3.0, minibatch {batch}, "
-                   f"{n:,} examples, float32; median of {repeats} epochs after a warm-up epoch")
+    return (
+        line + f"\nNielsen [784, 30, 10] sigmoid, quadratic cost, SGD lr 3.0, minibatch {batch}, "
+        f"{n:,} examples, float32; median of {repeats} epochs after a warm-up epoch"
+    )
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--examples", type=int, default=50_000)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--lr", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=5, help="timed epochs per contender")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if importable")
-    ap.add_argument("--torch-threads", type=int, default=1,
-                    help="torch.set_num_threads (1 is fastest for this tiny net: no "
-                         "thread hand-offs per op)")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads (1 is fastest for this tiny net: no thread hand-offs per op)",
+    )
     args = ap.parse_args(argv)
     global torch
     if args.no_torch:
@@ -183,9 +212,11 @@ def main(argv=None):
     x, y = make_data(args.examples)
     model = nielsen_net()
     params, _ = model.init(jax.random.key(0), (784,))
-    contenders = [JbpFit(model, params, x, y, args.batch, args.lr),
-                  PythonLoop(model, params, x, y, args.batch, args.lr),
-                  TypicalPythonLoop(model, params, x, y, args.batch, args.lr)]
+    contenders = [
+        JbpFit(model, params, x, y, args.batch, args.lr),
+        PythonLoop(model, params, x, y, args.batch, args.lr),
+        TypicalPythonLoop(model, params, x, y, args.batch, args.lr),
+    ]
     if torch is not None:
         contenders.append(TorchLoop(x, y, args.batch, args.lr, args.torch_threads))
 
@@ -198,14 +229,20 @@ def main(argv=None):
 
     base = statistics.median(times[contenders[0].name])
     steps = -(-args.examples // args.batch)
-    print(f"{'contender':<30} {'epoch (median)':>15} {'per step':>10} {'jbp.fit speed-up':>17}"
-          f"   final train loss")
+    print(
+        f"{'contender':<30} {'epoch (median)':>15} {'per step':>10} {'jbp.fit speed-up':>17}"
+        f"   final train loss"
+    )
     for c in contenders:
         med = statistics.median(times[c.name])
-        print(f"{c.name:<30} {med:>13.3f} s {med / steps * 1e6:>7.1f} us {med / base:>16.1f}x"
-              f"   {c.last_loss:.4f}")
-    print("(speed-up = contender's epoch time / jbp.fit's; targets: >= 3x the Python loop, "
-          ">= 5x PyTorch CPU)")
+        print(
+            f"{c.name:<30} {med:>13.3f} s {med / steps * 1e6:>7.1f} us {med / base:>16.1f}x"
+            f"   {c.last_loss:.4f}"
+        )
+    print(
+        "(speed-up = contender's epoch time / jbp.fit's; targets: >= 3x the Python loop, "
+        ">= 5x PyTorch CPU)"
+    )
 
 
 if __name__ == "__main__":

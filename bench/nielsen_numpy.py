@@ -15,6 +15,7 @@ float64, as are its ``randn`` parameters: pass float64 parameters to be exactly 
 ``SGD`` can stop after ``n_batches`` minibatches (to time a fraction of an epoch) and
 does no evaluation; :meth:`Network.cost` is added to check the numbers.
 """
+
 from __future__ import annotations
 
 import random
@@ -47,8 +48,9 @@ class Network:
         n = len(training_data)
         for _ in range(epochs):
             random.shuffle(training_data)
-            mini_batches = [training_data[k:k + mini_batch_size]
-                            for k in range(0, n, mini_batch_size)]
+            mini_batches = [
+                training_data[k : k + mini_batch_size] for k in range(0, n, mini_batch_size)
+            ]
             for mini_batch in mini_batches[:n_batches]:
                 self.update_mini_batch(mini_batch, eta)
 

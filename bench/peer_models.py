@@ -22,6 +22,7 @@ shapes. :func:`oi_to_jbp` maps a channels-first library's per-layer ``(weight, b
 arrays (gradients, per-example gradients, curvature diagonals, with any number of leading
 axes) back to jbp's parameter tree, for comparing numbers.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,15 +54,25 @@ def describe(model, params, in_shape):
             shape = (d["W"].shape[1],)
         elif kind == "Conv2D":
             k = tuple(layer.kernel_size)
-            if (layer.strides != (1, 1) or layer.dilation != (1, 1) or layer.padding != "SAME"
-                    or k[0] != k[1] or k[0] % 2 != 1 or not layer.use_bias):
-                raise ValueError(f"{where}: expected stride 1, no dilation, 'SAME' padding, an "
-                                 f"odd square kernel and a bias, got {layer!r}")
+            if (
+                layer.strides != (1, 1)
+                or layer.dilation != (1, 1)
+                or layer.padding != "SAME"
+                or k[0] != k[1]
+                or k[0] % 2 != 1
+                or not layer.use_bias
+            ):
+                raise ValueError(
+                    f"{where}: expected stride 1, no dilation, 'SAME' padding, an "
+                    f"odd square kernel and a bias, got {layer!r}"
+                )
             d = {"kind": "conv", "W": _f32(p["W"]), "b": _f32(p["b"]), "hwc": None}
             shape = shape[:2] + (d["W"].shape[3],)
         elif kind == "MaxPool2D":
             if layer.window != (2, 2) or layer.strides != (2, 2) or layer.padding != "VALID":
-                raise ValueError(f"{where}: expected a 2x2 window, stride 2, 'VALID', got {layer!r}")
+                raise ValueError(
+                    f"{where}: expected a 2x2 window, stride 2, 'VALID', got {layer!r}"
+                )
             d = {"kind": "maxpool", "hwc": None}
             shape = (shape[0] // 2, shape[1] // 2, shape[2])
         elif kind in ("ReLU", "Sigmoid"):
@@ -136,8 +147,9 @@ def oi_to_jbp(desc, arrays, lead=0):
             out.append(())
             continue
         if not arrays:
-            raise ValueError("peer_models.oi_to_jbp: fewer (weight, bias) pairs than layers "
-                             "with parameters")
+            raise ValueError(
+                "peer_models.oi_to_jbp: fewer (weight, bias) pairs than layers with parameters"
+            )
         w, b = (np.asarray(a) for a in arrays.pop(0))
         ax = tuple(range(lead))
         if d["kind"] == "dense":
@@ -148,8 +160,9 @@ def oi_to_jbp(desc, arrays, lead=0):
             W = w.transpose(ax + (lead + 2, lead + 3, lead + 1, lead))
         out.append({"W": W, "b": b.reshape(b.shape[:lead] + (-1,))})
     if arrays:
-        raise ValueError("peer_models.oi_to_jbp: more (weight, bias) pairs than layers with "
-                         "parameters")
+        raise ValueError(
+            "peer_models.oi_to_jbp: more (weight, bias) pairs than layers with parameters"
+        )
     return tuple(out)
 
 
@@ -160,6 +173,7 @@ def channels_first(x):
 
 
 # --- PyTorch ---------------------------------------------------------------------------
+
 
 def torch_input(x):
     """A float32 torch tensor in NCHW with standard (contiguous) strides.
@@ -216,6 +230,7 @@ def torch_params_to_jbp(desc, net, field="grad", lead=0):
 
 # --- Equinox ---------------------------------------------------------------------------
 
+
 def equinox_model(desc):
     """An ``eqx.nn.Sequential`` for ONE example (CHW or flat); ``jax.vmap`` it over a batch."""
     import equinox as eqx
@@ -233,8 +248,11 @@ def equinox_model(desc):
         elif k == "conv":
             w = conv_to_oihw(d)
             m = eqx.nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], padding=w.shape[2] // 2, key=key)
-            m = eqx.tree_at(lambda l: (l.weight, l.bias), m,
-                            (jnp.asarray(w), jnp.asarray(d["b"]).reshape(-1, 1, 1)))
+            m = eqx.tree_at(
+                lambda l: (l.weight, l.bias),
+                m,
+                (jnp.asarray(w), jnp.asarray(d["b"]).reshape(-1, 1, 1)),
+            )
         elif k == "maxpool":
             m = eqx.nn.MaxPool2d(2, 2)
         elif k == "relu":
@@ -255,6 +273,7 @@ def equinox_to_jbp(desc, tree, lead=0):
 
 
 # --- Flax NNX --------------------------------------------------------------------------
+
 
 def flax_model(desc):
     """An ``nnx.Sequential`` computing the same function (NHWC input, jbp's layouts)."""

@@ -67,6 +67,7 @@ this build lacks. ``pip install -e '.[bench]'`` installs the peers (see pyprojec
     python bench/peers.py --quick            # a smoke run: few rounds, 5,000-example epoch
     python bench/peers.py --only per_example --libs jbp,jax,opacus
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,10 +105,10 @@ CE = losses.softmax_cross_entropy
 class Config:
     """Sizes and repetitions (``--quick`` and ``--tiny`` override some)."""
 
-    repeats: int = 7           # timed rounds per contender (step, per_example, extensions)
-    iters: int = 10            # calls per timed round, at most ...
-    round_s: float = 0.3       # ... and about this many seconds (slow contenders: fewer calls)
-    epoch_repeats: int = 5     # timed epochs per contender
+    repeats: int = 7  # timed rounds per contender (step, per_example, extensions)
+    iters: int = 10  # calls per timed round, at most ...
+    round_s: float = 0.3  # ... and about this many seconds (slow contenders: fewer calls)
+    epoch_repeats: int = 5  # timed epochs per contender
     step_batch: int = 128
     pe_batch: int = 256
     ext_batch: int = 128
@@ -122,8 +123,18 @@ class Config:
 
 
 QUICK = dict(repeats=3, iters=3, round_s=0.1, epoch_repeats=2, examples=5_000, nielsen_fraction=0.2)
-TINY = dict(repeats=1, iters=1, epoch_repeats=1, step_batch=8, pe_batch=8, ext_batch=8,
-            hidden=16, image=8, examples=100, nielsen_fraction=0.5)
+TINY = dict(
+    repeats=1,
+    iters=1,
+    epoch_repeats=1,
+    step_batch=8,
+    pe_batch=8,
+    ext_batch=8,
+    hidden=16,
+    image=8,
+    examples=100,
+    nielsen_fraction=0.5,
+)
 
 
 class Skip(Exception):
@@ -131,6 +142,7 @@ class Skip(Exception):
 
 
 # --- contenders ----------------------------------------------------------------------------
+
 
 class Contender:
     """One library's way of doing a case's work.
@@ -188,20 +200,36 @@ def _require(*modules):
 
 def _torch_threads():
     import torch
+
     return torch.get_num_threads()
 
 
 # --- shared setup --------------------------------------------------------------------------
 
+
 def mlp(cfg):
     h = cfg.hidden
-    return jbp.Sequential([Dense(h), ReLU(), Dense(h), ReLU(), Dense(10)]), (784,), f"MLP 784-{h}-{h}-10"
+    return (
+        jbp.Sequential([Dense(h), ReLU(), Dense(h), ReLU(), Dense(10)]),
+        (784,),
+        f"MLP 784-{h}-{h}-10",
+    )
 
 
 def cnn(cfg):
     s = cfg.image
-    model = jbp.Sequential([Conv2D(16, 3), ReLU(), MaxPool2D(2), Conv2D(32, 3), ReLU(),
-                            MaxPool2D(2), Flatten(), Dense(10)])
+    model = jbp.Sequential(
+        [
+            Conv2D(16, 3),
+            ReLU(),
+            MaxPool2D(2),
+            Conv2D(32, 3),
+            ReLU(),
+            MaxPool2D(2),
+            Flatten(),
+            Dense(10),
+        ]
+    )
     return model, (s, s, 1), f"CNN c16-p-c32-p-d {s}x{s}"
 
 
@@ -213,8 +241,12 @@ def init_params(model, in_shape, seed=0):
     params, _ = model.init(jax.random.key(seed), in_shape)
     params = jbp.cast(params, jnp.float32)
     rng = np.random.default_rng(seed + 1)
-    return tuple({**p, "b": jnp.asarray(0.1 * rng.standard_normal(p["b"].shape), jnp.float32)}
-                 if isinstance(p, dict) and "b" in p else p for p in params)
+    return tuple(
+        {**p, "b": jnp.asarray(0.1 * rng.standard_normal(p["b"].shape), jnp.float32)}
+        if isinstance(p, dict) and "b" in p
+        else p
+        for p in params
+    )
 
 
 def make_batch(in_shape, n, seed=0):
@@ -228,10 +260,12 @@ def rel_err(got, ref):
     sg, sr = jax.tree.structure(got), jax.tree.structure(ref)
     if sg != sr:
         raise ValueError(f"structure differs from jbp's: {sg} vs {sr}")
-    errs = [float(np.max(np.abs(np.asarray(g, np.float64) - np.asarray(r, np.float64))))
-            / max(float(np.max(np.abs(np.asarray(r, np.float64)))), 1e-30)
-            for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref))
-            if np.asarray(r).size]
+    errs = [
+        float(np.max(np.abs(np.asarray(g, np.float64) - np.asarray(r, np.float64))))
+        / max(float(np.max(np.abs(np.asarray(r, np.float64)))), 1e-30)
+        for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref))
+        if np.asarray(r).size
+    ]
     return max(errs) if errs else 0.0
 
 
@@ -252,12 +286,13 @@ def loss_pair_err(got, ref):
 
 # --- 1. one training step -------------------------------------------------------------------
 
+
 class StepContender(Contender):
     """A training step on a fixed batch; ``check`` = (loss before, loss after one step)."""
 
     def __init__(self, lib, name, make, note=""):
         self.lib, self.name, self.note = lib, name, note
-        self.make = make          # () -> step_fn() returning the loss (a fresh model each time)
+        self.make = make  # () -> step_fn() returning the loss (a fresh model each time)
         self.step = make()
         self.loss = None
 
@@ -265,7 +300,7 @@ class StepContender(Contender):
         self.loss = self.step()
 
     def sync(self):
-        if isinstance(self.loss, jax.Array):   # a torch step has already finished
+        if isinstance(self.loss, jax.Array):  # a torch step has already finished
             jax.block_until_ready(self.loss)
 
     def check(self):
@@ -283,7 +318,9 @@ def jbp_step(model, params, x, y, lr):
         def run():
             state["p"], v = step(state["p"], xj, yj)
             return v
+
         return run
+
     return make
 
 
@@ -298,6 +335,7 @@ def equinox_train_step(loss_fn, lr):
     def step(model, opt_state, x, y):
         def objective(m):
             return loss_fn(jax.vmap(m)(x), y)
+
         loss, grads = eqx.filter_value_and_grad(objective)(model)
         updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_array))
         return eqx.apply_updates(model, updates), opt_state, loss
@@ -307,6 +345,7 @@ def equinox_train_step(loss_fn, lr):
 
 def _optax_ce(logits, y):
     import optax
+
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
@@ -324,7 +363,9 @@ def equinox_step(desc, x, y, lr):
         def run():
             state["m"], state["o"], loss = step(state["m"], state["o"], xj, yj)
             return loss
+
         return run
+
     return make
 
 
@@ -337,6 +378,7 @@ def flax_step(desc, x, y, lr, cached):
     def train_step(model, optimizer, x, y):
         def loss_fn(model):
             return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)
         return loss
@@ -350,6 +392,7 @@ def flax_step(desc, x, y, lr, cached):
             f = nnx.cached_partial(train_step, model, optimizer)
             return lambda: f(xj, yj)
         return lambda: train_step(model, optimizer, xj, yj)
+
     return make
 
 
@@ -370,7 +413,9 @@ def torch_step(desc, x, y, lr):
             loss.backward()
             opt.step()
             return loss.detach()
+
         return run
+
     return make
 
 
@@ -383,21 +428,37 @@ def step_cases(cfg):
         desc = pm.describe(model, params, in_shape)
         th = lambda: f"{_torch_threads()} threads"
         makers = [
-            ("jbp", "jbp: jit(value_and_grad + SGD)",
-             lambda: StepContender("jbp", "", jbp_step(model, params, x, y, lr))),
-            ("equinox", "Equinox + optax (eqx.filter_jit)",
-             lambda: StepContender("equinox", "", equinox_step(desc, x, y, lr))),
-            ("flax", "Flax NNX + optax (nnx.jit)",
-             lambda: StepContender("flax", "", flax_step(desc, x, y, lr, cached=False))),
-            ("flax", "Flax NNX + optax (nnx.cached_partial)",
-             lambda: StepContender("flax", "", flax_step(desc, x, y, lr, cached=True))),
-            ("torch", "PyTorch CPU (eager)",
-             lambda: StepContender("torch", "", torch_step(desc, x, y, lr), note=th())),
+            (
+                "jbp",
+                "jbp: jit(value_and_grad + SGD)",
+                lambda: StepContender("jbp", "", jbp_step(model, params, x, y, lr)),
+            ),
+            (
+                "equinox",
+                "Equinox + optax (eqx.filter_jit)",
+                lambda: StepContender("equinox", "", equinox_step(desc, x, y, lr)),
+            ),
+            (
+                "flax",
+                "Flax NNX + optax (nnx.jit)",
+                lambda: StepContender("flax", "", flax_step(desc, x, y, lr, cached=False)),
+            ),
+            (
+                "flax",
+                "Flax NNX + optax (nnx.cached_partial)",
+                lambda: StepContender("flax", "", flax_step(desc, x, y, lr, cached=True)),
+            ),
+            (
+                "torch",
+                "PyTorch CPU (eager)",
+                lambda: StepContender("torch", "", torch_step(desc, x, y, lr), note=th()),
+            ),
         ]
         yield Case("step", f"{title} b{cfg.step_batch}", "step", makers, loss_pair_err, 2e-3)
 
 
 # --- 2. one epoch, Nielsen's configuration --------------------------------------------------
+
 
 class EpochContender(Contender):
     """Wraps an object whose ``epoch()`` returns the seconds of one epoch."""
@@ -410,8 +471,9 @@ class EpochContender(Contender):
         if self.torch_threads is None:
             return self.obj.epoch()
         import torch
+
         saved = torch.get_num_threads()
-        torch.set_num_threads(self.torch_threads)   # only for this contender's epochs
+        torch.set_num_threads(self.torch_threads)  # only for this contender's epochs
         try:
             return self.obj.epoch()
         finally:
@@ -439,7 +501,7 @@ class EquinoxLoop:
         xs, ys = self.x[order], self.y[order]
         m, s, b = self.model, self.opt_state, self.batch
         for i in range(0, len(xs), b):
-            m, s, loss = self.step(m, s, xs[i:i + b], ys[i:i + b])
+            m, s, loss = self.step(m, s, xs[i : i + b], ys[i : i + b])
         jax.block_until_ready(m)
         self.model, self.opt_state = m, s
         return time.perf_counter() - t0
@@ -469,9 +531,9 @@ class NumpyNielsenEpoch:
         t0 = time.perf_counter()
         random.shuffle(self.data)
         n, k = len(self.data), self.batch
-        mini_batches = [self.data[j:j + k] for j in range(0, n, k)]
+        mini_batches = [self.data[j : j + k] for j in range(0, n, k)]
         t1 = time.perf_counter()
-        for mb in mini_batches[:self.nb]:
+        for mb in mini_batches[: self.nb]:
             self.net.update_mini_batch(mb, self.lr)
         t2 = time.perf_counter()
         return (t1 - t0) + (t2 - t1) * self.total / self.nb
@@ -496,9 +558,20 @@ def epoch_cases(cfg):
         obj = epoch_bench.JbpFit(model, params, x, y, b, lr)
 
         def check():
-            _, hist = jbp.fit(model, params, losses.mse, optim.sgd(lr), (jnp.asarray(xb), jnp.asarray(yb)),
-                              batch_size=b, epochs=2, key=jax.random.key(0), metrics=("loss",), verbose=0)
+            _, hist = jbp.fit(
+                model,
+                params,
+                losses.mse,
+                optim.sgd(lr),
+                (jnp.asarray(xb), jnp.asarray(yb)),
+                batch_size=b,
+                epochs=2,
+                key=jax.random.key(0),
+                metrics=("loss",),
+                verbose=0,
+            )
             return float(hist["loss"][0]), float(hist["loss"][1])
+
         return EpochContender("jbp", "", obj, check, note="fit's seconds: compile excluded")
 
     def jbp_loop():
@@ -508,11 +581,13 @@ def epoch_cases(cfg):
             p, s1, m0, _ = obj.step(params, optim.sgd(lr).init(params), xb, yb, obj.key)
             _, _, m1, _ = obj.step(p, s1, xb, yb, obj.key)
             return float(m0["loss"]), float(m1["loss"])
+
         return EpochContender("jbp", "", obj, check)
 
     def eqx_loop():
         _require("equinox", "optax")
         import equinox as eqx
+
         obj = EquinoxLoop(desc, x, y, b, lr)
 
         def check():
@@ -521,6 +596,7 @@ def epoch_cases(cfg):
             m, s, l0 = obj.step(m, s, xb, yb)
             _, _, l1 = obj.step(m, s, xb, yb)
             return float(l0), float(l1)
+
         return EpochContender("equinox", "", obj, check)
 
     def torch_loop():
@@ -528,8 +604,9 @@ def epoch_cases(cfg):
         if epoch_bench.torch is None:
             raise Skip("torch not importable in bench/epoch.py")
         import torch
+
         saved = torch.get_num_threads()
-        obj = epoch_bench.TorchLoop(x, y, b, lr, threads=1)   # (it sets the global count)
+        obj = epoch_bench.TorchLoop(x, y, b, lr, threads=1)  # (it sets the global count)
         torch.set_num_threads(saved)
         obj.net = pm.torch_model(desc)
         obj.opt = torch.optim.SGD(obj.net.parameters(), lr=lr)
@@ -546,13 +623,19 @@ def epoch_cases(cfg):
                 loss.backward()
                 opt.step()
             return tuple(out)
+
         return EpochContender("torch", "", obj, check, note="1 thread", torch_threads=1)
 
     def numpy_port():
         obj = NumpyNielsenEpoch(desc, x, y, b, lr, cfg.nielsen_fraction)
         obj._first = (xb, yb)
-        return EpochContender("numpy", "", obj, obj.loss_pair,
-                              note=f"timed {obj.nb}/{obj.total} minibatches, extrapolated")
+        return EpochContender(
+            "numpy",
+            "",
+            obj,
+            obj.loss_pair,
+            note=f"timed {obj.nb}/{obj.total} minibatches, extrapolated",
+        )
 
     makers = [
         ("jbp", "jbp.fit (compiled epoch)", jbp_fit),
@@ -567,10 +650,13 @@ def epoch_cases(cfg):
 
 # --- 3. per-example gradient norms and clipping --------------------------------------------
 
+
 def vmap_grads(model, loss):
     """``vmap(jax.grad)`` of jbp's forward: per-example gradients, materialised."""
+
     def one(p, xi, yi):
         return loss.value(model.apply(p, xi[None]), yi[None])
+
     return jax.vmap(jax.grad(one), in_axes=(None, 0, 0))
 
 
@@ -595,8 +681,15 @@ class OpacusPerExample(Contender):
         crit = torch.nn.CrossEntropyLoss()
         loader = DataLoader(TensorDataset(self.x, self.y), batch_size=len(self.x))
         out = PrivacyEngine().make_private(
-            module=net, optimizer=opt, criterion=crit, data_loader=loader, noise_multiplier=0.0,
-            max_grad_norm=float(clip), poisson_sampling=False, grad_sample_mode=mode)
+            module=net,
+            optimizer=opt,
+            criterion=crit,
+            data_loader=loader,
+            noise_multiplier=0.0,
+            max_grad_norm=float(clip),
+            poisson_sampling=False,
+            grad_sample_mode=mode,
+        )
         self.model, self.opt = out[0], out[1]
         self.crit = out[2] if mode == "ghost" else crit
         self.plain = torch.nn.CrossEntropyLoss()
@@ -605,6 +698,7 @@ class OpacusPerExample(Contender):
 
     def call(self):
         import torch
+
         self.opt.zero_grad(set_to_none=True)
         if self.what == "norms":
             loss = self.plain(self.model(self.x), self.y)
@@ -613,12 +707,13 @@ class OpacusPerExample(Contender):
                 self.result = self.model.get_norm_sample()
             else:
                 ps = [p for p in self.model.parameters() if p.requires_grad]
-                self.result = torch.stack([p.grad_sample.reshape(len(self.x), -1).norm(2, dim=1)
-                                           for p in ps], dim=1).norm(2, dim=1)
+                self.result = torch.stack(
+                    [p.grad_sample.reshape(len(self.x), -1).norm(2, dim=1) for p in ps], dim=1
+                ).norm(2, dim=1)
         else:
             loss = self.crit(self.model(self.x), self.y)
-            loss.backward()                     # ghost: both backward passes
-            self.opt.pre_step()                 # clip (hooks), noise (0), divide by n
+            loss.backward()  # ghost: both backward passes
+            self.opt.pre_step()  # clip (hooks), noise (0), divide by n
             self.result = None
 
     def check(self):
@@ -650,29 +745,46 @@ def per_example_cases(cfg):
             s = jnp.minimum(1.0, clip / jnp.maximum(_row_norms(g), jnp.finfo(jnp.float32).tiny))
             return jax.tree.map(lambda l: jnp.tensordot(s, l, axes=1) / l.shape[0], g)
 
-        jbp_clipped = jax.jit(lambda p, x, y: jbp.per_example_clipped_grad(model, CE, clip)(p, x, y)[0])
+        jbp_clipped = jax.jit(
+            lambda p, x, y: jbp.per_example_clipped_grad(model, CE, clip)(p, x, y)[0]
+        )
         args = (params, xj, yj)
 
         def opacus(mode, what):
             def make():
                 _require("torch", "opacus")
                 return OpacusPerExample(desc, x, y, mode, what, clip)
+
             return make
 
-        for what, label, jfn, vfn in (("norms", "per-example grad norms", norms_fn, vmap_norms),
-                                      ("clipped", "clipped mean grad", jbp_clipped, vmap_clipped)):
+        for what, label, jfn, vfn in (
+            ("norms", "per-example grad norms", norms_fn, vmap_norms),
+            ("clipped", "clipped mean grad", jbp_clipped, vmap_clipped),
+        ):
             makers = [
-                ("jbp", f"jbp.per_example_{'grad_norms' if what == 'norms' else 'clipped_grad'}",
-                 lambda jfn=jfn: JaxFn("jbp", "", jfn, args)),
-                ("jax", "JAX vmap(jax.grad), materialised",
-                 lambda vfn=vfn: JaxFn("jax", "", vfn, args)),
+                (
+                    "jbp",
+                    f"jbp.per_example_{'grad_norms' if what == 'norms' else 'clipped_grad'}",
+                    lambda jfn=jfn: JaxFn("jbp", "", jfn, args),
+                ),
+                (
+                    "jax",
+                    "JAX vmap(jax.grad), materialised",
+                    lambda vfn=vfn: JaxFn("jax", "", vfn, args),
+                ),
                 ("opacus", "Opacus hooks (per-sample grads)", opacus("hooks", what)),
                 ("opacus", "Opacus ghost clipping", opacus("ghost", what)),
             ]
             compare = elementwise_rel_err if what == "norms" else rel_err
             extra = "" if what == "norms" else f", C={clip:.3g}"
-            yield Case("per_example", f"{title} b{cfg.pe_batch}: {label}{extra}", "call",
-                       makers, compare, 1e-4)
+            yield Case(
+                "per_example",
+                f"{title} b{cfg.pe_batch}: {label}{extra}",
+                "call",
+                makers,
+                compare,
+                1e-4,
+            )
 
 
 # --- 4. BackPACK-style extensions ----------------------------------------------------------
@@ -688,10 +800,12 @@ def jax_extension_reference(model, loss, which):
         n = x.shape[0]
         g = grads1(p, x, y)
         bg = jax.tree.map(lambda a: a / n, g)
-        return {"batch_grad": bg,
-                "batch_l2": jax.tree.map(lambda a: jnp.sum(jnp.square(a.reshape(n, -1)), axis=1), bg),
-                "variance": jax.tree.map(lambda a: jnp.mean(a * a, 0) - jnp.square(jnp.mean(a, 0)), bg),
-                "sum_grad_squared": jax.tree.map(lambda a: jnp.sum(a * a, 0), bg)}
+        return {
+            "batch_grad": bg,
+            "batch_l2": jax.tree.map(lambda a: jnp.sum(jnp.square(a.reshape(n, -1)), axis=1), bg),
+            "variance": jax.tree.map(lambda a: jnp.mean(a * a, 0) - jnp.square(jnp.mean(a, 0)), bg),
+            "sum_grad_squared": jax.tree.map(lambda a: jnp.sum(a * a, 0), bg),
+        }
 
     def ggn(p, x, y):
         # diag(Jᵀ H J) = Σ_c (Jᵀ S[:, c])², H = softmax Hessian = S Sᵀ, S = diag(√π) − π √πᵀ
@@ -703,8 +817,11 @@ def jax_extension_reference(model, loss, which):
             cols = jax.vmap(lambda v: vjp(v)[0])(S.T)
             return jax.tree.map(lambda c: jnp.sum(c * c, 0), cols)
 
-        acc, _ = jax.lax.scan(lambda a, xi: (jax.tree.map(jnp.add, a, one(xi)), None),
-                              jax.tree.map(jnp.zeros_like, p), x)
+        acc, _ = jax.lax.scan(
+            lambda a, xi: (jax.tree.map(jnp.add, a, one(xi)), None),
+            jax.tree.map(jnp.zeros_like, p),
+            x,
+        )
         return {"diag_ggn": jax.tree.map(lambda a: a / x.shape[0], acc)}
 
     return jax.jit(first if which == "first" else ggn)
@@ -725,8 +842,13 @@ def jbp_extensions(model, which):
 
 
 class BackpackExtensions(Contender):
-    FIELDS = {"batch_grad": "grad_batch", "batch_l2": "batch_l2", "variance": "variance",
-              "sum_grad_squared": "sum_grad_squared", "diag_ggn": "diag_ggn_exact"}
+    FIELDS = {
+        "batch_grad": "grad_batch",
+        "batch_l2": "batch_l2",
+        "variance": "variance",
+        "sum_grad_squared": "sum_grad_squared",
+        "diag_ggn": "diag_ggn_exact",
+    }
 
     def __init__(self, desc, x, y, which):
         import torch
@@ -739,8 +861,11 @@ class BackpackExtensions(Contender):
         self.x = pm.torch_input(x)
         self.y = torch.from_numpy(np.asarray(y, np.int64))
         self.keys = FIRST_ORDER if which == "first" else ("diag_ggn",)
-        self.exts = ((bx.BatchGrad(), bx.BatchL2Grad(), bx.Variance(), bx.SumGradSquared())
-                     if which == "first" else (bx.DiagGGNExact(),))
+        self.exts = (
+            (bx.BatchGrad(), bx.BatchL2Grad(), bx.Variance(), bx.SumGradSquared())
+            if which == "first"
+            else (bx.DiagGGNExact(),)
+        )
         self.note = f"{_torch_threads()} threads"
 
     def call(self):
@@ -753,12 +878,13 @@ class BackpackExtensions(Contender):
         self.call()
         out = {}
         for k in self.keys:
-            if k == "batch_l2":   # one (n,) vector per parameter tensor: no layout to convert
+            if k == "batch_l2":  # one (n,) vector per parameter tensor: no layout to convert
                 vals = [p.batch_l2.detach().numpy() for p in self.net.parameters()]
                 out[k] = _per_layer(self.desc, zip(vals[0::2], vals[1::2]))
             else:
-                out[k] = pm.torch_params_to_jbp(self.desc, self.net, self.FIELDS[k],
-                                                lead=1 if k == "batch_grad" else 0)
+                out[k] = pm.torch_params_to_jbp(
+                    self.desc, self.net, self.FIELDS[k], lead=1 if k == "batch_grad" else 0
+                )
         return out
 
 
@@ -777,6 +903,7 @@ def _per_layer(desc, pairs):
 
 def extensions_err(n, allow_scaling):
     """Largest relative difference over the quantities; jbp may use another power of n."""
+
     def compare(got, ref):
         missing = [k for k in ref if k not in got]
         if missing:
@@ -791,6 +918,7 @@ def extensions_err(n, allow_scaling):
                 notes.append(f"{k}x{s:g}")
             worst = max(worst, errs[s])
         return (worst, " ".join(notes)) if notes else worst
+
     return compare
 
 
@@ -802,35 +930,58 @@ def extension_cases(cfg):
         desc = pm.describe(model, params, in_shape)
         args = (params, jnp.asarray(x), jnp.asarray(y))
         n = cfg.ext_batch
-        for which, label in (("first", "BatchGrad+BatchL2+Variance+SumGradSquared"),
-                             ("ggn", "DiagGGN (exact)")):
+        for which, label in (
+            ("first", "BatchGrad+BatchL2+Variance+SumGradSquared"),
+            ("ggn", "DiagGGN (exact)"),
+        ):
+
             def bp(which=which):
                 _require("torch", "backpack")
                 return BackpackExtensions(desc, x, y, which)
+
             makers = [
-                ("jbp", "jbp.backprop(extensions=...)",
-                 lambda which=which: JaxFn("jbp", "", jbp_extensions(model, which), args)),
+                (
+                    "jbp",
+                    "jbp.backprop(extensions=...)",
+                    lambda which=which: JaxFn("jbp", "", jbp_extensions(model, which), args),
+                ),
                 ("backpack", "BackPACK (extend + with backpack(...))", bp),
-                ("jax", "JAX reference: " + ("vmap(jax.grad)" if which == "first"
-                                             else "per-example vjp of Hessian factor"),
-                 lambda which=which: JaxFn("jax", "", jax_extension_reference(model, CE, which), args)),
+                (
+                    "jax",
+                    "JAX reference: "
+                    + (
+                        "vmap(jax.grad)"
+                        if which == "first"
+                        else "per-example vjp of Hessian factor"
+                    ),
+                    lambda which=which: JaxFn(
+                        "jax", "", jax_extension_reference(model, CE, which), args
+                    ),
+                ),
             ]
-            yield Case("extensions", f"{title} b{n}: {label}", "call", makers,
-                       extensions_err(n, allow_scaling=False), 1e-4,
-                       scaled_compare=extensions_err(n, allow_scaling=True))
+            yield Case(
+                "extensions",
+                f"{title} b{n}: {label}",
+                "call",
+                makers,
+                extensions_err(n, allow_scaling=False),
+                1e-4,
+                scaled_compare=extensions_err(n, allow_scaling=True),
+            )
 
 
 # --- the harness ---------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Case:
     workload: str
     title: str
     unit: str
-    makers: list            # (lib, row name, factory() -> Contender); the first row is jbp's
-    compare: object         # compare(got, ref) -> err or (err, note)
+    makers: list  # (lib, row name, factory() -> Contender); the first row is jbp's
+    compare: object  # compare(got, ref) -> err or (err, note)
     tol: float
-    scaled_compare: object = None   # used for jbp's own row when jbp is not the reference
+    scaled_compare: object = None  # used for jbp's own row when jbp is not the reference
 
 
 @dataclasses.dataclass
@@ -858,8 +1009,12 @@ COLS = "  {:<46} {:>11} {:>8} {:>9}  {:<18} {}"
 
 
 def print_row(row):
-    print(COLS.format(row.name, fmt_time(row.median), row.ratio, row.best_ratio, row.checked,
-                      row.note).rstrip(), flush=True)
+    print(
+        COLS.format(
+            row.name, fmt_time(row.median), row.ratio, row.best_ratio, row.checked, row.note
+        ).rstrip(),
+        flush=True,
+    )
 
 
 def run_case(case, cfg):
@@ -876,7 +1031,9 @@ def run_case(case, cfg):
             rows.append(Row(case.title, name, None, checked="skipped", note=str(e)))
         except Exception as e:  # a peer's API changed: say so, keep the other rows
             traceback.print_exc(file=sys.stderr)
-            rows.append(Row(case.title, name, None, checked="ERROR", note=f"{type(e).__name__}: {e}"))
+            rows.append(
+                Row(case.title, name, None, checked="ERROR", note=f"{type(e).__name__}: {e}")
+            )
 
     # Check: every contender against the first built one (jbp's, unless jbp is absent).
     checks, ok = {}, []
@@ -906,7 +1063,9 @@ def run_case(case, cfg):
             ok.append(c)
             continue
         err, note = err if isinstance(err, tuple) else (err, "")
-        checks[c.name] = (f"{'ok' if err <= case.tol else 'FAIL'} {err:.1e}" + (f" {note}" if note else ""))
+        checks[c.name] = f"{'ok' if err <= case.tol else 'FAIL'} {err:.1e}" + (
+            f" {note}" if note else ""
+        )
         ok.append(c)
 
     # Warm up (compile), size each contender's rounds, then interleaved rounds.
@@ -964,46 +1123,79 @@ def header(cfg, argv_note):
             threads = f" ({_torch_threads()} intra-op threads; 1 in the epoch)"
         except Exception:
             threads = " (not importable)"
-    env = " ".join(f"{k}={os.environ[k]}" for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-                   if k in os.environ)
-    print(f"machine: {cpu}, {os.cpu_count()} cores ({usable} usable); {platform.system()} "
-          f"{platform.machine()}; load average {load} at start")
-    print(f"python {platform.python_version()}; jax {jax.__version__} on {jax.default_backend()} "
-          f"({dev.device_kind}; XLA's default intra-op threads: all usable cores); numpy {np.__version__}; "
-          f"jbp {jbp.__version__}")
-    print(f"peers: equinox {ver('equinox')}; flax {ver('flax')}; optax {ver('optax')}; "
-          f"torch {torch_v}{threads}; opacus {ver('opacus')}; backpack-for-pytorch "
-          f"{ver('backpack-for-pytorch')}" + (f"; env {env}" if env else ""))
-    print(f"float32; median of {cfg.repeats} interleaved rounds of up to {cfg.iters} calls "
-          f"(~{cfg.round_s:g} s; {cfg.epoch_repeats} epochs for the epoch) after warm-up; {argv_note}")
-    print("ratio = contender's median / jbp's (> 1: jbp is faster; * = jbp absent, ratio to the "
-          "first row); min ratio = the same for the fastest\nrounds (steadier on a loaded machine); "
-          "checked = max relative difference to jbp's numbers (see the docstring)\n")
+    env = " ".join(
+        f"{k}={os.environ[k]}"
+        for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+        if k in os.environ
+    )
+    print(
+        f"machine: {cpu}, {os.cpu_count()} cores ({usable} usable); {platform.system()} "
+        f"{platform.machine()}; load average {load} at start"
+    )
+    print(
+        f"python {platform.python_version()}; jax {jax.__version__} on {jax.default_backend()} "
+        f"({dev.device_kind}; XLA's default intra-op threads: all usable cores); numpy {np.__version__}; "
+        f"jbp {jbp.__version__}"
+    )
+    print(
+        f"peers: equinox {ver('equinox')}; flax {ver('flax')}; optax {ver('optax')}; "
+        f"torch {torch_v}{threads}; opacus {ver('opacus')}; backpack-for-pytorch "
+        f"{ver('backpack-for-pytorch')}" + (f"; env {env}" if env else "")
+    )
+    print(
+        f"float32; median of {cfg.repeats} interleaved rounds of up to {cfg.iters} calls "
+        f"(~{cfg.round_s:g} s; {cfg.epoch_repeats} epochs for the epoch) after warm-up; {argv_note}"
+    )
+    print(
+        "ratio = contender's median / jbp's (> 1: jbp is faster; * = jbp absent, ratio to the "
+        "first row); min ratio = the same for the fastest\nrounds (steadier on a loaded machine); "
+        "checked = max relative difference to jbp's numbers (see the docstring)\n"
+    )
     print(COLS.format("contender", "median", "ratio", "min ratio", "checked", "notes"))
     print("-" * 110)
 
 
 def cases_for(workload, cfg):
-    return {"step": step_cases, "epoch": epoch_cases, "per_example": per_example_cases,
-            "extensions": extension_cases}[workload](cfg)
+    return {
+        "step": step_cases,
+        "epoch": epoch_cases,
+        "per_example": per_example_cases,
+        "extensions": extension_cases,
+    }[workload](cfg)
 
 
 def parse_config(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="few rounds, a 5,000-example epoch: a smoke run")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="few rounds, a 5,000-example epoch: a smoke run"
+    )
     ap.add_argument("--tiny", action="store_true", help="minimal sizes (tests/test_bench_peers.py)")
-    ap.add_argument("--only", choices=WORKLOADS, action="append",
-                    help="run this workload only (repeatable)")
-    ap.add_argument("--libs", default=",".join(LIBS),
-                    help=f"comma-separated contenders' libraries to run (default: {','.join(LIBS)})")
-    ap.add_argument("--models", default="mlp,cnn", help="mlp, cnn or both (steps, per-example, extensions)")
+    ap.add_argument(
+        "--only", choices=WORKLOADS, action="append", help="run this workload only (repeatable)"
+    )
+    ap.add_argument(
+        "--libs",
+        default=",".join(LIBS),
+        help=f"comma-separated contenders' libraries to run (default: {','.join(LIBS)})",
+    )
+    ap.add_argument(
+        "--models", default="mlp,cnn", help="mlp, cnn or both (steps, per-example, extensions)"
+    )
     ap.add_argument("--repeats", type=int, help="timed rounds per contender")
     ap.add_argument("--iters", type=int, help="calls per timed round")
-    ap.add_argument("--torch-threads", type=int,
-                    help="torch.set_num_threads for the PyTorch-based rows (default: torch's own, "
-                         "the core count; the Nielsen epoch always uses 1)")
-    ap.add_argument("--nielsen-fraction", type=float,
-                    help="fraction of the epoch the NumPy port is timed on (then extrapolated)")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        help="torch.set_num_threads for the PyTorch-based rows (default: torch's own, "
+        "the core count; the Nielsen epoch always uses 1)",
+    )
+    ap.add_argument(
+        "--nielsen-fraction",
+        type=float,
+        help="fraction of the epoch the NumPy port is timed on (then extrapolated)",
+    )
     args = ap.parse_args(argv)
     cfg = Config()
     for preset, on in ((QUICK, args.quick), (TINY, args.tiny)):
@@ -1027,8 +1219,11 @@ def parse_config(argv=None):
 
 def quiet_peer_warnings():
     """Opacus and torch warn on every call about things that do not apply here."""
-    for msg in ("Secure RNG turned off", "Full backward hook is firing",
-                "Optimal order is the largest alpha"):
+    for msg in (
+        "Secure RNG turned off",
+        "Full backward hook is firing",
+        "Optimal order is the largest alpha",
+    ):
         warnings.filterwarnings("ignore", message=msg)
 
 
@@ -1040,6 +1235,7 @@ def main(argv=None):
             raise SystemExit("--torch-threads: expected >= 1")
         try:
             import torch
+
             torch.set_num_threads(args.torch_threads)
         except ImportError:
             pass

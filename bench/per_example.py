@@ -15,6 +15,7 @@ Contenders, all jitted, in this process, interleaved round by round:
     python bench/per_example.py                  # batches 128 and 512
     python bench/per_example.py --batches 64 --repeats 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def contenders(model, clip):
     @jax.jit
     def vmap_norms(params, x, y):
         g = pe(params, x, y)
-        return jnp.sqrt(sum(jnp.sum(jnp.square(l.reshape(l.shape[0], -1)), axis=1)
-                            for l in jax.tree.leaves(g)))
+        return jnp.sqrt(
+            sum(jnp.sum(jnp.square(l.reshape(l.shape[0], -1)), axis=1) for l in jax.tree.leaves(g))
+        )
 
     one = jax.jit(lambda p, xi, yi: jbp.value_and_grad(model, LOSS)(p, xi, yi)[1])
 
@@ -51,7 +53,7 @@ def contenders(model, clip):
         return sum(jnp.sum(jnp.square(l)) for l in jax.tree.leaves(g))
 
     def loop_norms(params, x, y):
-        out = [sq_norm(one(params, x[i:i + 1], y[i:i + 1])) for i in range(x.shape[0])]
+        out = [sq_norm(one(params, x[i : i + 1], y[i : i + 1])) for i in range(x.shape[0])]
         return jnp.sqrt(jnp.stack(out))
 
     batch_grad = jax.jit(lambda p, x, y: jbp.value_and_grad(model, LOSS)(p, x, y)[1])
@@ -60,8 +62,9 @@ def contenders(model, clip):
     @jax.jit
     def clipped_vmap(params, x, y):
         g = jax.lax.optimization_barrier(pe(params, x, y))  # materialise once, then reuse
-        n = jnp.sqrt(sum(jnp.sum(jnp.square(l.reshape(l.shape[0], -1)), axis=1)
-                         for l in jax.tree.leaves(g)))
+        n = jnp.sqrt(
+            sum(jnp.sum(jnp.square(l.reshape(l.shape[0], -1)), axis=1) for l in jax.tree.leaves(g))
+        )
         s = jnp.minimum(1.0, clip / jnp.maximum(n, 1e-30))
         return jax.tree.map(lambda l: jnp.tensordot(s, l, axes=1) / l.shape[0], g)
 
@@ -82,16 +85,19 @@ def timed(fn, *args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--batches", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-loop", action="store_true", help="skip the (slow) Python loop")
     args = ap.parse_args(argv)
     dev = jax.devices()[0]
-    print(f"jax {jax.__version__} on {jax.default_backend()} ({dev.device_kind}); "
-          f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; "
-          f"MLP 784-512-512-10 ReLU, softmax CE, float32; median of {args.repeats} after warm-up")
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()} ({dev.device_kind}); "
+        f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; "
+        f"MLP 784-512-512-10 ReLU, softmax CE, float32; median of {args.repeats} after warm-up"
+    )
     model = jbp.Sequential([Dense(512), ReLU(), Dense(512), ReLU(), Dense(10)])
     params, _ = model.init(jax.random.key(0), (784,))
     rng = np.random.default_rng(0)

@@ -11,6 +11,7 @@ cache) and the angle reductions, no forward pass. ``--hidden 256 256`` adds hidd
     python bench/rules.py
     python bench/rules.py --iters 20 --repeats 5 --hidden 256 256
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,13 @@ def step_fn(model, extensions):
     def step(params, opt_state, state, x, y):
         out = run(params, x, y, state=state)
         updates, opt_state = opt.update(out.grads, opt_state, params)
-        return (optim.apply_updates(params, updates), opt_state, out.state, out.loss,
-                out.extras.get("alignment"))
+        return (
+            optim.apply_updates(params, updates),
+            opt_state,
+            out.state,
+            out.loss,
+            out.extras.get("alignment"),
+        )
 
     return jax.jit(step), opt
 
@@ -52,10 +58,13 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rules", nargs="+", default=["fa", "dfa", "kolen_pollack"])
     a = p.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; MLP 784-"
-          f"{'-'.join(map(str, a.hidden))}-10, batch {a.batch}, AdamW step")
-    net = jbp.Sequential([l for h in a.hidden for l in (Dense(h, w_init="he_normal"), ReLU())]
-                         + [Dense(10)])
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; MLP 784-"
+        f"{'-'.join(map(str, a.hidden))}-10, batch {a.batch}, AdamW step"
+    )
+    net = jbp.Sequential(
+        [l for h in a.hidden for l in (Dense(h, w_init="he_normal"), ReLU())] + [Dense(10)]
+    )
     x, y = data((784,), a.batch)
     for rule in a.rules:
         model = dfa(net) if rule == "dfa" else with_rule(net, rule)
@@ -64,12 +73,14 @@ def main(argv=None):
         fns, _args = {}, None
         for label, exts in (("step", ()), ("step + Alignment", (Alignment(),))):
             f, opt = step_fn(model, exts)
-            fns[label] = (lambda f=f, o=opt.init(params): (lambda p, s, x, y: f(p, o, s, x, y)))()
+            fns[label] = (lambda f=f, o=opt.init(params): lambda p, s, x, y: f(p, o, s, x, y))()
         med = race(fns, (params, state, x, y), a.iters, a.repeats)
         t0 = med["step"]
-        print(f"  {rule:<14} step {t0 * 1e3:7.3f} ms   with Alignment "
-              f"{med['step + Alignment'] * 1e3:7.3f} ms   ratio "
-              f"{med['step + Alignment'] / t0:5.2f}×")
+        print(
+            f"  {rule:<14} step {t0 * 1e3:7.3f} ms   with Alignment "
+            f"{med['step + Alignment'] * 1e3:7.3f} ms   ratio "
+            f"{med['step + Alignment'] / t0:5.2f}×"
+        )
 
 
 if __name__ == "__main__":

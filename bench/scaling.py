@@ -14,13 +14,15 @@ the real devices are used.
     python bench/scaling.py                    # n 2048, batch 256, 5 rounds
     python bench/scaling.py --n 512 --repeats 3
 """
+
 from __future__ import annotations
 
 import os
 
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_force_host_platform_device_count=8").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
@@ -44,15 +46,34 @@ def mlp():
 
 def cnn():
     """bench/layers.py's CNN (built inline in its ``main``; same layers)."""
-    return jbp.Sequential([Conv2D(16, 3), ReLU(), MaxPool2D(2), Conv2D(32, 3), ReLU(),
-                           MaxPool2D(2), Flatten(), Dense(10)])
+    return jbp.Sequential(
+        [
+            Conv2D(16, 3),
+            ReLU(),
+            MaxPool2D(2),
+            Conv2D(32, 3),
+            ReLU(),
+            MaxPool2D(2),
+            Flatten(),
+            Dense(10),
+        ]
+    )
 
 
 def one_epoch(model, params, x, y, batch_size, mesh):
     t0 = time.perf_counter()
-    p, hist = jbp.fit(model, params, losses.softmax_cross_entropy, jbp.optim.sgd(0.05), (x, y),
-                      batch_size=batch_size, epochs=1, key=jax.random.key(1), verbose=0,
-                      mesh=mesh)
+    p, hist = jbp.fit(
+        model,
+        params,
+        losses.softmax_cross_entropy,
+        jbp.optim.sgd(0.05),
+        (x, y),
+        batch_size=batch_size,
+        epochs=1,
+        key=jax.random.key(1),
+        verbose=0,
+        mesh=mesh,
+    )
     jax.block_until_ready(p)
     wall = time.perf_counter() - t0
     return hist["seconds"][-1], wall - hist["seconds"][-1]
@@ -74,26 +95,32 @@ def bench(name, model, x, y, batch_size, counts, repeats):
         t = statistics.median(samples[d])
         rate = x.shape[0] / t
         base = base or rate
-        print(f"{name:<38} {d:>7} {t * 1e3:>10.1f} ms {rate:>12.0f} {rate / base:>8.2f}x",
-              flush=True)
+        print(
+            f"{name:<38} {d:>7} {t * 1e3:>10.1f} ms {rate:>12.0f} {rate / base:>8.2f}x", flush=True
+        )
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=2048, help="examples per epoch")
     ap.add_argument("--batch", type=int, default=256, help="global batch (a multiple of 8)")
     ap.add_argument("--repeats", type=int, default=5, help="rounds; the median is kept")
     args = ap.parse_args(argv)
     counts = [d for d in (1, 2, 4, 8) if d <= jax.device_count()]
     backend = jax.default_backend()
-    print(f"jax {jax.__version__} on {backend} ({jax.devices()[0].device_kind}); "
-          f"{jax.device_count()} devices; {os.cpu_count()} CPU cores; "
-          f"{platform.processor() or platform.machine()}; float32; n {args.n}, "
-          f"global batch {args.batch}; median of {args.repeats} alternating rounds")
+    print(
+        f"jax {jax.__version__} on {backend} ({jax.devices()[0].device_kind}); "
+        f"{jax.device_count()} devices; {os.cpu_count()} CPU cores; "
+        f"{platform.processor() or platform.machine()}; float32; n {args.n}, "
+        f"global batch {args.batch}; median of {args.repeats} alternating rounds"
+    )
     if backend == "cpu":
-        print("CPU: the devices are XLA host-platform devices sharing the same cores, so this "
-              "measures the overhead of sharding + all-reduce, not a speed-up")
+        print(
+            "CPU: the devices are XLA host-platform devices sharing the same cores, so this "
+            "measures the overhead of sharding + all-reduce, not a speed-up"
+        )
     print(f"{'network':<38} {'devices':>7} {'epoch':>13} {'examples/s':>12} {'vs 1':>9}")
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, args.n)

@@ -8,6 +8,7 @@ hand-written backward is faster).
 
     python bench/step.py            # MLP 784-512-512-10 and a deep narrow sigmoid net, batch 128
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,14 +73,20 @@ def bench(name, model, in_dim, n_classes, batch, iters, repeats):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--iters", type=int, default=50, help="steps per timed round")
-    ap.add_argument("--repeats", type=int, default=15, help="timed rounds per contender; the median is kept")
+    ap.add_argument(
+        "--repeats", type=int, default=15, help="timed rounds per contender; the median is kept"
+    )
     args = ap.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
-          f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; float32; "
-          f"batch {args.batch}; median of {args.repeats} alternating rounds of {args.iters} steps")
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
+        f"{os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}; float32; "
+        f"batch {args.batch}; median of {args.repeats} alternating rounds of {args.iters} steps"
+    )
     print(f"{'network':<34} {'manual':>13} {'jax.grad':>15} {'ratio':>9}")
     mlp = jbp.Sequential([Dense(512), ReLU(), Dense(512), ReLU(), Dense(10)])
     bench("MLP 784-512-512-10 (ReLU)", mlp, 784, 10, args.batch, args.iters, args.repeats)

@@ -32,6 +32,7 @@ pair ~20 s on a 2-core CPU::
     python examples/cats_vs_dogs.py --download                   # Colab: fetch CIFAR-10
     python examples/cats_vs_dogs.py --source digits --model mlp
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,10 +58,16 @@ from _common import add_common_args, figure_path, validation_split  # noqa: E402
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 SOURCES = ("auto", "cifar10", "fashion_mnist", "digits")
-DEFAULT_CLASSES = {"cifar10": ("cat", "dog"), "fashion_mnist": ("T-shirt/top", "Shirt"),
-                   "digits": ("3", "8")}
-TITLES = {"cifar10": "CIFAR-10 32×32 colour", "fashion_mnist": "Fashion-MNIST 28×28 grey",
-          "digits": "UCI digits 8×8 (embedded)"}
+DEFAULT_CLASSES = {
+    "cifar10": ("cat", "dog"),
+    "fashion_mnist": ("T-shirt/top", "Shirt"),
+    "digits": ("3", "8"),
+}
+TITLES = {
+    "cifar10": "CIFAR-10 32×32 colour",
+    "fashion_mnist": "Fashion-MNIST 28×28 grey",
+    "digits": "UCI digits 8×8 (embedded)",
+}
 
 
 class DataUnavailable(Exception):
@@ -70,19 +77,32 @@ class DataUnavailable(Exception):
 def build_model(kind: str = "cnn", dropout: float = 0.3) -> jbp.Sequential:
     """A small CNN (or MLP) with one output logit."""
     if kind == "mlp":
-        return jbp.Sequential([Flatten(), Dense(128, w_init="he_normal"), ReLU(),
-                               Dropout(dropout), Dense(1)])
-    return jbp.Sequential([
-        Conv2D(8, 3, w_init="he_normal"), ReLU(), MaxPool2D(2),
-        Conv2D(16, 3, w_init="he_normal"), ReLU(), MaxPool2D(2),
-        Flatten(), Dense(64, w_init="he_normal"), ReLU(), Dropout(dropout), Dense(1),
-    ])
+        return jbp.Sequential(
+            [Flatten(), Dense(128, w_init="he_normal"), ReLU(), Dropout(dropout), Dense(1)]
+        )
+    return jbp.Sequential(
+        [
+            Conv2D(8, 3, w_init="he_normal"),
+            ReLU(),
+            MaxPool2D(2),
+            Conv2D(16, 3, w_init="he_normal"),
+            ReLU(),
+            MaxPool2D(2),
+            Flatten(),
+            Dense(64, w_init="he_normal"),
+            ReLU(),
+            Dropout(dropout),
+            Dense(1),
+        ]
+    )
 
 
 def _fashion_files_present(directory) -> bool:
     d = Path(directory)
-    return d.is_dir() and all(any((d / (stem + gz)).is_file() for gz in ("", ".gz"))
-                              for stem in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"))
+    return d.is_dir() and all(
+        any((d / (stem + gz)).is_file() for gz in ("", ".gz"))
+        for stem in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
+    )
 
 
 def choose_source(source, path, download, fashion_path):
@@ -95,14 +115,19 @@ def choose_source(source, path, download, fashion_path):
         if cached.is_file():
             return "cifar10", f"found {cached}"
         if _fashion_files_present(fashion_path):
-            return "fashion_mnist", (f"no CIFAR-10 (no --path/--download, nothing in {cached}); "
-                                     f"Fashion-MNIST IDX files found in {fashion_path}")
-        return "digits", (f"no CIFAR-10 (no --path/--download, nothing in {cached}) and no "
-                          f"Fashion-MNIST files in {fashion_path}: the embedded digits")
+            return "fashion_mnist", (
+                f"no CIFAR-10 (no --path/--download, nothing in {cached}); "
+                f"Fashion-MNIST IDX files found in {fashion_path}"
+            )
+        return "digits", (
+            f"no CIFAR-10 (no --path/--download, nothing in {cached}) and no "
+            f"Fashion-MNIST files in {fashion_path}: the embedded digits"
+        )
     if source == "fashion_mnist" and not _fashion_files_present(fashion_path):
         raise DataUnavailable(
             f"--source fashion_mnist: no Fashion-MNIST IDX files in {fashion_path}; install "
-            f"them (apt-get install dataset-fashion-mnist) or pass --fashion-path DIR")
+            f"them (apt-get install dataset-fashion-mnist) or pass --fashion-path DIR"
+        )
     return source, f"--source {source}"
 
 
@@ -141,6 +166,7 @@ def table(rows) -> str:
 def plot(history, x_test, y_test, prob, classes, path, title):
     try:
         from jbp.plotting import require_matplotlib
+
         plt = require_matplotlib()
     except ImportError as e:
         print(f"no plot: {e}")
@@ -161,8 +187,11 @@ def plot(history, x_test, y_test, prob, classes, path, title):
         grey = img.shape[-1] == 1
         a.imshow(img[..., 0] if grey else img, cmap="gray" if grey else None)
         guess = int(prob[i] > 0.5)
-        a.set_title(f"{classes[guess]}  P={max(prob[i], 1 - prob[i]):.2f}", fontsize=8,
-                    color="black" if guess == int(y_test[i]) else "red")
+        a.set_title(
+            f"{classes[guess]}  P={max(prob[i], 1 - prob[i]):.2f}",
+            fontsize=8,
+            color="black" if guess == int(y_test[i]) else "red",
+        )
         a.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -171,24 +200,47 @@ def plot(history, x_test, y_test, prob, classes, path, title):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", choices=SOURCES, default="auto",
-                   help="data set: auto (CIFAR-10 → Fashion-MNIST → digits, the default) or one")
-    p.add_argument("--path", default=None,
-                   help="CIFAR-10: the cifar-10-python.tar.gz tarball or its extracted directory")
-    p.add_argument("--download", action="store_true",
-                   help="download CIFAR-10 (170 MB, checksummed) into the cache if missing")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the checksums (your own CIFAR-10 / Fashion-MNIST-layout files)")
-    p.add_argument("--fashion-path", default=FASHION_DIR,
-                   help=f"directory of the Fashion-MNIST IDX files (default {FASHION_DIR})")
-    p.add_argument("--classes", nargs=2, default=None, metavar=("CLASS0", "CLASS1"),
-                   help="the pair (names for CIFAR-10 / Fashion-MNIST, digits 0..9 for digits)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="auto",
+        help="data set: auto (CIFAR-10 → Fashion-MNIST → digits, the default) or one",
+    )
+    p.add_argument(
+        "--path",
+        default=None,
+        help="CIFAR-10: the cifar-10-python.tar.gz tarball or its extracted directory",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="download CIFAR-10 (170 MB, checksummed) into the cache if missing",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the checksums (your own CIFAR-10 / Fashion-MNIST-layout files)",
+    )
+    p.add_argument(
+        "--fashion-path",
+        default=FASHION_DIR,
+        help=f"directory of the Fashion-MNIST IDX files (default {FASHION_DIR})",
+    )
+    p.add_argument(
+        "--classes",
+        nargs=2,
+        default=None,
+        metavar=("CLASS0", "CLASS1"),
+        help="the pair (names for CIFAR-10 / Fashion-MNIST, digits 0..9 for digits)",
+    )
     p.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--limit", type=int, default=4000,
-                   help="train on at most N images (default 4000; 0 = all)")
+    p.add_argument(
+        "--limit", type=int, default=4000, help="train on at most N images (default 4000; 0 = all)"
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--dropout", type=float, default=0.3)
@@ -204,19 +256,28 @@ def main(argv=None) -> dict:
     try:
         source, reason = choose_source(args.source, args.path, args.download, args.fashion_path)
         classes = tuple(args.classes) if args.classes else DEFAULT_CLASSES[source]
-        (x, y), (xt, yt) = load(source, classes, path=args.path, download=args.download,
-                                fashion_path=args.fashion_path, verify=not args.no_verify)
+        (x, y), (xt, yt) = load(
+            source,
+            classes,
+            path=args.path,
+            download=args.download,
+            fashion_path=args.fashion_path,
+            verify=not args.no_verify,
+        )
     except (DataUnavailable, ValueError) as e:
         p.error(str(e))  # exit code 2, the message names the file or argument
-    print(f"data: {source} — {TITLES[source]}, {classes[0]!r} (0) vs {classes[1]!r} (1)  "
-          f"[{reason}]")
+    print(
+        f"data: {source} — {TITLES[source]}, {classes[0]!r} (0) vs {classes[1]!r} (1)  [{reason}]"
+    )
     if args.limit and args.limit < len(y):
-        idx = np.random.default_rng(args.seed).permutation(len(y))[:args.limit]
+        idx = np.random.default_rng(args.seed).permutation(len(y))[: args.limit]
         x, y = x[np.sort(idx)], y[np.sort(idx)]
     x, xt = jnp.asarray(x, jnp.float32), jnp.asarray(xt, jnp.float32)
     y, yt = jnp.asarray(y, jnp.float32)[:, None], jnp.asarray(yt, jnp.float32)[:, None]
-    print(f"{len(y)} train images (class 1: {float(jnp.mean(y)):.1%}), {len(yt)} test images "
-          f"(class 1: {float(jnp.mean(yt)):.1%}), input {tuple(x.shape[1:])}")
+    print(
+        f"{len(y)} train images (class 1: {float(jnp.mean(y)):.1%}), {len(yt)} test images "
+        f"(class 1: {float(jnp.mean(yt)):.1%}), input {tuple(x.shape[1:])}"
+    )
 
     model = build_model(args.model, args.dropout)
     key_init, key_check, key_fit = jax.random.split(jax.random.key(args.seed), 3)
@@ -230,35 +291,71 @@ def main(argv=None) -> dict:
         rng = np.random.default_rng(args.seed + 1)
         leaves, tree = jax.tree.flatten(jbp.cast(params, jnp.float64))
         leaves = [l + 0.05 * rng.standard_normal(l.shape) if l.ndim == 1 else l for l in leaves]
-        report = jbp.check_gradients(model, loss, jax.tree.unflatten(tree, leaves),
-                                     jnp.asarray(x[:6], jnp.float64),
-                                     jnp.asarray(y[:6], jnp.float64), key=key_check)
+        report = jbp.check_gradients(
+            model,
+            loss,
+            jax.tree.unflatten(tree, leaves),
+            jnp.asarray(x[:6], jnp.float64),
+            jnp.asarray(y[:6], jnp.float64),
+            key=key_check,
+        )
     print(report)
 
     # validation: 10% of the training images; the test set is evaluated once at the end
     (x, y), (xv, yv) = validation_split(x, y, 0.1, args.seed)
-    params, history = jbp.fit(model, params, loss, jbp.optim.adam(args.lr), (x, y),
-                              batch_size=min(args.batch_size, len(y)), epochs=args.epochs,
-                              key=key_fit, validation_data=(xv, yv))
+    params, history = jbp.fit(
+        model,
+        params,
+        loss,
+        jbp.optim.adam(args.lr),
+        (x, y),
+        batch_size=min(args.batch_size, len(y)),
+        epochs=args.epochs,
+        key=key_fit,
+        validation_data=(xv, yv),
+    )
     test = jbp.evaluate(model, params, loss, (xt, yt))
     train = jbp.evaluate(model, params, loss, (x, y))
     majority = float(jnp.mean(y)) >= 0.5
     base = float(jnp.mean((yt[:, 0] > 0.5) == majority))
     name = f"{args.model.upper()} ({source})"
     print()
-    print(table([(f"majority class (always {classes[int(majority)]!r})", base, None),
-                 (name, test["accuracy"], test["loss"])]))
-    print(f"ran on: {source} ({classes[0]} vs {classes[1]}); train accuracy "
-          f"{train['accuracy']:.4f}, test accuracy {test['accuracy']:.4f}")
+    print(
+        table(
+            [
+                (f"majority class (always {classes[int(majority)]!r})", base, None),
+                (name, test["accuracy"], test["loss"]),
+            ]
+        )
+    )
+    print(
+        f"ran on: {source} ({classes[0]} vs {classes[1]}); train accuracy "
+        f"{train['accuracy']:.4f}, test accuracy {test['accuracy']:.4f}"
+    )
 
-    out = {"source": source, "reason": reason, "classes": classes, "report": report,
-           "history": history, "test": test, "train": train, "baseline_accuracy": base,
-           "plot": None}
+    out = {
+        "source": source,
+        "reason": reason,
+        "classes": classes,
+        "report": report,
+        "history": history,
+        "test": test,
+        "train": train,
+        "baseline_accuracy": base,
+        "plot": None,
+    }
     if not args.no_plot and args.out:
         prob = np.asarray(jax.nn.sigmoid(model.apply(params, xt[:8])))[:, 0]
-        out["plot"] = plot(history, xt[:8], np.asarray(yt[:8, 0]), prob, classes, args.out,
-                           f"{classes[0]} vs {classes[1]} ({TITLES[source]}), {args.model}: "
-                           f"test accuracy {test['accuracy']:.3f}")
+        out["plot"] = plot(
+            history,
+            xt[:8],
+            np.asarray(yt[:8, 0]),
+            prob,
+            classes,
+            args.out,
+            f"{classes[0]} vs {classes[1]} ({TITLES[source]}), {args.model}: "
+            f"test accuracy {test['accuracy']:.3f}",
+        )
         if out["plot"]:
             print(f"plot saved to {args.out}")
     print(f"done in {time.perf_counter() - t0:.1f}s")

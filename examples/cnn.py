@@ -12,6 +12,7 @@ random rotations/translations applied inside the compiled epoch), and prints the
 accuracy. The BatchNorm layer makes the model *stateful*: ``fit`` threads its running
 statistics and returns them as ``history.state``, which evaluation then uses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,11 +36,19 @@ from _common import add_common_args, validation_split  # noqa: E402
 
 def build_model(n_classes: int = 10) -> jbp.Sequential:
     """conv16 → ReLU → maxpool → conv32 (no bias) → BatchNorm → ReLU → maxpool → dense."""
-    return jbp.Sequential([
-        Conv2D(16, 3, w_init="he_normal"), ReLU(), MaxPool2D(2),
-        Conv2D(32, 3, use_bias=False, w_init="he_normal"), BatchNorm(momentum=0.9), ReLU(),
-        MaxPool2D(2), Flatten(), Dense(n_classes),
-    ])
+    return jbp.Sequential(
+        [
+            Conv2D(16, 3, w_init="he_normal"),
+            ReLU(),
+            MaxPool2D(2),
+            Conv2D(32, 3, use_bias=False, w_init="he_normal"),
+            BatchNorm(momentum=0.9),
+            ReLU(),
+            MaxPool2D(2),
+            Flatten(),
+            Dense(n_classes),
+        ]
+    )
 
 
 def load(path, limit, verify=True):
@@ -49,6 +58,7 @@ def load(path, limit, verify=True):
         name = "UCI digits 8x8"
     else:
         from jbp.datasets.idx import fashion_mnist, prepare_images
+
         (x_tr, y_tr), (x_te, y_te) = fashion_mnist(path, verify=verify)
         x_tr = prepare_images(x_tr, flatten=False, channels_last=True)
         x_te = prepare_images(x_te, flatten=False, channels_last=True)
@@ -57,20 +67,29 @@ def load(path, limit, verify=True):
     if limit:
         x_tr, y_tr = x_tr[:limit], y_tr[:limit]
     as_jnp = lambda a, d: jnp.asarray(np.asarray(a), d)  # noqa: E731
-    return (name, (as_jnp(x_tr, jnp.float32), as_jnp(y_tr, jnp.int32)),
-            (as_jnp(x_te, jnp.float32), as_jnp(y_te, jnp.int32)), aug)
+    return (
+        name,
+        (as_jnp(x_tr, jnp.float32), as_jnp(y_tr, jnp.int32)),
+        (as_jnp(x_te, jnp.float32), as_jnp(y_te, jnp.int32)),
+        aug,
+    )
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--path", default=None, help="directory with the Fashion-MNIST IDX files")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training examples")
     ap.add_argument("--no-augment", action="store_true")
-    ap.add_argument("--no-verify", action="store_true",
-                    help="skip the checksums of the IDX files (your own IDX files)")
+    ap.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the checksums of the IDX files (your own IDX files)",
+    )
     add_common_args(ap, out=False, plot=False, val_fraction=0.1)  # --seed, --val-fraction
     args = ap.parse_args(argv)
 
@@ -81,7 +100,9 @@ def main(argv=None):
     key_init, key_fit = jax.random.split(jax.random.key(args.seed))
     params, _ = model.init(key_init, x_tr.shape[1:])
     loss = jbp.losses.softmax_cross_entropy
-    print(f"{name}: {x_tr.shape[0]} train, {x_va.shape[0]} validation, {x_te.shape[0]} test, input {tuple(x_tr.shape[1:])}")
+    print(
+        f"{name}: {x_tr.shape[0]} train, {x_va.shape[0]} validation, {x_te.shape[0]} test, input {tuple(x_tr.shape[1:])}"
+    )
     print(model)
 
     # 1. the proof: hand-written backward vs jax.grad and finite differences, in float64.
@@ -90,17 +111,32 @@ def main(argv=None):
     with jax.enable_x64(True):
         leaves, tree = jax.tree.flatten(jbp.cast(params, jnp.float64))
         keys = jax.random.split(jax.random.key(args.seed + 1), len(leaves))
-        leaves = [l + 0.05 * jax.random.normal(k, l.shape, l.dtype) if l.ndim == 1 else l
-                  for l, k in zip(leaves, keys)]
-        report = jbp.check_gradients(model, loss, jax.tree.unflatten(tree, leaves),
-                                     jnp.asarray(x_tr[:8], jnp.float64), y_tr[:8])
+        leaves = [
+            l + 0.05 * jax.random.normal(k, l.shape, l.dtype) if l.ndim == 1 else l
+            for l, k in zip(leaves, keys)
+        ]
+        report = jbp.check_gradients(
+            model,
+            loss,
+            jax.tree.unflatten(tree, leaves),
+            jnp.asarray(x_tr[:8], jnp.float64),
+            y_tr[:8],
+        )
     print(report)
 
     # 2. training: BatchNorm's running statistics come back as history.state
-    params, history = jbp.fit(model, params, loss, jbp.optim.adam(args.lr), (x_tr, y_tr),
-                              batch_size=args.batch_size, epochs=args.epochs, key=key_fit,
-                              validation_data=(x_va, y_va),
-                              augment=None if args.no_augment else aug)
+    params, history = jbp.fit(
+        model,
+        params,
+        loss,
+        jbp.optim.adam(args.lr),
+        (x_tr, y_tr),
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        key=key_fit,
+        validation_data=(x_va, y_va),
+        augment=None if args.no_augment else aug,
+    )
     result = jbp.evaluate(model, params, loss, (x_te, y_te), state=history.state)
     print(f"test accuracy {result['accuracy']:.4f} (loss {result['loss']:.4f})")
     return {"report": report, "history": history, "test": result}

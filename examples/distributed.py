@@ -17,6 +17,7 @@ loads only its block of the rows (``jbp.distributed.process_local_shard``) and b
 arrays (``jbp.distributed.shard_batch``); the replicated parameters agree on every process.
 See docs/distributed.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,19 @@ import sys
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cpu-devices", type=int, default=0,
-                   help="simulate N CPU devices per process (XLA_FLAGS); 0 = the real devices")
-    p.add_argument("--launch", type=int, default=0, metavar="P",
-                   help="start P processes on 127.0.0.1 and wait for them")
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=0,
+        help="simulate N CPU devices per process (XLA_FLAGS); 0 = the real devices",
+    )
+    p.add_argument(
+        "--launch",
+        type=int,
+        default=0,
+        metavar="P",
+        help="start P processes on 127.0.0.1 and wait for them",
+    )
     p.add_argument("--coordinator", default=None, help="host:port of process 0")
     p.add_argument("--num-processes", type=int, default=None)
     p.add_argument("--process-id", type=int, default=None)
@@ -45,11 +55,27 @@ def launch(args) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, __file__, "--coordinator", f"127.0.0.1:{port}",
-                               "--num-processes", str(args.launch), "--process-id", str(i),
-                               "--cpu-devices", str(args.cpu_devices), "--epochs", str(args.epochs),
-                               "--batch-size", str(args.batch_size)])
-             for i in range(args.launch)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                str(args.launch),
+                "--process-id",
+                str(i),
+                "--cpu-devices",
+                str(args.cpu_devices),
+                "--epochs",
+                str(args.epochs),
+                "--batch-size",
+                str(args.batch_size),
+            ]
+        )
+        for i in range(args.launch)
+    ]
     return max(p.wait() for p in procs)
 
 
@@ -58,10 +84,13 @@ def main(argv=None) -> dict:
     if args.launch:
         raise SystemExit(launch(args))
     if args.cpu_devices:  # must happen before jax is imported
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform"
-                                   f"_device_count={args.cpu_devices}").strip()
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform"
+            f"_device_count={args.cpu_devices}"
+        ).strip()
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
+
     jax.config.update("jax_enable_x64", True)
     import numpy as np
 
@@ -70,8 +99,9 @@ def main(argv=None) -> dict:
 
     multi = args.coordinator is not None
     if multi:
-        jbp.distributed.initialize(args.coordinator, num_processes=args.num_processes,
-                                   process_id=args.process_id)
+        jbp.distributed.initialize(
+            args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+        )
     mesh = jbp.distributed.data_mesh()
     n_dev, n_proc, me = jax.device_count(), jax.process_count(), jax.process_index()
 
@@ -84,7 +114,8 @@ def main(argv=None) -> dict:
     x, y = x[:n], y[:n]
     if multi:  # each process holds only its block of rows, then one global array
         x, y = jbp.distributed.shard_batch(
-            (jbp.distributed.process_local_shard(x), jbp.distributed.process_local_shard(y)), mesh)
+            (jbp.distributed.process_local_shard(x), jbp.distributed.process_local_shard(y)), mesh
+        )
 
     model = jbp.Sequential([Dense(64), ReLU(), Dense(64), ReLU(), Dense(10)])
     params, _ = model.init(jax.random.key(0), (x.shape[1],))
@@ -92,8 +123,18 @@ def main(argv=None) -> dict:
     loss = jbp.losses.softmax_cross_entropy
 
     def train(m):
-        return jbp.fit(model, params, loss, jbp.optim.momentum(0.1), (x, y), batch_size=bs,
-                       epochs=args.epochs, key=jax.random.key(1), verbose=0, mesh=m)
+        return jbp.fit(
+            model,
+            params,
+            loss,
+            jbp.optim.momentum(0.1),
+            (x, y),
+            batch_size=bs,
+            epochs=args.epochs,
+            key=jax.random.key(1),
+            verbose=0,
+            mesh=m,
+        )
 
     p_mesh, hist = train(mesh)
     out = {"process": me, "processes": n_proc, "devices": n_dev, "loss": hist["loss"][-1]}
@@ -101,14 +142,21 @@ def main(argv=None) -> dict:
         p_one, _ = train(None)
         out["max_param_diff_vs_one_device"] = max(
             float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-            for a, b in zip(jax.tree.leaves(p_mesh), jax.tree.leaves(p_one)))
-        acc = jbp.evaluate(model, p_mesh, loss, (np.asarray(x_test, np.float64),
-                                                  np.asarray(y_test, np.int32)))["accuracy"]
+            for a, b in zip(jax.tree.leaves(p_mesh), jax.tree.leaves(p_one))
+        )
+        acc = jbp.evaluate(
+            model, p_mesh, loss, (np.asarray(x_test, np.float64), np.asarray(y_test, np.int32))
+        )["accuracy"]
         out["test_accuracy"] = float(acc)
-    print(f"process {me}/{n_proc}, {n_dev} devices in the mesh: " +
-          ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in out.items() if k not in ("process", "processes", "devices")),
-          flush=True)
+    print(
+        f"process {me}/{n_proc}, {n_dev} devices in the mesh: "
+        + ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in out.items()
+            if k not in ("process", "processes", "devices")
+        ),
+        flush=True,
+    )
     return out
 
 

@@ -21,6 +21,7 @@ Data: Fashion-MNIST IDX files from ``--path`` or ``/usr/share/datasets/fashion-m
     python examples/dp_sgd.py --out /tmp/dp                       # 60k examples, 5 epochs
     python examples/dp_sgd.py --epsilons 2 --epochs 3 --train-size 10000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,11 @@ def load(dataset: str, path, train_size):
     x, y, xt, yt = (np.asarray(a) for a in (x, y, xt, yt))
     if train_size:
         x, y = x[:train_size], y[:train_size]
-    return (jnp.asarray(x, jnp.float32), jnp.asarray(y)), (jnp.asarray(xt, jnp.float32),
-                                                         jnp.asarray(yt)), name
+    return (
+        (jnp.asarray(x, jnp.float32), jnp.asarray(y)),
+        (jnp.asarray(xt, jnp.float32), jnp.asarray(yt)),
+        name,
+    )
 
 
 def build_model(hidden) -> jbp.Sequential:
@@ -80,44 +84,76 @@ def run(args) -> list[dict]:
     model = build_model(args.hidden)
     params, _ = model.init(jax.random.key(args.seed), tuple(x.shape[1:]))
     loss = jbp.losses.softmax_cross_entropy
-    print(f"{name}: {n} train / {xv.shape[0]} validation / {xt.shape[0]} test examples, MLP {x.shape[1]}-"
-          f"{'-'.join(map(str, args.hidden))}-10, expected batch {args.batch} (q = {q:.5f}), "
-          f"C = {args.max_norm}, δ = {args.delta:g}, {args.epochs} epochs")
+    print(
+        f"{name}: {n} train / {xv.shape[0]} validation / {xt.shape[0]} test examples, MLP {x.shape[1]}-"
+        f"{'-'.join(map(str, args.hidden))}-10, expected batch {args.batch} (q = {q:.5f}), "
+        f"C = {args.max_norm}, δ = {args.delta:g}, {args.epochs} epochs"
+    )
     rows, curves = [], {}
     settings = [("non-private", None)] + [(f"ε ≤ {e:g}", e) for e in args.epsilons]
     for label, target in settings:
         opt = jbp.optim.sgd(args.lr, momentum=args.momentum)
         if target is None:
-            p_end, h = jbp.fit(model, params, loss, opt, (x, y), batch_size=min(args.batch, n),
-                               epochs=args.epochs, key=jax.random.key(args.seed + 1),
-                               validation_data=(xv, yv), verbose=args.verbose)
+            p_end, h = jbp.fit(
+                model,
+                params,
+                loss,
+                opt,
+                (x, y),
+                batch_size=min(args.batch, n),
+                epochs=args.epochs,
+                key=jax.random.key(args.seed + 1),
+                validation_data=(xv, yv),
+                verbose=args.verbose,
+            )
             sigma, eps = 0.0, float("inf")
         else:
             steps = max(1, round(1 / q)) * args.epochs
             sigma = jbp.dp.noise_multiplier_for(target, q, steps, args.delta)
-            cfg = jbp.dp.DPConfig(noise_multiplier=sigma, max_norm=args.max_norm, sample_rate=q,
-                                  delta=args.delta)
-            p_end, h = jbp.fit(model, params, loss, opt, (x, y), epochs=args.epochs,
-                               key=jax.random.key(args.seed + 1), validation_data=(xv, yv),
-                               privacy=cfg, verbose=args.verbose)
+            cfg = jbp.dp.DPConfig(
+                noise_multiplier=sigma, max_norm=args.max_norm, sample_rate=q, delta=args.delta
+            )
+            p_end, h = jbp.fit(
+                model,
+                params,
+                loss,
+                opt,
+                (x, y),
+                epochs=args.epochs,
+                key=jax.random.key(args.seed + 1),
+                validation_data=(xv, yv),
+                privacy=cfg,
+                verbose=args.verbose,
+            )
             eps = h["epsilon"][-1]
         curves[label] = h["val_accuracy"]
         test = jbp.evaluate(model, p_end, loss, (xt, yt), metrics=("accuracy",))
-        rows.append({"setting": label, "sigma": sigma, "epsilon": eps,
-                     "val_accuracy": h["val_accuracy"][-1],
-                     "test_accuracy": float(test["accuracy"]),
-                     "seconds_per_epoch": float(np.median(h["seconds"]))})
-    print(f"\n{'setting':<13} {'σ':>7} {'ε reached':>10} {'val acc':>8} {'test acc':>9} "
-          f"{'s/epoch':>8}")
+        rows.append(
+            {
+                "setting": label,
+                "sigma": sigma,
+                "epsilon": eps,
+                "val_accuracy": h["val_accuracy"][-1],
+                "test_accuracy": float(test["accuracy"]),
+                "seconds_per_epoch": float(np.median(h["seconds"])),
+            }
+        )
+    print(
+        f"\n{'setting':<13} {'σ':>7} {'ε reached':>10} {'val acc':>8} {'test acc':>9} "
+        f"{'s/epoch':>8}"
+    )
     for r in rows:
-        print(f"{r['setting']:<13} {r['sigma']:7.3f} {r['epsilon']:10.3f} {r['val_accuracy']:8.4f} "
-              f"{r['test_accuracy']:9.4f} {r['seconds_per_epoch']:8.3f}")
+        print(
+            f"{r['setting']:<13} {r['sigma']:7.3f} {r['epsilon']:10.3f} {r['val_accuracy']:8.4f} "
+            f"{r['test_accuracy']:9.4f} {r['seconds_per_epoch']:8.3f}"
+        )
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "dp_sgd.json"), "w") as f:
             json.dump({"dataset": name, "rows": rows, "curves": curves}, f, indent=2)
         if not args.no_plot:
             from jbp.plotting import require_matplotlib, save_figure  # noqa: PLC0415
+
             plt = require_matplotlib()
             fig, ax = plt.subplots(figsize=(6, 4))
             for label, acc in curves.items():

@@ -14,6 +14,7 @@ initialization. Two fixes:
 
     python examples/exploding_gradients.py --epochs 20 --out out/exploding_gradients.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,15 @@ LOSS = jbp.losses.mse
 
 
 def regression_net(w_init, hidden=64) -> jbp.Sequential:
-    return jbp.Sequential([Dense(hidden, w_init=w_init), ReLU(),
-                           Dense(hidden, w_init=w_init), ReLU(),
-                           Dense(1, w_init=w_init)])
+    return jbp.Sequential(
+        [
+            Dense(hidden, w_init=w_init),
+            ReLU(),
+            Dense(hidden, w_init=w_init),
+            ReLU(),
+            Dense(1, w_init=w_init),
+        ]
+    )
 
 
 def configs(lr, clip):
@@ -49,8 +56,11 @@ def configs(lr, clip):
     big = initializers.normal(1.0)
     return [
         ("N(0,1) init, SGD", big, optim.sgd(lr)),
-        (f"N(0,1) init, clip {clip:g} + SGD", big,
-         optim.chain(optim.clip_by_global_norm(clip), optim.sgd(lr))),
+        (
+            f"N(0,1) init, clip {clip:g} + SGD",
+            big,
+            optim.chain(optim.clip_by_global_norm(clip), optim.sgd(lr)),
+        ),
         ("Glorot init, SGD", "glorot_normal", optim.sgd(lr)),
         ("He init, SGD", "he_normal", optim.sgd(lr)),
     ]
@@ -65,10 +75,13 @@ def load_data(synthetic: bool, seed: int):
         y = ((y - y.mean()) / y.std()).astype(np.float32)[:, None]
         return (x[:2400], y[:2400]), (x[2400:], y[2400:]), "synthetic regression (3000 x 12)"
     from jbp.datasets import ames
+
     (x, y), (xt, yt) = ames(target="standardized")
-    return ((np.asarray(x, np.float32), np.asarray(y, np.float32)[:, None]),
-            (np.asarray(xt, np.float32), np.asarray(yt, np.float32)[:, None]),
-            "Ames house prices (12 features, standardized price, embedded)")
+    return (
+        (np.asarray(x, np.float32), np.asarray(y, np.float32)[:, None]),
+        (np.asarray(xt, np.float32), np.asarray(yt, np.float32)[:, None]),
+        "Ames house prices (12 features, standardized price, embedded)",
+    )
 
 
 def first_steps(model, params, optimizer, x, y, batch, steps):
@@ -84,7 +97,7 @@ def first_steps(model, params, optimizer, x, y, batch, steps):
     state = optimizer.init(params)
     out = []
     for k in range(steps):
-        xb, yb = x[k * batch:(k + 1) * batch], y[k * batch:(k + 1) * batch]
+        xb, yb = x[k * batch : (k + 1) * batch], y[k * batch : (k + 1) * batch]
         params, state, value, gnorm = step(params, state, xb, yb)
         out.append((k, float(value), float(gnorm)))
     return out
@@ -96,8 +109,9 @@ def _fmt(v):
 
 def table(head, rows, left=1):
     widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if j < left else c.rjust(w)
-                                  for j, (c, w) in enumerate(zip(cells, widths)))
+    fmt = lambda cells: "  ".join(
+        c.ljust(w) if j < left else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths))
+    )
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
@@ -108,10 +122,17 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
     p.add_argument("--clip", type=float, default=1.0, help="max global norm (default 1.0)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--exploding-norm", type=float, default=1e3,
-                   help="the detector's threshold on ‖∂C/∂W‖ (default 1e3)")
-    p.add_argument("--synthetic", action="store_true",
-                   help="a synthetic regression target instead of the Ames house prices")
+    p.add_argument(
+        "--exploding-norm",
+        type=float,
+        default=1e3,
+        help="the detector's threshold on ‖∂C/∂W‖ (default 1e3)",
+    )
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="a synthetic regression target instead of the Ames house prices",
+    )
     args = p.parse_args(argv)
     args.out = figure_path(args.out, "exploding_gradients.png")
     if args.epochs < 1 or args.batch_size < 1:
@@ -126,7 +147,9 @@ def main(argv=None) -> dict:
     # validation: 10% of the training set (the val_loss column); the test set is not used here
     (x, y), (xv, yv) = validation_split(np.asarray(x), np.asarray(y), 0.1, args.seed)
     probe = (jnp.asarray(x[:512]), jnp.asarray(y[:512]))
-    print(f"data: {data_name}; {len(x)} train / {len(xv)} validation / {len(xt)} test; loss: MSE (½ mean squared error)")
+    print(
+        f"data: {data_name}; {len(x)} train / {len(xv)} validation / {len(xt)} test; loss: MSE (½ mean squared error)"
+    )
     print(f"net: 12 → 64 ReLU → 64 ReLU → 1; SGD lr {args.lr}, batch {args.batch_size}\n")
 
     key = jax.random.key(args.seed)
@@ -138,8 +161,10 @@ def main(argv=None) -> dict:
         found = diagnostics.detect_gradient_problems(report, exploding_norm=args.exploding_norm)
         runs[name] = dict(model=model, params=params, opt=opt, report=report, found=found)
 
-    print("at initialization: ‖∂C/∂Wˡ‖ per layer on a probe batch of 512, and the detector "
-          f"(exploding_norm={args.exploding_norm:g})")
+    print(
+        "at initialization: ‖∂C/∂Wˡ‖ per layer on a probe batch of 512, and the detector "
+        f"(exploding_norm={args.exploding_norm:g})"
+    )
     grad_w = runs[next(iter(runs))]["report"].column("grad_W_norm")
     names = [n for n, v in grad_w.items() if v is not None]  # the Dense layers (ReLUs: no W)
     rows = []
@@ -147,8 +172,12 @@ def main(argv=None) -> dict:
         if "clip" in name:
             continue  # same init as the first run
         g = r["report"].column("grad_W_norm")
-        rows.append([name.rsplit(",", 1)[0]] + [_fmt(g[n]) for n in names] + [_fmt(r["report"].loss)]
-                    + [", ".join(sorted({f.layer for f in r["found"]})) or "quiet"])
+        rows.append(
+            [name.rsplit(",", 1)[0]]
+            + [_fmt(g[n]) for n in names]
+            + [_fmt(r["report"].loss)]
+            + [", ".join(sorted({f.layer for f in r["found"]})) or "quiet"]
+        )
     print(table(["init"] + [f"‖∇W‖ {n}" for n in names] + ["loss", "detector: exploding"], rows))
     big = runs[next(iter(runs))]
     print()
@@ -156,11 +185,15 @@ def main(argv=None) -> dict:
     print("\n".join(f"  detector: {f}" for f in big["found"]))
 
     print(f"\nthe first SGD steps from the N(0,1) init (lr {args.lr}, batch {args.batch_size}):")
-    steps = {name: first_steps(r["model"], r["params"], r["opt"], x, y, args.batch_size, 6)
-             for name, r in list(runs.items())[:2]}
+    steps = {
+        name: first_steps(r["model"], r["params"], r["opt"], x, y, args.batch_size, 6)
+        for name, r in list(runs.items())[:2]
+    }
     head = ["step"] + [h for name in steps for h in (f"loss [{name}]", "‖g‖")]
-    rows = [[str(k)] + [c for name in steps for c in (_fmt(steps[name][k][1]), _fmt(steps[name][k][2]))]
-            for k in range(6)]
+    rows = [
+        [str(k)] + [c for name in steps for c in (_fmt(steps[name][k][1]), _fmt(steps[name][k][2]))]
+        for k in range(6)
+    ]
     print(table(head, rows, left=0))
 
     print(f"\ntraining {args.epochs} epochs with jbp.fit (GradientNormHistory on the probe batch):")
@@ -168,29 +201,63 @@ def main(argv=None) -> dict:
     for name, r in runs.items():
         hist = diagnostics.GradientNormHistory(r["model"], LOSS, probe)
         hist(0, r["params"])
-        _, history = fit(r["model"], r["params"], LOSS, r["opt"], (x, y),
-                         batch_size=args.batch_size, epochs=args.epochs,
-                         key=jax.random.fold_in(key, 100), validation_data=(xv, yv),
-                         metrics=("loss",), callbacks=[hist], verbose=0)
+        _, history = fit(
+            r["model"],
+            r["params"],
+            LOSS,
+            r["opt"],
+            (x, y),
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            key=jax.random.fold_in(key, 100),
+            validation_data=(xv, yv),
+            metrics=("loss",),
+            callbacks=[hist],
+            verbose=0,
+        )
         losses, vals = history["loss"], history["val_loss"]
         bad = next((e for e, v in zip(history["epoch"], losses) if not math.isfinite(v)), None)
         end = diagnostics.detect_gradient_problems(hist.record, exploding_norm=args.exploding_norm)
         r.update(record=hist.record, history=history, first_nonfinite=bad, found_end=end)
-        rows.append([name, _fmt(losses[0]), _fmt(losses[-1]), _fmt(vals[-1]),
-                     str(bad) if bad is not None else "—",
-                     "exploding" if any(f.kind == "exploding" for f in end) else "quiet"])
-    print(table(["run", "loss epoch 1", f"loss epoch {args.epochs}", "val_loss",
-                 "first inf/nan epoch", "detector at end"], rows))
+        rows.append(
+            [
+                name,
+                _fmt(losses[0]),
+                _fmt(losses[-1]),
+                _fmt(vals[-1]),
+                str(bad) if bad is not None else "—",
+                "exploding" if any(f.kind == "exploding" for f in end) else "quiet",
+            ]
+        )
+    print(
+        table(
+            [
+                "run",
+                "loss epoch 1",
+                f"loss epoch {args.epochs}",
+                "val_loss",
+                "first inf/nan epoch",
+                "detector at end",
+            ],
+            rows,
+        )
+    )
 
-    results = {name: {"first_nonfinite_epoch": r["first_nonfinite"],
-                      "final_loss": r["history"]["loss"][-1],
-                      "final_val_loss": r["history"]["val_loss"][-1],
-                      "findings_at_init": [str(f) for f in r["found"]],
-                      "findings_at_end": [str(f) for f in r["found_end"]],
-                      "record": r["record"].to_dict()} for name, r in runs.items()}
+    results = {
+        name: {
+            "first_nonfinite_epoch": r["first_nonfinite"],
+            "final_loss": r["history"]["loss"][-1],
+            "final_val_loss": r["history"]["val_loss"][-1],
+            "findings_at_init": [str(f) for f in r["found"]],
+            "findings_at_end": [str(f) for f in r["found_end"]],
+            "record": r["record"].to_dict(),
+        }
+        for name, r in runs.items()
+    }
 
     if not args.no_plot:
         from jbp.plotting import plot_gradient_norms, require_matplotlib
+
         plt = require_matplotlib()
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
         ax = axes[0]
@@ -208,10 +275,12 @@ def main(argv=None) -> dict:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
         clipped = list(runs)[1]
-        plot_gradient_norms(runs[clipped]["record"], None, ax=axes[1],
-                            title=f"‖∂C/∂Wˡ‖ — {clipped}")
-        plot_gradient_norms(runs["He init, SGD"]["record"], None, ax=axes[2],
-                            title="‖∂C/∂Wˡ‖ — He init, SGD")
+        plot_gradient_norms(
+            runs[clipped]["record"], None, ax=axes[1], title=f"‖∂C/∂Wˡ‖ — {clipped}"
+        )
+        plot_gradient_norms(
+            runs["He init, SGD"]["record"], None, ax=axes[2], title="‖∂C/∂Wˡ‖ — He init, SGD"
+        )
         fig.suptitle(f"Exploding gradients — {data_name}")
         fig.tight_layout()
         save_figure(fig, args.out)

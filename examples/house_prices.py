@@ -24,6 +24,7 @@ test RMSE and MAE in dollars, and R². Offline, ~5 s on a 2-core CPU::
     python examples/house_prices.py                      # ≤ 300 epochs, out/house_prices.png
     python examples/house_prices.py --target standardized --hidden 128 --epochs 500
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,15 @@ from _common import add_common_args, figure_path  # noqa: E402
 
 def build_model(hidden: int = 64) -> jbp.Sequential:
     """12 → Dense(hidden) → ReLU → Dense(hidden) → ReLU → Dense(1)."""
-    return jbp.Sequential([Dense(hidden, w_init="he_normal"), ReLU(),
-                           Dense(hidden, w_init="he_normal"), ReLU(), Dense(1)])
+    return jbp.Sequential(
+        [
+            Dense(hidden, w_init="he_normal"),
+            ReLU(),
+            Dense(hidden, w_init="he_normal"),
+            ReLU(),
+            Dense(1),
+        ]
+    )
 
 
 def least_squares(x_train, y_train, x_eval):
@@ -62,8 +70,11 @@ def scores(pred_dollars, true_dollars) -> dict:
     """Test RMSE and MAE in dollars, and R² (1 − SSE/SST on the test set)."""
     err = np.asarray(pred_dollars, np.float64) - np.asarray(true_dollars, np.float64)
     sst = np.sum((true_dollars - np.mean(true_dollars)) ** 2)
-    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))),
-            "r2": float(1.0 - np.sum(err ** 2) / sst)}
+    return {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "r2": float(1.0 - np.sum(err**2) / sst),
+    }
 
 
 def table(rows) -> str:
@@ -77,6 +88,7 @@ def table(rows) -> str:
 def plot(history, pred, true, lin_pred, path, title):
     try:
         from jbp.plotting import require_matplotlib
+
         plt = require_matplotlib()
     except ImportError as e:
         print(f"no plot: {e}")
@@ -108,16 +120,25 @@ def plot(history, pred, true, lin_pred, path, title):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--epochs", type=int, default=300, help="maximum epochs (default 300)")
-    p.add_argument("--target", choices=("log", "standardized"), default="log",
-                   help="what the MLP regresses: log price (default) or standardized price")
+    p.add_argument(
+        "--target",
+        choices=("log", "standardized"),
+        default="log",
+        help="what the MLP regresses: log price (default) or standardized price",
+    )
     p.add_argument("--hidden", type=int, default=64, help="units per hidden layer (default 64)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--val-fraction", type=float, default=0.15,
-                   help="slice of the training split used to pick the epoch (default 0.15)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help="slice of the training split used to pick the epoch (default 0.15)",
+    )
     p.add_argument("--patience", type=int, default=30, help="early-stopping patience (epochs)")
     p.add_argument("--limit", type=int, default=0, help="use only N training houses (smoke tests)")
     add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
@@ -132,7 +153,7 @@ def main(argv=None) -> dict:
     data = jbp.datasets.ames(seed=args.seed, target=args.target)
     (x_all, y_all), (x_te, y_te) = data
     if args.limit:
-        x_all, y_all = x_all[:args.limit], y_all[:args.limit]
+        x_all, y_all = x_all[: args.limit], y_all[: args.limit]
     perm = np.random.default_rng(args.seed).permutation(len(y_all))
     n_val = max(1, int(round(args.val_fraction * len(y_all))))
     va, tr = perm[:n_val], perm[n_val:]
@@ -144,13 +165,17 @@ def main(argv=None) -> dict:
     scale = lambda y: (np.asarray(y, np.float64) - mu) / sd  # noqa: E731
     unscale = lambda z: np.asarray(z, np.float64) * sd + mu  # noqa: E731
     true = data.price_dollars(y_te)
-    print(f"Ames house prices: {len(tr)} train, {n_val} validation, {len(y_te)} test houses; "
-          f"{x_tr.shape[1]} standardized features; MLP target: {args.target} price")
+    print(
+        f"Ames house prices: {len(tr)} train, {n_val} validation, {len(y_te)} test houses; "
+        f"{x_tr.shape[1]} standardized features; MLP target: {args.target} price"
+    )
 
     # closed-form baselines (fit on the same training houses the MLP trains on)
     dollars_tr = data.price_dollars(y_tr)
-    rows = [("mean price", scores(np.full(len(true), dollars_tr.mean()), true)),
-            ("linear (dollars)", scores(least_squares(x_tr, dollars_tr, x_te), true))]
+    rows = [
+        ("mean price", scores(np.full(len(true), dollars_tr.mean()), true)),
+        ("linear (dollars)", scores(least_squares(x_tr, dollars_tr, x_te), true)),
+    ]
     lin_pred = data.price_dollars(least_squares(x_tr, y_tr, x_te))
     if args.target == "log":  # least squares on the standardized price = on dollars
         rows.append(("linear (log price)", scores(lin_pred, true)))
@@ -161,24 +186,42 @@ def main(argv=None) -> dict:
     loss = jbp.losses.mse
     print(model)
     with jax.enable_x64(True):  # the proof, in float64, on a few houses
-        report = jbp.check_gradients(model, loss, jbp.cast(params, jnp.float64),
-                                     jnp.asarray(x_tr[:16], jnp.float64),
-                                     jnp.asarray(scale(y_tr[:16, None]), jnp.float64))
+        report = jbp.check_gradients(
+            model,
+            loss,
+            jbp.cast(params, jnp.float64),
+            jnp.asarray(x_tr[:16], jnp.float64),
+            jnp.asarray(scale(y_tr[:16, None]), jnp.float64),
+        )
     print(report)
 
     to = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
     stop = EarlyStopping("val_loss", patience=args.patience, restore_best=True)
     every = max(1, min(10, args.epochs // 10))
     params, history = jbp.fit(
-        model, params, loss, jbp.optim.adam(args.lr), (to(x_tr), to(scale(y_tr)[:, None])),
-        batch_size=min(args.batch_size, len(tr)), epochs=args.epochs, key=key_fit,
-        validation_data=(to(x_va), to(scale(y_va)[:, None])), metrics=("loss",),
-        early_stopping=stop, verbose=0,
-        callbacks=[lambda e, logs, _p: print(f"epoch {e:>4}  loss {logs['loss']:.5f}  "
-                                             f"val_loss {logs['val_loss']:.5f}")
-                   if e % every == 0 or e == 1 else None])
-    print(f"kept epoch {history.best_epoch} of {len(history)} (validation loss "
-          f"{stop.best_value:.5f})")
+        model,
+        params,
+        loss,
+        jbp.optim.adam(args.lr),
+        (to(x_tr), to(scale(y_tr)[:, None])),
+        batch_size=min(args.batch_size, len(tr)),
+        epochs=args.epochs,
+        key=key_fit,
+        validation_data=(to(x_va), to(scale(y_va)[:, None])),
+        metrics=("loss",),
+        early_stopping=stop,
+        verbose=0,
+        callbacks=[
+            lambda e, logs, _p: (
+                print(f"epoch {e:>4}  loss {logs['loss']:.5f}  val_loss {logs['val_loss']:.5f}")
+                if e % every == 0 or e == 1
+                else None
+            )
+        ],
+    )
+    print(
+        f"kept epoch {history.best_epoch} of {len(history)} (validation loss {stop.best_value:.5f})"
+    )
     pred = data.price_dollars(unscale(np.asarray(model.apply(params, to(x_te)))[:, 0]))
     mlp = scores(pred, true)
     rows.append((f"MLP {args.hidden}-{args.hidden} ({args.target} price)", mlp))
@@ -187,18 +230,38 @@ def main(argv=None) -> dict:
     print(table(rows))
     best_linear = min(s["rmse"] for name, s in rows if name.startswith("linear"))
     diff = best_linear - mlp["rmse"]
-    verdict = ("beats" if diff > 0.01 * best_linear else
-               "matches" if diff > -0.01 * best_linear else "does NOT beat")
-    print(f"MLP {verdict} the best linear baseline: test RMSE ${mlp['rmse']:,.0f} vs "
-          f"${best_linear:,.0f} ({100 * diff / best_linear:+.1f}%)")
+    verdict = (
+        "beats"
+        if diff > 0.01 * best_linear
+        else "matches"
+        if diff > -0.01 * best_linear
+        else "does NOT beat"
+    )
+    print(
+        f"MLP {verdict} the best linear baseline: test RMSE ${mlp['rmse']:,.0f} vs "
+        f"${best_linear:,.0f} ({100 * diff / best_linear:+.1f}%)"
+    )
 
-    out = {"report": report, "history": history, "test": mlp, "baselines": dict(rows[:-1]),
-           "best_linear_rmse": best_linear, "verdict": verdict,
-           "best_epoch": history.best_epoch, "plot": None}
+    out = {
+        "report": report,
+        "history": history,
+        "test": mlp,
+        "baselines": dict(rows[:-1]),
+        "best_linear_rmse": best_linear,
+        "verdict": verdict,
+        "best_epoch": history.best_epoch,
+        "plot": None,
+    }
     if not args.no_plot and args.out:
-        out["plot"] = plot(history, pred, true, lin_pred, args.out,
-                           f"Ames house prices — MLP vs least squares (test RMSE "
-                           f"\\${mlp['rmse']:,.0f} vs \\${best_linear:,.0f})")  # \$: no mathtext
+        out["plot"] = plot(
+            history,
+            pred,
+            true,
+            lin_pred,
+            args.out,
+            f"Ames house prices — MLP vs least squares (test RMSE "
+            f"\\${mlp['rmse']:,.0f} vs \\${best_linear:,.0f})",
+        )  # \$: no mathtext
         if out["plot"]:
             print(f"plot saved to {args.out}")
     print(f"done in {time.perf_counter() - t0:.1f}s")

@@ -27,6 +27,7 @@ Expect, on a CPU, K-FAC to need fewer epochs than Adam and SGD to reach the targ
 seconds per epoch (its factor products and inversions cost several gradients at this batch
 size); on an accelerator, the per-epoch gap narrows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' 
 from _common import add_common_args  # noqa: E402
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
-STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-         "t10k-labels-idx1-ubyte")
+STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _has_files(directory) -> bool:
@@ -64,8 +69,10 @@ def load(dataset: str, path):
             (x, y), (xt, yt) = jbp.datasets.fashion_mnist(directory)
             prep = jbp.datasets.prepare_images
             return "fashion_mnist", (prep(x), y), (prep(xt), yt), f"IDX files in {directory}"
-        note = (f"no Fashion-MNIST IDX files in {directory} (apt-get install "
-                f"dataset-fashion-mnist, or --path DIR): using the embedded digits instead")
+        note = (
+            f"no Fashion-MNIST IDX files in {directory} (apt-get install "
+            f"dataset-fashion-mnist, or --path DIR): using the embedded digits instead"
+        )
     else:
         note = "the embedded UCI digits"
     (x, y), (xt, yt) = jbp.datasets.digits()
@@ -112,16 +119,22 @@ def plot(results, target, path, title):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dataset", choices=("fashion_mnist", "digits"), default="fashion_mnist")
-    p.add_argument("--path", default=None,
-                   help=f"Fashion-MNIST IDX directory (default {DEBIAN_DIR})")
+    p.add_argument(
+        "--path", default=None, help=f"Fashion-MNIST IDX directory (default {DEBIAN_DIR})"
+    )
     p.add_argument("--hidden", type=int, nargs="+", default=[128])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--target", type=float, default=None,
-                   help="test accuracy to reach (default 0.85 on Fashion-MNIST, 0.95 on digits)")
+    p.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="test accuracy to reach (default 0.85 on Fashion-MNIST, 0.95 on digits)",
+    )
     p.add_argument("--lr-kfac", type=float, default=0.3)
     p.add_argument("--damping", type=float, default=1e-2, help="K-FAC damping λ")
     p.add_argument("--norm-constraint", type=float, default=1e-2, help="K-FAC's cap on η²vᵀg")
@@ -132,8 +145,14 @@ def main(argv=None) -> dict:
     p.add_argument("--test-limit", type=int, default=0, help="test on the first N images (0 = all)")
     add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     args = p.parse_args(argv)
-    if (args.epochs < 1 or args.batch_size < 1 or min(args.hidden) < 1 or args.limit < 0
-            or args.test_limit < 0 or args.inverse_every < 1):
+    if (
+        args.epochs < 1
+        or args.batch_size < 1
+        or min(args.hidden) < 1
+        or args.limit < 0
+        or args.test_limit < 0
+        or args.inverse_every < 1
+    ):
         p.error("--epochs, --batch-size, --hidden, --inverse-every must be >= 1, --limit >= 0")
     if args.target is not None and not 0 < args.target <= 1:
         p.error("--target must be in (0, 1]")
@@ -144,9 +163,9 @@ def main(argv=None) -> dict:
         p.exit(2, f"kfac.py: {e}\n")
     target = args.target if args.target is not None else (0.85 if name == "fashion_mnist" else 0.95)
     if args.limit:
-        x, y = x[:args.limit], y[:args.limit]
+        x, y = x[: args.limit], y[: args.limit]
     if args.test_limit:
-        xt, yt = xt[:args.test_limit], yt[:args.test_limit]
+        xt, yt = xt[: args.test_limit], yt[: args.test_limit]
     x, xt = jnp.asarray(x, jnp.float32), jnp.asarray(xt, jnp.float32)
     y, yt = jnp.asarray(y, jnp.int32), jnp.asarray(yt, jnp.int32)
     print(f"{name}: {len(y)} train, {len(yt)} test examples of {x.shape[1]} features [{note}]")
@@ -156,9 +175,12 @@ def main(argv=None) -> dict:
     key_init, key_fit = jax.random.split(jax.random.key(args.seed))
     params0, _ = model.init(key_init, x.shape[1:])
     optimizers = {
-        "K-FAC": jbp.optim.kfac(args.lr_kfac, damping=args.damping,
-                                norm_constraint=args.norm_constraint,
-                                inverse_every=args.inverse_every),
+        "K-FAC": jbp.optim.kfac(
+            args.lr_kfac,
+            damping=args.damping,
+            norm_constraint=args.norm_constraint,
+            inverse_every=args.inverse_every,
+        ),
         "Adam": jbp.optim.adam(args.lr_adam),
         "SGD+momentum": jbp.optim.sgd(args.lr_sgd, momentum=0.9),
     }
@@ -169,28 +191,51 @@ def main(argv=None) -> dict:
     results = {}
     for opt_name, opt in optimizers.items():
         print(f"-- {opt_name}")
-        _, history = jbp.fit(model, params0, loss, opt, (x, y),
-                             batch_size=min(args.batch_size, len(y)), epochs=args.epochs,
-                             key=key_fit, metrics=("loss",), callbacks=[test_accuracy])
+        _, history = jbp.fit(
+            model,
+            params0,
+            loss,
+            opt,
+            (x, y),
+            batch_size=min(args.batch_size, len(y)),
+            epochs=args.epochs,
+            key=key_fit,
+            metrics=("loss",),
+            callbacks=[test_accuracy],
+        )
         results[opt_name] = history
 
-    head = (f"{'optimizer':<14} {'epochs to ' + format(target, '.3f'):>16} "
-            f"{'seconds to it':>14} {'s/epoch':>9} {'final test acc':>15}")
+    head = (
+        f"{'optimizer':<14} {'epochs to ' + format(target, '.3f'):>16} "
+        f"{'seconds to it':>14} {'s/epoch':>9} {'final test acc':>15}"
+    )
     lines = [head, "-" * len(head)]
     summary = {}
     for opt_name, h in results.items():
         e, s = reached(h, target)
         per_epoch = float(np.median(h["seconds"]))
-        summary[opt_name] = {"epochs": e, "seconds": s, "seconds_per_epoch": per_epoch,
-                             "final_accuracy": float(h["test_accuracy"][-1])}
-        lines.append(f"{opt_name:<14} {('not reached' if e is None else str(e)):>16} "
-                     f"{('-' if s is None else f'{s:.2f}'):>14} {per_epoch:>9.3f} "
-                     f"{h['test_accuracy'][-1]:>15.4f}")
+        summary[opt_name] = {
+            "epochs": e,
+            "seconds": s,
+            "seconds_per_epoch": per_epoch,
+            "final_accuracy": float(h["test_accuracy"][-1]),
+        }
+        lines.append(
+            f"{opt_name:<14} {('not reached' if e is None else str(e)):>16} "
+            f"{('-' if s is None else f'{s:.2f}'):>14} {per_epoch:>9.3f} "
+            f"{h['test_accuracy'][-1]:>15.4f}"
+        )
     print()
     print("\n".join(lines))
 
-    out = {"dataset": name, "note": note, "target": target, "summary": summary,
-           "histories": results, "plot": None}
+    out = {
+        "dataset": name,
+        "note": note,
+        "target": target,
+        "summary": summary,
+        "histories": results,
+        "plot": None,
+    }
     if not args.no_plot and args.out:
         os.makedirs(args.out, exist_ok=True)
         title = f"{name}: MLP {'-'.join(map(str, args.hidden))}, batch {args.batch_size}"

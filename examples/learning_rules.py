@@ -39,6 +39,7 @@ finite but slow (FA 56%, DFA 43%, KP 54%); AdamW 1e-3 gives FA 41%, DFA 38%, KP 
 5.0%). The cause is not yet found (open: weight growth with fixed ``B`` in an unnormalised
 conv net).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,13 @@ from jbp.rules import AlignmentHistory, dfa, plot_alignment, with_rule
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 RULES = ("bp", "fa", "dfa", "sign", "kp")
-NAMES = {"bp": "backprop", "fa": "feedback alignment", "dfa": "direct FA",
-         "sign": "sign symmetry (uSF)", "kp": "Kolen-Pollack"}
+NAMES = {
+    "bp": "backprop",
+    "fa": "feedback alignment",
+    "dfa": "direct FA",
+    "sign": "sign symmetry (uSF)",
+    "kp": "Kolen-Pollack",
+}
 #: biotorch, Benchmarks.md (github.com/jsalbert/biotorch): LeNet, top-1 test error in %
 #: (60k/10k train/validation split, best validation epoch). No Kolen-Pollack entry.
 PUBLISHED = {"bp": (0.91, 9.2), "fa": (1.7, 13.06), "dfa": (1.61, 12.81), "sign": (0.94, 9.69)}
@@ -72,6 +78,7 @@ def load(dataset: str, path: str | None, n_train: int, n_test: int, flatten: boo
         dataset = "fashion_mnist" if path else "digits"
     if dataset == "fashion_mnist":
         from jbp.datasets import fashion_mnist, prepare_images
+
         (x, y), (xt, yt) = fashion_mnist(path or DEBIAN_DIR)
         x = prepare_images(x, flatten=flatten, channels_last=not flatten)
         xt = prepare_images(xt, flatten=flatten, channels_last=not flatten)
@@ -83,18 +90,33 @@ def load(dataset: str, path: str | None, n_train: int, n_test: int, flatten: boo
         x, y = x[:n_train], y[:n_train]
     if n_test:
         xt, yt = xt[:n_test], yt[:n_test]
-    return (name, (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)),
-            (jnp.asarray(xt, jnp.float32), jnp.asarray(yt, jnp.int32)))
+    return (
+        name,
+        (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)),
+        (jnp.asarray(xt, jnp.float32), jnp.asarray(yt, jnp.int32)),
+    )
 
 
 def build(model: str, hidden: int, in_shape) -> jbp.Sequential:
     if model == "mlp":
         return jbp.Sequential([Dense(hidden, w_init="he_normal"), ReLU(), Dense(10)])
-    pad = "SAME" if in_shape[0] < 16 else "VALID"     # 8x8 digits: keep the maps big enough
-    return jbp.Sequential([
-        Conv2D(6, 5, padding=pad, w_init="he_normal"), ReLU(), MaxPool2D(2),
-        Conv2D(16, 5, padding=pad, w_init="he_normal"), ReLU(), MaxPool2D(2), Flatten(),
-        Dense(120, w_init="he_normal"), ReLU(), Dense(84, w_init="he_normal"), ReLU(), Dense(10)])
+    pad = "SAME" if in_shape[0] < 16 else "VALID"  # 8x8 digits: keep the maps big enough
+    return jbp.Sequential(
+        [
+            Conv2D(6, 5, padding=pad, w_init="he_normal"),
+            ReLU(),
+            MaxPool2D(2),
+            Conv2D(16, 5, padding=pad, w_init="he_normal"),
+            ReLU(),
+            MaxPool2D(2),
+            Flatten(),
+            Dense(120, w_init="he_normal"),
+            ReLU(),
+            Dense(84, w_init="he_normal"),
+            ReLU(),
+            Dense(10),
+        ]
+    )
 
 
 def with_learning_rule(net: jbp.Sequential, rule: str, seed: int):
@@ -108,7 +130,7 @@ def with_learning_rule(net: jbp.Sequential, rule: str, seed: int):
 def train_one(rule, net, data, test, args):
     model = with_learning_rule(net, rule, args.seed)
     params, _ = model.init(jax.random.key(args.seed), tuple(data[0].shape[1:]))
-    probe = (test[0][:args.probe], test[1][:args.probe])
+    probe = (test[0][: args.probe], test[1][: args.probe])
     hist = None
     if rule != "bp":
         hist = AlignmentHistory(model, CE, probe, log=())
@@ -120,19 +142,33 @@ def train_one(rule, net, data, test, args):
     else:
         opt = optim.chain(optim.add_decayed_weights(args.weight_decay), optim.sgd(args.lr))
     t0 = time.perf_counter()
-    params, history = jbp.fit(model, params, CE, opt, data,
-                              batch_size=min(args.batch_size, data[0].shape[0]),
-                              epochs=args.epochs, key=jax.random.key(args.seed + 1), verbose=0,
-                              callbacks=[hist] if hist else ())
+    params, history = jbp.fit(
+        model,
+        params,
+        CE,
+        opt,
+        data,
+        batch_size=min(args.batch_size, data[0].shape[0]),
+        epochs=args.epochs,
+        key=jax.random.key(args.seed + 1),
+        verbose=0,
+        callbacks=[hist] if hist else (),
+    )
     seconds = time.perf_counter() - t0
     ev = jbp.evaluate(model, params, CE, test, state=history.state if model.stateful else None)
     angles = {}
     if hist is not None:
         for layer, values in hist.record.quantity("grad_angle").items():
             angles[layer] = values[-1]
-    return {"rule": rule, "test_error": 100.0 * (1.0 - ev["accuracy"]), "test_loss": ev["loss"],
-            "train_loss": history["loss"][-1], "seconds": seconds, "angles": angles,
-            "record": hist.record if hist else None}
+    return {
+        "rule": rule,
+        "test_error": 100.0 * (1.0 - ev["accuracy"]),
+        "test_loss": ev["loss"],
+        "train_loss": history["loss"][-1],
+        "seconds": seconds,
+        "angles": angles,
+        "record": hist.record if hist else None,
+    }
 
 
 def hidden_angle(r, output_layer: str) -> str:
@@ -143,19 +179,24 @@ def hidden_angle(r, output_layer: str) -> str:
 def table(results, dataset_name, output_layer) -> str:
     col = 1 if "Fashion" in dataset_name else 0
     published_name = ("Fashion-MNIST" if col else "MNIST") + " LeNet"
-    lines = [f"{'rule':<22}{'test error %':>13}{'train loss':>12}{'∠ to BP (°)':>13}"
-             f"{'time s':>8}   published ({published_name}, biotorch)"]
+    lines = [
+        f"{'rule':<22}{'test error %':>13}{'train loss':>12}{'∠ to BP (°)':>13}"
+        f"{'time s':>8}   published ({published_name}, biotorch)"
+    ]
     lines.append("-" * len(lines[0]))
     for r in results:
         pub = PUBLISHED.get(r["rule"])
-        lines.append(f"{NAMES[r['rule']]:<22}{r['test_error']:>13.2f}{r['train_loss']:>12.4f}"
-                     f"{hidden_angle(r, output_layer):>13}{r['seconds']:>8.1f}   "
-                     + (f"{pub[col]:.2f}%" if pub else "-"))
+        lines.append(
+            f"{NAMES[r['rule']]:<22}{r['test_error']:>13.2f}{r['train_loss']:>12.4f}"
+            f"{hidden_angle(r, output_layer):>13}{r['seconds']:>8.1f}   "
+            + (f"{pub[col]:.2f}%" if pub else "-")
+        )
     return "\n".join(lines)
 
 
 def plot(results, path):
     from jbp.plotting import require_matplotlib, save_figure
+
     plt = require_matplotlib()
     recs = [r for r in results if r["record"] is not None]
     fig, axes = plt.subplots(1, len(recs), figsize=(4.2 * len(recs), 3.8), squeeze=False)
@@ -169,10 +210,15 @@ def plot(results, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=("auto", "fashion_mnist", "digits"), default="auto",
-                   help="auto (default): Fashion-MNIST if its files are found, else digits")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--dataset",
+        choices=("auto", "fashion_mnist", "digits"),
+        default="auto",
+        help="auto (default): Fashion-MNIST if its files are found, else digits",
+    )
     p.add_argument("--path", default=None, help="directory with the Fashion-MNIST IDX files")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     p.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES))
@@ -181,8 +227,12 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, default=0, help="first N test examples (0: all)")
     p.add_argument("--hidden", type=int, default=256, help="hidden units of the MLP")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
-                   help="adamw (default; decoupled decay) or sgd (+ weight decay)")
+    p.add_argument(
+        "--optimizer",
+        choices=("adamw", "sgd"),
+        default="adamw",
+        help="adamw (default; decoupled decay) or sgd (+ weight decay)",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="weight decay (default 1e-2)")
     p.add_argument("--probe", type=int, default=512, help="test examples of the alignment probe")
@@ -196,28 +246,36 @@ def main(argv=None):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     try:
-        name, data, test = load(args.dataset, args.path, args.n_train, args.n_test,
-                                flatten=args.model == "mlp")
+        name, data, test = load(
+            args.dataset, args.path, args.n_train, args.n_test, flatten=args.model == "mlp"
+        )
     except (OSError, ValueError) as e:
         print(f"error: cannot load {args.dataset}: {e}", file=sys.stderr)
         return 2
     args.probe = min(args.probe, test[0].shape[0])
     net = build(args.model, args.hidden, data[0].shape[1:])
-    print(f"{name}: {data[0].shape[0]} train / {test[0].shape[0]} test; {args.model} "
-          f"{net!r}\n{args.optimizer} lr {args.lr} wd {args.weight_decay}, batch {args.batch_size}, "
-          f"{args.epochs} epochs, same init and batches for every rule")
+    print(
+        f"{name}: {data[0].shape[0]} train / {test[0].shape[0]} test; {args.model} "
+        f"{net!r}\n{args.optimizer} lr {args.lr} wd {args.weight_decay}, batch {args.batch_size}, "
+        f"{args.epochs} epochs, same init and batches for every rule"
+    )
     results = []
     for rule in args.rules:
         r = train_one(rule, net, data, test, args)
         results.append(r)
         angles = ", ".join(f"{k} {v:.1f}°" for k, v in r["angles"].items())
-        print(f"  {NAMES[rule]:<22} test error {r['test_error']:.2f}%  ({r['seconds']:.1f}s)"
-              + (f"  angle to backprop: {angles}" if angles else ""), flush=True)
+        print(
+            f"  {NAMES[rule]:<22} test error {r['test_error']:.2f}%  ({r['seconds']:.1f}s)"
+            + (f"  angle to backprop: {angles}" if angles else ""),
+            flush=True,
+        )
     output_layer = f"layers[{len(net.layers) - 1}]"
     print()
     print(table(results, name, output_layer))
-    print("∠ to BP: the hidden layers' mean angle (degrees) between the rule's weight update "
-          "and the true gradient, on the last epoch's probe batch (the output layer's is 0).")
+    print(
+        "∠ to BP: the hidden layers' mean angle (degrees) between the rule's weight update "
+        "and the true gradient, on the last epoch's probe batch (the output layer's is 0)."
+    )
     if args.out:
         print(f"alignment plot: {plot(results, os.path.join(args.out, 'alignment.png'))}")
     return results

@@ -24,6 +24,7 @@ Debian Fashion-MNIST files, ~10 s on a 2-core CPU::
     python examples/mnist_mlp.py --dataset mnist --download   # Colab
     python examples/mnist_mlp.py --hidden 256 128 --epochs 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ from _common import add_common_args, figure_path  # noqa: E402
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 LOADERS = {"mnist": (mnist, MNIST_CLASSES), "fashion_mnist": (fashion_mnist, FASHION_MNIST_CLASSES)}
-STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-         "t10k-labels-idx1-ubyte")
+STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def build_model(hidden=(128,), classes: int = 10) -> jbp.Sequential:
@@ -82,23 +87,30 @@ def find_data(dataset, path, download):
         return cached, f"the cache {cached}"
     if download:
         return cached, f"--download into {cached}"
-    hint = (" (on Debian/Ubuntu: apt-get install dataset-fashion-mnist, which provides "
-            f"{DEBIAN_DIR})" if dataset == "fashion_mnist" else "")
-    return None, (f"mnist_mlp.py: no {dataset} IDX files found: this example needs --path DIR "
-                  f"(a directory holding {', '.join(STEMS)}, raw or .gz), or --download to fetch "
-                  f"them into {cached}{hint}")
+    hint = (
+        f" (on Debian/Ubuntu: apt-get install dataset-fashion-mnist, which provides {DEBIAN_DIR})"
+        if dataset == "fashion_mnist"
+        else ""
+    )
+    return None, (
+        f"mnist_mlp.py: no {dataset} IDX files found: this example needs --path DIR "
+        f"(a directory holding {', '.join(STEMS)}, raw or .gz), or --download to fetch "
+        f"them into {cached}{hint}"
+    )
 
 
 def per_class_accuracy(model, params, x, y, classes: int) -> np.ndarray:
     pred = np.asarray(jnp.argmax(model.apply(params, x), axis=-1))
     y = np.asarray(y)
-    return np.array([np.mean(pred[y == c] == c) if np.any(y == c) else np.nan
-                     for c in range(classes)]), pred
+    return np.array(
+        [np.mean(pred[y == c] == c) if np.any(y == c) else np.nan for c in range(classes)]
+    ), pred
 
 
 def plot(history, confusion, names, path, title):
     try:
         from jbp.plotting import require_matplotlib
+
         plt = require_matplotlib()
     except ImportError as e:
         print(f"no plot: {e}")
@@ -119,8 +131,15 @@ def plot(history, confusion, names, path, title):
     for i in range(len(names)):
         for j in range(len(names)):
             if confusion[i, j]:
-                ax1.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=6,
-                         color="white" if confusion[i, j] > confusion.max() / 2 else "black")
+                ax1.text(
+                    j,
+                    i,
+                    str(confusion[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if confusion[i, j] > confusion.max() / 2 else "black",
+                )
     ax1.set_title("test confusion matrix", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -129,17 +148,27 @@ def plot(history, confusion, names, path, title):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=tuple(LOADERS), default="fashion_mnist",
-                   help="which IDX set (default fashion_mnist)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--dataset",
+        choices=tuple(LOADERS),
+        default="fashion_mnist",
+        help="which IDX set (default fashion_mnist)",
+    )
     p.add_argument("--path", default=None, help="directory holding the four IDX files")
-    p.add_argument("--download", action="store_true",
-                   help="fetch missing files into the cache (checksummed)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the checksums (other IDX files of the same layout)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[128],
-                   help="hidden layer sizes (default 128)")
+    p.add_argument(
+        "--download", action="store_true", help="fetch missing files into the cache (checksummed)"
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the checksums (other IDX files of the same layout)",
+    )
+    p.add_argument(
+        "--hidden", type=int, nargs="+", default=[128], help="hidden layer sizes (default 128)"
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
@@ -148,8 +177,13 @@ def main(argv=None) -> dict:
     add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     args = p.parse_args(argv)
     args.out = figure_path(args.out, "mnist_mlp.png")
-    if args.epochs < 1 or args.batch_size < 1 or args.limit < 0 or args.test_limit < 0 \
-            or min(args.hidden) < 1:
+    if (
+        args.epochs < 1
+        or args.batch_size < 1
+        or args.limit < 0
+        or args.test_limit < 0
+        or min(args.hidden) < 1
+    ):
         p.error("--epochs, --batch-size and --hidden must be >= 1, --limit/--test-limit >= 0")
     t0 = time.perf_counter()
 
@@ -162,13 +196,12 @@ def main(argv=None) -> dict:
     except (FileNotFoundError, ValueError) as e:
         p.exit(2, f"mnist_mlp.py: {e}\n")
     if args.limit:
-        x, y = x[:args.limit], y[:args.limit]
+        x, y = x[: args.limit], y[: args.limit]
     if args.test_limit:
-        xt, yt = xt[:args.test_limit], yt[:args.test_limit]
+        xt, yt = xt[: args.test_limit], yt[: args.test_limit]
     x, xt = jnp.asarray(prepare_images(x)), jnp.asarray(prepare_images(xt))  # (n, 784) in [0, 1]
     y, yt = jnp.asarray(y, jnp.int32), jnp.asarray(yt, jnp.int32)
-    print(f"{args.dataset}: {len(y)} train, {len(yt)} test images of {x.shape[1]} pixels "
-          f"[{why}]")
+    print(f"{args.dataset}: {len(y)} train, {len(yt)} test images of {x.shape[1]} pixels [{why}]")
 
     model = build_model(tuple(args.hidden), len(names))
     key_init, key_fit = jax.random.split(jax.random.key(args.seed))
@@ -176,39 +209,72 @@ def main(argv=None) -> dict:
     loss = jbp.losses.softmax_cross_entropy
     print(model)
     with jax.enable_x64(True):  # the proof: hand-written backward vs jax.grad vs finite diff.
-        report = jbp.check_gradients(model, loss, jbp.cast(params, jnp.float64),
-                                     jnp.asarray(x[:16], jnp.float64), y[:16])
+        report = jbp.check_gradients(
+            model, loss, jbp.cast(params, jnp.float64), jnp.asarray(x[:16], jnp.float64), y[:16]
+        )
     print(report)
 
     def test_metrics(epoch, logs, params):  # adds test_loss / test_accuracy to each epoch
         m = jbp.evaluate(model, params, loss, (xt, yt))
         logs["test_loss"], logs["test_accuracy"] = m["loss"], m["accuracy"]
 
-    params, history = jbp.fit(model, params, loss, jbp.optim.adam(args.lr), (x, y),
-                              batch_size=min(args.batch_size, len(y)), epochs=args.epochs,
-                              key=key_fit, callbacks=[test_metrics])
+    params, history = jbp.fit(
+        model,
+        params,
+        loss,
+        jbp.optim.adam(args.lr),
+        (x, y),
+        batch_size=min(args.batch_size, len(y)),
+        epochs=args.epochs,
+        key=key_fit,
+        callbacks=[test_metrics],
+    )
     train = jbp.evaluate(model, params, loss, (x, y))
     test = jbp.evaluate(model, params, loss, (xt, yt))
     per_class, pred = per_class_accuracy(model, params, xt, yt, len(names))
 
     print()
     head = f"{'split':<8} {'images':>7} {'loss':>8} {'accuracy':>9}"
-    print("\n".join([head, "-" * len(head),
-                     f"{'train':<8} {len(y):>7} {train['loss']:>8.4f} {train['accuracy']:>9.4f}",
-                     f"{'test':<8} {len(yt):>7} {test['loss']:>8.4f} {test['accuracy']:>9.4f}"]))
-    print("test accuracy per class: " + ", ".join(
-        f"{n} {a:.2f}" for n, a in zip(names, per_class) if not np.isnan(a)))
-    print(f"final test accuracy {test['accuracy']:.4f} ({args.dataset}, MLP "
-          f"{'-'.join(str(h) for h in args.hidden)}, {len(history)} epochs)")
+    print(
+        "\n".join(
+            [
+                head,
+                "-" * len(head),
+                f"{'train':<8} {len(y):>7} {train['loss']:>8.4f} {train['accuracy']:>9.4f}",
+                f"{'test':<8} {len(yt):>7} {test['loss']:>8.4f} {test['accuracy']:>9.4f}",
+            ]
+        )
+    )
+    print(
+        "test accuracy per class: "
+        + ", ".join(f"{n} {a:.2f}" for n, a in zip(names, per_class) if not np.isnan(a))
+    )
+    print(
+        f"final test accuracy {test['accuracy']:.4f} ({args.dataset}, MLP "
+        f"{'-'.join(str(h) for h in args.hidden)}, {len(history)} epochs)"
+    )
 
-    out = {"dataset": args.dataset, "source": why, "report": report, "history": history,
-           "train": train, "test": test, "per_class": per_class.tolist(), "plot": None}
+    out = {
+        "dataset": args.dataset,
+        "source": why,
+        "report": report,
+        "history": history,
+        "train": train,
+        "test": test,
+        "per_class": per_class.tolist(),
+        "plot": None,
+    }
     if not args.no_plot and args.out:
         confusion = np.zeros((len(names), len(names)), np.int64)
         np.add.at(confusion, (np.asarray(yt), pred), 1)
-        out["plot"] = plot(history, confusion, names, args.out,
-                           f"{args.dataset}: MLP {'-'.join(str(h) for h in args.hidden)}, "
-                           f"test accuracy {test['accuracy']:.4f}")
+        out["plot"] = plot(
+            history,
+            confusion,
+            names,
+            args.out,
+            f"{args.dataset}: MLP {'-'.join(str(h) for h in args.hidden)}, "
+            f"test accuracy {test['accuracy']:.4f}",
+        )
         if out["plot"]:
             print(f"plot saved to {args.out}")
     print(f"done in {time.perf_counter() - t0:.1f}s")

@@ -19,6 +19,7 @@ structure) and sees the same data. Offline, well under a minute on 2 CPU cores::
     python examples/regularization.py --epochs 300 --n-train 200 --out curves.png
     python examples/regularization.py --only none dropout --dropout 0.3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ from _common import add_common_args, figure_path  # noqa: E402
 
 def make_model(dropout: float) -> jbp.Sequential:
     """Flatten → Dense(256) → ReLU → Dropout(dropout) → Dense(10): the same net for all."""
-    return jbp.Sequential([Flatten(), Dense(256, w_init="he_normal"), ReLU(),
-                           Dropout(dropout), Dense(10)])
+    return jbp.Sequential(
+        [Flatten(), Dense(256, w_init="he_normal"), ReLU(), Dropout(dropout), Dense(10)]
+    )
 
 
 def load(n_train: int, n_val: int, seed: int):
@@ -55,7 +57,7 @@ def load(n_train: int, n_val: int, seed: int):
     if n_train + n_val > len(y):
         raise ValueError(f"--n-train + --n-val must be at most {len(y)}, got {n_train + n_val}")
     perm = np.random.default_rng(seed).permutation(len(y))
-    tr, va = perm[:n_train], perm[n_train:n_train + n_val]
+    tr, va = perm[:n_train], perm[n_train : n_train + n_val]
     return (x[tr], y[tr]), (x[va], y[va]), (x_test, y_test)
 
 
@@ -65,10 +67,12 @@ def configurations(l2: float, dropout: float, patience: int):
         "none": dict(rate=0.0),
         "l2": dict(rate=0.0, regularizer=regularizers.l2(l2)),
         "dropout": dict(rate=dropout),
-        "augment": dict(rate=0.0, augment=aug.compose(aug.random_translation(1),
-                                                      aug.gaussian_noise(0.05))),
-        "early stop": dict(rate=0.0, early_stopping=EarlyStopping("val_loss", patience=patience,
-                                                                  restore_best=True)),
+        "augment": dict(
+            rate=0.0, augment=aug.compose(aug.random_translation(1), aug.gaussian_noise(0.05))
+        ),
+        "early stop": dict(
+            rate=0.0, early_stopping=EarlyStopping("val_loss", patience=patience, restore_best=True)
+        ),
     }
 
 
@@ -79,24 +83,44 @@ def run(name, cfg, data, *, epochs, batch_size, lr, seed):
     params, _ = model.init(jax.random.key(seed), x_tr.shape[1:])  # same init for every config
     loss = jbp.losses.softmax_cross_entropy
     t0 = time.perf_counter()
-    params, hist = fit(model, params, loss, optim.adam(lr), (x_tr, y_tr), batch_size=batch_size,
-                       epochs=epochs, key=jax.random.key(seed + 1), validation_data=(x_va, y_va),
-                       verbose=0, **cfg)
+    params, hist = fit(
+        model,
+        params,
+        loss,
+        optim.adam(lr),
+        (x_tr, y_tr),
+        batch_size=batch_size,
+        epochs=epochs,
+        key=jax.random.key(seed + 1),
+        validation_data=(x_va, y_va),
+        verbose=0,
+        **cfg,
+    )
     seconds = time.perf_counter() - t0
     # accuracies of the final (or restored) parameters, in evaluation mode, on clean data
     train = _evaluate(model, params, x_tr, y_tr)
     test = _evaluate(model, params, x_te, y_te)
-    return {"name": name, "history": hist, "epochs_run": len(hist),
-            "best_epoch": hist.best_epoch, "stopped_epoch": hist.stopped_epoch, "train_acc": train["accuracy"],
-            "test_acc": test["accuracy"], "gap": train["accuracy"] - test["accuracy"],
-            "test_loss": test["loss"], "seconds": seconds}
+    return {
+        "name": name,
+        "history": hist,
+        "epochs_run": len(hist),
+        "best_epoch": hist.best_epoch,
+        "stopped_epoch": hist.stopped_epoch,
+        "train_acc": train["accuracy"],
+        "test_acc": test["accuracy"],
+        "gap": train["accuracy"] - test["accuracy"],
+        "test_loss": test["loss"],
+        "seconds": seconds,
+    }
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _eval(model, params, x, y):
     logits = model.apply(params, x, train=False)
-    return {"loss": jbp.losses.softmax_cross_entropy(logits, y),
-            "accuracy": jbp.losses.accuracy(logits, y)}
+    return {
+        "loss": jbp.losses.softmax_cross_entropy(logits, y),
+        "accuracy": jbp.losses.accuracy(logits, y),
+    }
 
 
 def _evaluate(model, params, x, y):
@@ -109,10 +133,15 @@ def table(results) -> str:
     head = f"{'regularization':<14} {'epochs':>6} {'train acc':>9} {'test acc':>8} {'gap':>7} {'test loss':>9}"
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r['name']:<14} {r['epochs_run']:>6} {r['train_acc']:>9.3f} "
-                     f"{r['test_acc']:>8.3f} {r['gap']:>7.3f} {r['test_loss']:>9.3f}"
-                     + (f"   stopped at {r['stopped_epoch']}, best epoch {r['best_epoch']} restored"
-                        if r["stopped_epoch"] else ""))
+        lines.append(
+            f"{r['name']:<14} {r['epochs_run']:>6} {r['train_acc']:>9.3f} "
+            f"{r['test_acc']:>8.3f} {r['gap']:>7.3f} {r['test_loss']:>9.3f}"
+            + (
+                f"   stopped at {r['stopped_epoch']}, best epoch {r['best_epoch']} restored"
+                if r["stopped_epoch"]
+                else ""
+            )
+        )
     return "\n".join(lines)
 
 
@@ -122,13 +151,15 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(results), figsize=(3.2 * len(results), 5.6),
-                             sharex=True, sharey="row", squeeze=False)
+    fig, axes = plt.subplots(
+        2, len(results), figsize=(3.2 * len(results), 5.6), sharex=True, sharey="row", squeeze=False
+    )
     for j, r in enumerate(results):
         h = r["history"]
         ep = h["epoch"]
-        for i, (tr, va, label) in enumerate([("loss", "val_loss", "loss"),
-                                             ("accuracy", "val_accuracy", "accuracy")]):
+        for i, (tr, va, label) in enumerate(
+            [("loss", "val_loss", "loss"), ("accuracy", "val_accuracy", "accuracy")]
+        ):
             ax = axes[i][j]
             ax.plot(ep, h[tr], label="train" + (" (data loss)" if tr == "loss" else ""), lw=1.4)
             ax.plot(ep, h[va], label="validation", lw=1.4)
@@ -138,22 +169,27 @@ def plot(results, path):
             if j == 0:
                 ax.set_ylabel(label)
             if i == 0:
-                ax.set_title(f"{r['name']}\ntest acc {r['test_acc']:.3f}, gap {r['gap']:.3f}",
-                             fontsize=9)
+                ax.set_title(
+                    f"{r['name']}\ntest acc {r['test_acc']:.3f}, gap {r['gap']:.3f}", fontsize=9
+                )
                 ax.set_yscale("log")
             else:
                 ax.set_xlabel("epoch")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Same net, small digits subset: train vs validation (train curves are on "
-                 "augmented / dropped-out batches)", fontsize=9)
+    fig.suptitle(
+        "Same net, small digits subset: train vs validation (train curves are on "
+        "augmented / dropped-out batches)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--epochs", type=int, default=150, help="epochs per configuration (default 150)")
     p.add_argument("--n-train", type=int, default=100, help="training examples (default 100)")
     p.add_argument("--n-val", type=int, default=300, help="validation examples (default 300)")
@@ -163,8 +199,13 @@ def main(argv=None):
     p.add_argument("--dropout", type=float, default=0.5, help="dropout rate = drop probability")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience")
     add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
-    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
-                   help="run only these configurations (none, l2, dropout, augment, 'early stop')")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="run only these configurations (none, l2, dropout, augment, 'early stop')",
+    )
     args = p.parse_args(argv)
     args.out = "" if args.no_plot else figure_path(args.out, "regularization.png")
     if args.epochs < 1:
@@ -176,19 +217,30 @@ def main(argv=None):
     unknown = [n for n in names if n not in cfgs]
     if unknown:
         p.error(f"--only: unknown configuration(s) {unknown}; known: {list(cfgs)}")
-    print(f"digits: {args.n_train} train, {args.n_val} validation, {len(data[2][1])} test examples; "
-          f"{args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr}")
+    print(
+        f"digits: {args.n_train} train, {args.n_val} validation, {len(data[2][1])} test examples; "
+        f"{args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr}"
+    )
     results = []
     for name in names:
-        r = run(name, cfgs[name], data, epochs=args.epochs, batch_size=args.batch_size,
-                lr=args.lr, seed=args.seed)
+        r = run(
+            name,
+            cfgs[name],
+            data,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+        )
         print(f"  {name:<11} {r['epochs_run']:>4} epochs  {r['seconds']:.1f}s", flush=True)
         results.append(r)
     print()
     print(table(results))
     se = 100 * np.sqrt(0.88 * 0.12 / len(data[2][1]))
-    print(f"(with {len(data[2][1])} test examples one standard error of an accuracy near 0.88 is "
-          f"about {se:.1f} points: read the gap and the test loss, not the third decimal)")
+    print(
+        f"(with {len(data[2][1])} test examples one standard error of an accuracy near 0.88 is "
+        f"about {se:.1f} points: read the gap and the test loss, not the third decimal)"
+    )
     if args.out:
         plot(results, args.out)
         print(f"\ncurves saved to {args.out}")

@@ -28,6 +28,7 @@ about 57.8%). Offline, on a 2-core CPU: ``bag`` ~10 s, ``rnn`` ~15 s::
     python examples/sentiment.py --model rnn
     python examples/sentiment.py --model lstm --dropout 0.3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,13 +52,22 @@ from _common import add_common_args, figure_path  # noqa: E402
 PAD_ID = 0  # Vocabulary: id 0 is "<pad>", id 1 is "<unk>"
 
 
-def build_model(kind: str, vocab_size: int, dim: int = 64, hidden: int = 64,
-                dropout: float = 0.5) -> jbp.Sequential:
+def build_model(
+    kind: str, vocab_size: int, dim: int = 64, hidden: int = 64, dropout: float = 0.5
+) -> jbp.Sequential:
     """The ``bag``, ``rnn`` or ``lstm`` sentence classifier (one output logit)."""
     emb = Embedding(vocab_size, dim, pad_id=PAD_ID)
     if kind == "bag":
-        return jbp.Sequential([emb, MeanPool1D(), Dense(hidden, w_init="he_normal"), ReLU(),
-                               Dropout(dropout), Dense(1)])
+        return jbp.Sequential(
+            [
+                emb,
+                MeanPool1D(),
+                Dense(hidden, w_init="he_normal"),
+                ReLU(),
+                Dropout(dropout),
+                Dense(1),
+            ]
+        )
     cell = SimpleRNN(hidden) if kind == "rnn" else LSTM(hidden)
     return jbp.Sequential([emb, cell, Dropout(dropout), Dense(1)])
 
@@ -67,18 +77,20 @@ def load(vocab_size: int, max_len: int, val_fraction: float, seed: int, limit: i
     (texts, y), (texts_te, y_te) = rotten_tomatoes(seed=seed)
     if limit:
         texts, y = texts[:limit], y[:limit]
-        texts_te, y_te = texts_te[:max(limit // 4, 1)], y_te[:max(limit // 4, 1)]
+        texts_te, y_te = texts_te[: max(limit // 4, 1)], y_te[: max(limit // 4, 1)]
     perm = np.random.default_rng(seed).permutation(len(y))
     n_val = max(1, int(round(val_fraction * len(y))))
     va, tr = perm[:n_val], perm[n_val:]
     vocab = Vocabulary.build([texts[i] for i in tr], max_size=vocab_size)
     enc = lambda ts: jnp.asarray(vocab.encode(ts, max_len=max_len)[0], jnp.int32)  # noqa: E731
     lab = lambda a: jnp.asarray(a, jnp.float32)[:, None]  # noqa: E731
-    return {"vocab": vocab,
-            "train": (enc([texts[i] for i in tr]), lab(y[tr])),
-            "val": (enc([texts[i] for i in va]), lab(y[va])),
-            "test": (enc(texts_te), lab(y_te)),
-            "test_texts": texts_te}
+    return {
+        "vocab": vocab,
+        "train": (enc([texts[i] for i in tr]), lab(y[tr])),
+        "val": (enc([texts[i] for i in va]), lab(y[va])),
+        "test": (enc(texts_te), lab(y_te)),
+        "test_texts": texts_te,
+    }
 
 
 def table(rows) -> str:
@@ -93,14 +105,17 @@ def table(rows) -> str:
 def plot(history, path, title):
     try:
         from jbp.plotting import require_matplotlib
+
         plt = require_matplotlib()
     except ImportError as e:
         print(f"no plot: {e}")
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ep = history["epoch"]
-    for ax, (tr, va, label) in zip(axes, [("loss", "val_loss", "binary cross-entropy"),
-                                          ("accuracy", "val_accuracy", "accuracy")]):
+    for ax, (tr, va, label) in zip(
+        axes,
+        [("loss", "val_loss", "binary cross-entropy"), ("accuracy", "val_accuracy", "accuracy")],
+    ):
         ax.plot(ep, history[tr], marker=".", label="train (dropout on)")
         ax.plot(ep, history[va], marker=".", label="validation")
         if history.best_epoch:
@@ -116,25 +131,46 @@ def plot(history, path, title):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=("bag", "rnn", "lstm"), default="bag",
-                   help="bag of embeddings + MLP (default), SimpleRNN or LSTM")
-    p.add_argument("--epochs", type=int, default=15,
-                   help="maximum epochs (default 15; early stopping usually ends sooner)")
-    p.add_argument("--vocab", type=int, default=10000,
-                   help="vocabulary size incl. <pad> and <unk> (default 10000)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        choices=("bag", "rnn", "lstm"),
+        default="bag",
+        help="bag of embeddings + MLP (default), SimpleRNN or LSTM",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=15,
+        help="maximum epochs (default 15; early stopping usually ends sooner)",
+    )
+    p.add_argument(
+        "--vocab",
+        type=int,
+        default=10000,
+        help="vocabulary size incl. <pad> and <unk> (default 10000)",
+    )
     p.add_argument("--max-len", type=int, default=40, help="words kept per sentence (default 40)")
     p.add_argument("--dim", type=int, default=64, help="embedding size (default 64)")
     p.add_argument("--hidden", type=int, default=64, help="hidden units (default 64)")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout rate (drop probability)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="slice of the training sentences used to pick the epoch (default 0.1)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="slice of the training sentences used to pick the epoch (default 0.1)",
+    )
     p.add_argument("--patience", type=int, default=3, help="early-stopping patience (epochs)")
-    p.add_argument("--limit", type=int, default=0,
-                   help="use only N training sentences (and N/4 test ones): smoke tests")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="use only N training sentences (and N/4 test ones): smoke tests",
+    )
     add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     args = p.parse_args(argv)
     args.out = figure_path(args.out, "sentiment.png")
@@ -152,9 +188,11 @@ def main(argv=None) -> dict:
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = d["train"], d["val"], d["test"]
     vocab = d["vocab"]
     unk = float(np.mean(np.asarray(x_te) == 1) / max(np.mean(np.asarray(x_te) != PAD_ID), 1e-9))
-    print(f"Rotten Tomatoes: {len(x_tr)} train, {len(x_va)} validation, {len(x_te)} test "
-          f"sentences; vocabulary {len(vocab)} ids (train split only; {100 * unk:.1f}% of test "
-          f"words unknown); {args.max_len} ids per sentence")
+    print(
+        f"Rotten Tomatoes: {len(x_tr)} train, {len(x_va)} validation, {len(x_te)} test "
+        f"sentences; vocabulary {len(vocab)} ids (train split only; {100 * unk:.1f}% of test "
+        f"words unknown); {args.max_len} ids per sentence"
+    )
 
     model = build_model(args.model, len(vocab), args.dim, args.hidden, args.dropout)
     key_init, key_check, key_fit = jax.random.split(jax.random.key(args.seed), 3)
@@ -162,25 +200,51 @@ def main(argv=None) -> dict:
     loss = jbp.losses.binary_cross_entropy
     print(model)
     with jax.enable_x64(True):  # the proof, in float64, on a few sentences, dropout on
-        report = jbp.check_gradients(model, loss, jbp.cast(params, jnp.float64), x_tr[:8],
-                                     jnp.asarray(y_tr[:8], jnp.float64), key=key_check)
+        report = jbp.check_gradients(
+            model,
+            loss,
+            jbp.cast(params, jnp.float64),
+            x_tr[:8],
+            jnp.asarray(y_tr[:8], jnp.float64),
+            key=key_check,
+        )
     print(report)
 
     stop = EarlyStopping("val_loss", patience=args.patience, restore_best=True)
-    params, history = jbp.fit(model, params, loss, jbp.optim.adam(args.lr), (x_tr, y_tr),
-                              batch_size=min(args.batch_size, len(x_tr)), epochs=args.epochs,
-                              key=key_fit, validation_data=(x_va, y_va), early_stopping=stop)
+    params, history = jbp.fit(
+        model,
+        params,
+        loss,
+        jbp.optim.adam(args.lr),
+        (x_tr, y_tr),
+        batch_size=min(args.batch_size, len(x_tr)),
+        epochs=args.epochs,
+        key=key_fit,
+        validation_data=(x_va, y_va),
+        early_stopping=stop,
+    )
     test = jbp.evaluate(model, params, loss, (x_te, y_te))
     majority = int(np.mean(np.asarray(y_tr)) >= 0.5)  # the training split's majority label
     base_acc = float(np.mean(np.asarray(y_te)[:, 0] == majority))
-    names = {"bag": f"bag of embeddings + MLP ({args.dim}-d, {args.hidden} hidden)",
-             "rnn": f"SimpleRNN ({args.hidden} units)", "lstm": f"LSTM ({args.hidden} units)"}
+    names = {
+        "bag": f"bag of embeddings + MLP ({args.dim}-d, {args.hidden} hidden)",
+        "rnn": f"SimpleRNN ({args.hidden} units)",
+        "lstm": f"LSTM ({args.hidden} units)",
+    }
     print(f"kept epoch {history.best_epoch} of {len(history)}")
     print()
-    print(table([(f"majority class (always {'fresh' if majority else 'rotten'})", base_acc, None),
-                 (names[args.model], test["accuracy"], test["loss"])]))
-    print(f"{args.model} beats the majority-class baseline by "
-          f"{100 * (test['accuracy'] - base_acc):+.1f} points")
+    print(
+        table(
+            [
+                (f"majority class (always {'fresh' if majority else 'rotten'})", base_acc, None),
+                (names[args.model], test["accuracy"], test["loss"]),
+            ]
+        )
+    )
+    print(
+        f"{args.model} beats the majority-class baseline by "
+        f"{100 * (test['accuracy'] - base_acc):+.1f} points"
+    )
 
     logits = np.asarray(jax.jit(model.apply)(params, x_te[:4]))[:, 0]  # one compile, not op by op
     for text, z, t in zip(d["test_texts"][:4], logits, np.asarray(y_te)[:4, 0]):
@@ -188,11 +252,22 @@ def main(argv=None) -> dict:
         short = text if len(text) <= 70 else text[:67] + "..."
         print(f"  P(fresh) {prob:.2f}  label {'fresh ' if t else 'rotten'}  {short}")
 
-    out = {"report": report, "history": history, "test": test, "baseline_accuracy": base_acc,
-           "model": args.model, "vocab_size": len(vocab), "plot": None}
+    out = {
+        "report": report,
+        "history": history,
+        "test": test,
+        "baseline_accuracy": base_acc,
+        "model": args.model,
+        "vocab_size": len(vocab),
+        "plot": None,
+    }
     if not args.no_plot and args.out:
-        out["plot"] = plot(history, args.out, f"Rotten Tomatoes sentiment — {names[args.model]}: "
-                           f"test accuracy {test['accuracy']:.3f} (majority {base_acc:.3f})")
+        out["plot"] = plot(
+            history,
+            args.out,
+            f"Rotten Tomatoes sentiment — {names[args.model]}: "
+            f"test accuracy {test['accuracy']:.3f} (majority {base_acc:.3f})",
+        )
         if out["plot"]:
             print(f"plot saved to {args.out}")
     print(f"done in {time.perf_counter() - t0:.1f}s")

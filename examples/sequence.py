@@ -17,6 +17,7 @@ states, written by hand in ``jbp.layers.recurrent``). Padding is handled by the 
 Prints the gradient-check report, the accuracy per epoch (chance = 1/classes) and the
 test accuracy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,9 @@ def build_model(cell, vocab, classes, hidden=64):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--cell", choices=["rnn", "lstm"], default="rnn")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--classes", type=int, default=4)
@@ -77,35 +80,60 @@ def main(argv=None):
     spec = dict(classes=args.classes, vocab=args.vocab, min_len=args.min_len, max_len=args.max_len)
     x_tr, y_tr = make_data(args.train, rng=rng, **spec)
     x_te, y_te = make_data(max(args.train // 4, 1), rng=rng, **spec)
-    x_va, y_va = make_data(max(args.train // 10, 1), rng=rng, **spec)  # validation, not the test set
+    x_va, y_va = make_data(
+        max(args.train // 10, 1), rng=rng, **spec
+    )  # validation, not the test set
     model = build_model(args.cell, args.vocab, args.classes, args.hidden)
     key_init, key_fit = jax.random.split(jax.random.key(args.seed))
     params, _ = model.init(key_init, x_tr.shape[1:])
     loss = jbp.losses.softmax_cross_entropy
-    print(f"key-recall task: {args.classes} classes, lengths {args.min_len}..{args.max_len} "
-          f"(padded with id {PAD}), {x_tr.shape[0]} train / {x_va.shape[0]} validation / "
-          f"{x_te.shape[0]} test; "
-          f"chance accuracy {1 / args.classes:.2f}")
+    print(
+        f"key-recall task: {args.classes} classes, lengths {args.min_len}..{args.max_len} "
+        f"(padded with id {PAD}), {x_tr.shape[0]} train / {x_va.shape[0]} validation / "
+        f"{x_te.shape[0]} test; "
+        f"chance accuracy {1 / args.classes:.2f}"
+    )
     print(model)
 
-    with jax.enable_x64(True):   # the proof, in float64, on a few padded sequences
+    with jax.enable_x64(True):  # the proof, in float64, on a few padded sequences
         report = jbp.check_gradients(model, loss, jbp.cast(params, jnp.float64), x_tr[:6], y_tr[:6])
     print(report)
 
-    params, history = jbp.fit(model, params, loss, jbp.optim.adam(args.lr), (x_tr, y_tr),
-                              batch_size=args.batch_size, epochs=args.epochs, key=key_fit,
-                              validation_data=(x_va, y_va))
+    params, history = jbp.fit(
+        model,
+        params,
+        loss,
+        jbp.optim.adam(args.lr),
+        (x_tr, y_tr),
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        key=key_fit,
+        validation_data=(x_va, y_va),
+    )
     result = jbp.evaluate(model, params, loss, (x_te, y_te))
     out = {"report": report, "history": history, "test": result}
     if not args.no_baseline:
         bag = build_model("bag", args.vocab, args.classes)
         p_bag, _ = bag.init(key_init, x_tr.shape[1:])
-        p_bag, _ = jbp.fit(bag, p_bag, loss, jbp.optim.adam(args.lr), (x_tr, y_tr),
-                           batch_size=args.batch_size, epochs=args.epochs, key=key_fit, verbose=0)
+        p_bag, _ = jbp.fit(
+            bag,
+            p_bag,
+            loss,
+            jbp.optim.adam(args.lr),
+            (x_tr, y_tr),
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            key=key_fit,
+            verbose=0,
+        )
         out["baseline"] = jbp.evaluate(bag, p_bag, loss, (x_te, y_te))
-        print(f"order-blind baseline (Embedding + MeanPool1D + Dense): test accuracy "
-              f"{out['baseline']['accuracy']:.4f}")
-    print(f"{args.cell.upper()} test accuracy {result['accuracy']:.4f} (chance {1 / args.classes:.2f})")
+        print(
+            f"order-blind baseline (Embedding + MeanPool1D + Dense): test accuracy "
+            f"{out['baseline']['accuracy']:.4f}"
+        )
+    print(
+        f"{args.cell.upper()} test accuracy {result['accuracy']:.4f} (chance {1 / args.classes:.2f})"
+    )
     return out
 
 

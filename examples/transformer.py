@@ -52,6 +52,7 @@ bigram 2.473 and unigram 3.092; at temperature 0.8 it continues "The best" with
     python examples/transformer.py --baselines run       # and retrain bag + RNN beside it
     python examples/transformer.py --task lm             # char LM, out/transformer_lm.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,31 +88,49 @@ from jbp.layers import (  # noqa: E402
 from jbp.plotting import save_figure  # noqa: E402
 
 # README's examples section: examples/sentiment.py at its defaults (seed 0, full data).
-QUOTED = [("bag of embeddings + MLP (64-d)", 0.7683, 0.4921),
-          ("SimpleRNN (64 units)", 0.7428, 0.5638),
-          ("LSTM (64 units)", 0.7624, None)]
+QUOTED = [
+    ("bag of embeddings + MLP (64-d)", 0.7683, 0.4921),
+    ("SimpleRNN (64 units)", 0.7428, 0.5638),
+    ("LSTM (64 units)", 0.7624, None),
+]
 UNKNOWN_CHAR = "_"
 
 
 # --------------------------------------------------------------------------- models
 
-def build_classifier(vocab_size: int, max_len: int, features: int = 64, num_heads: int = 2,
-                     blocks: int = 2, mlp_hidden: int = 128,
-                     dropout: float = 0.1) -> jbp.Sequential:
+
+def build_classifier(
+    vocab_size: int,
+    max_len: int,
+    features: int = 64,
+    num_heads: int = 2,
+    blocks: int = 2,
+    mlp_hidden: int = 128,
+    dropout: float = 0.1,
+) -> jbp.Sequential:
     """The Transformer sentence classifier (one output logit); padding id 0 is masked."""
-    layers = [Embedding(vocab_size, features, pad_id=sentiment.PAD_ID),
-              PositionalEmbedding(max_len)]
+    layers = [
+        Embedding(vocab_size, features, pad_id=sentiment.PAD_ID),
+        PositionalEmbedding(max_len),
+    ]
     layers += [transformer_block(features, num_heads, mlp_hidden) for _ in range(blocks)]
     layers += [PositionWise(LayerNorm()), MeanPool1D(), Dropout(dropout), Dense(1)]
     return jbp.Sequential(layers)
 
 
-def build_lm(n_chars: int, context: int, features: int = 64, num_heads: int = 2,
-             blocks: int = 2, mlp_hidden: int = 128) -> jbp.Sequential:
+def build_lm(
+    n_chars: int,
+    context: int,
+    features: int = 64,
+    num_heads: int = 2,
+    blocks: int = 2,
+    mlp_hidden: int = 128,
+) -> jbp.Sequential:
     """The causal character model: ids ``(batch, T)`` → next-character logits ``(batch, T, n_chars)``."""
     layers = [Embedding(n_chars, features), PositionalEmbedding(context)]
-    layers += [transformer_block(features, num_heads, mlp_hidden, causal=True)
-               for _ in range(blocks)]
+    layers += [
+        transformer_block(features, num_heads, mlp_hidden, causal=True) for _ in range(blocks)
+    ]
     layers += [LayerNorm(), Dense(n_chars)]
     return jbp.Sequential(layers)
 
@@ -135,8 +154,10 @@ class NextCharCrossEntropy(jbp.losses.Loss):
     def _flat(self, pred, target):
         pred, target = self._check(pred, target)
         if pred.ndim != 3 or target.shape != pred.shape[:2]:
-            raise ValueError(f"{self.name}: expected logits (batch, T, chars) and integer targets "
-                             f"(batch, T), got {pred.shape} and {target.shape}")
+            raise ValueError(
+                f"{self.name}: expected logits (batch, T, chars) and integer targets "
+                f"(batch, T), got {pred.shape} and {target.shape}"
+            )
         return pred.reshape(-1, pred.shape[-1]), target.reshape(-1)
 
     def value(self, pred, target):
@@ -155,6 +176,7 @@ next_char_cross_entropy = NextCharCrossEntropy()
 
 # --------------------------------------------------------------------------- shared
 
+
 def gradient_check(model, loss, params, x, y, key):
     """The float64 proof on a few examples (dropout on), printed; returns ``(report, ok)``.
 
@@ -165,24 +187,35 @@ def gradient_check(model, loss, params, x, y, key):
     absolute error below 1e-15 (what tests/test_attention.py asserts too), and says so.
     """
     with jax.enable_x64(True):
-        report = jbp.check_gradients(model, loss, jbp.cast(params, jnp.float64), x,
-                                     jnp.asarray(y, jnp.float64)
-                                     if jnp.issubdtype(y.dtype, jnp.floating) else y, key=key)
+        report = jbp.check_gradients(
+            model,
+            loss,
+            jbp.cast(params, jnp.float64),
+            x,
+            jnp.asarray(y, jnp.float64) if jnp.issubdtype(y.dtype, jnp.floating) else y,
+            key=key,
+        )
     print(report)
-    zero = [l for l in report.leaves if l.name.endswith(".bk") and l.ok_autodiff
-            and l.abs_err < 1e-15 and l.ok_fd is False]
+    zero = [
+        l
+        for l in report.leaves
+        if l.name.endswith(".bk") and l.ok_autodiff and l.abs_err < 1e-15 and l.ok_fd is False
+    ]
     ok = all(l.ok for l in report.leaves if l not in zero)
     if zero and ok:
-        print(f"key-bias leaves (.bk, {len(zero)} here) have ∂L/∂b_k = 0 exactly (softmax ignores "
-              f"a shift of a row of scores): hand-written = jax.grad to "
-              f"{max(l.abs_err for l in zero):.0e}; their finite-difference ratio is round-off / 0. "
-              f"Every other leaf agrees.")
+        print(
+            f"key-bias leaves (.bk, {len(zero)} here) have ∂L/∂b_k = 0 exactly (softmax ignores "
+            f"a shift of a row of scores): hand-written = jax.grad to "
+            f"{max(l.abs_err for l in zero):.0e}; their finite-difference ratio is round-off / 0. "
+            f"Every other leaf agrees."
+        )
     return report, ok
 
 
 def _plot_lm(history, path, title):
     try:
         from jbp.plotting import require_matplotlib
+
         plt = require_matplotlib()
     except ImportError as e:
         print(f"no plot: {e}")
@@ -199,21 +232,35 @@ def _plot_lm(history, path, title):
 
 # --------------------------------------------------------------------------- sentiment
 
+
 def run_baselines(args) -> list:
     """Train bag and rnn with examples/sentiment.py's defaults on the same data settings."""
     rows = []
     for kind in ("bag", "rnn"):
-        argv = ["--model", kind, "--no-plot", "--seed", str(args.seed), "--vocab", str(args.vocab),
-                "--max-len", str(args.max_len), "--limit", str(args.limit)]
+        argv = [
+            "--model",
+            kind,
+            "--no-plot",
+            "--seed",
+            str(args.seed),
+            "--vocab",
+            str(args.vocab),
+            "--max-len",
+            str(args.max_len),
+            "--limit",
+            str(args.limit),
+        ]
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             res = sentiment.main(argv)
         if not res["report"].ok:
             raise RuntimeError(f"baseline {kind}: its gradient check failed:\n{res['report']}")
         name = {"bag": "bag of embeddings + MLP (64-d)", "rnn": "SimpleRNN (64 units)"}
-        print(f"baseline {kind} (examples/sentiment.py {' '.join(argv)}): test accuracy "
-              f"{res['test']['accuracy']:.4f}, kept epoch {res['history'].best_epoch} "
-              f"({time.perf_counter() - t0:.1f}s)")
+        print(
+            f"baseline {kind} (examples/sentiment.py {' '.join(argv)}): test accuracy "
+            f"{res['test']['accuracy']:.4f}, kept epoch {res['history'].best_epoch} "
+            f"({time.perf_counter() - t0:.1f}s)"
+        )
         rows.append((f"{name[kind]} [run]", res["test"]["accuracy"], res["test"]["loss"]))
     return rows
 
@@ -221,10 +268,19 @@ def run_baselines(args) -> list:
 def run_sentiment(args) -> dict:
     d = sentiment.load(args.vocab, args.max_len, 0.1, args.seed, args.limit)
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = d["train"], d["val"], d["test"]
-    print(f"Rotten Tomatoes: {len(x_tr)} train, {len(x_va)} validation, {len(x_te)} test "
-          f"sentences; vocabulary {len(d['vocab'])} ids; {args.max_len} ids per sentence")
-    model = build_classifier(len(d["vocab"]), args.max_len, args.features, args.heads,
-                             args.blocks, args.mlp_hidden, args.dropout)
+    print(
+        f"Rotten Tomatoes: {len(x_tr)} train, {len(x_va)} validation, {len(x_te)} test "
+        f"sentences; vocabulary {len(d['vocab'])} ids; {args.max_len} ids per sentence"
+    )
+    model = build_classifier(
+        len(d["vocab"]),
+        args.max_len,
+        args.features,
+        args.heads,
+        args.blocks,
+        args.mlp_hidden,
+        args.dropout,
+    )
     key_init, key_check, key_fit = jax.random.split(jax.random.key(args.seed), 3)
     params, _ = model.init(key_init, x_tr.shape[1:])
     loss = jbp.losses.binary_cross_entropy
@@ -233,9 +289,18 @@ def run_sentiment(args) -> dict:
     report, check_ok = gradient_check(model, loss, params, x_tr[:4], y_tr[:4], key_check)
 
     stop = EarlyStopping("val_loss", patience=args.patience, restore_best=True)
-    params, history = jbp.fit(model, params, loss, jbp.optim.adam(args.lr), (x_tr, y_tr),
-                              batch_size=min(args.batch_size, len(x_tr)), epochs=args.epochs,
-                              key=key_fit, validation_data=(x_va, y_va), early_stopping=stop)
+    params, history = jbp.fit(
+        model,
+        params,
+        loss,
+        jbp.optim.adam(args.lr),
+        (x_tr, y_tr),
+        batch_size=min(args.batch_size, len(x_tr)),
+        epochs=args.epochs,
+        key=key_fit,
+        validation_data=(x_va, y_va),
+        early_stopping=stop,
+    )
     test = jbp.evaluate(model, params, loss, (x_te, y_te))
     majority = int(np.mean(np.asarray(y_tr)) >= 0.5)
     base_acc = float(np.mean(np.asarray(y_te)[:, 0] == majority))
@@ -249,28 +314,44 @@ def run_sentiment(args) -> dict:
         if args.limit == 0 and (args.vocab, args.max_len, args.seed) == (10000, 40, 0):
             rows += [(f"{n} [README]", a, l) for n, a, l in QUOTED]
         else:
-            print("(the README's baseline numbers are for a full run with --vocab 10000 "
-                  "--max-len 40 --seed 0; not quoted here, use --baselines run)")
+            print(
+                "(the README's baseline numbers are for a full run with --vocab 10000 "
+                "--max-len 40 --seed 0; not quoted here, use --baselines run)"
+            )
     rows.append((name, test["accuracy"], test["loss"]))
     print()
     print(sentiment.table(rows))
     if args.baselines == "quote" and len(rows) > 2:
-        print("[README]: quoted from README.md (examples/sentiment.py at its defaults, seed 0); "
-              "[run]: trained in this process")
+        print(
+            "[README]: quoted from README.md (examples/sentiment.py at its defaults, seed 0); "
+            "[run]: trained in this process"
+        )
 
-    out = {"task": "sentiment", "report": report, "check_ok": check_ok, "history": history,
-           "test": test,
-           "baseline_accuracy": base_acc, "rows": rows, "plot": None}
+    out = {
+        "task": "sentiment",
+        "report": report,
+        "check_ok": check_ok,
+        "history": history,
+        "test": test,
+        "baseline_accuracy": base_acc,
+        "rows": rows,
+        "plot": None,
+    }
     if not args.no_plot and args.out:
         path = os.path.join(args.out, "transformer_sentiment.png")
-        out["plot"] = sentiment.plot(history, path, f"Rotten Tomatoes — {name}: test accuracy "
-                                     f"{test['accuracy']:.3f} (majority {base_acc:.3f})")
+        out["plot"] = sentiment.plot(
+            history,
+            path,
+            f"Rotten Tomatoes — {name}: test accuracy "
+            f"{test['accuracy']:.3f} (majority {base_acc:.3f})",
+        )
         if out["plot"]:
             print(f"plot saved to {path}")
     return out
 
 
 # --------------------------------------------------------------------------- char LM
+
 
 def char_table(text: str, min_count: int):
     """Characters seen at least ``min_count`` times in ``text`` (most frequent first), with
@@ -292,10 +373,12 @@ def windows(ids: np.ndarray, context: int, max_windows: int = 0):
     if max_windows:
         n = min(n, max_windows)
     if n < 1:
-        raise ValueError(f"the character stream ({len(ids)} characters) is shorter than one "
-                         f"window of {context + 1}")
+        raise ValueError(
+            f"the character stream ({len(ids)} characters) is shorter than one "
+            f"window of {context + 1}"
+        )
     x = ids[: n * context].reshape(n, context)
-    y = ids[1: n * context + 1].reshape(n, context)
+    y = ids[1 : n * context + 1].reshape(n, context)
     return jnp.asarray(x), jnp.asarray(y)
 
 
@@ -341,22 +424,25 @@ def make_sampler(model, context: int, n_new: int):
 def run_lm(args) -> dict:
     (texts, _), (texts_te, _) = rotten_tomatoes(seed=args.seed)
     if args.limit:
-        texts, texts_te = texts[:args.limit], texts_te[:max(args.limit // 4, 1)]
+        texts, texts_te = texts[: args.limit], texts_te[: max(args.limit // 4, 1)]
     train_text = "\n".join(texts) + "\n"
     val_text = "\n".join(texts_te) + "\n"
     chars, index = char_table(train_text, args.min_char_count)
     for prompt in args.prompt:
         bad = sorted({c for c in prompt if c not in index})
         if not prompt or bad:
-            raise ValueError(f"--prompt {prompt!r}: must be non-empty and use known characters; "
-                             f"unknown: {bad}")
+            raise ValueError(
+                f"--prompt {prompt!r}: must be non-empty and use known characters; unknown: {bad}"
+            )
     train_ids, val_ids = encode_chars(train_text, index), encode_chars(val_text, index)
     T = args.context
     x_tr, y_tr = windows(train_ids, T)
     x_va, y_va = windows(val_ids, T, args.val_windows)
-    print(f"character LM: {len(train_ids):,} training characters ({len(texts)} sentences) → "
-          f"{len(x_tr)} windows of {T}; validation {len(x_va)} windows of the test sentences; "
-          f"{len(chars)} characters ({UNKNOWN_CHAR!r} = any seen < {args.min_char_count} times)")
+    print(
+        f"character LM: {len(train_ids):,} training characters ({len(texts)} sentences) → "
+        f"{len(x_tr)} windows of {T}; validation {len(x_va)} windows of the test sentences; "
+        f"{len(chars)} characters ({UNKNOWN_CHAR!r} = any seen < {args.min_char_count} times)"
+    )
 
     model = build_lm(len(chars), T, args.features, args.heads, args.blocks, args.mlp_hidden)
     key_init, key_check, key_fit, key_sample = jax.random.split(jax.random.key(args.seed), 4)
@@ -366,41 +452,78 @@ def run_lm(args) -> dict:
     loss = next_char_cross_entropy
     report, check_ok = gradient_check(model, loss, params, x_tr[:2], y_tr[:2], key_check)
 
-    params, history = jbp.fit(model, params, loss, jbp.optim.adam(args.lr), (x_tr, y_tr),
-                              batch_size=min(args.batch_size, len(x_tr)), epochs=args.epochs,
-                              key=key_fit, validation_data=(x_va, y_va), metrics=("loss",))
+    params, history = jbp.fit(
+        model,
+        params,
+        loss,
+        jbp.optim.adam(args.lr),
+        (x_tr, y_tr),
+        batch_size=min(args.batch_size, len(x_tr)),
+        epochs=args.epochs,
+        key=key_fit,
+        validation_data=(x_va, y_va),
+        metrics=("loss",),
+    )
     val = jbp.evaluate(model, params, loss, (x_va, y_va), metrics=("loss",))["loss"]
-    uni, big = ngram_baselines(train_ids, np.asarray(y_va).ravel(), np.asarray(x_va).ravel(),
-                               len(chars))
+    uni, big = ngram_baselines(
+        train_ids, np.asarray(y_va).ravel(), np.asarray(x_va).ravel(), len(chars)
+    )
     print()
     head = f"{'model':<44} {'val nats/char':>13} {'bits/char':>9}"
-    print("\n".join([head, "-" * len(head)] + [
-        f"{n:<44} {v:>13.4f} {v / np.log(2):>9.3f}" for n, v in
-        (("uniform over the characters", float(np.log(len(chars)))),
-         ("unigram (add-one counts)", uni), ("bigram (add-one counts)", big),
-         (f"causal Transformer ({args.blocks} blocks, {args.features}-d, T={T})", val))]))
+    print(
+        "\n".join(
+            [head, "-" * len(head)]
+            + [
+                f"{n:<44} {v:>13.4f} {v / np.log(2):>9.3f}"
+                for n, v in (
+                    ("uniform over the characters", float(np.log(len(chars)))),
+                    ("unigram (add-one counts)", uni),
+                    ("bigram (add-one counts)", big),
+                    (f"causal Transformer ({args.blocks} blocks, {args.features}-d, T={T})", val),
+                )
+            ]
+        )
+    )
 
     sampler = make_sampler(model, T, args.sample_len)
     samples = []
     for i, prompt in enumerate(args.prompt):
         p = encode_chars(prompt, index)
         buf = np.zeros(max(len(p) + args.sample_len, T), np.int32)
-        buf[:len(p)] = p
-        ids = sampler(params, jax.random.fold_in(key_sample, i), jnp.asarray(buf), len(p),
-                      jnp.float32(args.temperature))
+        buf[: len(p)] = p
+        ids = sampler(
+            params,
+            jax.random.fold_in(key_sample, i),
+            jnp.asarray(buf),
+            len(p),
+            jnp.float32(args.temperature),
+        )
         text = prompt + "".join(chars[j] for j in np.asarray(ids))
         samples.append(text)
-    print(f"\nsamples (temperature {args.temperature}; the prompt, then {args.sample_len} "
-          f"sampled characters; a newline ends a sentence):")
+    print(
+        f"\nsamples (temperature {args.temperature}; the prompt, then {args.sample_len} "
+        f"sampled characters; a newline ends a sentence):"
+    )
     for s in samples:
         print("  " + s.replace("\n", " ⏎ "))
 
-    out = {"task": "lm", "report": report, "check_ok": check_ok, "history": history, "val_loss": val,
-           "unigram": uni, "bigram": big, "samples": samples, "chars": chars, "plot": None}
+    out = {
+        "task": "lm",
+        "report": report,
+        "check_ok": check_ok,
+        "history": history,
+        "val_loss": val,
+        "unigram": uni,
+        "bigram": big,
+        "samples": samples,
+        "chars": chars,
+        "plot": None,
+    }
     if not args.no_plot and args.out:
         path = os.path.join(args.out, "transformer_lm.png")
-        out["plot"] = _plot_lm(history, path, f"char LM on Rotten Tomatoes: val {val:.3f} "
-                               f"nats/char (bigram {big:.3f})")
+        out["plot"] = _plot_lm(
+            history, path, f"char LM on Rotten Tomatoes: val {val:.3f} nats/char (bigram {big:.3f})"
+        )
         if out["plot"]:
             print(f"plot saved to {path}")
     return out
@@ -408,40 +531,68 @@ def run_lm(args) -> dict:
 
 # --------------------------------------------------------------------------- CLI
 
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--task", choices=("sentiment", "lm"), default="sentiment")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="maximum epochs (default: sentiment 4 with early stopping, lm 3)")
-    p.add_argument("--limit", type=int, default=0,
-                   help="use only N training sentences (and N/4 test ones); 0 = all "
-                        "(default 0)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="maximum epochs (default: sentiment 4 with early stopping, lm 3)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="use only N training sentences (and N/4 test ones); 0 = all (default 0)",
+    )
     p.add_argument("--features", type=int, default=64, help="model width (default 64)")
     p.add_argument("--heads", type=int, default=2, help="attention heads (default 2)")
     p.add_argument("--blocks", type=int, default=2, help="Transformer blocks (default 2)")
-    p.add_argument("--mlp-hidden", type=int, default=128,
-                   help="hidden width of each block's MLP (default 128)")
+    p.add_argument(
+        "--mlp-hidden", type=int, default=128, help="hidden width of each block's MLP (default 128)"
+    )
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate (default: sentiment 1e-3, lm 3e-3)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="Adam learning rate (default: sentiment 1e-3, lm 3e-3)",
+    )
     add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
     g = p.add_argument_group("sentiment")
     g.add_argument("--vocab", type=int, default=10000, help="vocabulary size (default 10000)")
     g.add_argument("--max-len", type=int, default=40, help="word ids per sentence (default 40)")
-    g.add_argument("--dropout", type=float, default=0.1,
-                   help="dropout before the output layer (default 0.1)")
+    g.add_argument(
+        "--dropout", type=float, default=0.1, help="dropout before the output layer (default 0.1)"
+    )
     g.add_argument("--patience", type=int, default=2, help="early-stopping patience (default 2)")
-    g.add_argument("--baselines", choices=("quote", "run", "none"), default="quote",
-                   help="bag/RNN numbers: quoted from the README (default), trained here, or none")
+    g.add_argument(
+        "--baselines",
+        choices=("quote", "run", "none"),
+        default="quote",
+        help="bag/RNN numbers: quoted from the README (default), trained here, or none",
+    )
     g = p.add_argument_group("lm")
     g.add_argument("--context", type=int, default=48, help="characters per window T (default 48)")
-    g.add_argument("--min-char-count", type=int, default=20,
-                   help="rarer characters become '_' (default 20)")
-    g.add_argument("--val-windows", type=int, default=500,
-                   help="validation windows from the test sentences (default 500)")
-    g.add_argument("--prompt", action="append", default=None,
-                   help="a prompt to continue (repeatable; default three)")
+    g.add_argument(
+        "--min-char-count", type=int, default=20, help="rarer characters become '_' (default 20)"
+    )
+    g.add_argument(
+        "--val-windows",
+        type=int,
+        default=500,
+        help="validation windows from the test sentences (default 500)",
+    )
+    g.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="a prompt to continue (repeatable; default three)",
+    )
     g.add_argument("--sample-len", type=int, default=80, help="characters sampled per prompt")
     g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (> 0)")
     args = p.parse_args(argv)
@@ -452,8 +603,20 @@ def main(argv=None) -> dict:
         args.lr = 3e-3 if lm else 1e-3
     if args.prompt is None:
         args.prompt = ["This movie is ", "The best", "A film that "]
-    positive = ("epochs", "features", "heads", "blocks", "mlp_hidden", "batch_size", "max_len",
-                "patience", "context", "min_char_count", "val_windows", "sample_len")
+    positive = (
+        "epochs",
+        "features",
+        "heads",
+        "blocks",
+        "mlp_hidden",
+        "batch_size",
+        "max_len",
+        "patience",
+        "context",
+        "min_char_count",
+        "val_windows",
+        "sample_len",
+    )
     bad = [f"--{n.replace('_', '-')}" for n in positive if getattr(args, n) < 1]
     if bad:
         p.error(f"{', '.join(bad)} must be >= 1")

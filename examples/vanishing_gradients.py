@@ -18,6 +18,7 @@ Fashion-MNIST IDX files instead (``--dataset``)::
     python examples/vanishing_gradients.py --epochs 30 --out out/vanishing.png
     python examples/vanishing_gradients.py --path ~/data/fashion --dataset fashion_mnist
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ def sigmoid_net(depth: int) -> jbp.Sequential:
     layers = []
     for _ in range(depth):
         layers += [Dense(HIDDEN, w_init="lecun_normal", b_init=initializers.normal(1.0)), Sigmoid()]
-    return jbp.Sequential(layers + [Dense(10, w_init="lecun_normal",
-                                          b_init=initializers.normal(1.0))])
+    return jbp.Sequential(
+        layers + [Dense(10, w_init="lecun_normal", b_init=initializers.normal(1.0))]
+    )
 
 
 def relu_he_net(depth: int) -> jbp.Sequential:
@@ -69,16 +71,21 @@ def layer_labels(names) -> dict:
 def load_data(args):
     if args.path is None:
         from jbp.datasets import digits
+
         (x, y), (xt, yt) = digits()
         name = "UCI digits (8x8, embedded)"
     else:
         from jbp.datasets import fashion_mnist, mnist, prepare_images
+
         loader = fashion_mnist if args.dataset == "fashion_mnist" else mnist
         (x, y), (xt, yt) = loader(args.path, verify=not args.no_verify)
         x, xt = prepare_images(x), prepare_images(xt)
         x, y = x[: args.n_train], y[: args.n_train]
         name = f"{args.dataset} from {args.path} ({len(x)} train examples)"
-    x, xt = np.asarray(x, np.float32).reshape(len(x), -1), np.asarray(xt, np.float32).reshape(len(xt), -1)
+    x, xt = (
+        np.asarray(x, np.float32).reshape(len(x), -1),
+        np.asarray(xt, np.float32).reshape(len(xt), -1),
+    )
     return (x, np.asarray(y, np.int32)), (xt, np.asarray(yt, np.int32)), name
 
 
@@ -116,13 +123,23 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     add_common_args(p)  # --out DIR (default out/), --seed, --no-plot: examples/_common.py
-    p.add_argument("--path", default=None, help="directory of MNIST/Fashion-MNIST IDX files "
-                   "(default: the embedded UCI digits)")
-    p.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist",
-                   help="which IDX set --path holds (default mnist)")
+    p.add_argument(
+        "--path",
+        default=None,
+        help="directory of MNIST/Fashion-MNIST IDX files (default: the embedded UCI digits)",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=("mnist", "fashion_mnist"),
+        default="mnist",
+        help="which IDX set --path holds (default mnist)",
+    )
     p.add_argument("--n-train", type=int, default=10000, help="IDX examples to train on")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the IDX files' checksums (other sets of the same layout)")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the IDX files' checksums (other sets of the same layout)",
+    )
     p.add_argument("--max-depth", type=int, default=4, help="hidden layers, 1..N (default 4)")
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
@@ -156,42 +173,69 @@ def main(argv=None) -> dict:
             labels = layer_labels(list(sol))
             rows.append((depth, {labels[k]: v for k, v in sol.items()}))
         results["init"][kind] = rows
-        title = ("Sigmoid, Nielsen init (W ~ N(0, 1/fan_in), b ~ N(0, 1))" if kind == "sigmoid"
-                 else "ReLU + He init (W ~ N(0, 2/fan_in), b = 0)")
+        title = (
+            "Sigmoid, Nielsen init (W ~ N(0, 1/fan_in), b ~ N(0, 1))"
+            if kind == "sigmoid"
+            else "ReLU + He init (W ~ N(0, 2/fan_in), b = 0)"
+        )
         print(speed_table(f"speed of learning at initialization — {title}", rows, args.max_depth))
         print()
 
     depth = args.max_depth
     every = max(1, args.epochs // 10)
     records = {}
-    for kind, make, title in (("sigmoid", sigmoid_net, f"{depth} hidden sigmoid layers"),
-                              ("relu_he", relu_he_net, f"{depth} hidden ReLU + He layers")):
+    for kind, make, title in (
+        ("sigmoid", sigmoid_net, f"{depth} hidden sigmoid layers"),
+        ("relu_he", relu_he_net, f"{depth} hidden ReLU + He layers"),
+    ):
         model = make(depth)
         params, _ = model.init(jax.random.fold_in(key, depth), (n_in,))
         report = diagnostics.layer_report(model, LOSS, params, *probe, train=False)
         findings = diagnostics.detect_gradient_problems(report, vanishing_ratio=1e-2)
         hist = diagnostics.GradientNormHistory(model, LOSS, probe)
         hist(0, params)
-        params, history = fit(model, params, LOSS, optim.sgd(args.lr), (x, y),
-                              batch_size=args.batch_size, epochs=args.epochs,
-                              key=jax.random.fold_in(key, 100 + depth), validation_data=(xv, yv),
-                              callbacks=[hist], verbose=0)
+        params, history = fit(
+            model,
+            params,
+            LOSS,
+            optim.sgd(args.lr),
+            (x, y),
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            key=jax.random.fold_in(key, 100 + depth),
+            validation_data=(xv, yv),
+            callbacks=[hist],
+            verbose=0,
+        )
         labels = layer_labels(list(hist.record.speed_of_learning()))  # the Dense layers
         print(f"per-layer report at initialization — {title}")
         print(report)
-        print("detector (vanishing_ratio=1e-2): "
-              + ("; ".join(str(f) for f in findings) if findings else "nothing found"))
+        print(
+            "detector (vanishing_ratio=1e-2): "
+            + ("; ".join(str(f) for f in findings) if findings else "nothing found")
+        )
         print()
-        print(evolution_table(f"speed of learning during training (SGD, lr {args.lr}, batch "
-                              f"{args.batch_size}) — {title}", hist.record, labels, every))
+        print(
+            evolution_table(
+                f"speed of learning during training (SGD, lr {args.lr}, batch "
+                f"{args.batch_size}) — {title}",
+                hist.record,
+                labels,
+                every,
+            )
+        )
         acc = float(jbp.evaluate(model, params, LOSS, (xt, yt), metrics=("accuracy",))["accuracy"])
         print(f"test accuracy after {args.epochs} epochs: {acc:.4f}\n")
         records[kind] = (hist.record, labels, title)
-        results["train"][kind] = {"record": hist.record.to_dict(), "test_accuracy": acc,
-                                  "findings_at_init": [str(f) for f in findings]}
+        results["train"][kind] = {
+            "record": hist.record.to_dict(),
+            "test_accuracy": acc,
+            "findings_at_init": [str(f) for f in findings],
+        }
 
     if not args.no_plot:
         from jbp.plotting import plot_gradient_norms, require_matplotlib
+
         plt = require_matplotlib()
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
         for ax, (_kind, (record, labels, title)) in zip(axes, records.items()):

@@ -5,9 +5,24 @@ parameters; ``Sequential`` composes them; ``value_and_grad`` runs forward, loss 
 hand-written backward; ``check_gradients`` proves it against ``jax.grad`` and finite
 differences; ``fit`` trains with one compiled ``lax.scan`` per epoch.
 """
+
 from jbp import distributed  # noqa: E402,F401,I001 - data parallelism (jbp.distributed)
-from jbp import (augment, checkpoint, datasets, diagnostics, dp, extensions, initializers, layers,
-                 losses, optim, plotting, regularizers, rules, testing)
+from jbp import (
+    augment,
+    checkpoint,
+    datasets,
+    diagnostics,
+    dp,
+    extensions,
+    initializers,
+    layers,
+    losses,
+    optim,
+    plotting,
+    regularizers,
+    rules,
+    testing,
+)
 from jbp._validate import check_params
 from jbp.callbacks import Callback, EarlyStopping
 from jbp.check import GradientCheckError, GradientReport, check_gradients
@@ -23,15 +38,47 @@ __version__ = "0.1.0"
 
 __all__ = [
     # the engine
-    "Layer", "Sequential", "Dense", "Dropout", "Flatten",
-    "backprop", "Pass", "value_and_grad", "autodiff_value_and_grad", "check_gradients", "GradientReport",
-    "GradientCheckError", "cast", "named_leaves", "check_params", "summary",
+    "Layer",
+    "Sequential",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "backprop",
+    "Pass",
+    "value_and_grad",
+    "autodiff_value_and_grad",
+    "check_gradients",
+    "GradientReport",
+    "GradientCheckError",
+    "cast",
+    "named_leaves",
+    "check_params",
+    "summary",
     # training
-    "fit", "evaluate", "make_train_step", "History", "Callback", "EarlyStopping",
+    "fit",
+    "evaluate",
+    "make_train_step",
+    "History",
+    "Callback",
+    "EarlyStopping",
     "DivergenceError",
     # per-example gradients
-    "per_example_grads", "per_example_grad_norms", "per_example_clipped_grad",
+    "per_example_grads",
+    "per_example_grad_norms",
+    "per_example_clipped_grad",
     # submodules
-    "augment", "checkpoint", "datasets", "dp", "diagnostics", "extensions", "initializers", "layers", "losses", "optim", "plotting",
-    "regularizers", "rules", "testing",
+    "augment",
+    "checkpoint",
+    "datasets",
+    "dp",
+    "diagnostics",
+    "extensions",
+    "initializers",
+    "layers",
+    "losses",
+    "optim",
+    "plotting",
+    "regularizers",
+    "rules",
+    "testing",
 ]

@@ -4,6 +4,7 @@ Everything here runs once, on concrete values (or on static shapes at trace time
 anything is compiled; errors name the argument (or the layer path), what was expected and
 what came. Nothing inside compiled code is checked again.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,13 +17,38 @@ import numpy as np
 from jax.tree_util import PyTreeDef
 
 __all__ = [
-    "check_array", "check_floating", "check_batch", "check_data", "check_model_and_loss",
-    "check_optimizer", "check_grad_fn", "check_augment", "check_batch_size",
-    "eval_batch_size", "check_epochs", "check_key", "check_positive", "check_same_structure",
-    "cached_if_hashable", "check_model", "check_bool", "check_in_shape", "model_spec", "check_params",
-    "check_tree", "check_opt_state", "check_state", "check_targets", "check_model_input",
-    "concrete", "value_range", "check_index_range", "check_interval", "check_regularizer",
-    "check_mesh", "check_mesh_batches",
+    "check_array",
+    "check_floating",
+    "check_batch",
+    "check_data",
+    "check_model_and_loss",
+    "check_optimizer",
+    "check_grad_fn",
+    "check_augment",
+    "check_batch_size",
+    "eval_batch_size",
+    "check_epochs",
+    "check_key",
+    "check_positive",
+    "check_same_structure",
+    "cached_if_hashable",
+    "check_model",
+    "check_bool",
+    "check_in_shape",
+    "model_spec",
+    "check_params",
+    "check_tree",
+    "check_opt_state",
+    "check_state",
+    "check_targets",
+    "check_model_input",
+    "concrete",
+    "value_range",
+    "check_index_range",
+    "check_interval",
+    "check_regularizer",
+    "check_mesh",
+    "check_mesh_batches",
 ]
 
 GRAD_FNS = ("manual", "autodiff")
@@ -57,8 +83,10 @@ def check_batch(x, y):
     if y.ndim == 0:
         raise ValueError("y: expected a leading batch axis, got a scalar")
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y: expected the same number of examples, got x with "
-                         f"{x.shape[0]} (shape {x.shape}) and y with {y.shape[0]} (shape {y.shape})")
+        raise ValueError(
+            f"x and y: expected the same number of examples, got x with "
+            f"{x.shape[0]} (shape {x.shape}) and y with {y.shape[0]} (shape {y.shape})"
+        )
     if x.shape[0] == 0:
         raise ValueError("x: got an empty batch (0 examples)")
     return x, y
@@ -69,37 +97,50 @@ def check_model(model) -> None:
     from jbp.core import Layer  # noqa: PLC0415 - core imports this module
 
     if not isinstance(model, Layer):
-        raise TypeError(f"model: expected a jbp Layer (e.g. jbp.Sequential), got {type(model).__name__}")
+        raise TypeError(
+            f"model: expected a jbp Layer (e.g. jbp.Sequential), got {type(model).__name__}"
+        )
 
 
 def check_model_and_loss(model, loss, regularizer=None) -> None:
     """``model`` is a jbp Layer, ``loss`` has ``value``/``grad``, ``regularizer`` ``value``/``grad``."""
     check_model(model)
     if not (hasattr(loss, "value") and hasattr(loss, "grad")):
-        raise TypeError(f"loss: expected a jbp loss with .value and .grad "
-                        f"(e.g. jbp.losses.mse), got {type(loss).__name__}")
-    if regularizer is not None and not (hasattr(regularizer, "value") and hasattr(regularizer, "grad")):
-        raise TypeError(f"regularizer: expected an object with .value(params) and .grad(params) "
-                        f"(e.g. jbp.regularizers.l2(1e-4)), got {type(regularizer).__name__}")
+        raise TypeError(
+            f"loss: expected a jbp loss with .value and .grad "
+            f"(e.g. jbp.losses.mse), got {type(loss).__name__}"
+        )
+    if regularizer is not None and not (
+        hasattr(regularizer, "value") and hasattr(regularizer, "grad")
+    ):
+        raise TypeError(
+            f"regularizer: expected an object with .value(params) and .grad(params) "
+            f"(e.g. jbp.regularizers.l2(1e-4)), got {type(regularizer).__name__}"
+        )
 
 
 def check_optimizer(optimizer) -> None:
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(f"optimizer: expected an optimizer with .init(params) and "
-                        f".update(grads, state, params) (e.g. jbp.optim.sgd(0.1)), "
-                        f"got {type(optimizer).__name__}")
+        raise TypeError(
+            f"optimizer: expected an optimizer with .init(params) and "
+            f".update(grads, state, params) (e.g. jbp.optim.sgd(0.1)), "
+            f"got {type(optimizer).__name__}"
+        )
 
 
 def check_grad_fn(grad_fn) -> None:
     if grad_fn not in GRAD_FNS:
-        raise ValueError(f"grad_fn: expected 'manual' (the hand-written backward) or "
-                         f"'autodiff' (jax.grad), got {grad_fn!r}")
+        raise ValueError(
+            f"grad_fn: expected 'manual' (the hand-written backward) or "
+            f"'autodiff' (jax.grad), got {grad_fn!r}"
+        )
 
 
 def check_augment(augment) -> None:
     if augment is not None and not callable(augment):
-        raise TypeError(f"augment: expected a callable augment(key, x) -> x, "
-                        f"got {type(augment).__name__}")
+        raise TypeError(
+            f"augment: expected a callable augment(key, x) -> x, got {type(augment).__name__}"
+        )
 
 
 def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
@@ -115,9 +156,11 @@ def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
 def check_data(name: str, data):
     """A pair ``(x, y)`` of numeric arrays with the same number of examples, all finite."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{name}: expected a pair (x, y) of arrays, got "
-                        f"{type(data).__name__}" + (f" of length {len(data)}"
-                                                    if isinstance(data, (tuple, list)) else ""))
+        raise TypeError(
+            f"{name}: expected a pair (x, y) of arrays, got "
+            f"{type(data).__name__}"
+            + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        )
     x, y = data
     out = []
     for part, a in (("x", x), ("y", y)):
@@ -136,16 +179,20 @@ def check_data(name: str, data):
         out.append(a)
     x, y = out
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{name}: x and y must have the same number of examples, got "
-                         f"x with {x.shape[0]} (shape {tuple(x.shape)}) and y with {y.shape[0]} "
-                         f"(shape {tuple(y.shape)})")
+        raise ValueError(
+            f"{name}: x and y must have the same number of examples, got "
+            f"x with {x.shape[0]} (shape {tuple(x.shape)}) and y with {y.shape[0]} "
+            f"(shape {tuple(y.shape)})"
+        )
     if x.shape[0] == 0:
         raise ValueError(f"{name}: empty data (0 examples)")
     for part, a in (("x", x), ("y", y)):
         if jnp.issubdtype(a.dtype, jnp.inexact) and not _all_finite(a):
             bad = int(a.size - int(np.isfinite(np.asarray(a)).sum()))
-            raise ValueError(f"{name}: {part} contains {bad} NaN or Inf value(s); "
-                             f"clean or impute the data before training")
+            raise ValueError(
+                f"{name}: {part} contains {bad} NaN or Inf value(s); "
+                f"clean or impute the data before training"
+            )
     return jnp.asarray(x), jnp.asarray(y)
 
 
@@ -166,13 +213,17 @@ def check_batch_size(batch_size, n, name="batch_size"):
     if batch_size is None:
         return None
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise TypeError(f"{name}: expected None (full batch), or an integer "
-                        f"(1 = SGD, k = minibatch), got {batch_size!r}")
+        raise TypeError(
+            f"{name}: expected None (full batch), or an integer "
+            f"(1 = SGD, k = minibatch), got {batch_size!r}"
+        )
     if batch_size <= 0:
         raise ValueError(f"{name}: must be a positive integer (1 = SGD), got {batch_size}")
     if batch_size > n:
-        raise ValueError(f"{name}: {batch_size} is larger than the data ({n} examples); use "
-                         f"batch_size=None (or {n}) for full-batch gradient descent")
+        raise ValueError(
+            f"{name}: {batch_size} is larger than the data ({n} examples); use "
+            f"batch_size=None (or {n}) for full-batch gradient descent"
+        )
     return int(batch_size)
 
 
@@ -180,7 +231,7 @@ def eval_batch_size(batch_size, n, name="batch_size"):
     """Chunk size for evaluation: ``None`` or a positive int, capped at ``n``."""
     if batch_size is None:
         return None
-    return min(check_batch_size(batch_size, 2 ** 62, name), n)
+    return min(check_batch_size(batch_size, 2**62, name), n)
 
 
 def check_epochs(epochs) -> int:
@@ -193,10 +244,15 @@ def check_epochs(epochs) -> int:
 
 def check_key(key, name="key"):
     if not isinstance(key, jax.Array):
-        hint = (f" (an int seed is not a key: use jax.random.key({key}))"
-                if isinstance(key, numbers.Integral) else "")
-        raise TypeError(f"{name}: expected a jax.random key (jax.random.key(seed)), "
-                        f"got {type(key).__name__}{hint}")
+        hint = (
+            f" (an int seed is not a key: use jax.random.key({key}))"
+            if isinstance(key, numbers.Integral)
+            else ""
+        )
+        raise TypeError(
+            f"{name}: expected a jax.random key (jax.random.key(seed)), "
+            f"got {type(key).__name__}{hint}"
+        )
     return key
 
 
@@ -223,8 +279,10 @@ def _leaf_name_diff(expected, got, namer):
     """``(missing, extra)``: leaf names of ``expected`` absent from ``got``, and the reverse."""
     exp_names = [namer(p) for p, _ in jax.tree_util.tree_flatten_with_path(expected)[0]]
     got_names = [namer(p) for p, _ in jax.tree_util.tree_flatten_with_path(got)[0]]
-    return ([n for n in exp_names if n not in got_names],
-            [n for n in got_names if n not in exp_names])
+    return (
+        [n for n in exp_names if n not in got_names],
+        [n for n in got_names if n not in exp_names],
+    )
 
 
 def cached_if_hashable(cache: dict, key, build, *, max_size: int = 32):
@@ -253,21 +311,28 @@ def check_bool(name: str, value) -> bool:
 # Parameters, optimizer state and model state against what the model / optimizer build
 # --------------------------------------------------------------------------------------
 
+
 def check_in_shape(in_shape, name: str = "in_shape") -> tuple:
     """One example's shape (no batch axis) as a tuple of ints ``>= 0``.
 
     An int (``64`` for ``(64,)``) is the usual slip; it gets its own message.
     """
     if isinstance(in_shape, numbers.Integral) and not isinstance(in_shape, bool):
-        raise TypeError(f"{name}: expected a tuple of ints, the shape of one example without "
-                        f"the batch axis, got the int {in_shape}; write ({int(in_shape)},)")
+        raise TypeError(
+            f"{name}: expected a tuple of ints, the shape of one example without "
+            f"the batch axis, got the int {in_shape}; write ({int(in_shape)},)"
+        )
     if isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, (tuple, list)):
-        raise TypeError(f"{name}: expected a tuple of ints (one example's shape, without the "
-                        f"batch axis), got {type(in_shape).__name__} {in_shape!r}")
+        raise TypeError(
+            f"{name}: expected a tuple of ints (one example's shape, without the "
+            f"batch axis), got {type(in_shape).__name__} {in_shape!r}"
+        )
     for i, d in enumerate(in_shape):
         if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 0:
-            raise TypeError(f"{name}: expected a tuple of ints >= 0, got {tuple(in_shape)!r} "
-                            f"(entry {i} is {d!r})")
+            raise TypeError(
+                f"{name}: expected a tuple of ints >= 0, got {tuple(in_shape)!r} "
+                f"(entry {i} is {d!r})"
+            )
     return tuple(int(d) for d in in_shape)
 
 
@@ -303,6 +368,7 @@ def model_spec(model, in_shape):
 def _keystr_name(prefix: str):
     def name(path) -> str:
         return prefix + jax.tree_util.keystr(path)
+
     return name
 
 
@@ -320,8 +386,9 @@ def _shape_of(leaf):
     return None, None
 
 
-def check_tree(name: str, tree, expected_name: str, expected, *, namer=None, hint: str = "",
-               kinds: bool = True) -> None:
+def check_tree(
+    name: str, tree, expected_name: str, expected, *, namer=None, hint: str = "", kinds: bool = True
+) -> None:
     """Raise unless ``tree`` has the structure and leaf shapes of ``expected``.
 
     ``expected`` is a pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g. from
@@ -345,21 +412,27 @@ def check_tree(name: str, tree, expected_name: str, expected, *, namer=None, hin
             parts.append(f"unexpected {_few(extra)}")
         if not parts:
             parts.append(f"the containers differ: expected {exp_def}, found {got_def}")
-        raise ValueError(f"{name}: the structure differs from {expected_name}: "
-                         + "; ".join(parts) + suffix)
+        raise ValueError(
+            f"{name}: the structure differs from {expected_name}: " + "; ".join(parts) + suffix
+        )
     bad = []
     for (path, g), (_, e) in zip(got, exp):
         where = namer(path)
         g_shape, g_dtype = _shape_of(g)
         if g_shape is None:
-            raise TypeError(f"{name}: {where} is a {type(g).__name__}, expected an array of "
-                            f"shape {tuple(e.shape)}{suffix}")
+            raise TypeError(
+                f"{name}: {where} is a {type(g).__name__}, expected an array of "
+                f"shape {tuple(e.shape)}{suffix}"
+            )
         e_shape = tuple(e.shape)
         if g_shape != e_shape:
-            note = (" (transposed?)" if len(e_shape) == 2 and g_shape == e_shape[::-1] else "")
+            note = " (transposed?)" if len(e_shape) == 2 and g_shape == e_shape[::-1] else ""
             bad.append(f"{where}: expected shape {e_shape}, found {g_shape}{note}")
-        elif (kinds and jnp.issubdtype(e.dtype, jnp.floating)
-              and not jnp.issubdtype(g_dtype, jnp.floating)):
+        elif (
+            kinds
+            and jnp.issubdtype(e.dtype, jnp.floating)
+            and not jnp.issubdtype(g_dtype, jnp.floating)
+        ):
             bad.append(f"{where}: expected a floating-point array, found dtype {g_dtype}")
     if bad:
         raise ValueError(f"{name}: shapes differ from {expected_name}: " + "; ".join(bad) + suffix)
@@ -392,8 +465,13 @@ def check_params(model, params, in_shape, *, name: str = "params") -> tuple:
     check_model(model)
     in_shape = check_in_shape(in_shape)
     spec, out_shape = model_spec(model, in_shape)
-    check_tree(name, params, f"model.init(key, {in_shape})", spec,
-               hint="were they made by this model's init, for examples of this shape?")
+    check_tree(
+        name,
+        params,
+        f"model.init(key, {in_shape})",
+        spec,
+        hint="were they made by this model's init, for examples of this shape?",
+    )
     return out_shape
 
 
@@ -402,20 +480,33 @@ def check_opt_state(optimizer, opt_state, params, *, name: str = "opt_state") ->
     (``jax.eval_shape``: nothing is allocated); e.g. a state from another optimizer is named
     here instead of failing with an ``AttributeError`` inside the step."""
     expected = jax.eval_shape(optimizer.init, params)
-    check_tree(name, opt_state, "optimizer.init(params)", expected, namer=_keystr_name(name),
-               hint="is it the state of this optimizer, for these params?", kinds=False)
+    check_tree(
+        name,
+        opt_state,
+        "optimizer.init(params)",
+        expected,
+        namer=_keystr_name(name),
+        hint="is it the state of this optimizer, for these params?",
+        kinds=False,
+    )
 
 
 def check_state(model, state, in_shape, *, name: str = "state") -> None:
     """A stateful model's ``state`` against ``model.init_state(in_shape)``."""
     expected = jax.eval_shape(lambda: model.init_state(check_in_shape(in_shape)))
-    check_tree(name, state, f"model.init_state({tuple(in_shape)})", expected,
-               hint="is it the state of this model?")
+    check_tree(
+        name,
+        state,
+        f"model.init_state({tuple(in_shape)})",
+        expected,
+        hint="is it the state of this model?",
+    )
 
 
 # --------------------------------------------------------------------------------------
 # Targets and ids: concrete range checks that cannot run under jit
 # --------------------------------------------------------------------------------------
+
 
 def concrete(a):
     """``a`` itself when it holds concrete values, ``None`` while it is being traced."""
@@ -456,8 +547,10 @@ def check_index_range(what: str, a, n: int) -> None:
     lo, hi = value_range(a)
     if lo < 0 or hi >= n:
         count = int(np.sum((np.asarray(a) < 0) | (np.asarray(a) >= n)))
-        raise ValueError(f"{what} must lie in [0, {n}), got values in [{lo}, {hi}]: {count} of "
-                         f"{a.size} out of range, the first at {_first_outside(a, 0, n, False)}")
+        raise ValueError(
+            f"{what} must lie in [0, {n}), got values in [{lo}, {hi}]: {count} of "
+            f"{a.size} out of range, the first at {_first_outside(a, 0, n, False)}"
+        )
 
 
 def check_interval(what: str, a, lo: float, hi: float) -> None:
@@ -468,9 +561,11 @@ def check_interval(what: str, a, lo: float, hi: float) -> None:
     mn, mx = value_range(a)
     if not (mn >= lo and mx <= hi):
         count = int(np.sum(~((np.asarray(a) >= lo) & (np.asarray(a) <= hi))))
-        raise ValueError(f"{what} must lie in [{lo:g}, {hi:g}], got values in [{mn}, {mx}]: "
-                         f"{count} of {a.size} outside, the first at "
-                         f"{_first_outside(a, lo, hi, True)}")
+        raise ValueError(
+            f"{what} must lie in [{lo:g}, {hi:g}], got values in [{mn}, {mx}]: "
+            f"{count} of {a.size} outside, the first at "
+            f"{_first_outside(a, lo, hi, True)}"
+        )
 
 
 def check_targets(loss, y, out_shape, *, name: str = "y") -> None:
@@ -524,6 +619,7 @@ def check_regularizer(regularizer, params) -> None:
 # Device meshes (data parallelism)
 # --------------------------------------------------------------------------------------
 
+
 def check_mesh(mesh, name: str = "mesh"):
     """``None``, or the number of devices on the ``"data"`` axis of a ``jax.sharding.Mesh``.
 
@@ -534,17 +630,22 @@ def check_mesh(mesh, name: str = "mesh"):
     if mesh is None:
         return None
     if not isinstance(mesh, jax.sharding.Mesh):
-        raise TypeError(f"{name}: expected a jax.sharding.Mesh with a 'data' axis (e.g. "
-                        f"jbp.distributed.data_mesh()), or None, got {type(mesh).__name__}")
+        raise TypeError(
+            f"{name}: expected a jax.sharding.Mesh with a 'data' axis (e.g. "
+            f"jbp.distributed.data_mesh()), or None, got {type(mesh).__name__}"
+        )
     if "data" not in mesh.axis_names:
-        raise ValueError(f"{name}: expected a mesh with a 'data' axis to shard the batch over, "
-                         f"got axes {tuple(mesh.axis_names)}; build one with "
-                         f"jax.make_mesh((n,), ('data',)) or jbp.distributed.data_mesh()")
+        raise ValueError(
+            f"{name}: expected a mesh with a 'data' axis to shard the batch over, "
+            f"got axes {tuple(mesh.axis_names)}; build one with "
+            f"jax.make_mesh((n,), ('data',)) or jbp.distributed.data_mesh()"
+        )
     return int(mesh.shape["data"])
 
 
-def check_mesh_batches(n_devices, bs: int, rem: int, *, name: str = "batch_size",
-                       drop_last_hint: bool = True) -> None:
+def check_mesh_batches(
+    n_devices, bs: int, rem: int, *, name: str = "batch_size", drop_last_hint: bool = True
+) -> None:
     """Every batch (the full ones of ``bs`` rows and the remainder of ``rem``) must split
     evenly over the ``n_devices`` of the mesh's ``"data"`` axis. No padding is done."""
     if n_devices is None:
@@ -552,12 +653,16 @@ def check_mesh_batches(n_devices, bs: int, rem: int, *, name: str = "batch_size"
     if bs % n_devices:
         down, up = bs - bs % n_devices, bs + n_devices - bs % n_devices
         eg = f"{down} or {up}" if down else f"{up}"
-        raise ValueError(f"{name}: {bs} examples per batch do not split evenly over the "
-                         f"{n_devices} devices of the mesh's 'data' axis; use a multiple of "
-                         f"{n_devices} (e.g. {eg})")
+        raise ValueError(
+            f"{name}: {bs} examples per batch do not split evenly over the "
+            f"{n_devices} devices of the mesh's 'data' axis; use a multiple of "
+            f"{n_devices} (e.g. {eg})"
+        )
     if rem % n_devices:
         hint = " or drop_last=True" if drop_last_hint else ""
-        raise ValueError(f"{name}: the last batch of the epoch has {rem} examples (the data "
-                         f"size mod {bs}), which does not split evenly over the {n_devices} "
-                         f"devices of the mesh's 'data' axis; make the number of examples a "
-                         f"multiple of {n_devices} (or of {bs}){hint}")
+        raise ValueError(
+            f"{name}: the last batch of the epoch has {rem} examples (the data "
+            f"size mod {bs}), which does not split evenly over the {n_devices} "
+            f"devices of the mesh's 'data' axis; make the number of examples a "
+            f"multiple of {n_devices} (or of {bs}){hint}"
+        )

@@ -25,6 +25,7 @@ Conventions (also for the deterministic building blocks :func:`rotate`,
   interpolation and zero fill; for a square image ``rotate(x, 90)`` equals
   ``np.rot90(x, k=1, axes=(1, 2))`` exactly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,13 +62,15 @@ __all__ = [
 # validation helpers
 # ----------------------------------------------------------------------------
 
+
 def _check_images(x, who: str, arg: str = "x"):
     """Return ``x`` as an array of rank 3 (NHW) or 4 (NHWC), or raise."""
     x = jnp.asarray(x)
     if x.ndim not in (3, 4):
         raise ValueError(
             f"{who}: argument {arg!r} must be a batch of images of rank 4 (N, H, W, C) "
-            f"or rank 3 (N, H, W), got shape {tuple(x.shape)} (rank {x.ndim})")
+            f"or rank 3 (N, H, W), got shape {tuple(x.shape)} (rank {x.ndim})"
+        )
     return x
 
 
@@ -95,8 +98,7 @@ def _nonneg_real(value, name: str, who: str) -> float:
     return value
 
 
-def _int_pair(value, name: str, who: str,
-              allow_none: bool = False) -> tuple[int, int] | None:
+def _int_pair(value, name: str, who: str, allow_none: bool = False) -> tuple[int, int] | None:
     """An int or a pair of ints (rows, columns), each >= 0."""
     if allow_none and value is None:
         return None
@@ -107,12 +109,12 @@ def _int_pair(value, name: str, who: str,
             pair = tuple(value)
         except TypeError:
             raise TypeError(
-                f"{who}: {name} must be an int or a pair of ints, got {value!r}") from None
+                f"{who}: {name} must be an int or a pair of ints, got {value!r}"
+            ) from None
         if len(pair) != 2 or not all(
-                isinstance(p, (numbers.Integral, np.integer)) and not isinstance(p, bool)
-                for p in pair):
-            raise TypeError(
-                f"{who}: {name} must be an int or a pair of ints, got {value!r}")
+            isinstance(p, (numbers.Integral, np.integer)) and not isinstance(p, bool) for p in pair
+        ):
+            raise TypeError(f"{who}: {name} must be an int or a pair of ints, got {value!r}")
         pair = (int(pair[0]), int(pair[1]))
     if pair[0] < 0 or pair[1] < 0:
         raise ValueError(f"{who}: {name} must be >= 0, got {value!r}")
@@ -127,7 +129,8 @@ def _per_example(v, n: int, name: str, who: str, dtype):
     elif v.shape != (n,):
         raise ValueError(
             f"{who}: {name} must be a scalar or have shape ({n},) (one per example), "
-            f"got shape {tuple(v.shape)}")
+            f"got shape {tuple(v.shape)}"
+        )
     return v.astype(dtype)
 
 
@@ -167,6 +170,7 @@ def _with_channels(fn, x):
 # deterministic building blocks
 # ----------------------------------------------------------------------------
 
+
 def flip_horizontal(x):
     """Mirror every image left-right (reverse the width axis)."""
     x = _check_images(x, "flip_horizontal")
@@ -204,11 +208,10 @@ def translate(x, dy, dx):
 def _translate_core(x, dy, dx):
     h, w = x.shape[1:3]
 
-    def one(img, sy, sx):                              # img: (H, W, C)
+    def one(img, sy, sx):  # img: (H, W, C)
         rows = jnp.arange(h) - sy
         cols = jnp.arange(w) - sx
-        valid = (((rows >= 0) & (rows < h))[:, None]
-                 & ((cols >= 0) & (cols < w))[None, :])
+        valid = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
         g = img[jnp.clip(rows, 0, h - 1)][:, jnp.clip(cols, 0, w - 1)]
         return jnp.where(valid[..., None], g, jnp.zeros((), img.dtype))
 
@@ -219,10 +222,16 @@ def _cos_sin_degrees(deg):
     """cos and sin of angles in degrees, exact at multiples of 90 degrees."""
     m = jnp.mod(deg, 360.0)
     rad = jnp.deg2rad(deg)
-    c = jnp.where(m == 0, 1.0, jnp.where(m == 90, 0.0, jnp.where(
-        m == 180, -1.0, jnp.where(m == 270, 0.0, jnp.cos(rad)))))
-    s = jnp.where(m == 0, 0.0, jnp.where(m == 90, 1.0, jnp.where(
-        m == 180, 0.0, jnp.where(m == 270, -1.0, jnp.sin(rad)))))
+    c = jnp.where(
+        m == 0,
+        1.0,
+        jnp.where(m == 90, 0.0, jnp.where(m == 180, -1.0, jnp.where(m == 270, 0.0, jnp.cos(rad)))),
+    )
+    s = jnp.where(
+        m == 0,
+        0.0,
+        jnp.where(m == 90, 1.0, jnp.where(m == 180, 0.0, jnp.where(m == 270, -1.0, jnp.sin(rad)))),
+    )
     return c.astype(deg.dtype), s.astype(deg.dtype)
 
 
@@ -254,13 +263,13 @@ def _rotate_core(x, deg):
     wd = _work_dtype(x)
     cos_t, sin_t = _cos_sin_degrees(deg)
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    yy = (jnp.arange(h, dtype=wd) - cy)[:, None]      # (H, 1)
-    xx = (jnp.arange(w, dtype=wd) - cx)[None, :]      # (1, W)
+    yy = (jnp.arange(h, dtype=wd) - cy)[:, None]  # (H, 1)
+    xx = (jnp.arange(w, dtype=wd) - cx)[None, :]  # (1, W)
 
-    def one(img, c, s):                               # img: (H, W, C)
+    def one(img, c, s):  # img: (H, W, C)
         img = img.astype(wd)
-        ys = cy + yy * c + xx * s                     # (H, W) source rows
-        xs = cx - yy * s + xx * c                     # (H, W) source cols
+        ys = cy + yy * c + xx * s  # (H, W) source rows
+        xs = cx - yy * s + xx * c  # (H, W) source cols
         y0 = jnp.floor(ys)
         x0 = jnp.floor(xs)
         wy = (ys - y0)[..., None]
@@ -273,8 +282,9 @@ def _rotate_core(x, deg):
             v = img[jnp.clip(yi, 0, h - 1), jnp.clip(xi, 0, w - 1)]
             return jnp.where(ok[..., None], v, jnp.zeros((), wd))
 
-        return ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x0 + 1))
-                + wy * ((1 - wx) * at(y0 + 1, x0) + wx * at(y0 + 1, x0 + 1)))
+        return (1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x0 + 1)) + wy * (
+            (1 - wx) * at(y0 + 1, x0) + wx * at(y0 + 1, x0 + 1)
+        )
 
     y = _with_channels(lambda z: jax.vmap(one)(z, cos_t, sin_t), x)
     return _cast_back(y, x.dtype)
@@ -283,6 +293,7 @@ def _rotate_core(x, deg):
 # ----------------------------------------------------------------------------
 # random augmentations
 # ----------------------------------------------------------------------------
+
 
 class _Augmentation:
     """Base: ``__call__`` validates eagerly (at trace time), then runs ``_impl``
@@ -297,7 +308,7 @@ class _Augmentation:
         self._validate(x)
         try:
             hash(self)
-        except TypeError:            # e.g. compose() of an unhashable callable
+        except TypeError:  # e.g. compose() of an unhashable callable
             return self._impl(key, x)
         return _apply(self, key, x)
 
@@ -311,6 +322,7 @@ def _apply(aug, key, x):
 class RandomFlip(_Augmentation):
     """Flip each example left-right (if ``horizontal``) and, independently,
     top-bottom (if ``vertical``), each with probability 0.5."""
+
     horizontal: bool = True
     vertical: bool = False
     _name = "random_flip"
@@ -318,8 +330,7 @@ class RandomFlip(_Augmentation):
     def __post_init__(self):
         for name in ("horizontal", "vertical"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise TypeError(
-                    f"random_flip: {name} must be a bool, got {getattr(self, name)!r}")
+                raise TypeError(f"random_flip: {name} must be a bool, got {getattr(self, name)!r}")
             object.__setattr__(self, name, bool(getattr(self, name)))
 
     def _impl(self, key, x):
@@ -340,18 +351,21 @@ class RandomRotation(_Augmentation):
     """Rotate each example by an angle drawn uniformly from
     ``[-max_degrees, max_degrees]`` (see :func:`rotate`: bilinear, about the
     centre, zero fill, positive = counter-clockwise)."""
+
     max_degrees: float
     _name = "random_rotation"
 
     def __post_init__(self):
-        object.__setattr__(self, "max_degrees",
-                           _nonneg_real(self.max_degrees, "max_degrees", self._name))
+        object.__setattr__(
+            self, "max_degrees", _nonneg_real(self.max_degrees, "max_degrees", self._name)
+        )
 
     def _impl(self, key, x):
         if self.max_degrees == 0:
             return x
-        deg = jax.random.uniform(key, (x.shape[0],), _work_dtype(x),
-                                 -self.max_degrees, self.max_degrees)
+        deg = jax.random.uniform(
+            key, (x.shape[0],), _work_dtype(x), -self.max_degrees, self.max_degrees
+        )
         return _rotate_core(x, deg)
 
 
@@ -360,12 +374,12 @@ class RandomTranslation(_Augmentation):
     """Shift each example by integers ``dy`` in ``[-max_dy, max_dy]`` and ``dx``
     in ``[-max_dx, max_dx]``, drawn uniformly and independently (see
     :func:`translate`; zero fill). ``max_pixels`` is an int or ``(max_dy, max_dx)``."""
+
     max_pixels: tuple[int, int]
     _name = "random_translation"
 
     def __post_init__(self):
-        object.__setattr__(self, "max_pixels",
-                           _int_pair(self.max_pixels, "max_pixels", self._name))
+        object.__setattr__(self, "max_pixels", _int_pair(self.max_pixels, "max_pixels", self._name))
 
     def _impl(self, key, x):
         my, mx = self.max_pixels
@@ -385,6 +399,7 @@ class RandomCrop(_Augmentation):
     position drawn uniformly per example. With ``size`` equal to the image size
     (or ``None``, meaning "the input's size") this is the classic pad-and-crop,
     a random translation by up to ``padding`` pixels."""
+
     # the field types after __post_init__ normalizes them (the constructor also takes an int)
     size: tuple[int, int] | None = None
     padding: tuple[int, int] = 0  # type: ignore[assignment]  # normalized in __post_init__
@@ -408,7 +423,8 @@ class RandomCrop(_Augmentation):
         if ch > hp or cw > wp:
             raise ValueError(
                 f"{self._name}: crop size {(ch, cw)} is larger than the padded image "
-                f"{(hp, wp)} (image {tuple(x.shape[1:3])}, padding {self.padding})")
+                f"{(hp, wp)} (image {tuple(x.shape[1:3])}, padding {self.padding})"
+            )
 
     def _impl(self, key, x):
         n = x.shape[0]
@@ -423,8 +439,7 @@ class RandomCrop(_Augmentation):
 
         def one(img, a, b):
             zero = jnp.zeros((), a.dtype)
-            return jax.lax.dynamic_slice(
-                img, (a, b) + (zero,) * len(tail), (ch, cw) + tail)
+            return jax.lax.dynamic_slice(img, (a, b) + (zero,) * len(tail), (ch, cw) + tail)
 
         return jax.vmap(one)(xp, oy, ox)
 
@@ -432,12 +447,12 @@ class RandomCrop(_Augmentation):
 @dataclasses.dataclass(frozen=True)
 class GaussianNoise(_Augmentation):
     """Add independent ``N(0, stddev^2)`` noise to every pixel (float images)."""
+
     stddev: float
     _name = "gaussian_noise"
 
     def __post_init__(self):
-        object.__setattr__(self, "stddev",
-                           _nonneg_real(self.stddev, "stddev", self._name))
+        object.__setattr__(self, "stddev", _nonneg_real(self.stddev, "stddev", self._name))
 
     def _validate(self, x):
         if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -453,6 +468,7 @@ class GaussianNoise(_Augmentation):
 @dataclasses.dataclass(frozen=True)
 class Compose(_Augmentation):
     """Apply ``augs`` in order, each with its own key split from the given one."""
+
     augs: tuple[Callable, ...] = ()
     _name = "compose"
 
@@ -461,7 +477,8 @@ class Compose(_Augmentation):
         for i, a in enumerate(augs):
             if not callable(a):
                 raise TypeError(
-                    f"compose: argument {i} must be an augmentation aug(key, x), got {a!r}")
+                    f"compose: argument {i} must be an augmentation aug(key, x), got {a!r}"
+                )
         object.__setattr__(self, "augs", augs)
 
     def _impl(self, key, x):

@@ -14,6 +14,7 @@ results; a callback that returns ``True`` stops training after that epoch.
 the history and the progress line; ``params`` the parameters after the epoch;
 ``state`` the model's non-trainable state (``()`` for stateless models).
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,10 @@ def as_callback(obj, where: str = "callbacks") -> Callback:
         return obj
     if callable(obj):
         return _FunctionCallback(obj)
-    raise TypeError(f"{where}: expected a function callback(epoch, logs, params) or an object "
-                    f"with on_epoch_end(epoch, logs, params, state), got {type(obj).__name__}")
+    raise TypeError(
+        f"{where}: expected a function callback(epoch, logs, params) or an object "
+        f"with on_epoch_end(epoch, logs, params, state), got {type(obj).__name__}"
+    )
 
 
 class EarlyStopping(Callback):
@@ -84,22 +87,36 @@ class EarlyStopping(Callback):
     (:meth:`state_dict` / :meth:`load_state_dict`).
     """
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
-                 mode: str | None = None, restore_best: bool = True):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 5,
+        min_delta: float = 0.0,
+        mode: str | None = None,
+        restore_best: bool = True,
+    ):
         if not isinstance(monitor, str) or not monitor:
-            raise TypeError(f"EarlyStopping: monitor must be a column name such as 'val_loss', "
-                            f"got {monitor!r}")
+            raise TypeError(
+                f"EarlyStopping: monitor must be a column name such as 'val_loss', got {monitor!r}"
+            )
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"EarlyStopping: patience must be an integer >= 1, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) \
-                or not math.isfinite(min_delta) or min_delta < 0:
-            raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, "
-                             f"got {min_delta!r}")
+        if (
+            isinstance(min_delta, bool)
+            or not isinstance(min_delta, (int, float))
+            or not math.isfinite(min_delta)
+            or min_delta < 0
+        ):
+            raise ValueError(
+                f"EarlyStopping: min_delta must be a finite number >= 0, got {min_delta!r}"
+            )
         if mode is None:
             mode = infer_mode(monitor)
         elif mode not in ("min", "max"):
-            raise ValueError(f"EarlyStopping: mode must be 'min', 'max' or None (inferred from "
-                             f"the monitor), got {mode!r}")
+            raise ValueError(
+                f"EarlyStopping: mode must be 'min', 'max' or None (inferred from "
+                f"the monitor), got {mode!r}"
+            )
         self.monitor = monitor
         self.patience = patience
         self.min_delta = float(min_delta)
@@ -108,8 +125,10 @@ class EarlyStopping(Callback):
         self.on_train_begin()
 
     def __repr__(self):
-        return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
-                f"min_delta={self.min_delta}, mode={self.mode!r}, restore_best={self.restore_best})")
+        return (
+            f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
+            f"min_delta={self.min_delta}, mode={self.mode!r}, restore_best={self.restore_best})"
+        )
 
     def on_train_begin(self) -> None:
         self.best_value = math.inf if self.mode == "min" else -math.inf
@@ -128,8 +147,10 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, epoch, logs, params, state=()):
         if self.monitor not in logs:
-            raise ValueError(f"EarlyStopping: monitor {self.monitor!r} is not among the epoch's "
-                             f"results {sorted(logs)}")
+            raise ValueError(
+                f"EarlyStopping: monitor {self.monitor!r} is not among the epoch's "
+                f"results {sorted(logs)}"
+            )
         value = float(logs[self.monitor])
         if self._improved(value):
             self.best_value, self.best_epoch, self.wait = value, epoch, 0
@@ -151,9 +172,14 @@ class EarlyStopping(Callback):
     def state_dict(self):
         """``(metadata, arrays)``: the progress as JSON-able numbers and the best
         parameters/state as a pytree (``None`` when not kept)."""
-        meta = {"monitor": self.monitor, "mode": self.mode, "best_value": self.best_value,
-                "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch,
-                "wait": self.wait}
+        meta = {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "stopped_epoch": self.stopped_epoch,
+            "wait": self.wait,
+        }
         arrays = None
         if self.best_params is not None:
             arrays = {"params": self.best_params, "state": self.best_state}
@@ -170,9 +196,11 @@ class EarlyStopping(Callback):
           ValueError: the progress is of another monitored column or direction.
         """
         if meta.get("monitor") != self.monitor or meta.get("mode") != self.mode:
-            raise ValueError(f"EarlyStopping: the checkpoint monitored {meta.get('monitor')!r} "
-                             f"({meta.get('mode')}), this one monitors {self.monitor!r} "
-                             f"({self.mode})")
+            raise ValueError(
+                f"EarlyStopping: the checkpoint monitored {meta.get('monitor')!r} "
+                f"({meta.get('mode')}), this one monitors {self.monitor!r} "
+                f"({self.mode})"
+            )
         self.best_value = float(meta["best_value"])
         self.best_epoch = meta["best_epoch"]
         self.stopped_epoch = meta["stopped_epoch"]
@@ -181,10 +209,35 @@ class EarlyStopping(Callback):
             self.best_params, self.best_state = arrays["params"], arrays["state"]
 
 
-_MAX_WORDS = ("accuracy", "acc", "auc", "precision", "recall", "f1", "top_k", "top5", "top1",
-              "r2", "iou", "dice", "map")
-_MIN_WORDS = ("loss", "penalty", "mse", "rmse", "mae", "error", "err", "nll", "perplexity",
-              "ppl", "cross_entropy", "entropy")
+_MAX_WORDS = (
+    "accuracy",
+    "acc",
+    "auc",
+    "precision",
+    "recall",
+    "f1",
+    "top_k",
+    "top5",
+    "top1",
+    "r2",
+    "iou",
+    "dice",
+    "map",
+)
+_MIN_WORDS = (
+    "loss",
+    "penalty",
+    "mse",
+    "rmse",
+    "mae",
+    "error",
+    "err",
+    "nll",
+    "perplexity",
+    "ppl",
+    "cross_entropy",
+    "entropy",
+)
 
 
 def infer_mode(monitor: str) -> str:
@@ -197,7 +250,7 @@ def infer_mode(monitor: str) -> str:
     base = monitor.lower()
     for prefix in ("val_", "test_", "train_"):
         if base.startswith(prefix):
-            base = base[len(prefix):]
+            base = base[len(prefix) :]
             break
     words = base.replace("-", "_").split("_")
     for word in reversed(words):  # the last word decides: "loss_of_accuracy" is a loss
@@ -205,8 +258,10 @@ def infer_mode(monitor: str) -> str:
             return "max"
         if word in _MIN_WORDS:
             return "min"
-    raise ValueError(f"EarlyStopping: cannot tell whether {monitor!r} should go up or down; "
-                     f"pass mode='min' or mode='max'")
+    raise ValueError(
+        f"EarlyStopping: cannot tell whether {monitor!r} should go up or down; "
+        f"pass mode='min' or mode='max'"
+    )
 
 
 def format_epoch(epoch: int, epochs: int, logs: dict, compile_seconds: float = 0.0) -> str:

@@ -11,6 +11,7 @@ Use it whenever you write a new layer::
     print(report)            # a table, one row per parameter leaf
     report.raise_if_failed()  # or assert report.ok
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,7 +34,13 @@ from jbp._validate import (
 from jbp.core import cast, named_leaves
 from jbp.engine import backprop, value_and_grad
 
-__all__ = ["check_gradients", "GradientReport", "LeafCheck", "GradientCheckError", "default_tolerance"]
+__all__ = [
+    "check_gradients",
+    "GradientReport",
+    "LeafCheck",
+    "GradientCheckError",
+    "default_tolerance",
+]
 
 
 class GradientCheckError(AssertionError):
@@ -88,7 +95,7 @@ class GradientReport:
     atol: float
     fd_rtol: float | None
     loss_value: float
-    scale: float = 0.0        # max |autodiff| over all leaves (the "others" floor / FLOOR)
+    scale: float = 0.0  # max |autodiff| over all leaves (the "others" floor / FLOOR)
     fd_noise: float | None = None  # the "loss" floor of the finite differences
 
     @property
@@ -114,9 +121,13 @@ class GradientReport:
         if fd:
             head += f" {'rel vs finite diff':>19}"
         head += f"  {'bound':<13}  ok"
-        lines = [f"gradient check ({self.dtype}; rtol={self.rtol:g}, atol={self.atol:g}"
-                 + (f", finite differences in float64 rtol={self.fd_rtol:g}" if fd else "")
-                 + f"); loss = {self.loss_value:.6g}", head, "-" * len(head)]
+        lines = [
+            f"gradient check ({self.dtype}; rtol={self.rtol:g}, atol={self.atol:g}"
+            + (f", finite differences in float64 rtol={self.fd_rtol:g}" if fd else "")
+            + f"); loss = {self.loss_value:.6g}",
+            head,
+            "-" * len(head),
+        ]
         for l in self.leaves:
             row = f"{l.name:<22} {str(l.shape):<14} {l.abs_err:>21.3e} {l.rel_err:>10.2e}"
             if fd:
@@ -124,8 +135,10 @@ class GradientReport:
             bound = l.bound + (f"/{l.fd_bound}" if l.fd_bound else "")
             row += f"  {bound:<13}  " + ("yes" if l.ok else "NO")
             lines.append(row)
-        floors = (f"bounds: leaf = its own gradient; others = {FLOOR:g} x the largest leaf's "
-                  f"({FLOOR * self.scale:.2e})")
+        floors = (
+            f"bounds: leaf = its own gradient; others = {FLOOR:g} x the largest leaf's "
+            f"({FLOOR * self.scale:.2e})"
+        )
         if fd and self.fd_noise is not None:
             floors += f"; loss = rounding noise of the loss ({self.fd_noise:.2e})"
         lines.append(floors)
@@ -150,22 +163,39 @@ def _x64():
         except TypeError:  # pragma: no cover - very old jax
             pass
     from jax.experimental import enable_x64  # pragma: no cover
+
     return enable_x64()  # pragma: no cover
 
 
 def _param_dtype(params):
-    leaves = [l for l in jax.tree.leaves(params) if jnp.issubdtype(jnp.asarray(l).dtype, jnp.floating)]
+    leaves = [
+        l for l in jax.tree.leaves(params) if jnp.issubdtype(jnp.asarray(l).dtype, jnp.floating)
+    ]
     if not leaves:
         raise ValueError("params: the model has no floating-point parameters to check")
     return jnp.result_type(*leaves)
 
 
-def check_gradients(model, loss, params, x, y, *, key=None, train=True, state=None,
-                    regularizer=None,
-                    finite_differences: bool = True, rtol: float | None = None,
-                    atol: float | None = None, fd_rtol: float = 1e-5, fd_eps: float = 1e-6,
-                    fd_directions: int = 3, seed: int = 0,
-                    raise_on_failure: bool = False) -> GradientReport:
+def check_gradients(
+    model,
+    loss,
+    params,
+    x,
+    y,
+    *,
+    key=None,
+    train=True,
+    state=None,
+    regularizer=None,
+    finite_differences: bool = True,
+    rtol: float | None = None,
+    atol: float | None = None,
+    fd_rtol: float = 1e-5,
+    fd_eps: float = 1e-6,
+    fd_directions: int = 3,
+    seed: int = 0,
+    raise_on_failure: bool = False,
+) -> GradientReport:
     """Compare the hand-written gradient with ``jax.grad`` and finite differences.
 
     Args:
@@ -224,8 +254,10 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True, state=No
     check_same_structure("params", params, "the jax.grad gradient", g_auto)
     value, g_manual, g_auto = traced.lower().compile()(params, x, y, key, state)
 
-    pairs = [(name, np.asarray(gm, dtype=np.float64), np.asarray(ga, dtype=np.float64))
-             for (name, gm), (_, ga) in zip(named_leaves(g_manual), named_leaves(g_auto))]
+    pairs = [
+        (name, np.asarray(gm, dtype=np.float64), np.asarray(ga, dtype=np.float64))
+        for (name, gm), (_, ga) in zip(named_leaves(g_manual), named_leaves(g_auto))
+    ]
     # the "others" floor: the largest autodiff gradient entry over all leaves
     top = max((float(np.max(np.abs(ga))) for _, _, ga in pairs if ga.size), default=0.0)
     rows = []
@@ -243,29 +275,53 @@ def check_gradients(model, loss, params, x, y, *, key=None, train=True, state=No
 
     fd_noise = None
     if finite_differences:
-        fd, fd_bounds, fd_noise = _fd_compare(model, loss, regularizer, params, x, y, key,
-                                              train, state, fd_eps, fd_directions, seed,
-                                              fd_rtol)
-        rows = [dataclasses.replace(r, fd_rel_err=e, ok_fd=bool(e <= fd_rtol), fd_bound=b)
-                for r, e, b in zip(rows, fd, fd_bounds)]
+        fd, fd_bounds, fd_noise = _fd_compare(
+            model,
+            loss,
+            regularizer,
+            params,
+            x,
+            y,
+            key,
+            train,
+            state,
+            fd_eps,
+            fd_directions,
+            seed,
+            fd_rtol,
+        )
+        rows = [
+            dataclasses.replace(r, fd_rel_err=e, ok_fd=bool(e <= fd_rtol), fd_bound=b)
+            for r, e, b in zip(rows, fd, fd_bounds)
+        ]
 
-    report = GradientReport(tuple(rows), str(jnp.dtype(dtype)), rtol, atol,
-                            fd_rtol if finite_differences else None, float(value),
-                            scale=top, fd_noise=fd_noise)
+    report = GradientReport(
+        tuple(rows),
+        str(jnp.dtype(dtype)),
+        rtol,
+        atol,
+        fd_rtol if finite_differences else None,
+        float(value),
+        scale=top,
+        fd_noise=fd_noise,
+    )
     if raise_on_failure:
         report.raise_if_failed()
     return report
 
 
-def _finite_differences(model, loss, regularizer, params, x, y, key, train, state, eps, n_dir,
-                        seed):
+def _finite_differences(
+    model, loss, regularizer, params, x, y, key, train, state, eps, n_dir, seed
+):
     """Per leaf, the worst relative error of ⟨manual grad, v⟩ vs a central difference."""
-    return _fd_compare(model, loss, regularizer, params, x, y, key, train, state, eps, n_dir,
-                       seed)[0]
+    return _fd_compare(model, loss, regularizer, params, x, y, key, train, state, eps, n_dir, seed)[
+        0
+    ]
 
 
-def _fd_compare(model, loss, regularizer, params, x, y, key, train, state, eps, n_dir, seed,
-                fd_rtol=1e-5):
+def _fd_compare(
+    model, loss, regularizer, params, x, y, key, train, state, eps, n_dir, seed, fd_rtol=1e-5
+):
     """``(errors, bounds, noise)`` of the finite-difference check, per leaf.
 
     For each of ``n_dir`` random unit directions ``v`` within a leaf, the error
@@ -290,8 +346,11 @@ def _fd_compare(model, loss, regularizer, params, x, y, key, train, state, eps, 
             value = loss.value(model.apply(p, x64, key=key, train=train, state=s64), y64)
             return value if regularizer is None else value + regularizer.value(p)
 
-        value64, g64 = jax.jit(lambda p: value_and_grad(model, loss, regularizer=regularizer)(
-            p, x64, y64, key=key, train=train, state=s64))(p64)
+        value64, g64 = jax.jit(
+            lambda p: value_and_grad(model, loss, regularizer=regularizer)(
+                p, x64, y64, key=key, train=train, state=s64
+            )
+        )(p64)
         check_same_structure("params", p64, "the hand-written gradient (float64)", g64)
         leaves, treedef = jax.tree.flatten(p64)
         g_leaves = [np.asarray(g) for g in jax.tree.leaves(g64)]
@@ -318,8 +377,11 @@ def _fd_compare(model, loss, regularizer, params, x, y, key, train, state, eps, 
 
                 numeric = (float(f(shifted(eps))) - float(f(shifted(-eps)))) / (2 * eps)
                 analytic = float(np.sum(g * v))
-                scales = {"leaf": max(abs(numeric), abs(analytic), float(np.linalg.norm(g))),
-                          "others": others, "loss": noise / fd_rtol}
+                scales = {
+                    "leaf": max(abs(numeric), abs(analytic), float(np.linalg.norm(g))),
+                    "others": others,
+                    "loss": noise / fd_rtol,
+                }
                 which = max(scales, key=scales.get)
                 err = abs(numeric - analytic) / max(scales[which], 1e-300)
                 if err > worst:

@@ -74,6 +74,7 @@ Resuming a run::
         state = checkpoint.restore_step(ckpt_dir, step, like=jax.eval_shape(make_state))
         meta = checkpoint.read_metadata(checkpoint.step_path(ckpt_dir, step))
 """
+
 from __future__ import annotations
 
 import errno
@@ -130,6 +131,7 @@ class CheckpointError(ValueError):
 # dtypes and names
 # --------------------------------------------------------------------------------------
 
+
 def _dtype_from_name(name: Any) -> np.dtype | None:
     """The numpy dtype called ``name`` (``float32``, ``bool``, ``bfloat16``, ...), or None."""
     if not isinstance(name, str):
@@ -179,6 +181,7 @@ def _fmt_spec(shape, dtype: str) -> str:
 # walking a pytree into a JSON skeleton
 # --------------------------------------------------------------------------------------
 
+
 def _children(node):
     """One level of ``node`` in jax's flattening order: ``[(key, child)]``, or None for a leaf.
 
@@ -210,14 +213,26 @@ def _walk(tree, on_leaf, where: str):
             keys = [k.key for k, _ in kids]
             for k in keys:
                 if not isinstance(k, str):
-                    raise TypeError(f"{where}: the dict at {_join(parts)} has the key {k!r} of "
-                                    f"type {type(k).__name__}; checkpoints need str keys")
+                    raise TypeError(
+                        f"{where}: the dict at {_join(parts)} has the key {k!r} of "
+                        f"type {type(k).__name__}; checkpoints need str keys"
+                    )
             return {"type": "dict", "keys": keys, "children": children}
         if isinstance(node, tuple) and hasattr(t, "_fields"):
-            return {"type": "namedtuple", "module": t.__module__, "name": t.__qualname__,
-                    "fields": list(t._fields), "children": children}
-        return {"type": "custom", "module": t.__module__, "name": t.__qualname__,
-                "keys": [_key_name(k) for k, _ in kids], "children": children}
+            return {
+                "type": "namedtuple",
+                "module": t.__module__,
+                "name": t.__qualname__,
+                "fields": list(t._fields),
+                "children": children,
+            }
+        return {
+            "type": "custom",
+            "module": t.__module__,
+            "name": t.__qualname__,
+            "keys": [_key_name(k) for k, _ in kids],
+            "children": children,
+        }
 
     return visit(tree, [])
 
@@ -225,6 +240,7 @@ def _walk(tree, on_leaf, where: str):
 # --------------------------------------------------------------------------------------
 # save
 # --------------------------------------------------------------------------------------
+
 
 def _le_bytes(arr: np.ndarray) -> np.ndarray:
     """The C-order little-endian bytes of ``arr`` as a flat uint8 array."""
@@ -239,25 +255,40 @@ def _le_bytes(arr: np.ndarray) -> np.ndarray:
 def _encode_leaf(x, name: str):
     """``(record, bytes or None)`` for one leaf; ``TypeError`` naming it if unsupported."""
     if isinstance(x, jax.core.Tracer):
-        raise TypeError(f"save: leaf {name} is a traced value; save concrete arrays, outside "
-                        f"jax.jit / lax.scan")
+        raise TypeError(
+            f"save: leaf {name} is a traced value; save concrete arrays, outside jax.jit / lax.scan"
+        )
     if isinstance(x, jax.ShapeDtypeStruct):
-        raise TypeError(f"save: leaf {name} is a ShapeDtypeStruct (a shape without data); "
-                        f"save concrete arrays")
+        raise TypeError(
+            f"save: leaf {name} is a ShapeDtypeStruct (a shape without data); save concrete arrays"
+        )
     if isinstance(x, (np.ndarray, np.generic)) or isinstance(x, jax.Array):
         if isinstance(x, jax.Array) and _is_key_dtype(x.dtype):
             data = np.asarray(jax.random.key_data(x))
-            rec = {"path": name, "kind": "key", "dtype": str(x.dtype), "shape": list(x.shape),
-                   "impl": str(jax.random.key_impl(x)), "data_dtype": data.dtype.name,
-                   "data_shape": list(data.shape)}
+            rec = {
+                "path": name,
+                "kind": "key",
+                "dtype": str(x.dtype),
+                "shape": list(x.shape),
+                "impl": str(jax.random.key_impl(x)),
+                "data_dtype": data.dtype.name,
+                "data_shape": list(data.shape),
+            }
             return rec, _le_bytes(data)
-        kind = ("jax" if isinstance(x, jax.Array)
-                else "numpy_scalar" if isinstance(x, np.generic) else "numpy")
+        kind = (
+            "jax"
+            if isinstance(x, jax.Array)
+            else "numpy_scalar"
+            if isinstance(x, np.generic)
+            else "numpy"
+        )
         arr = np.asarray(x)
         dname = _dtype_name(arr.dtype)
         if dname is None:
-            raise TypeError(f"save: leaf {name} has dtype {arr.dtype}, which a checkpoint "
-                            f"cannot hold (numeric, bool and ml_dtypes such as bfloat16 only)")
+            raise TypeError(
+                f"save: leaf {name} has dtype {arr.dtype}, which a checkpoint "
+                f"cannot hold (numeric, bool and ml_dtypes such as bfloat16 only)"
+            )
         rec = {"path": name, "kind": kind, "dtype": dname, "shape": list(arr.shape)}
         return rec, _le_bytes(arr)
     if isinstance(x, bool):
@@ -266,8 +297,10 @@ def _encode_leaf(x, name: str):
         return {"path": name, "kind": "int", "value": int(x)}, None
     if isinstance(x, float):
         return {"path": name, "kind": "float", "value": float(x).hex()}, None
-    raise TypeError(f"save: leaf {name} is a {type(x).__name__}; expected a numpy or jax "
-                    f"array, a typed PRNG key, or a Python int/float/bool")
+    raise TypeError(
+        f"save: leaf {name} is a {type(x).__name__}; expected a numpy or jax "
+        f"array, a typed PRNG key, or a Python int/float/bool"
+    )
 
 
 def _check_metadata(md, where: str = "metadata") -> None:
@@ -279,8 +312,9 @@ def _check_metadata(md, where: str = "metadata") -> None:
     if isinstance(md, dict):
         for k, v in md.items():
             if not isinstance(k, str):
-                raise TypeError(f"{where} has the key {k!r} ({type(k).__name__}); JSON keys "
-                                f"are str")
+                raise TypeError(
+                    f"{where} has the key {k!r} ({type(k).__name__}); JSON keys are str"
+                )
             _check_metadata(v, f"{where}[{k!r}]")
         return
     if isinstance(md, list):
@@ -288,8 +322,10 @@ def _check_metadata(md, where: str = "metadata") -> None:
             _check_metadata(v, f"{where}[{i}]")
         return
     hint = " (it would come back as a list; pass a list)" if isinstance(md, tuple) else ""
-    raise TypeError(f"{where} is a {type(md).__name__}, which is not JSON{hint}; metadata "
-                    f"holds dicts with str keys, lists, str, int, float, bool and None")
+    raise TypeError(
+        f"{where} is a {type(md).__name__}, which is not JSON{hint}; metadata "
+        f"holds dicts with str keys, lists, str, int, float, bool and None"
+    )
 
 
 def _align(n: int) -> int:
@@ -322,10 +358,13 @@ def _encode(tree, metadata) -> tuple[bytes, list]:
         offset += raw.size
     jbp_mod = sys.modules.get("jbp")
     header = {
-        "format": "jbp-checkpoint", "version": FORMAT_VERSION,
+        "format": "jbp-checkpoint",
+        "version": FORMAT_VERSION,
         "writer": {"jbp": getattr(jbp_mod, "__version__", None), "jax": jax.__version__},
-        "tree": skeleton, "leaves": records,
-        "payload_nbytes": offset, "payload_sha256": digest.hexdigest(),
+        "tree": skeleton,
+        "leaves": records,
+        "payload_nbytes": offset,
+        "payload_sha256": digest.hexdigest(),
         "metadata": metadata,
     }
     hbytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -408,12 +447,14 @@ def save(path: str | os.PathLike, tree: PyTree, *, metadata: dict | None = None)
 # reading and verifying
 # --------------------------------------------------------------------------------------
 
+
 def _fail(path, message: str) -> CheckpointError:
     return CheckpointError(f"{os.fspath(path)}: {message}")
 
 
 def _check_header(path, header) -> None:
     """Raise ``CheckpointError`` unless the (checksum-verified) header is self-consistent."""
+
     def bad(why):
         return _fail(path, f"inconsistent checkpoint header ({why})")
 
@@ -435,9 +476,13 @@ def _check_header(path, header) -> None:
         kind = rec.get("kind")
         if kind in _SCALAR_KINDS:
             v = rec.get("value")
-            ok = (isinstance(v, bool) if kind == "bool"
-                  else isinstance(v, int) and not isinstance(v, bool) if kind == "int"
-                  else isinstance(v, str))
+            ok = (
+                isinstance(v, bool)
+                if kind == "bool"
+                else isinstance(v, int) and not isinstance(v, bool)
+                if kind == "int"
+                else isinstance(v, str)
+            )
             if kind == "float" and ok and isinstance(v, str):  # (ok implies str here)
                 try:
                     float.fromhex(v)
@@ -450,17 +495,26 @@ def _check_header(path, header) -> None:
             raise bad(f"leaf {rec['path']}: kind {kind!r}")
         shape_key, dtype_key = ("data_shape", "data_dtype") if kind == "key" else ("shape", "dtype")
         shape, dt = rec.get(shape_key), _dtype_from_name(rec.get(dtype_key))
-        if (dt is None or not isinstance(shape, list)
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                           for d in shape)):
+        if (
+            dt is None
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
             raise bad(f"leaf {rec['path']}: dtype/shape")
-        if kind == "key" and (not isinstance(rec.get("impl"), str)
-                              or not isinstance(rec.get("shape"), list)
-                              or rec["shape"] != shape[:len(rec["shape"])]):
+        if kind == "key" and (
+            not isinstance(rec.get("impl"), str)
+            or not isinstance(rec.get("shape"), list)
+            or rec["shape"] != shape[: len(rec["shape"])]
+        ):
             raise bad(f"leaf {rec['path']}: key impl/shape")
         off, nb = rec.get("offset"), rec.get("nbytes")
-        if (not isinstance(off, int) or not isinstance(nb, int) or off < 0
-                or nb != math.prod(shape) * dt.itemsize or off + nb > n):
+        if (
+            not isinstance(off, int)
+            or not isinstance(nb, int)
+            or off < 0
+            or nb != math.prod(shape) * dt.itemsize
+            or off + nb > n
+        ):
             raise bad(f"leaf {rec['path']}: offset/nbytes")
     seen = []
 
@@ -477,8 +531,7 @@ def _check_header(path, header) -> None:
             if not isinstance(kids, list):
                 raise bad("tree node children")
             names = {"dict": "keys", "namedtuple": "fields", "custom": "keys"}.get(t)
-            if names and (not isinstance(node.get(names), list)
-                          or len(node[names]) != len(kids)):
+            if names and (not isinstance(node.get(names), list) or len(node[names]) != len(kids)):
                 raise bad(f"tree node {names}")
             for c in kids:
                 visit(c)
@@ -496,23 +549,27 @@ def _read(path, *, payload: bool):
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         prefix = f.read(_PREFIX.size)
-        if prefix[:len(MAGIC)] != MAGIC[:len(prefix)] or not prefix:
+        if prefix[: len(MAGIC)] != MAGIC[: len(prefix)] or not prefix:
             what = "is empty" if not prefix else "does not start with the jbp checkpoint magic"
             raise _fail(path, f"not a jbp checkpoint: the file {what}")
         if len(prefix) < 12:
             raise _fail(path, f"truncated: {size} bytes, not even the format version")
         version = struct.unpack_from("<I", prefix, 8)[0]
         if version > FORMAT_VERSION:
-            raise _fail(path, f"written in checkpoint format version {version}, but this jbp "
-                              f"reads versions up to {FORMAT_VERSION}; upgrade jbp")
+            raise _fail(
+                path,
+                f"written in checkpoint format version {version}, but this jbp "
+                f"reads versions up to {FORMAT_VERSION}; upgrade jbp",
+            )
         if version < 1:
             raise _fail(path, f"corrupt: format version {version}")
         if len(prefix) < _PREFIX.size:
             raise _fail(path, f"truncated: {size} bytes, the fixed prefix needs {_PREFIX.size}")
         _, _, hlen, hsha = _PREFIX.unpack(prefix)
         if _PREFIX.size + hlen > size:
-            raise _fail(path, f"truncated: {size} bytes, but the header alone needs "
-                              f"{_PREFIX.size + hlen}")
+            raise _fail(
+                path, f"truncated: {size} bytes, but the header alone needs {_PREFIX.size + hlen}"
+            )
         hbytes = f.read(hlen)
         if hashlib.sha256(hbytes).digest() != hsha:
             raise _fail(path, "corrupt: the header's SHA-256 does not match")
@@ -533,10 +590,10 @@ def _read(path, *, payload: bool):
         buf = bytearray(header["payload_nbytes"])
         view, digest, pos = memoryview(buf), hashlib.sha256(), 0
         while pos < len(buf):
-            got = f.readinto(view[pos:pos + _CHUNK])
+            got = f.readinto(view[pos : pos + _CHUNK])
             if not got:
                 raise _fail(path, f"truncated while reading (at payload byte {pos})")
-            digest.update(view[pos:pos + got])
+            digest.update(view[pos : pos + got])
             pos += got
         if digest.hexdigest() != header["payload_sha256"]:
             raise _fail(path, "corrupt: the payload's SHA-256 does not match the header")
@@ -563,13 +620,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
 # restore
 # --------------------------------------------------------------------------------------
 
+
 def _host_array(rec, buf) -> np.ndarray:
     """The stored array of an array or key record: a numpy view of ``buf``, no copy."""
     key = rec["kind"] == "key"
     dt = _dtype_from_name(rec["data_dtype"] if key else rec["dtype"])
     assert dt is not None  # _check_header rejected records of unknown dtype
     shape = rec["data_shape"] if key else rec["shape"]
-    raw = np.frombuffer(memoryview(buf)[rec["offset"]:rec["offset"] + rec["nbytes"]], np.uint8)
+    raw = np.frombuffer(memoryview(buf)[rec["offset"] : rec["offset"] + rec["nbytes"]], np.uint8)
     arr = raw.view(dt).reshape(shape)
     if sys.byteorder == "big" and dt.itemsize > 1:  # the file is little-endian (_le_bytes)
         arr = arr.byteswap()
@@ -585,8 +643,10 @@ def _spec_of_record(rec) -> tuple[tuple, str]:
 def _spec_of_like(x, name: str):
     if isinstance(x, (jax.ShapeDtypeStruct, jax.Array)):
         if isinstance(x, jax.core.Tracer):
-            raise TypeError(f"restore: like leaf {name} is a traced value; pass arrays or "
-                            f"jax.ShapeDtypeStruct (e.g. from jax.eval_shape)")
+            raise TypeError(
+                f"restore: like leaf {name} is a traced value; pass arrays or "
+                f"jax.ShapeDtypeStruct (e.g. from jax.eval_shape)"
+            )
         dt = x.dtype
         return tuple(x.shape), (str(dt) if _is_key_dtype(dt) else np.dtype(dt).name)
     if isinstance(x, (np.ndarray, np.generic)):
@@ -597,8 +657,10 @@ def _spec_of_like(x, name: str):
         return (), "int"
     if isinstance(x, float):
         return (), "float"
-    raise TypeError(f"restore: like leaf {name} is a {type(x).__name__}; expected an array, "
-                    f"a jax.ShapeDtypeStruct or a Python int/float/bool")
+    raise TypeError(
+        f"restore: like leaf {name} is a {type(x).__name__}; expected an array, "
+        f"a jax.ShapeDtypeStruct or a Python int/float/bool"
+    )
 
 
 def _scalar_fits(rec, dtype: str) -> bool:
@@ -636,17 +698,18 @@ def _diff(found, expected, parts, found_specs, expected_specs, out) -> None:
     if ft == "leaf" and et == "leaf":
         (fs, fd), rec = found_specs[found["index"]]
         es, ed = expected_specs[expected["index"]]
-        ok = (fs, fd) == (es, ed) or (fd in _SCALAR_KINDS and ed not in _SCALAR_KINDS
-                                      and es == () and _scalar_fits(rec, ed))
+        ok = (fs, fd) == (es, ed) or (
+            fd in _SCALAR_KINDS and ed not in _SCALAR_KINDS and es == () and _scalar_fits(rec, ed)
+        )
         if not ok:
             out.append(f"{name}: expected {_fmt_spec(es, ed)}, found {_fmt_spec(fs, fd)}")
         return
     if ft == et == "none":
         return
-    labels = {"tuple": None, "list": None, "dict": "keys", "namedtuple": "fields",
-              "custom": "keys"}
-    same_kind = ft == et and (ft != "custom" or (found["module"], found["name"]) ==
-                              (expected["module"], expected["name"]))
+    labels = {"tuple": None, "list": None, "dict": "keys", "namedtuple": "fields", "custom": "keys"}
+    same_kind = ft == et and (
+        ft != "custom" or (found["module"], found["name"]) == (expected["module"], expected["name"])
+    )
     if not same_kind or ft not in labels:
         out.append(f"{name}: expected {_describe(expected)}, found {_describe(found)}")
         return
@@ -688,7 +751,8 @@ def _to_jax(arr: np.ndarray, name: str, path, sharding=None):
         raise ValueError(
             f"{os.fspath(path)}: leaf {name} is a {dt.name} jax array, but jax_enable_x64 is "
             f"off, so jax would turn it into {jax.dtypes.canonicalize_dtype(dt).name}; "
-            f"enable it first: jax.config.update('jax_enable_x64', True)")
+            f"enable it first: jax.config.update('jax_enable_x64', True)"
+        )
     return jax.device_put(arr, sharding) if sharding is not None else jnp.asarray(arr)
 
 
@@ -696,22 +760,33 @@ def _resolve_namedtuple(node, name: str, path):
     """The jbp NamedTuple class a node names, or ``ValueError`` asking for ``like=``."""
     module, qual, fields = node["module"], node["name"], tuple(node["fields"])
     what = f"{module}.{qual}{fields}"
-    ask = ("pass like= (a tree of arrays or jax.ShapeDtypeStruct with this structure, e.g. "
-           "jax.eval_shape of the function that built it) to restore it")
+    ask = (
+        "pass like= (a tree of arrays or jax.ShapeDtypeStruct with this structure, e.g. "
+        "jax.eval_shape of the function that built it) to restore it"
+    )
     if not (module == "jbp" or module.startswith("jbp.")) or "<" in qual:
-        raise ValueError(f"{os.fspath(path)}: {name} is a NamedTuple {what}; without like= "
-                         f"restore rebuilds only jbp's own NamedTuples; {ask}")
+        raise ValueError(
+            f"{os.fspath(path)}: {name} is a NamedTuple {what}; without like= "
+            f"restore rebuilds only jbp's own NamedTuples; {ask}"
+        )
     try:
         cls = importlib.import_module(module)
         for part in qual.split("."):
             cls = getattr(cls, part)
     except (ImportError, AttributeError):
-        raise ValueError(f"{os.fspath(path)}: {name} is a NamedTuple {what}, which this jbp "
-                         f"does not define; {ask}") from None
-    if not (isinstance(cls, type) and issubclass(cls, tuple)
-            and tuple(getattr(cls, "_fields", ())) == fields):
-        raise ValueError(f"{os.fspath(path)}: {name} is a NamedTuple {what}, but this jbp's "
-                         f"{module}.{qual} is not a NamedTuple with those fields; {ask}")
+        raise ValueError(
+            f"{os.fspath(path)}: {name} is a NamedTuple {what}, which this jbp "
+            f"does not define; {ask}"
+        ) from None
+    if not (
+        isinstance(cls, type)
+        and issubclass(cls, tuple)
+        and tuple(getattr(cls, "_fields", ())) == fields
+    ):
+        raise ValueError(
+            f"{os.fspath(path)}: {name} is a NamedTuple {what}, but this jbp's "
+            f"{module}.{qual} is not a NamedTuple with those fields; {ask}"
+        )
     return cls
 
 
@@ -759,12 +834,20 @@ def restore(path: str | os.PathLike, like: PyTree = None) -> PyTree:
 
     like_skeleton = _walk(like, on_leaf, "restore: like")
     mismatches: list[str] = []
-    _diff(header["tree"], like_skeleton, [],
-          [(_spec_of_record(r), r) for r in records], [s for s, _ in specs], mismatches)
+    _diff(
+        header["tree"],
+        like_skeleton,
+        [],
+        [(_spec_of_record(r), r) for r in records],
+        [s for s, _ in specs],
+        mismatches,
+    )
     if mismatches:
-        raise ValueError(f"{os.fspath(path)}: the checkpoint does not match like= "
-                         f"({len(mismatches)} difference{'s' * (len(mismatches) > 1)}):\n  "
-                         + "\n  ".join(mismatches))
+        raise ValueError(
+            f"{os.fspath(path)}: the checkpoint does not match like= "
+            f"({len(mismatches)} difference{'s' * (len(mismatches) > 1)}):\n  "
+            + "\n  ".join(mismatches)
+        )
     for rec, (_, x) in zip(records, specs):
         if rec["kind"] in _ARRAY_KINDS and not isinstance(x, (np.ndarray, np.generic)):
             dt = _dtype_from_name(rec["dtype"])
@@ -784,8 +867,12 @@ def _leaf_like(rec, x, buf, path):
         if isinstance(x, (np.ndarray, np.generic)):
             arr = np.asarray(value, dtype=x.dtype)
             return arr[()] if isinstance(x, np.generic) else arr
-        return _to_jax(np.asarray(value, dtype=np.dtype(x.dtype)), rec["path"], path,
-                       getattr(x, "sharding", None))
+        return _to_jax(
+            np.asarray(value, dtype=np.dtype(x.dtype)),
+            rec["path"],
+            path,
+            getattr(x, "sharding", None),
+        )
     arr = _host_array(rec, buf)
     if kind == "key":
         key = _wrap_key(rec, arr, path)
@@ -802,9 +889,11 @@ def _wrap_key(rec, data: np.ndarray, path):
     try:
         return jax.random.wrap_key_data(jnp.asarray(data), impl=rec["impl"])
     except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{os.fspath(path)}: leaf {rec['path']} is a PRNG key of impl "
-                         f"{rec['impl']!r} with data {rec['data_dtype']}{rec['data_shape']}, "
-                         f"which this jax cannot rebuild ({e})") from None
+        raise ValueError(
+            f"{os.fspath(path)}: leaf {rec['path']} is a PRNG key of impl "
+            f"{rec['impl']!r} with data {rec['data_dtype']}{rec['data_shape']}, "
+            f"which this jax cannot rebuild ({e})"
+        ) from None
 
 
 def _scalar_value(rec):
@@ -827,15 +916,18 @@ def _rebuild(skeleton, records, buf, path):
                 f"{os.fspath(path)}: {_join(parts)} is a {node['module']}.{node['name']} "
                 f"(a custom pytree node), which restore cannot rebuild from the file alone; "
                 f"pass like= (a tree of arrays or jax.ShapeDtypeStruct with this structure, "
-                f"e.g. jax.eval_shape of the function that built it)")
+                f"e.g. jax.eval_shape of the function that built it)"
+            )
         if t == "namedtuple":
             node["_cls"] = _resolve_namedtuple(node, _join(parts), path)
             names = [_key_name(jax.tree_util.GetAttrKey(f)) for f in node["fields"]]
         elif t == "dict":
             names = [_key_name(jax.tree_util.DictKey(k)) for k in node["keys"]]
         else:
-            names = [_key_name(jax.tree_util.SequenceKey(i))
-                     for i in range(len(node.get("children", ())))]
+            names = [
+                _key_name(jax.tree_util.SequenceKey(i))
+                for i in range(len(node.get("children", ())))
+            ]
         for c, n in zip(node.get("children", ()), names):
             classes(c, parts + [n])
 
@@ -876,6 +968,7 @@ def _rebuild(skeleton, records, buf, path):
 # a directory of numbered checkpoints
 # --------------------------------------------------------------------------------------
 
+
 def _check_step(step, where: str) -> int:
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
         raise ValueError(f"{where}: step must be an int >= 0, got {step!r}")
@@ -889,8 +982,7 @@ def step_path(directory: str | os.PathLike, step: int) -> str:
         directory: the checkpoint directory.
         step: an int >= 0.
     """
-    return os.path.join(os.fspath(directory),
-                        f"ckpt_{_check_step(step, 'step_path'):08d}.jbp")
+    return os.path.join(os.fspath(directory), f"ckpt_{_check_step(step, 'step_path'):08d}.jbp")
 
 
 def _steps(directory) -> list[tuple[int, str]]:
@@ -908,8 +1000,14 @@ def _steps(directory) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def save_step(directory: str | os.PathLike, step: int, tree: PyTree, *,
-              metadata: dict | None = None, keep: int | None = 3) -> str:
+def save_step(
+    directory: str | os.PathLike,
+    step: int,
+    tree: PyTree,
+    *,
+    metadata: dict | None = None,
+    keep: int | None = 3,
+) -> str:
     """Save ``tree`` as ``directory/ckpt_{step:08d}.jbp`` and drop the oldest beyond ``keep``.
 
     The new file is written atomically (:func:`save`); only once it is complete are older
@@ -934,9 +1032,12 @@ def save_step(directory: str | os.PathLike, step: int, tree: PyTree, *,
     os.makedirs(directory, exist_ok=True)
     newer = [s for s, _ in _steps(directory) if s > step]
     if newer:
-        warnings.warn(f"save_step: {directory} already holds step {max(newer)} > {step}; "
-                      f"latest_step will keep returning {max(newer)}", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"save_step: {directory} already holds step {max(newer)} > {step}; "
+            f"latest_step will keep returning {max(newer)}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     target = step_path(directory, step)
     save(target, tree, metadata=metadata)
     for entry in os.listdir(directory):
@@ -944,7 +1045,7 @@ def save_step(directory: str | os.PathLike, step: int, tree: PyTree, *,
             _unlink(os.path.join(directory, entry))
     if keep is not None:
         others = [(s, p) for s, p in _steps(directory) if s != step]
-        for _, p in others[:max(0, len(others) - (keep - 1))]:
+        for _, p in others[: max(0, len(others) - (keep - 1))]:
             _unlink(p)
     return target
 
@@ -973,15 +1074,15 @@ def latest_step(directory: str | os.PathLike) -> int | None:
         try:
             _read(p, payload=True)
         except CheckpointError as e:
-            warnings.warn(f"latest_step: skipping step {step}: {e}", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(f"latest_step: skipping step {step}: {e}", RuntimeWarning, stacklevel=2)
             continue
         return step
     return None
 
 
-def restore_step(directory: str | os.PathLike, step: int | None = None,
-                 like: PyTree = None) -> PyTree:
+def restore_step(
+    directory: str | os.PathLike, step: int | None = None, like: PyTree = None
+) -> PyTree:
     """Restore the checkpoint of ``step`` (default: the newest complete one) in ``directory``.
 
     With ``step=None`` the newest file is tried first; one that is truncated or corrupt
@@ -1006,13 +1107,16 @@ def restore_step(directory: str | os.PathLike, step: int | None = None,
         p = step_path(directory, step)
         if not os.path.exists(p):
             have = [s for s, _ in _steps(directory)]
-            raise FileNotFoundError(f"restore_step: no checkpoint for step {step} in "
-                                    f"{os.fspath(directory)} (steps there: {have})")
+            raise FileNotFoundError(
+                f"restore_step: no checkpoint for step {step} in "
+                f"{os.fspath(directory)} (steps there: {have})"
+            )
         return restore(p, like)
     candidates = list(reversed(_steps(directory)))
     if not candidates:
-        raise FileNotFoundError(f"restore_step: no checkpoint (ckpt_*.jbp) in "
-                                f"{os.fspath(directory)}")
+        raise FileNotFoundError(
+            f"restore_step: no checkpoint (ckpt_*.jbp) in {os.fspath(directory)}"
+        )
     errors = []
     for s, p in candidates:
         try:
@@ -1020,5 +1124,6 @@ def restore_step(directory: str | os.PathLike, step: int | None = None,
         except CheckpointError as e:
             warnings.warn(f"restore_step: skipping step {s}: {e}", RuntimeWarning, stacklevel=2)
             errors.append(str(e))
-    raise CheckpointError(f"restore_step: no readable checkpoint in {os.fspath(directory)}:\n  "
-                          + "\n  ".join(errors))
+    raise CheckpointError(
+        f"restore_step: no readable checkpoint in {os.fspath(directory)}:\n  " + "\n  ".join(errors)
+    )

@@ -14,6 +14,7 @@ a layer that has state overrides ``init_state`` and ``forward_with_state``. Ever
 layer inherits defaults that carry an empty state ``()`` through unchanged, so stateless
 layers stay three functions.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,15 +54,23 @@ class Layer:
     def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         raise NotImplementedError
 
-    def forward(self, params: PyTree, x: Array, *, key: Array | None = None,
-                train: bool = False) -> tuple[Array, PyTree]:
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         raise NotImplementedError
 
     def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         raise NotImplementedError
 
-    def apply(self, params: PyTree, x: Array, *, key: Array | None = None,
-              train: bool = False, state: PyTree = None) -> Array:
+    def apply(
+        self,
+        params: PyTree,
+        x: Array,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+        state: PyTree = None,
+    ) -> Array:
         """The forward pass without the cache: ``y = layer(x)``.
 
         ``state``: the layer's non-trainable state (e.g. BatchNorm's running statistics
@@ -78,8 +87,15 @@ class Layer:
         """Initial non-trainable state; ``()`` for stateless layers."""
         return ()
 
-    def forward_with_state(self, params: PyTree, state: PyTree, x: Array, *,
-                           key: Array | None = None, train: bool = False):
+    def forward_with_state(
+        self,
+        params: PyTree,
+        state: PyTree,
+        x: Array,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+    ):
         """``(y, cache, new_state)``; stateless layers pass ``state`` through."""
         y, cache = self.forward(params, x, key=key, train=train)
         return y, cache, state
@@ -149,13 +165,16 @@ class Sequential(Layer):
 
     def __init__(self, layers: Sequence[Layer]):
         if isinstance(layers, Layer):
-            raise TypeError("Sequential: expected a sequence of layers, e.g. "
-                            "Sequential([Dense(32), ReLU()]), got a single layer")
+            raise TypeError(
+                "Sequential: expected a sequence of layers, e.g. "
+                "Sequential([Dense(32), ReLU()]), got a single layer"
+            )
         layers = tuple(layers)
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
-                raise TypeError(f"Sequential: layers[{i}] is not a jbp Layer, "
-                                f"got {type(layer).__name__}")
+                raise TypeError(
+                    f"Sequential: layers[{i}] is not a jbp Layer, got {type(layer).__name__}"
+                )
         object.__setattr__(self, "layers", layers)
 
     def __repr__(self) -> str:
@@ -168,6 +187,7 @@ class Sequential(Layer):
     def summary(self, in_shape, *, params=None, dtype=None, print_fn=None) -> str:
         """A table of layers, output shapes, parameter counts and dtypes; see :func:`jbp.summary`."""
         from jbp.summary import summary
+
         kw = {} if dtype is None else {"dtype": dtype}
         return summary(self, in_shape, params=params, print_fn=print_fn, **kw)
 
@@ -185,7 +205,9 @@ class Sequential(Layer):
         key = check_key(key)
         in_shape = check_in_shape(in_shape)
         params, shape = [], in_shape
-        for i, (layer, k) in enumerate(zip(self.layers, jax.random.split(key, max(len(self.layers), 1)))):
+        for i, (layer, k) in enumerate(
+            zip(self.layers, jax.random.split(key, max(len(self.layers), 1)))
+        ):
             try:
                 p, shape = layer.init(k, shape)
             except (ValueError, TypeError) as e:
@@ -198,16 +220,22 @@ class Sequential(Layer):
 
     def _check_params(self, params):
         if not isinstance(params, (tuple, list)) or len(params) != len(self.layers):
-            got = (f"{type(params).__name__} of length {len(params)}"
-                   if isinstance(params, (tuple, list)) else type(params).__name__)
-            raise ValueError(f"Sequential: params must be a tuple with one entry per layer "
-                             f"({len(self.layers)}), got {got}; were they made by this model's init?")
+            got = (
+                f"{type(params).__name__} of length {len(params)}"
+                if isinstance(params, (tuple, list))
+                else type(params).__name__
+            )
+            raise ValueError(
+                f"Sequential: params must be a tuple with one entry per layer "
+                f"({len(self.layers)}), got {got}; were they made by this model's init?"
+            )
 
     def forward(self, params, x, *, key=None, train=False):
         self._check_params(params)
         caches = []
-        for i, (layer, p, k) in enumerate(zip(self.layers, params,
-                                              _split_for_layers(key, len(self.layers)))):
+        for i, (layer, p, k) in enumerate(
+            zip(self.layers, params, _split_for_layers(key, len(self.layers)))
+        ):
             try:
                 x, c = layer.forward(p, x, key=k, train=train)
             except (ValueError, TypeError) as e:
@@ -272,12 +300,15 @@ class Sequential(Layer):
             y, caches = self.forward(params, x, key=key, train=train)
             return y, caches, state
         if not isinstance(state, tuple) or len(state) != len(self.layers):
-            raise ValueError(f"Sequential: state must be a tuple with one entry per layer "
-                             f"({len(self.layers)}) from model.init_state(in_shape), got "
-                             f"{jax.tree.map(jnp.shape, state)}")
+            raise ValueError(
+                f"Sequential: state must be a tuple with one entry per layer "
+                f"({len(self.layers)}) from model.init_state(in_shape), got "
+                f"{jax.tree.map(jnp.shape, state)}"
+            )
         caches, new_state = [], []
-        for i, (layer, p, s, k) in enumerate(zip(self.layers, params, state,
-                                                 _split_for_layers(key, len(self.layers)))):
+        for i, (layer, p, s, k) in enumerate(
+            zip(self.layers, params, state, _split_for_layers(key, len(self.layers)))
+        ):
             try:
                 x, c, s = layer.forward_with_state(p, s, x, key=k, train=train)
             except (ValueError, TypeError) as e:
@@ -294,11 +325,14 @@ class Sequential(Layer):
 # Pytree helpers
 # --------------------------------------------------------------------------------------
 
+
 def cast(tree: PyTree, dtype) -> PyTree:
     """Cast every floating-point leaf of ``tree`` to ``dtype`` (others untouched)."""
+
     def f(a):
         a = jnp.asarray(a)
         return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
     return jax.tree.map(f, tree)
 
 

@@ -19,6 +19,7 @@ The rule for the batch: each batch is split by example over the ``"data"`` axis,
 statistics of the whole global batch (what the batch mean compiles to under GSPMD), so
 results equal one-device training up to summation order.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -31,8 +32,13 @@ from jbp._validate import check_mesh
 __all__ = ["initialize", "data_mesh", "process_local_shard", "shard_batch"]
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, local_device_ids=None, **kwargs) -> None:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    local_device_ids=None,
+    **kwargs,
+) -> None:
     """Join a multi-process JAX job (thin wrapper of ``jax.distributed.initialize``).
 
     Call it once per process, before anything else touches JAX devices. On a TPU slice,
@@ -56,13 +62,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             raise TypeError(f"{name}: expected an integer or None, got {v!r}")
     if num_processes is not None and num_processes < 1:
         raise ValueError(f"num_processes: expected >= 1, got {num_processes}")
-    if process_id is not None and num_processes is not None \
-            and not 0 <= process_id < num_processes:
-        raise ValueError(f"process_id: expected 0 <= process_id < num_processes = "
-                         f"{num_processes}, got {process_id}")
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id,
-                               local_device_ids=local_device_ids, **kwargs)
+    if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+        raise ValueError(
+            f"process_id: expected 0 <= process_id < num_processes = "
+            f"{num_processes}, got {process_id}"
+        )
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        local_device_ids=local_device_ids,
+        **kwargs,
+    )
 
 
 def data_mesh(devices=None) -> jax.sharding.Mesh:
@@ -75,13 +86,13 @@ def data_mesh(devices=None) -> jax.sharding.Mesh:
       The mesh, for ``fit(..., mesh=)`` and ``evaluate(..., mesh=)``.
     """
     if devices is None:
-        return jax.make_mesh((jax.device_count(),), ("data",),
-                             axis_types=(jax.sharding.AxisType.Auto,))
+        return jax.make_mesh(
+            (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+        )
     devices = list(devices)
     if not devices:
         raise ValueError("devices: expected at least one device, got none")
-    return jax.sharding.Mesh(np.array(devices), ("data",),
-                             axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.sharding.Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def process_local_shard(x, process_index: int | None = None, process_count: int | None = None):
@@ -102,10 +113,12 @@ def process_local_shard(x, process_index: int | None = None, process_count: int 
     p = jax.process_count() if process_count is None else int(process_count)
     n = np.shape(x)[0]
     if n % p:
-        raise ValueError(f"x: {n} examples do not split evenly over {p} processes; use a "
-                         f"multiple of {p} examples")
+        raise ValueError(
+            f"x: {n} examples do not split evenly over {p} processes; use a "
+            f"multiple of {p} examples"
+        )
     k = n // p
-    return x[i * k:(i + 1) * k]
+    return x[i * k : (i + 1) * k]
 
 
 def shard_batch(local, mesh):
@@ -122,5 +135,6 @@ def shard_batch(local, mesh):
     """
     check_mesh(mesh)
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)),
-                        local)
+    return jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local
+    )

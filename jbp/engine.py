@@ -27,6 +27,7 @@ factors, sampled targets, per-example rescaled deltas): the engine backpropagate
 column through the same hand-written backward (``vmap`` over the columns) and visits the
 layers with those deltas instead. See :class:`jbp.extensions.Extension`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -37,8 +38,15 @@ import jax.numpy as jnp
 
 from jbp._validate import check_batch, check_grad_fn, check_model_and_loss
 
-__all__ = ["Pass", "LayerCall", "SeedContext", "backprop", "value_and_grad",
-           "autodiff_value_and_grad", "loss_value_and_grad"]
+__all__ = [
+    "Pass",
+    "LayerCall",
+    "SeedContext",
+    "backprop",
+    "value_and_grad",
+    "autodiff_value_and_grad",
+    "loss_value_and_grad",
+]
 
 PyTree = Any
 
@@ -112,26 +120,33 @@ def _resolve(extensions) -> tuple:
     if isinstance(extensions, Extension):
         extensions = (extensions,)
     if not isinstance(extensions, (tuple, list)):
-        raise TypeError(f"extensions: expected a sequence of jbp.extensions objects, "
-                        f"got {type(extensions).__name__}")
+        raise TypeError(
+            f"extensions: expected a sequence of jbp.extensions objects, "
+            f"got {type(extensions).__name__}"
+        )
     out: dict[str, Extension] = {}
 
     def add(e, where):
         if isinstance(e, type) and issubclass(e, Extension):
-            raise TypeError(f"{where}: got the class {e.__name__}; pass an instance, "
-                            f"{e.__name__}()")
+            raise TypeError(
+                f"{where}: got the class {e.__name__}; pass an instance, {e.__name__}()"
+            )
         if not isinstance(e, Extension):
-            raise TypeError(f"{where}: expected a jbp.extensions.Extension (e.g. "
-                            f"jbp.extensions.BatchL2()), got {type(e).__name__}")
+            raise TypeError(
+                f"{where}: expected a jbp.extensions.Extension (e.g. "
+                f"jbp.extensions.BatchL2()), got {type(e).__name__}"
+            )
         if not isinstance(e.name, str) or not e.name:
-            raise TypeError(f"{where}: {type(e).__name__} has no name (set the class "
-                            f"attribute `name`)")
+            raise TypeError(
+                f"{where}: {type(e).__name__} has no name (set the class attribute `name`)"
+            )
         for r in e.requires:
             add(r, f"{where} ({e.name}) requires")
         old = out.get(e.name)
         if old is not None and old != e:
-            raise ValueError(f"extensions: two different extensions named {e.name!r}: "
-                             f"{old!r} and {e!r}")
+            raise ValueError(
+                f"extensions: two different extensions named {e.name!r}: {old!r} and {e!r}"
+            )
         out.setdefault(e.name, e)
 
     for i, e in enumerate(extensions):
@@ -181,8 +196,10 @@ def backprop(model, loss, *, regularizer=None, extensions=(), grad_fn: str = "ma
     check_grad_fn(grad_fn)
     exts = _resolve(extensions)
     if exts and grad_fn != "manual":
-        raise ValueError(f"extensions: {[e.name for e in exts]} read the hand-written backward; "
-                         f"they need grad_fn='manual', got grad_fn={grad_fn!r}")
+        raise ValueError(
+            f"extensions: {[e.name for e in exts]} read the hand-written backward; "
+            f"they need grad_fn='manual', got grad_fn={grad_fn!r}"
+        )
     main = tuple(e for e in exts if not e.seeded)
     seeded = tuple(e for e in exts if e.seeded)
 
@@ -193,23 +210,29 @@ def backprop(model, loss, *, regularizer=None, extensions=(), grad_fn: str = "ma
             state = model.init_state(tuple(_values(x).shape[1:]))
         for e in exts:
             if e.per_example and model.mixes_examples(train):
-                raise ValueError(f"extensions: {e.name} is a per-example quantity, but the model "
-                                 f"mixes the examples of a batch with train={train} (BatchNorm "
-                                 f"uses batch statistics in training mode); call with "
-                                 f"train=False, or drop BatchNorm")
+                raise ValueError(
+                    f"extensions: {e.name} is a per-example quantity, but the model "
+                    f"mixes the examples of a batch with train={train} (BatchNorm "
+                    f"uses batch statistics in training mode); call with "
+                    f"train=False, or drop BatchNorm"
+                )
             if e.needs_key and key is None:
-                raise ValueError(f"extensions: {e.name} samples random numbers and needs a key: "
-                                 f"call f(params, x, y, key=jax.random.key(...))")
+                raise ValueError(
+                    f"extensions: {e.name} samples random numbers and needs a key: "
+                    f"call f(params, x, y, key=jax.random.key(...))"
+                )
 
         if grad_fn == "autodiff":
+
             def objective(p):
                 pred, _, new_state = model.forward_with_state(p, state, x, key=key, train=train)
                 data_loss = loss.value(pred, y)
                 penalty = regularizer.value(p) if regularizer is not None else 0.0
                 return data_loss + penalty, (data_loss, penalty, pred, new_state)
 
-            (_, (value, penalty, pred, new_state)), grads = \
-                jax.value_and_grad(objective, has_aux=True)(params)
+            (_, (value, penalty, pred, new_state)), grads = jax.value_and_grad(
+                objective, has_aux=True
+            )(params)
             penalty = jnp.asarray(penalty, dtype=jnp.result_type(value))
             return Pass(value, penalty, grads, pred, new_state, {})
 
@@ -217,7 +240,7 @@ def backprop(model, loss, *, regularizer=None, extensions=(), grad_fn: str = "ma
         value, dpred = loss_value_and_grad(loss, pred, y)
         if main:
             grads, _, extras = model.backward_ext(params, cache, dpred, _visitor(main, n))
-            for e in main:                  # a model with no layers (Sequential([])) visits none
+            for e in main:  # a model with no layers (Sequential([])) visits none
                 extras.setdefault(e.name, params)
         else:
             grads, _ = model.backward(params, cache, dpred)

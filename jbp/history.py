@@ -1,4 +1,5 @@
 """``History``: what ``fit`` returns next to the parameters — one record per epoch."""
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,12 @@ class History:
 
     def __init__(self, records=None, *, epochs: int | None = None):
         self.records: list[dict[str, Any]] = list(records or [])
-        self.epochs = epochs                # epochs asked for
+        self.epochs = epochs  # epochs asked for
         self.stopped_epoch: int | None = None
         self.best_epoch: int | None = None
         self.interrupted = False
-        self.diverged: int | None = None       # epoch whose loss became NaN/Inf (fit stopped)
-        self.resumed_from: int | None = None   # epochs restored from a checkpoint
+        self.diverged: int | None = None  # epoch whose loss became NaN/Inf (fit stopped)
+        self.resumed_from: int | None = None  # epochs restored from a checkpoint
         self.compile_seconds = 0.0
         self.state: Any = ()
 
@@ -72,8 +73,10 @@ class History:
         return dict(self.records[-1]) if self.records else {}
 
     def __repr__(self) -> str:
-        return (f"History({len(self)} epochs, columns={self.keys()}, "
-                f"stopped_epoch={self.stopped_epoch}, best_epoch={self.best_epoch})")
+        return (
+            f"History({len(self)} epochs, columns={self.keys()}, "
+            f"stopped_epoch={self.stopped_epoch}, best_epoch={self.best_epoch})"
+        )
 
     # --- export ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, list]:
@@ -81,10 +84,16 @@ class History:
         return {k: self[k] for k in self.keys()}
 
     def info(self) -> dict:
-        return {"epochs": self.epochs, "epochs_run": len(self), "stopped_epoch": self.stopped_epoch,
-                "best_epoch": self.best_epoch, "interrupted": self.interrupted,
-                "diverged": self.diverged, "resumed_from": self.resumed_from,
-                "compile_seconds": self.compile_seconds}
+        return {
+            "epochs": self.epochs,
+            "epochs_run": len(self),
+            "stopped_epoch": self.stopped_epoch,
+            "best_epoch": self.best_epoch,
+            "interrupted": self.interrupted,
+            "diverged": self.diverged,
+            "resumed_from": self.resumed_from,
+            "compile_seconds": self.compile_seconds,
+        }
 
     def to_json(self, path=None, *, indent: int | None = 2) -> str:
         """``{"history": {column: [...]}, "info": {...}}`` as JSON (NaN/Inf become ``null``);
@@ -106,8 +115,9 @@ class History:
         data = json.loads(text)
         cols = data["history"]
         n = max((len(v) for v in cols.values()), default=0)
-        records = [{k: (math.nan if v[i] is None else v[i]) for k, v in cols.items()}
-                   for i in range(n)]
+        records = [
+            {k: (math.nan if v[i] is None else v[i]) for k, v in cols.items()} for i in range(n)
+        ]
         info = data.get("info", {})
         h = cls(records, epochs=info.get("epochs"))
         h.stopped_epoch = info.get("stopped_epoch")

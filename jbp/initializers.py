@@ -23,6 +23,7 @@ he / kaiming        Var = 2 / fan_in                   uniform: U[-a, a], a = sq
 lecun               Var = 1 / fan_in
 ==================  =================================  ==============================
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,6 +64,7 @@ __all__ = [
 # helpers
 # ----------------------------------------------------------------------------
 
+
 def _check_shape(shape, who: str) -> tuple:
     """Normalise ``shape`` to a tuple of positive Python ints, or raise."""
     if isinstance(shape, numbers.Integral):
@@ -70,19 +72,16 @@ def _check_shape(shape, who: str) -> tuple:
     try:
         dims = tuple(operator.index(d) for d in shape)
     except TypeError:
-        raise TypeError(
-            f"{who}: shape must be a tuple of ints, got {shape!r}") from None
+        raise TypeError(f"{who}: shape must be a tuple of ints, got {shape!r}") from None
     if any(d <= 0 for d in dims):
-        raise ValueError(
-            f"{who}: every dimension of shape must be positive, got shape {dims}")
+        raise ValueError(f"{who}: every dimension of shape must be positive, got shape {dims}")
     return dims
 
 
 def _check_float_dtype(dtype, who: str):
     dt = jnp.dtype(dtype)
     if not jnp.issubdtype(dt, jnp.floating):
-        raise TypeError(
-            f"{who}: a random initializer needs a floating dtype, got {dt}")
+        raise TypeError(f"{who}: a random initializer needs a floating dtype, got {dt}")
     return dt
 
 
@@ -91,8 +90,7 @@ def _check_nonneg(value, name: str, who: str) -> float:
         raise TypeError(f"{who}: {name} must be a real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"{who}: {name} must be finite and >= 0, got {value!r}")
+        raise ValueError(f"{who}: {name} must be finite and >= 0, got {value!r}")
     return value
 
 
@@ -118,6 +116,7 @@ def compute_fans(shape) -> tuple[int, int]:
 # ----------------------------------------------------------------------------
 # the initializer classes
 # ----------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Initializer:
@@ -151,6 +150,7 @@ class Ones(Initializer):
 @dataclasses.dataclass(frozen=True)
 class Constant(Initializer):
     """Every entry equal to ``value`` (a scalar)."""
+
     value: Any = 0.0
 
     def _sample(self, key, shape, dtype):
@@ -160,6 +160,7 @@ class Constant(Initializer):
 @dataclasses.dataclass(frozen=True)
 class Normal(Initializer):
     """``W ~ N(0, stddev^2)`` elementwise."""
+
     stddev: float = 1e-2
 
     def _sample(self, key, shape, dtype):
@@ -170,6 +171,7 @@ class Normal(Initializer):
 @dataclasses.dataclass(frozen=True)
 class Uniform(Initializer):
     """``W ~ U[-scale, scale]`` elementwise (variance ``scale^2 / 3``)."""
+
     scale: float = 1e-2
 
     def _sample(self, key, shape, dtype):
@@ -180,16 +182,16 @@ class Uniform(Initializer):
 @dataclasses.dataclass(frozen=True)
 class _VarianceScaling(Initializer):
     """Zero-mean samples with ``Var = gain / fan`` (class attributes below)."""
+
     # class attributes, not dataclass fields
     gain = 1.0
-    mode = "fan_in"            # "fan_in", "fan_out" or "fan_avg"
-    distribution = "normal"    # "normal" or "uniform"
+    mode = "fan_in"  # "fan_in", "fan_out" or "fan_avg"
+    distribution = "normal"  # "normal" or "uniform"
 
     def variance(self, shape) -> float:
         """The target variance of the entries for a weight of ``shape``."""
         fan_in, fan_out = compute_fans(shape)
-        fan = {"fan_in": fan_in, "fan_out": fan_out,
-               "fan_avg": (fan_in + fan_out) / 2.0}[self.mode]
+        fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[self.mode]
         return self.gain / fan
 
     def _sample(self, key, shape, dtype):
@@ -204,6 +206,7 @@ class _VarianceScaling(Initializer):
 @dataclasses.dataclass(frozen=True)
 class GlorotNormal(_VarianceScaling):
     """Glorot/Xavier normal: ``W ~ N(0, 2 / (fan_in + fan_out))`` (untruncated)."""
+
     mode = "fan_avg"
     distribution = "normal"
 
@@ -212,6 +215,7 @@ class GlorotNormal(_VarianceScaling):
 class GlorotUniform(_VarianceScaling):
     """Glorot/Xavier uniform: ``W ~ U[-a, a]``, ``a = sqrt(6 / (fan_in + fan_out))``
     (so ``Var = 2 / (fan_in + fan_out)``)."""
+
     mode = "fan_avg"
     distribution = "uniform"
 
@@ -219,6 +223,7 @@ class GlorotUniform(_VarianceScaling):
 @dataclasses.dataclass(frozen=True)
 class HeNormal(_VarianceScaling):
     """He/Kaiming normal: ``W ~ N(0, 2 / fan_in)`` (untruncated); for ReLU nets."""
+
     gain = 2.0
     mode = "fan_in"
     distribution = "normal"
@@ -228,6 +233,7 @@ class HeNormal(_VarianceScaling):
 class HeUniform(_VarianceScaling):
     """He/Kaiming uniform: ``W ~ U[-a, a]``, ``a = sqrt(6 / fan_in)``
     (so ``Var = 2 / fan_in``)."""
+
     gain = 2.0
     mode = "fan_in"
     distribution = "uniform"
@@ -236,6 +242,7 @@ class HeUniform(_VarianceScaling):
 @dataclasses.dataclass(frozen=True)
 class LecunNormal(_VarianceScaling):
     """LeCun normal: ``W ~ N(0, 1 / fan_in)`` (untruncated)."""
+
     mode = "fan_in"
     distribution = "normal"
 
@@ -244,6 +251,7 @@ class LecunNormal(_VarianceScaling):
 class LecunUniform(_VarianceScaling):
     """LeCun uniform: ``W ~ U[-a, a]``, ``a = sqrt(3 / fan_in)``
     (so ``Var = 1 / fan_in``)."""
+
     mode = "fan_in"
     distribution = "uniform"
 
@@ -259,19 +267,19 @@ class Orthogonal(Initializer):
     is Haar-distributed). Tall or square: the columns are orthonormal,
     ``QᵀQ = I``; wide: the rows are orthonormal, ``QQᵀ = I``. Needs rank >= 2.
     """
+
     scale: float = 1.0
 
     def _sample(self, key, shape, dtype):
         who = repr(self)
         dtype = _check_float_dtype(dtype, who)
         if len(shape) < 2:
-            raise ValueError(
-                f"{who}: needs a shape of rank >= 2, got shape {shape}")
+            raise ValueError(f"{who}: needs a shape of rank >= 2, got shape {shape}")
         n_rows, n_cols = math.prod(shape[:-1]), shape[-1]
         work = jnp.promote_types(dtype, jnp.float32)
         big, small = max(n_rows, n_cols), min(n_rows, n_cols)
         a = jax.random.normal(key, (big, small), work)
-        q, r = jnp.linalg.qr(a)                     # q: (big, small)
+        q, r = jnp.linalg.qr(a)  # q: (big, small)
         d = jnp.diagonal(r)
         q = q * jnp.where(d < 0, -1.0, 1.0).astype(work)
         if n_rows < n_cols:
@@ -282,6 +290,7 @@ class Orthogonal(Initializer):
 # ----------------------------------------------------------------------------
 # the factories (the public API)
 # ----------------------------------------------------------------------------
+
 
 def zeros() -> Initializer:
     """Initializer filling with 0."""
@@ -302,8 +311,7 @@ def constant(value) -> Initializer:
     else:
         arr = np.asarray(value)
         if arr.ndim != 0:
-            raise TypeError(
-                f"constant: value must be a scalar, got an array of shape {arr.shape}")
+            raise TypeError(f"constant: value must be a scalar, got an array of shape {arr.shape}")
         value = arr.item()
     return Constant(value)
 
@@ -395,8 +403,8 @@ def get(spec: str | Callable) -> Callable:
         key = spec.strip().lower().replace("-", "_")
         if key not in _BY_NAME:
             raise ValueError(
-                f"unknown initializer {spec!r}; known names: "
-                f"{', '.join(sorted(_BY_NAME))}")
+                f"unknown initializer {spec!r}; known names: {', '.join(sorted(_BY_NAME))}"
+            )
         return _BY_NAME[key]()
     if spec is constant:
         raise TypeError("get: constant needs a value; pass constant(value)")
@@ -404,5 +412,4 @@ def get(spec: str | Callable) -> Callable:
         return spec()
     if callable(spec):
         return spec
-    raise TypeError(
-        f"get: expected an initializer or a name, got {type(spec).__name__} {spec!r}")
+    raise TypeError(f"get: expected an initializer or a name, got {type(spec).__name__} {spec!r}")

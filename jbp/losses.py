@@ -14,6 +14,7 @@ loss                       value (n = batch size)                         grad �
 
 Cross-entropies take logits ``z`` (not probabilities) and are computed in the stable form.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,7 +48,7 @@ def _unit_columns(pred, scale=None):
     """``(m, *pred.shape)``: column ``c`` is ``e_c`` (times ``scale[:, c]``) in every example,
     ``m = prod(pred.shape[1:])``: the factor of a Hessian that is diagonal per example."""
     n, m = pred.shape[0], math.prod(pred.shape[1:])
-    eye = jnp.eye(m, dtype=pred.dtype)[:, None, :]                      # (m, 1, m)
+    eye = jnp.eye(m, dtype=pred.dtype)[:, None, :]  # (m, 1, m)
     cols = jnp.broadcast_to(eye, (m, n, m)) if scale is None else eye * scale.reshape(n, m)[None]
     return cols.reshape((m,) + pred.shape)
 
@@ -83,9 +84,11 @@ class Loss:
           pred: the model's output, leading batch axis.
           target: the targets, as for ``value``.
         """
-        raise TypeError(f"{self.name}: this loss has no hessian_factor(pred, target); the "
-                        f"curvature extensions need one (mse, binary_cross_entropy and "
-                        f"softmax_cross_entropy have it)")
+        raise TypeError(
+            f"{self.name}: this loss has no hessian_factor(pred, target); the "
+            f"curvature extensions need one (mse, binary_cross_entropy and "
+            f"softmax_cross_entropy have it)"
+        )
 
     def sample_targets(self, key, pred, samples: int = 1):
         """``samples`` targets per example drawn from the model's predictive distribution
@@ -96,8 +99,10 @@ class Loss:
           pred: the model's output, leading batch axis.
           samples: how many targets per example.
         """
-        raise TypeError(f"{self.name}: this loss has no sample_targets(key, pred, samples); "
-                        f"the Monte-Carlo curvature extensions need one")
+        raise TypeError(
+            f"{self.name}: this loss has no sample_targets(key, pred, samples); "
+            f"the Monte-Carlo curvature extensions need one"
+        )
 
     def sampled_grads(self, key, pred, target, samples: int = 1):
         """``∂ℓᵢ(predᵢ, ŷᵢ)/∂predᵢ`` at targets ``ŷ`` drawn by :meth:`sample_targets`, shape
@@ -152,12 +157,15 @@ class Loss:
         target = check_array("target", target)
         if target.ndim == 0:
             raise ValueError(f"{self.name}: target needs a leading example axis, got a scalar")
-        if tuple(target.shape[1:]) == tuple(out_shape) or (tuple(out_shape) == (1,)
-                                                           and target.ndim == 1):
+        if tuple(target.shape[1:]) == tuple(out_shape) or (
+            tuple(out_shape) == (1,) and target.ndim == 1
+        ):
             return
-        raise ValueError(f"{self.name}: target must have the {what} shape "
-                         f"(n, {', '.join(map(str, out_shape))}) = "
-                         f"{(target.shape[0],) + tuple(out_shape)}, got {tuple(target.shape)}")
+        raise ValueError(
+            f"{self.name}: target must have the {what} shape "
+            f"(n, {', '.join(map(str, out_shape))}) = "
+            f"{(target.shape[0],) + tuple(out_shape)}, got {tuple(target.shape)}"
+        )
 
     def _same_shape(self, pred, target, what):
         """``target`` shaped like ``pred``; ``(n,)`` is accepted for ``(n, 1)`` predictions."""
@@ -165,8 +173,9 @@ class Loss:
             return target
         if pred.ndim == 2 and pred.shape[1] == 1 and target.shape == pred.shape[:1]:
             return target[:, None]
-        raise ValueError(f"{self.name}: target must have the {what} shape {pred.shape}, "
-                         f"got {target.shape}")
+        raise ValueError(
+            f"{self.name}: target must have the {what} shape {pred.shape}, got {target.shape}"
+        )
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -238,8 +247,10 @@ class BinaryCrossEntropy(Loss):
         target = self._same_shape(pred, target, "logits'")
         t = _concrete(target)
         if t is not None and t.size and (np.min(t) < 0 or np.max(t) > 1):
-            raise ValueError(f"binary_cross_entropy: targets must lie in [0, 1], got values in "
-                             f"[{np.min(t)}, {np.max(t)}]")
+            raise ValueError(
+                f"binary_cross_entropy: targets must lie in [0, 1], got values in "
+                f"[{np.min(t)}, {np.max(t)}]"
+            )
         return pred, target.astype(pred.dtype)
 
     def value(self, pred, target):
@@ -289,41 +300,56 @@ class SoftmaxCrossEntropy(Loss):
         target = check_array("target", target)
         out_shape = tuple(out_shape)
         if len(out_shape) != 1:
-            raise ValueError(f"{self.name}: logits must have shape (batch, classes), but the "
-                             f"model's output per example has shape {out_shape}")
+            raise ValueError(
+                f"{self.name}: logits must have shape (batch, classes), but the "
+                f"model's output per example has shape {out_shape}"
+            )
         k = out_shape[0]
         if jnp.issubdtype(target.dtype, jnp.integer):
             if target.ndim != 1:
-                raise ValueError(f"{self.name}: integer labels must have shape (n,), got "
-                                 f"{tuple(target.shape)}")
+                raise ValueError(
+                    f"{self.name}: integer labels must have shape (n,), got {tuple(target.shape)}"
+                )
             check_index_range(f"{self.name}: labels ({k} classes)", target, k)
             return
-        if not jnp.issubdtype(target.dtype, jnp.floating) or target.ndim != 2 \
-                or target.shape[1] != k:
-            raise ValueError(f"{self.name}: target must be integer labels of shape (n,) or "
-                             f"probabilities of shape (n, {k}), got {target.dtype} "
-                             f"{tuple(target.shape)}")
+        if (
+            not jnp.issubdtype(target.dtype, jnp.floating)
+            or target.ndim != 2
+            or target.shape[1] != k
+        ):
+            raise ValueError(
+                f"{self.name}: target must be integer labels of shape (n,) or "
+                f"probabilities of shape (n, {k}), got {target.dtype} "
+                f"{tuple(target.shape)}"
+            )
         check_interval(f"{self.name}: target probabilities", target, 0.0, float("inf"))
 
     def _targets(self, pred, target):
         pred, target = self._check(pred, target)
         if pred.ndim != 2:
-            raise ValueError(f"softmax_cross_entropy: logits must have shape (batch, classes), "
-                             f"got {pred.shape}")
+            raise ValueError(
+                f"softmax_cross_entropy: logits must have shape (batch, classes), got {pred.shape}"
+            )
         k = pred.shape[1]
         if jnp.issubdtype(target.dtype, jnp.integer):
             if target.shape != pred.shape[:1]:
-                raise ValueError(f"softmax_cross_entropy: integer labels must have shape "
-                                 f"({pred.shape[0]},), got {target.shape}")
+                raise ValueError(
+                    f"softmax_cross_entropy: integer labels must have shape "
+                    f"({pred.shape[0]},), got {target.shape}"
+                )
             t = _concrete(target)
             if t is not None and t.size and (t.min() < 0 or t.max() >= k):
-                raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {k}) for {k} "
-                                 f"classes, got values in [{t.min()}, {t.max()}]")
+                raise ValueError(
+                    f"softmax_cross_entropy: labels must lie in [0, {k}) for {k} "
+                    f"classes, got values in [{t.min()}, {t.max()}]"
+                )
             return pred, jax.nn.one_hot(target, k, dtype=pred.dtype)
         if target.shape != pred.shape:
-            raise ValueError(f"softmax_cross_entropy: target must be integer labels of shape "
-                             f"({pred.shape[0]},) or probabilities of shape {pred.shape}, "
-                             f"got {target.dtype} {target.shape}")
+            raise ValueError(
+                f"softmax_cross_entropy: target must be integer labels of shape "
+                f"({pred.shape[0]},) or probabilities of shape {pred.shape}, "
+                f"got {target.dtype} {target.shape}"
+            )
         return pred, target.astype(pred.dtype)
 
     def value(self, pred, target):
@@ -356,8 +382,8 @@ class SoftmaxCrossEntropy(Loss):
         z, t = self._targets(pred, target)
         p = jax.nn.softmax(z, axis=-1)
         k = z.shape[1]
-        eye = jnp.eye(k, dtype=z.dtype)[:, None, :]                        # (k, 1, k): e_c
-        root = jnp.sqrt(p * jnp.sum(t, axis=-1, keepdims=True))            # √(τ p_c), (n, k)
+        eye = jnp.eye(k, dtype=z.dtype)[:, None, :]  # (k, 1, k): e_c
+        root = jnp.sqrt(p * jnp.sum(t, axis=-1, keepdims=True))  # √(τ p_c), (n, k)
         return root.T[:, :, None] * (eye - p[None])
 
     def sample_targets(self, key, pred, samples: int = 1):
@@ -366,8 +392,9 @@ class SoftmaxCrossEntropy(Loss):
         samples = _check_samples(self.name, samples)
         z = jax.lax.stop_gradient(pred)
         if z.ndim != 2:
-            raise ValueError(f"softmax_cross_entropy: logits must have shape (batch, classes), "
-                             f"got {z.shape}")
+            raise ValueError(
+                f"softmax_cross_entropy: logits must have shape (batch, classes), got {z.shape}"
+            )
         return jax.random.categorical(key, z, axis=-1, shape=(samples, z.shape[0]))
 
     def sampled_grads(self, key, pred, target, samples: int = 1):
@@ -405,5 +432,6 @@ def accuracy(pred, target):
     if pred.ndim == 2 and pred.shape[1] > 1:
         labels = target if target.ndim == 1 else jnp.argmax(target, axis=-1)
         return jnp.mean(jnp.argmax(pred, axis=-1) == labels)
-    return jnp.mean((pred.reshape(pred.shape[0], -1) > 0) ==
-                    (target.reshape(pred.shape[0], -1) > 0.5))
+    return jnp.mean(
+        (pred.reshape(pred.shape[0], -1) > 0) == (target.reshape(pred.shape[0], -1) > 0.5)
+    )

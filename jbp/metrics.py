@@ -19,6 +19,7 @@ name           value on a batch of n                            better
 Note: the ``mse`` *metric* is the plain mean of squares; the ``mse`` *loss*
 (:data:`jbp.losses.mse`) follows the seed's ``1/(2n) Σᵢ ‖yᵢ − ŷᵢ‖²``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,13 +46,19 @@ class Metric:
 
 def _regression_target(pred, target):
     target = jnp.asarray(target)
-    if target.shape != pred.shape and pred.ndim == 2 and pred.shape[1] == 1 \
-            and target.shape == pred.shape[:1]:
+    if (
+        target.shape != pred.shape
+        and pred.ndim == 2
+        and pred.shape[1] == 1
+        and target.shape == pred.shape[:1]
+    ):
         target = target[:, None]
     if target.shape != pred.shape:
-        raise ValueError(f"metrics: mse/rmse/mae need targets of the prediction's shape "
-                         f"{pred.shape}, got {target.shape} (integer class labels? use "
-                         f"'accuracy', or one-hot targets)")
+        raise ValueError(
+            f"metrics: mse/rmse/mae need targets of the prediction's shape "
+            f"{pred.shape}, got {target.shape} (integer class labels? use "
+            f"'accuracy', or one-hot targets)"
+        )
     return target.astype(pred.dtype)
 
 
@@ -64,12 +71,14 @@ def _mean_abs(pred, target, loss):
 
 
 METRICS: dict[str, Metric] = {
-    m.name: m for m in (
+    m.name: m
+    for m in (
         Metric("loss", lambda pred, target, loss: loss.value(pred, target)),
-        Metric("accuracy", lambda pred, target, loss: accuracy(pred, target),
-               higher_is_better=True),
+        Metric(
+            "accuracy", lambda pred, target, loss: accuracy(pred, target), higher_is_better=True
+        ),
         Metric("mse", _mean_sq),
-        Metric("rmse", _mean_sq, finalize=lambda v: v ** 0.5),
+        Metric("rmse", _mean_sq, finalize=lambda v: v**0.5),
         Metric("mae", _mean_abs),
     )
 }
@@ -86,15 +95,18 @@ def get_metrics(names) -> tuple[Metric, ...]:
     try:
         names = tuple(names)
     except TypeError:
-        raise TypeError(f"metrics: expected a sequence of metric names, e.g. "
-                        f"('loss', 'accuracy'), got {type(names).__name__}") from None
+        raise TypeError(
+            f"metrics: expected a sequence of metric names, e.g. "
+            f"('loss', 'accuracy'), got {type(names).__name__}"
+        ) from None
     out = [METRICS["loss"]]
     for name in names:
         if not isinstance(name, str):
             raise TypeError(f"metrics: expected metric names (strings), got {name!r}")
         if name not in METRICS:
-            raise ValueError(f"metrics: unknown metric {name!r}; known: "
-                             f"{', '.join(sorted(METRICS))}")
+            raise ValueError(
+                f"metrics: unknown metric {name!r}; known: {', '.join(sorted(METRICS))}"
+            )
         if METRICS[name] not in out:
             out.append(METRICS[name])
     return tuple(out)

@@ -26,6 +26,7 @@ The per-example scaling uses ``δ_out = n · loss.grad(pred, y)`` (row ``i`` is 
 gradient of ``ℓᵢ`` alone). All of this assumes the model's layers do not mix examples
 (BatchNorm in training mode does: its per-example gradient is not defined this way).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -61,8 +62,9 @@ def per_example_grads(model, loss, *, grad_fn: str = "manual") -> Callable:
 
     def one(params, xi, yi, k, train, state):
         xb, yb = xi[None], yi[None]
-        return jax.grad(lambda p: loss.value(model.apply(p, xb, key=k, train=train, state=state),
-                                             yb))(params)
+        return jax.grad(
+            lambda p: loss.value(model.apply(p, xb, key=k, train=train, state=state), yb)
+        )(params)
 
     def f(params, x, y, *, key=None, train=True, state=None):
         x, y = check_batch(x, y)
@@ -86,7 +88,9 @@ def per_example_grad_norms(model, loss) -> Callable:
     run = backprop(model, loss, extensions=(BatchL2(),))
 
     def f(params, x, y, *, key=None, train=True, state=None):
-        sq = global_sq_norms(run(params, x, y, key=key, train=train, state=state).extras["batch_l2"])
+        sq = global_sq_norms(
+            run(params, x, y, key=key, train=train, state=state).extras["batch_l2"]
+        )
         return jnp.sqrt(jnp.maximum(sq, 0.0))
 
     return f

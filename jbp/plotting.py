@@ -3,6 +3,7 @@
 matplotlib is imported inside the functions, so ``import jbp.plotting`` works without it;
 calling a plot without it raises an ``ImportError`` that says how to install it.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,15 +29,19 @@ def require_matplotlib():
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError("jbp.plotting needs matplotlib, an optional dependency: install it "
-                          "with `pip install 'jbp[examples]'` (or `pip install matplotlib`)") from e
+        raise ImportError(
+            "jbp.plotting needs matplotlib, an optional dependency: install it "
+            "with `pip install 'jbp[examples]'` (or `pip install matplotlib`)"
+        ) from e
     del matplotlib  # its default backend falls back to Agg on a machine without a display
     import matplotlib.pyplot as plt
+
     return plt
 
 
-def plot_gradient_norms(record, path=None, *, quantity: str = "grad_W_norm", title=None,
-                        ax=None, log=None):
+def plot_gradient_norms(
+    record, path=None, *, quantity: str = "grad_W_norm", title=None, ax=None, log=None
+):
     """Draw a per-layer quantity over epochs, one line per layer, log scale.
 
     Args:
@@ -55,8 +60,9 @@ def plot_gradient_norms(record, path=None, *, quantity: str = "grad_W_norm", tit
       lines and marked with an ``x`` at the top of the axes.
     """
     if not hasattr(record, "epochs") or not hasattr(record, "quantity"):
-        raise TypeError(f"plot_gradient_norms: expected a GradientNormRecord, got "
-                        f"{type(record).__name__}")
+        raise TypeError(
+            f"plot_gradient_norms: expected a GradientNormRecord, got {type(record).__name__}"
+        )
     if not record.epochs:
         raise ValueError("plot_gradient_norms: the record is empty (no epoch recorded)")
     series = record.quantity(quantity)
@@ -77,8 +83,7 @@ def plot_gradient_norms(record, path=None, *, quantity: str = "grad_W_norm", tit
     for k, (name, values) in enumerate(series.items()):
         if all(math.isnan(v) for v in values):
             continue
-        pts = [(e, v) for e, v in zip(epochs, values)
-               if math.isfinite(v) and (v > 0 or not log)]
+        pts = [(e, v) for e, v in zip(epochs, values) if math.isfinite(v) and (v > 0 or not log)]
         bad_epochs.update(e for e, v in zip(epochs, values) if not math.isfinite(v))
         color = cmap(k / max(n - 1, 1) * 0.9)
         if pts:
@@ -88,8 +93,15 @@ def plot_gradient_norms(record, path=None, *, quantity: str = "grad_W_norm", tit
         ax.set_yscale("log")
     if bad_epochs:
         top = ax.get_ylim()[1]
-        ax.scatter(sorted(bad_epochs), [top] * len(bad_epochs), marker="x", color="red",
-                   label="inf / nan", clip_on=False, zorder=5)
+        ax.scatter(
+            sorted(bad_epochs),
+            [top] * len(bad_epochs),
+            marker="x",
+            color="red",
+            label="inf / nan",
+            clip_on=False,
+            zorder=5,
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel(_LABELS.get(quantity, quantity))
     ax.set_title(title if title is not None else f"{_LABELS.get(quantity, quantity)} per layer")
@@ -108,5 +120,6 @@ def save_figure(fig, path, *, dpi: int = 110, close: bool = True) -> str:
     fig.savefig(path, dpi=dpi)
     if close:
         import matplotlib.pyplot as plt
+
         plt.close(fig)
     return path

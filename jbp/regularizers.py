@@ -49,6 +49,7 @@ Conventions, stated once:
 Regularizers are frozen dataclasses: hashable, so they can be closed over by ``jax.jit``
 or passed as static arguments. The values are computed in the params' dtype.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,6 +81,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # Which leaves a penalty applies to
 # --------------------------------------------------------------------------------------
+
 
 def _is_float_leaf(leaf) -> bool:
     return jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
@@ -116,24 +118,31 @@ def _normalize_mask(where: str, mask):
     if isinstance(mask, _TreeMask):
         return mask
     if isinstance(mask, (str, bytes)):
-        raise TypeError(f"{where}: mask must be a predicate on the leaf name "
-                        f"(lambda name: ...) or a pytree of bools, got the string {mask!r}")
+        raise TypeError(
+            f"{where}: mask must be a predicate on the leaf name "
+            f"(lambda name: ...) or a pytree of bools, got the string {mask!r}"
+        )
     leaves, treedef = jax.tree.flatten(mask)
     values = []
     for i, v in enumerate(leaves):
-        if isinstance(v, (bool, np.bool_)) or (isinstance(v, (np.ndarray, jax.Array))
-                                                 and v.shape == () and v.dtype == bool):
+        if isinstance(v, (bool, np.bool_)) or (
+            isinstance(v, (np.ndarray, jax.Array)) and v.shape == () and v.dtype == bool
+        ):
             values.append(bool(v))
         else:
-            raise TypeError(f"{where}: mask must be a pytree of Python bools (or a predicate "
-                            f"on the leaf name); leaf {i} is {v!r} of type {type(v).__name__}")
+            raise TypeError(
+                f"{where}: mask must be a pytree of Python bools (or a predicate "
+                f"on the leaf name); leaf {i} is {v!r} of type {type(v).__name__}"
+            )
     return _TreeMask(treedef, tuple(values))
 
 
 def _check_strength(where: str, arg: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where}: {arg} must be a real number ≥ 0, got {value!r} "
-                        f"of type {type(value).__name__}")
+        raise TypeError(
+            f"{where}: {arg} must be a real number ≥ 0, got {value!r} "
+            f"of type {type(value).__name__}"
+        )
     value = float(value)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{where}: {arg} must be a finite number ≥ 0, got {value!r}")
@@ -143,6 +152,7 @@ def _check_strength(where: str, arg: str, value) -> float:
 # --------------------------------------------------------------------------------------
 # The regularizers
 # --------------------------------------------------------------------------------------
+
 
 class Regularizer:
     """Base class: ``value(params)`` and hand-written ``grad(params)``.
@@ -174,13 +184,17 @@ class Regularizer:
         if isinstance(mask, _TreeMask):
             tree = jax.tree.unflatten(mask.treedef, list(mask.values))
             try:
-                full = jax.tree.map(lambda m, sub: jax.tree.map(lambda leaf: m and _is_float_leaf(leaf), sub),
-                                    tree, params)
+                full = jax.tree.map(
+                    lambda m, sub: jax.tree.map(lambda leaf: m and _is_float_leaf(leaf), sub),
+                    tree,
+                    params,
+                )
             except (ValueError, TypeError) as e:
                 raise ValueError(
                     f"{self!r}: mask must be a pytree of bools shaped like params (or a prefix "
                     f"of params' structure); mask {jax.tree.structure(tree)} does not match "
-                    f"params {jax.tree.structure(params)}") from e
+                    f"params {jax.tree.structure(params)}"
+                ) from e
             return full
         paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
         out = []
@@ -191,8 +205,10 @@ class Regularizer:
             except Exception as e:  # a predicate that fails should say for which leaf
                 raise type(e)(f"{self!r}: mask predicate failed on leaf {name!r}: {e}") from e
             if not isinstance(chosen, (bool, np.bool_)):
-                raise TypeError(f"{self!r}: mask predicate must return a bool, returned "
-                                f"{chosen!r} for leaf {name!r}")
+                raise TypeError(
+                    f"{self!r}: mask predicate must return a bool, returned "
+                    f"{chosen!r} for leaf {name!r}"
+                )
             out.append(bool(chosen) and _is_float_leaf(leaf))
         return jax.tree.unflatten(treedef, out)
 
@@ -213,9 +229,11 @@ class Regularizer:
         from jbp.core import named_leaves  # noqa: PLC0415
 
         names = [n for n, leaf in named_leaves(params) if _is_float_leaf(leaf)]
-        raise ValueError(f"regularizer: the mask of {self!r} matches no leaf of params, so the "
-                         f"penalty would be 0; the floating-point leaves are "
-                         f"{', '.join(names) or '(none)'}")
+        raise ValueError(
+            f"regularizer: the mask of {self!r} matches no leaf of params, so the "
+            f"penalty would be 0; the floating-point leaves are "
+            f"{', '.join(names) or '(none)'}"
+        )
 
     def _pairs(self, params):
         leaves, treedef = jax.tree.flatten(params)
@@ -246,8 +264,10 @@ class Regularizer:
         Zeros (of each leaf's dtype) where the penalty is not applied.
         """
         leaves, flags, treedef = self._pairs(params)
-        out = [self._leaf_grad(jnp.asarray(w)) if f else jnp.zeros_like(w)
-               for w, f in zip(leaves, flags)]
+        out = [
+            self._leaf_grad(jnp.asarray(w)) if f else jnp.zeros_like(w)
+            for w, f in zip(leaves, flags)
+        ]
         return jax.tree.unflatten(treedef, out)
 
     def __call__(self, params: PyTree):
@@ -329,8 +349,9 @@ def l2(strength: float, *, mask: Callable[[str], bool] | PyTree | None = None) -
     return L2(strength, mask)
 
 
-def elastic_net(l1: float, l2: float, *,
-                mask: Callable[[str], bool] | PyTree | None = None) -> ElasticNet:
+def elastic_net(
+    l1: float, l2: float, *, mask: Callable[[str], bool] | PyTree | None = None
+) -> ElasticNet:
     """Elastic net ``l1 Σ |w| + ½ l2 Σ w²``; gradient ``l1 sign(w) + l2 w``.
 
     Both strengths must be ≥ 0. ``elastic_net(a, 0)`` equals ``l1(a)`` and

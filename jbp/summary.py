@@ -4,6 +4,7 @@ Nothing is computed: shapes and dtypes come from ``jax.eval_shape`` over each la
 ``init`` (and ``init_state`` for non-trainable state such as BatchNorm's running
 statistics), or from the ``params`` you pass.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,14 @@ def _count(tree) -> int:
 
 
 def _dtypes(tree) -> tuple:
-    return tuple(sorted({str(jnp.result_type(a) if not hasattr(a, "dtype") else a.dtype)
-                         for a in jax.tree.leaves(tree)}))
+    return tuple(
+        sorted(
+            {
+                str(jnp.result_type(a) if not hasattr(a, "dtype") else a.dtype)
+                for a in jax.tree.leaves(tree)
+            }
+        )
+    )
 
 
 def _abstract_init(layer: Layer, in_shape: tuple):
@@ -77,12 +84,23 @@ def _walk(layer, params, in_shape, name, depth, rows):
     else:
         params_view = params
         if jax.tree.structure(params) != jax.tree.structure(abstract):
-            raise ValueError(f"summary: params of {name} ({type(layer).__name__}) do not match "
-                             f"the model's structure: expected {jax.tree.structure(abstract)}, "
-                             f"got {jax.tree.structure(params)}")
-    state = (jax.eval_shape(lambda: layer.init_state(in_shape)) if layer.stateful else ())
-    rows.append(Row(name, type(layer).__name__, depth, out_shape, _count(params_view),
-                    _count(state), _dtypes(params_view)))
+            raise ValueError(
+                f"summary: params of {name} ({type(layer).__name__}) do not match "
+                f"the model's structure: expected {jax.tree.structure(abstract)}, "
+                f"got {jax.tree.structure(params)}"
+            )
+    state = jax.eval_shape(lambda: layer.init_state(in_shape)) if layer.stateful else ()
+    rows.append(
+        Row(
+            name,
+            type(layer).__name__,
+            depth,
+            out_shape,
+            _count(params_view),
+            _count(state),
+            _dtypes(params_view),
+        )
+    )
     for suffix, child, p, shape in _children(layer, params, in_shape):
         _walk(child, p, shape, f"{name}.{suffix}" if name else suffix, depth + 1, rows)
 
@@ -94,8 +112,9 @@ def rows(model: Layer, in_shape, *, params=None) -> list[Row]:
     try:
         in_shape = tuple(int(d) for d in in_shape)
     except TypeError:
-        raise TypeError(f"summary: in_shape must be a tuple of ints (without the batch axis), "
-                        f"got {in_shape!r}") from None
+        raise TypeError(
+            f"summary: in_shape must be a tuple of ints (without the batch axis), got {in_shape!r}"
+        ) from None
     if any(d <= 0 for d in in_shape):
         raise ValueError(f"summary: in_shape must have positive sizes, got {in_shape}")
     out: list[Row] = []
@@ -134,30 +153,48 @@ def summary(model: Layer, in_shape, *, params=None, dtype=jnp.float32, print_fn=
     table = rows(model, in_shape, params=params)
     in_shape = tuple(int(d) for d in in_shape)
     head = ("Layer", "Output shape", "Params", "Dtype")
-    lines = [(("  " * max(r.depth - 1, 0)) + (f"{r.name} " if r.name else "") + r.kind,
-              _fmt_shape(r.out_shape), f"{r.params:,}" + (f" (+{r.state:,} state)" if r.state else ""),
-              ",".join(r.dtypes) or "-") for r in table[1:] or table]
+    lines = [
+        (
+            ("  " * max(r.depth - 1, 0)) + (f"{r.name} " if r.name else "") + r.kind,
+            _fmt_shape(r.out_shape),
+            f"{r.params:,}" + (f" (+{r.state:,} state)" if r.state else ""),
+            ",".join(r.dtypes) or "-",
+        )
+        for r in table[1:] or table
+    ]
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i != 2 else c.rjust(w)
-                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    fmt = lambda cells: "  ".join(
+        c.ljust(w) if i != 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    ).rstrip()
     rule = "─" * len(fmt(tuple("x" * w for w in widths)))
     total = table[0]
-    p_struct = (params if params is not None
-                else jax.eval_shape(lambda k: model.init(k, in_shape)[0], jax.random.key(0)))
+    p_struct = (
+        params
+        if params is not None
+        else jax.eval_shape(lambda k: model.init(k, in_shape)[0], jax.random.key(0))
+    )
     x = jax.ShapeDtypeStruct((1, *in_shape), jnp.dtype(dtype))
     if model.stateful:
         st = jax.eval_shape(lambda: model.init_state(in_shape))
-        y = jax.eval_shape(lambda p, s, x: model.forward_with_state(p, s, x, train=False)[0],
-                           p_struct, st, x)
+        y = jax.eval_shape(
+            lambda p, s, x: model.forward_with_state(p, s, x, train=False)[0], p_struct, st, x
+        )
     else:
         y = jax.eval_shape(lambda p, x: model.forward(p, x, train=False)[0], p_struct, x)
     y_dtype = getattr(getattr(y, "values", y), "dtype", "?")
-    out = [f"{type(model).__name__} on input (None, {', '.join(map(str, in_shape))}) {jnp.dtype(dtype)}"
-           .replace(", )", ")"),
-           rule, fmt(head), rule, *map(fmt, lines), rule,
-           f"Trainable params: {total.params:,} ({', '.join(total.dtypes) or '-'})",
-           f"Non-trainable state: {total.state:,}",
-           f"Output: {_fmt_shape(total.out_shape)} {y_dtype}"]
+    out = [
+        f"{type(model).__name__} on input (None, {', '.join(map(str, in_shape))}) {jnp.dtype(dtype)}".replace(
+            ", )", ")"
+        ),
+        rule,
+        fmt(head),
+        rule,
+        *map(fmt, lines),
+        rule,
+        f"Trainable params: {total.params:,} ({', '.join(total.dtypes) or '-'})",
+        f"Non-trainable state: {total.state:,}",
+        f"Output: {_fmt_shape(total.out_shape)} {y_dtype}",
+    ]
     text = "\n".join(out)
     if print_fn is not None:
         print_fn(text)

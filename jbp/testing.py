@@ -28,6 +28,7 @@ uses them too. It is a superset of ``torch.autograd.gradcheck`` and
 ``jax.test_util.check_grads`` for the layer protocol: those check a function's derivative;
 this checks a hand-written backward, its batching, and every quantity derived from it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -90,9 +91,10 @@ class LayerCheckReport:
         lines = [f"check_layer: {self.layer}", head, "-" * len(head)]
         for r in self.rows:
             bound = r.rtol * r.scale + r.atol
-            lines.append(f"{r.check:<34} {r.dtype:<8} {r.err:>10.2e} {r.scale:>10.2e} "
-                         f"{bound:>10.2e}  {'yes' if r.ok else 'NO'}"
-                         + (f"  {r.detail}" if r.detail else ""))
+            lines.append(
+                f"{r.check:<34} {r.dtype:<8} {r.err:>10.2e} {r.scale:>10.2e} "
+                f"{bound:>10.2e}  {'yes' if r.ok else 'NO'}" + (f"  {r.detail}" if r.detail else "")
+            )
         lines.append("all checks pass" if self.ok else f"FAILED: {', '.join(self.failed)}")
         return "\n".join(lines)
 
@@ -113,8 +115,15 @@ def _err_scale(got, want):
 def _row(check, dtype, got, want, detail=""):
     rtol, atol = TOLERANCES[dtype]
     if jax.tree.structure(got) != jax.tree.structure(want):
-        return CheckRow(check, dtype, float("inf"), 0.0, rtol, atol,
-                        f"structure differs: {jax.tree.structure(got)} vs {jax.tree.structure(want)}")
+        return CheckRow(
+            check,
+            dtype,
+            float("inf"),
+            0.0,
+            rtol,
+            atol,
+            f"structure differs: {jax.tree.structure(got)} vs {jax.tree.structure(want)}",
+        )
     err, scale = _err_scale(got, want)
     return CheckRow(check, dtype, err, scale, rtol, atol, detail)
 
@@ -122,17 +131,21 @@ def _row(check, dtype, got, want, detail=""):
 def assert_trees_close(got, want, *, dtype=None, what=""):
     """Assert two pytrees match in structure, shapes, dtypes and values within
     :data:`TOLERANCES` (``dtype``: which row; default from ``want``'s leaves)."""
-    assert jax.tree.structure(got) == jax.tree.structure(want), \
+    assert jax.tree.structure(got) == jax.tree.structure(want), (
         f"{what}: structure {jax.tree.structure(got)} != {jax.tree.structure(want)}"
+    )
     for i, (g, w) in enumerate(zip(jax.tree.leaves(got), jax.tree.leaves(want))):
         assert np.shape(g) == np.shape(w), f"{what} leaf {i}: shape {np.shape(g)} != {np.shape(w)}"
-        assert jnp.result_type(g) == jnp.result_type(w), \
+        assert jnp.result_type(g) == jnp.result_type(w), (
             f"{what} leaf {i}: dtype {jnp.result_type(g)} != {jnp.result_type(w)}"
+        )
     if dtype is None:
         leaves = jax.tree.leaves(want)
         dtype = str(jnp.result_type(*leaves)) if leaves else "float64"
     row = _row(what or "trees", dtype if dtype in TOLERANCES else "float32", got, want)
-    assert row.ok, f"{what}: max err {row.err:.3e}, scale {row.scale:.3e} (rtol {row.rtol}, atol {row.atol})"
+    assert row.ok, (
+        f"{what}: max err {row.err:.3e}, scale {row.scale:.3e} (rtol {row.rtol}, atol {row.atol})"
+    )
 
 
 class _Linear:
@@ -156,10 +169,23 @@ def _values(y):
     return y.values if hasattr(y, "mask") and hasattr(y, "values") else y
 
 
-def check_layer(layer, in_shape, *, batch: int = 3, params=None, state=None, train: bool = False,
-                key=None, mask=None, vocab: int | None = None, dtypes=("float64", "float32"),
-                extensions: bool = True, finite_differences: bool = True, fd_directions: int = 2,
-                seed: int = 0) -> LayerCheckReport:
+def check_layer(
+    layer,
+    in_shape,
+    *,
+    batch: int = 3,
+    params=None,
+    state=None,
+    train: bool = False,
+    key=None,
+    mask=None,
+    vocab: int | None = None,
+    dtypes=("float64", "float32"),
+    extensions: bool = True,
+    finite_differences: bool = True,
+    fd_directions: int = 2,
+    seed: int = 0,
+) -> LayerCheckReport:
     """Check a layer's hand-written backward and everything derived from it.
 
     Args:
@@ -192,8 +218,9 @@ def check_layer(layer, in_shape, *, batch: int = 3, params=None, state=None, tra
     rng = np.random.default_rng(seed)
     if params is None:
         p0, _ = layer.init(jax.random.key(seed), in_shape)
-        p0 = jax.tree.map(lambda a: np.asarray(a, np.float64)
-                          + 0.3 * rng.standard_normal(np.shape(a)), p0)
+        p0 = jax.tree.map(
+            lambda a: np.asarray(a, np.float64) + 0.3 * rng.standard_normal(np.shape(a)), p0
+        )
     else:
         p0 = params
     s0 = layer.init_state(in_shape) if state is None else state
@@ -204,12 +231,20 @@ def check_layer(layer, in_shape, *, batch: int = 3, params=None, state=None, tra
     for dtype in dtypes:
         # config options are attributes that jax sets dynamically
         if dtype == "float64" and not jax.config.jax_enable_x64:  # type: ignore[attr-defined]
-            raise ValueError("check_layer: dtype float64 needs jax.config.update('jax_enable_x64', True)")
+            raise ValueError(
+                "check_layer: dtype float64 needs jax.config.update('jax_enable_x64', True)"
+            )
         dt = jnp.dtype(dtype)
 
         def cast(t, dt=dt):
-            return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, dt)) if np.issubdtype(
-                np.asarray(a).dtype, np.floating) else jnp.asarray(a), t)
+            return jax.tree.map(
+                lambda a: (
+                    jnp.asarray(np.asarray(a, dt))
+                    if np.issubdtype(np.asarray(a).dtype, np.floating)
+                    else jnp.asarray(a)
+                ),
+                t,
+            )
 
         P, S = cast(p0), cast(s0)
 
@@ -218,7 +253,9 @@ def check_layer(layer, in_shape, *, batch: int = 3, params=None, state=None, tra
             if vocab is not None:
                 x = jnp.asarray(rng.integers(0, vocab, shape), jnp.int32)
             else:
-                x = jnp.asarray(np.asarray(rng.standard_normal(shape) * rng.uniform(0.5, 1.5, shape), dt))
+                x = jnp.asarray(
+                    np.asarray(rng.standard_normal(shape) * rng.uniform(0.5, 1.5, shape), dt)
+                )
             m = None
             if mask == "random":
                 lengths = rng.integers(1, in_shape[0] + 1, stack + (n,))
@@ -233,13 +270,14 @@ def check_layer(layer, in_shape, *, batch: int = 3, params=None, state=None, tra
 
         def cot(x, m, P=P):
             o = jax.eval_shape(lambda p, v: _values(fwd(p, v, m)[0]), P, x)
-            return jnp.asarray(np.asarray(rng.standard_normal(o.shape) * rng.uniform(0.5, 1.5, o.shape),
-                                          o.dtype))
+            return jnp.asarray(
+                np.asarray(rng.standard_normal(o.shape) * rng.uniform(0.5, 1.5, o.shape), o.dtype)
+            )
 
         def fb(p, x, m, dy):
             _, cache, _ = fwd(p, x, m)
             grads, dx = layer.backward(p, cache, dy)
-            return grads if vocab is not None else (grads, dx)   # float0 dx is not stackable
+            return grads if vocab is not None else (grads, dx)  # float0 dx is not stackable
 
         def vjp_ref(p, x, m, dy):
             if vocab is not None:
@@ -252,7 +290,9 @@ def check_layer(layer, in_shape, *, batch: int = 3, params=None, state=None, tra
                     mb = None if mi is None else mi[None]
                     y = layer.forward_with_state(q, S, feed(xi[None], mb), key=key, train=train)[0]
                     return jnp.sum(_values(y) * ci[None])
+
                 return jax.grad(li)(p)
+
             return jax.vmap(one, in_axes=(0, None if m is None else 0, 0))(x, m, c)
 
         # every input drawn up front; then ONE compiled function per dtype computes it all
@@ -290,11 +330,21 @@ def check_layer(layer, in_shape, *, batch: int = 3, params=None, state=None, tra
                 rows.append(_row(f"dx vs jax.vjp (batch {n})", dtype, got[1], ref[1]))
         if vocab is not None:
             x1, m1, c1 = inputs[sizes[0]]
-            dx = jax.eval_shape(lambda p, x, m, c: layer.backward(p, fwd(p, x, m)[1], c)[1],
-                                P, x1, m1, c1)
+            dx = jax.eval_shape(
+                lambda p, x, m, c: layer.backward(p, fwd(p, x, m)[1], c)[1], P, x1, m1, c1
+            )
             ok = dx.dtype == jax.dtypes.float0 and dx.shape == x1.shape
-            rows.append(CheckRow("dx is float0 for integer input", dtype, 0.0 if ok else float("inf"),
-                                 0.0, 0.0, 0.0, "" if ok else f"got {dx.dtype} {dx.shape}"))
+            rows.append(
+                CheckRow(
+                    "dx is float0 for integer input",
+                    dtype,
+                    0.0 if ok else float("inf"),
+                    0.0,
+                    0.0,
+                    0.0,
+                    "" if ok else f"got {dx.dtype} {dx.shape}",
+                )
+            )
         ref = jax.tree.map(lambda *a: np.stack(a), *res["each"])
         rows.append(_row("under vmap == per batch", dtype, res["vmap"], ref))
         rows.append(_row("inside lax.scan == per batch", dtype, res["scan"], ref))
@@ -333,7 +383,9 @@ def _finite_difference_rows(fwd, P, x, m, c, grads, dx, rng, n_dir):
     leaves, treedef = jax.tree.flatten(P)
     g_leaves = jax.tree.leaves(grads)
     leaves = [np.asarray(a) for a in leaves]
-    targets = [(f"leaf {i}", i) for i in range(len(leaves))] + ([] if dx is None else [("input", None)])
+    targets = [(f"leaf {i}", i) for i in range(len(leaves))] + (
+        [] if dx is None else [("input", None)]
+    )
     worst_err, worst_scale = 0.0, 0.0
     for _label, i in targets:
         base = x if i is None else leaves[i]
@@ -356,6 +408,9 @@ def _finite_difference_rows(fwd, P, x, m, c, grads, dx, rng, n_dir):
             scale = max(abs(analytic), float(np.linalg.norm(np.asarray(g, np.float64))))
             if abs(numeric - analytic) - FD_RTOL * scale > worst_err - FD_RTOL * worst_scale:
                 worst_err, worst_scale = abs(numeric - analytic), scale
-    rows.append(CheckRow("finite differences (directional)", "float64", worst_err, worst_scale,
-                         FD_RTOL, 1e-9))
+    rows.append(
+        CheckRow(
+            "finite differences (directional)", "float64", worst_err, worst_scale, FD_RTOL, 1e-9
+        )
+    )
     return rows

@@ -8,6 +8,7 @@ stdin forever, so the parent can SIGKILL it at exactly that point (odd n: the te
 file's fsync, before the rename; even n: the directory's fsync, after it). The parent
 re-creates the trees with :func:`tree_for` to check what it finds.
 """
+
 import functools
 import os
 import sys
@@ -25,8 +26,11 @@ def _base() -> np.ndarray:
 def tree_for(i: int) -> dict:
     """The tree saved at step ``i``: every step's differs in every leaf."""
     base = _base()
-    return {"w": base + np.float32(i), "i": np.int64(i),
-            "rest": (base[:7] * np.float32(i + 1), [np.uint8(i % 251)])}
+    return {
+        "w": base + np.float32(i),
+        "i": np.int64(i),
+        "rest": (base[:7] * np.float32(i + 1), [np.uint8(i % 251)]),
+    }
 
 
 def main(directory: str, start: int, block_at: int) -> None:

@@ -6,6 +6,7 @@
 Prints one JSON line (the last line of stdout) with the results. ``XLA_FLAGS`` is set here
 before jax is imported, so the rest of the test suite keeps its single device.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ import sys
 
 MODE = sys.argv[1] if len(sys.argv) > 1 else "mesh"
 N_LOCAL = 8 if MODE == "mesh" else int(sys.argv[5])
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + f" --xla_force_host_platform_device_count={N_LOCAL}").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_LOCAL}"
+).strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
@@ -40,8 +42,12 @@ def models():
     """name -> (model, example shape): an MLP, a CNN with BatchNorm, an LSTM (tiny)."""
     return {
         "mlp": (jbp.Sequential([Dense(8), ReLU(), Dense(3)]), (5,)),
-        "cnn_bn": (jbp.Sequential([Conv2D(4, 3, use_bias=False), BatchNorm(), ReLU(),
-                                   GlobalAvgPool2D(), Dense(3)]), (6, 6, 2)),
+        "cnn_bn": (
+            jbp.Sequential(
+                [Conv2D(4, 3, use_bias=False), BatchNorm(), ReLU(), GlobalAvgPool2D(), Dense(3)]
+            ),
+            (6, 6, 2),
+        ),
         "lstm": (jbp.Sequential([LSTM(6), Dense(3)]), (4, 3)),
     }
 
@@ -56,16 +62,33 @@ def train(model, shape, dtype, mesh=None, n=N, batch_size=BS, drop_last=False):
     params, _ = model.init(jax.random.key(0), shape)
     params = jax.tree.map(lambda a: a.astype(dtype), params)
     x, y = data(shape, dtype, n)
-    p, hist = jbp.fit(model, params, LOSS, jbp.optim.momentum(0.1), (x, y), batch_size=batch_size,
-                      epochs=1, key=jax.random.key(1), verbose=0, mesh=mesh, drop_last=drop_last)
+    p, hist = jbp.fit(
+        model,
+        params,
+        LOSS,
+        jbp.optim.momentum(0.1),
+        (x, y),
+        batch_size=batch_size,
+        epochs=1,
+        key=jax.random.key(1),
+        verbose=0,
+        mesh=mesh,
+        drop_last=drop_last,
+    )
     return p, hist
 
 
 def max_diff(a, b):
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(la) == len(lb)
-    return max(float(np.max(np.abs(np.asarray(u, np.float64) - np.asarray(v, np.float64))))
-               for u, v in zip(la, lb)) if la else 0.0
+    return (
+        max(
+            float(np.max(np.abs(np.asarray(u, np.float64) - np.asarray(v, np.float64))))
+            for u, v in zip(la, lb)
+        )
+        if la
+        else 0.0
+    )
 
 
 def error_of(fn):
@@ -77,8 +100,14 @@ def error_of(fn):
 
 
 def mesh_cases() -> dict:
-    out = {"device_count": jax.device_count(), "params": {}, "state": {}, "float32": {},
-           "errors": {}, "evaluate": {}}
+    out = {
+        "device_count": jax.device_count(),
+        "params": {},
+        "state": {},
+        "float32": {},
+        "errors": {},
+        "evaluate": {},
+    }
     meshes = {d: jbp.distributed.data_mesh(jax.devices()[:d]) for d in (1, 2, 4)}
     meshes[8] = jax.make_mesh((8,), ("data",))  # jax's default (Explicit) axis type: also fine
     for name, (model, shape) in models().items():
@@ -91,7 +120,9 @@ def mesh_cases() -> dict:
                 out["param_sharding"] = str(jax.tree.leaves(p)[0].sharding.spec)
             out["params"][name][d] = max_diff(ref, p)
             out["state"][name][d] = max_diff(ref_h.state, h.state)
-            out.setdefault("loss", {}).setdefault(name, {})[d] = abs(h["loss"][-1] - ref_h["loss"][-1])
+            out.setdefault("loss", {}).setdefault(name, {})[d] = abs(
+                h["loss"][-1] - ref_h["loss"][-1]
+            )
         if name == "mlp":
             ref32, _ = train(model, shape, np.float32)
             p32, _ = train(model, shape, np.float32, meshes[8])
@@ -111,21 +142,24 @@ def mesh_cases() -> dict:
     p, _ = train(model, shape, np.float64, meshes[8], n=52, drop_last=True)
     out["drop_last"] = max_diff(ref, p)
     # errors at the boundary
-    out["errors"]["batch_size"] = error_of(lambda: train(model, shape, np.float64, meshes[8],
-                                                         batch_size=12))
+    out["errors"]["batch_size"] = error_of(
+        lambda: train(model, shape, np.float64, meshes[8], batch_size=12)
+    )
     out["errors"]["remainder"] = error_of(lambda: train(model, shape, np.float64, meshes[8], n=52))
-    out["errors"]["full_batch"] = error_of(lambda: train(model, shape, np.float64, meshes[8],
-                                                         n=52, batch_size=None))
-    out["errors"]["not_a_mesh"] = error_of(lambda: train(model, shape, np.float64,
-                                                         jax.devices()))
+    out["errors"]["full_batch"] = error_of(
+        lambda: train(model, shape, np.float64, meshes[8], n=52, batch_size=None)
+    )
+    out["errors"]["not_a_mesh"] = error_of(lambda: train(model, shape, np.float64, jax.devices()))
     other = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
     out["errors"]["no_data_axis"] = error_of(lambda: train(model, shape, np.float64, other))
     x, y = data(shape, np.float64)
     params, _ = model.init(jax.random.key(0), shape)
     out["errors"]["evaluate_chunk"] = error_of(
-        lambda: jbp.evaluate(model, params, LOSS, (x, y), batch_size=12, mesh=meshes[8]))
+        lambda: jbp.evaluate(model, params, LOSS, (x, y), batch_size=12, mesh=meshes[8])
+    )
     out["errors"]["evaluate_not_a_mesh"] = error_of(
-        lambda: jbp.evaluate(model, params, LOSS, (x, y), mesh="data"))
+        lambda: jbp.evaluate(model, params, LOSS, (x, y), mesh="data")
+    )
     return out
 
 
@@ -140,12 +174,27 @@ def mp_case(pid: int, nproc: int, port: int) -> dict:
     xg, yg = jbp.distributed.shard_batch((xl, yl), mesh)
     params, _ = model.init(jax.random.key(0), shape)
     params = jax.tree.map(lambda a: a.astype(np.float64), params)
-    p, hist = jbp.fit(model, params, LOSS, jbp.optim.momentum(0.1), (xg, yg), batch_size=BS,
-                      epochs=1, key=jax.random.key(1), verbose=0, mesh=mesh)
-    return {"process_index": jax.process_index(), "process_count": jax.process_count(),
-            "global_devices": jax.device_count(), "local_devices": jax.local_device_count(),
-            "local_rows": int(xl.shape[0]), "loss": hist["loss"][-1],
-            "params": [np.asarray(a.addressable_data(0)).tolist() for a in jax.tree.leaves(p)]}
+    p, hist = jbp.fit(
+        model,
+        params,
+        LOSS,
+        jbp.optim.momentum(0.1),
+        (xg, yg),
+        batch_size=BS,
+        epochs=1,
+        key=jax.random.key(1),
+        verbose=0,
+        mesh=mesh,
+    )
+    return {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "global_devices": jax.device_count(),
+        "local_devices": jax.local_device_count(),
+        "local_rows": int(xl.shape[0]),
+        "loss": hist["loss"][-1],
+        "params": [np.asarray(a.addressable_data(0)).tolist() for a in jax.tree.leaves(p)],
+    }
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 The child prints ``blocked N`` and waits on stdin until the parent kills it, so the kill
 lands at a known point of a checkpoint write (after the temporary file, before the rename).
 """
+
 import os
 import sys
 

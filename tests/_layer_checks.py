@@ -5,6 +5,7 @@ forward inside ONE jitted function (one compilation per configuration) on a rand
 non-uniform cotangent, and asserts the two agree leaf by leaf, norm-wise:
 ``max|manual − autodiff| ≤ rtol · max|autodiff| + atol``.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,7 @@ def rand(rng, shape, dtype=jnp.float64, scale=1.0):
 
 def randomize(params, rng, dtype, scale=0.5):
     """Perturb every leaf (biases and scales too) so no gradient is trivially symmetric."""
-    return jax.tree.map(lambda a: (jnp.asarray(a, dtype) + rand(rng, a.shape, dtype, scale)), params)
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype) + rand(rng, a.shape, dtype, scale), params)
 
 
 def _values(y):

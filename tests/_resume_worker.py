@@ -7,6 +7,7 @@ SIGKILL it exactly there: odd n = in the middle of writing a checkpoint (the tem
 written, not yet renamed), even n = renamed, directory not yet synced. The parent runs the
 same :func:`train` in its own process to compare bit for bit.
 """
+
 import sys
 
 import jax
@@ -37,9 +38,16 @@ def train(directory, *, epochs=EPOCHS, resume=True, verbose=1, **overrides):
     fit's arguments."""
     train_data, val = data()
     model, params = model_and_params()
-    kw = dict(batch_size=16, epochs=epochs, key=jax.random.key(1), validation_data=val,
-              early_stopping=jbp.EarlyStopping("val_accuracy", patience=4),
-              checkpoint_dir=directory, resume=resume, verbose=verbose)
+    kw = dict(
+        batch_size=16,
+        epochs=epochs,
+        key=jax.random.key(1),
+        validation_data=val,
+        early_stopping=jbp.EarlyStopping("val_accuracy", patience=4),
+        checkpoint_dir=directory,
+        resume=resume,
+        verbose=verbose,
+    )
     kw.update(overrides)
     optimizer = kw.pop("optimizer", optim.adam(3e-3))
     return jbp.fit(model, params, jbp.losses.softmax_cross_entropy, optimizer, train_data, **kw)

@@ -1,4 +1,5 @@
 """Shared test utilities: random non-uniform data and autodiff references."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

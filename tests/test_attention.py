@@ -1,6 +1,7 @@
 """MultiHeadAttention (dense and blockwise), PositionalEmbedding and a small Transformer:
 hand-written backward vs jax.vjp, vs an independent naive attention, blockwise == dense,
 padding masks, causal masks, and bad input."""
+
 import math
 
 import jax
@@ -25,10 +26,10 @@ from jbp.layers import (  # noqa: E402
 )
 
 # right padding, none, left padding, and a sequence that is all padding
-MASK = np.array([[1, 1, 1, 1, 1, 0, 0],
-                 [1, 1, 1, 1, 1, 1, 1],
-                 [0, 0, 1, 1, 1, 1, 1],
-                 [0, 0, 0, 0, 0, 0, 0]], bool)
+MASK = np.array(
+    [[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0]],
+    bool,
+)
 
 
 @jax.jit(static_argnums=(3, 4))
@@ -59,8 +60,12 @@ def random_params(model, in_shape, rng, dtype=jnp.float64, scale=0.5):
     compilation: ``init`` runs only under ``eval_shape``); LayerNorm scales around 1."""
     shapes = jax.eval_shape(lambda k: model.init(k, in_shape)[0], jax.random.key(0))
     return jax.tree_util.tree_map_with_path(
-        lambda path, s: rand(rng, s.shape, dtype, scale)
-        + (1.0 if jbp.core.leaf_name(path).endswith("gamma") else 0.0), shapes)
+        lambda path, s: (
+            rand(rng, s.shape, dtype, scale)
+            + (1.0 if jbp.core.leaf_name(path).endswith("gamma") else 0.0)
+        ),
+        shapes,
+    )
 
 
 def _setup(layer, shape, dtype, seed=0):
@@ -73,27 +78,46 @@ def test_init_shapes():
     params, out = layer.init(jax.random.key(0), (7, 4))
     assert out == (7, 4)
     assert {k: v.shape for k, v in params.items()} == {
-        "Wq": (4, 15), "Wk": (4, 15), "Wv": (4, 15), "Wo": (15, 4),
-        "bq": (15,), "bk": (15,), "bv": (15,), "bo": (4,)}
-    assert len({float(params[w][0, 0]) for w in ("Wq", "Wk", "Wv")}) == 3   # distinct keys
+        "Wq": (4, 15),
+        "Wk": (4, 15),
+        "Wv": (4, 15),
+        "Wo": (15, 4),
+        "bq": (15,),
+        "bk": (15,),
+        "bv": (15,),
+        "bo": (4,),
+    }
+    assert len({float(params[w][0, 0]) for w in ("Wq", "Wk", "Wv")}) == 3  # distinct keys
     np.testing.assert_array_equal(params["bq"], 0.0)
     params, _ = MultiHeadAttention(2, use_bias=False).init(jax.random.key(0), (7, 6))
     assert {k: v.shape for k, v in params.items()} == {
-        "Wq": (6, 6), "Wk": (6, 6), "Wv": (6, 6), "Wo": (6, 6)}
+        "Wq": (6, 6),
+        "Wk": (6, 6),
+        "Wv": (6, 6),
+        "Wo": (6, 6),
+    }
 
 
 CASES = [  # (layer, (batch, T, features), mask rows or None)
     (MultiHeadAttention(2), (4, 7, 6), MASK),
     (MultiHeadAttention(2, causal=True), (4, 7, 6), MASK),
-    (MultiHeadAttention(3, head_dim=5), (3, 7, 4), None),           # head_dim ≠ features / heads
-    (MultiHeadAttention(1, causal=True, use_bias=False), (1, 5, 3), None),   # one head, batch 1
-    (MultiHeadAttention(2, head_dim=2), (2, 1, 3), MASK[:2, :1]),   # T = 1
-    (MultiHeadAttention(2, block_size=3), (4, 7, 6), MASK),         # 3 does not divide 7
+    (MultiHeadAttention(3, head_dim=5), (3, 7, 4), None),  # head_dim ≠ features / heads
+    (MultiHeadAttention(1, causal=True, use_bias=False), (1, 5, 3), None),  # one head, batch 1
+    (MultiHeadAttention(2, head_dim=2), (2, 1, 3), MASK[:2, :1]),  # T = 1
+    (MultiHeadAttention(2, block_size=3), (4, 7, 6), MASK),  # 3 does not divide 7
     (MultiHeadAttention(2, causal=True, block_size=3), (4, 7, 6), MASK),
     (MultiHeadAttention(3, head_dim=2, causal=True, block_size=4), (1, 8, 5), None),
 ]
-IDS = ["mask", "causal-mask", "headdim5", "1head-b1-nobias", "T1", "block3-mask",
-       "block3-causal-mask", "block4-causal-b1"]
+IDS = [
+    "mask",
+    "causal-mask",
+    "headdim5",
+    "1head-b1-nobias",
+    "T1",
+    "block3-mask",
+    "block3-causal-mask",
+    "block4-causal-b1",
+]
 
 
 @pytest.mark.parametrize("layer,shape,mask", CASES, ids=IDS)
@@ -106,13 +130,15 @@ def test_attention_matches_autodiff_and_naive_float64(layer, shape, mask):
     yv = y.values if m is not None else y
     ref = naive_attention(params, x, m, layer.num_heads, layer.causal)
     np.testing.assert_allclose(yv, ref, rtol=1e-12, atol=1e-12)
-    assert jnp.all(jnp.isfinite(dx)) and all(jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads))
-    if layer.use_bias:   # softmax ignores a shift of a whole row of scores: ∂L/∂b_k = 0
+    assert jnp.all(jnp.isfinite(dx)) and all(
+        jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)
+    )
+    if layer.use_bias:  # softmax ignores a shift of a whole row of scores: ∂L/∂b_k = 0
         assert float(jnp.max(jnp.abs(grads["bk"]))) <= 1e-12 * float(jnp.max(jnp.abs(grads["bv"])))
     if m is not None:
         np.testing.assert_array_equal(y.mask, mask)
-        np.testing.assert_array_equal(np.asarray(yv)[~mask], 0.0)      # padded query rows
-        np.testing.assert_array_equal(np.asarray(dx)[~mask], 0.0)      # padded keys: no weight
+        np.testing.assert_array_equal(np.asarray(yv)[~mask], 0.0)  # padded query rows
+        np.testing.assert_array_equal(np.asarray(dx)[~mask], 0.0)  # padded keys: no weight
         assert np.all(np.asarray(dx)[mask] != 0)
 
 
@@ -122,10 +148,13 @@ def test_attention_float32(block_size):
     rng, params, x = _setup(layer, (3, 7, 4), jnp.float32, seed=1)
     # atol: ∂L/∂b_k is zero in exact arithmetic (a shift of every score in a row), so both
     # sides hold float32 rounding noise ~1e-6 there; the other leaves are ~1e1.
-    y, grads, dx = compare_with_autodiff(layer, params, x, rng, mask=jnp.asarray(MASK[1:]), atol=1e-5)
+    y, grads, dx = compare_with_autodiff(
+        layer, params, x, rng, mask=jnp.asarray(MASK[1:]), atol=1e-5
+    )
     assert y.values.dtype == dx.dtype == grads["Wq"].dtype == jnp.float32
-    ref = naive_attention(jbp.cast(params, jnp.float64), x.astype(jnp.float64),
-                          jnp.asarray(MASK[1:]), 2, True)
+    ref = naive_attention(
+        jbp.cast(params, jnp.float64), x.astype(jnp.float64), jnp.asarray(MASK[1:]), 2, True
+    )
     np.testing.assert_allclose(y.values, ref, rtol=1e-4, atol=1e-5)
 
 
@@ -166,8 +195,9 @@ def test_blockwise_equals_dense(causal, sizes):
         y, cache = layer.forward(params, Masked(x, mask))
         return (y.values,) + layer.backward(params, cache, dy)
 
-    ref, *got = jax.jit(lambda: [run(MultiHeadAttention(2, causal=causal, block_size=bs))
-                                 for bs in (None,) + sizes])()
+    ref, *got = jax.jit(
+        lambda: [run(MultiHeadAttention(2, causal=causal, block_size=bs)) for bs in (None,) + sizes]
+    )()
     for bs, g in zip(sizes, got):
         assert_close(g, ref, 1e-12, 1e-14, f"block_size={bs}")
 
@@ -178,8 +208,13 @@ def test_blockwise_cache_holds_no_T_by_T_matrix():
     _, cache = layer.forward(params, x)
     assert "P" not in cache and cache["L"].shape == (2, 2, 16)
     assert {k: v.shape for k, v in cache.items() if v is not None} == {
-        "x": (2, 16, 6), "q": (2, 16, 2, 3), "k": (2, 16, 2, 3), "v": (2, 16, 2, 3),
-        "o": (2, 16, 2, 3), "L": (2, 2, 16)}
+        "x": (2, 16, 6),
+        "q": (2, 16, 2, 3),
+        "k": (2, 16, 2, 3),
+        "v": (2, 16, 2, 3),
+        "o": (2, 16, 2, 3),
+        "L": (2, 2, 16),
+    }
     _, dense_cache = MultiHeadAttention(2).forward(params, x)
     assert dense_cache["P"].shape == (2, 2, 16, 16)
 
@@ -189,12 +224,12 @@ def test_positional_embedding_matches_autodiff():
     layer = PositionalEmbedding(9)
     params, out = layer.init(jax.random.key(0), (6, 5))
     assert out == (6, 5) and params["P"].shape == (9, 5)
-    assert 0.01 < float(jnp.std(params["P"])) < 0.03                 # N(0, 0.02²)
+    assert 0.01 < float(jnp.std(params["P"])) < 0.03  # N(0, 0.02²)
     params = random_params(layer, (6, 5), rng)
     m = jnp.asarray(MASK[:3, :6])
     y, grads, dx = compare_with_autodiff(layer, params, rand(rng, (3, 6, 5)), rng, mask=m)
     assert isinstance(y, Masked) and np.array_equal(y.mask, m)
-    np.testing.assert_array_equal(grads["P"][6:], 0.0)          # rows past T get no gradient
+    np.testing.assert_array_equal(grads["P"][6:], 0.0)  # rows past T get no gradient
     p32 = jbp.cast(params, jnp.float32)
     _, g32, _ = compare_with_autodiff(layer, p32, rand(rng, (2, 4, 5), jnp.float32), rng)
     assert g32["P"].dtype == jnp.float32
@@ -203,19 +238,32 @@ def test_positional_embedding_matches_autodiff():
     p, out = sin.init(jax.random.key(0), (6, 5))
     assert p == () and out == (6, 5)
     x = rand(rng, (2, 6, 5))
-    table = np.array([[math.sin(t / 10000 ** (2 * (j // 2) / 5)) if j % 2 == 0
-                       else math.cos(t / 10000 ** (2 * (j // 2) / 5)) for j in range(5)]
-                      for t in range(6)])
+    table = np.array(
+        [
+            [
+                math.sin(t / 10000 ** (2 * (j // 2) / 5))
+                if j % 2 == 0
+                else math.cos(t / 10000 ** (2 * (j // 2) / 5))
+                for j in range(5)
+            ]
+            for t in range(6)
+        ]
+    )
     np.testing.assert_allclose(sin.apply((), x), x + table, rtol=1e-14, atol=1e-14)
     compare_with_autodiff(sin, (), x, rng)
 
 
 def _tiny_transformer(block_size=None):
-    return jbp.Sequential([
-        Embedding(11, 8, pad_id=0), PositionalEmbedding(10),
-        transformer_block(8, 2, 12),
-        transformer_block(8, 2, 12, causal=True, block_size=block_size),
-        MeanPool1D(), Dense(3)])
+    return jbp.Sequential(
+        [
+            Embedding(11, 8, pad_id=0),
+            PositionalEmbedding(10),
+            transformer_block(8, 2, 12),
+            transformer_block(8, 2, 12, causal=True, block_size=block_size),
+            MeanPool1D(),
+            Dense(3),
+        ]
+    )
 
 
 def test_transformer_check_gradients_with_padding():
@@ -225,19 +273,24 @@ def test_transformer_check_gradients_with_padding():
     params = random_params(model, (7,), rng, scale=0.3)
     ids = jnp.asarray(rng.integers(1, 11, (4, 7))).at[0, 5:].set(0).at[2, :3].set(0)
     y = jnp.asarray(rng.integers(0, 3, 4))
-    report = jbp.check_gradients(model, jbp.losses.softmax_cross_entropy, params, ids, y,
-                                 fd_directions=2)
+    report = jbp.check_gradients(
+        model, jbp.losses.softmax_cross_entropy, params, ids, y, fd_directions=2
+    )
     # ∂L/∂b_k is identically zero (softmax ignores a shift of a row of scores): it matches
     # autodiff, but a relative finite-difference check of a zero derivative measures only
     # rounding noise, so those two leaves are held to autodiff alone here (their being zero
     # is asserted in test_attention_matches_autodiff_and_naive_float64).
     names = [leaf.name for leaf in report.leaves]
     bk = [leaf for leaf in report.leaves if leaf.name.endswith(".bk")]
-    assert len(bk) == 2 and all(leaf.ok_autodiff and leaf.abs_err < 1e-15 for leaf in bk), str(report)
+    assert len(bk) == 2 and all(leaf.ok_autodiff and leaf.abs_err < 1e-15 for leaf in bk), str(
+        report
+    )
     assert all(leaf.ok for leaf in report.leaves if leaf not in bk), str(report)
     assert "layers[2].layers[0].layers[1].Wq" in names and "layers[1].P" in names
     # padding does not change the prediction of the real tokens
-    padded, short = jax.jit(lambda p: (model.apply(p, ids)[:1], model.apply(p, ids[:1, :5])))(params)
+    padded, short = jax.jit(lambda p: (model.apply(p, ids)[:1], model.apply(p, ids[:1, :5])))(
+        params
+    )
     np.testing.assert_allclose(padded, short, rtol=1e-12, atol=1e-13)
 
 
@@ -246,8 +299,14 @@ def test_transformer_block_float32_matches_autodiff():
     rng = np.random.default_rng(6)
     assert _out_shape(layer, (6, 8)) == (6, 8)
     params = random_params(layer, (6, 8), rng, jnp.float32, scale=0.3)
-    y, grads, dx = compare_with_autodiff(layer, params, rand(rng, (3, 6, 8), jnp.float32), rng,
-                                         mask=jnp.asarray(MASK[:3, 1:]), atol=1e-5)
+    y, grads, dx = compare_with_autodiff(
+        layer,
+        params,
+        rand(rng, (3, 6, 8), jnp.float32),
+        rng,
+        mask=jnp.asarray(MASK[:3, 1:]),
+        atol=1e-5,
+    )
     assert y.values.dtype == dx.dtype == jnp.float32
 
 
@@ -264,13 +323,21 @@ def test_bad_inputs_raise_clear_errors():
         MultiHeadAttention(2).init(jax.random.key(0), (4, 5))
     layer = MultiHeadAttention(2)
     params, _ = layer.init(jax.random.key(0), (4, 6))
-    with pytest.raises(ValueError, match=r"MultiHeadAttention\(num_heads=2.*expected input of shape "
-                                         r"\(batch, time ≥ 1, 6\).*got \(2, 4, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"MultiHeadAttention\(num_heads=2.*expected input of shape "
+        r"\(batch, time ≥ 1, 6\).*got \(2, 4, 5\)",
+    ):
         layer.forward(params, jnp.ones((2, 4, 5)))
-    with pytest.raises(ValueError, match=r"MultiHeadAttention.*\(batch, time, features\), got shape \(2, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"MultiHeadAttention.*\(batch, time, features\), got shape \(2, 6\)"
+    ):
         layer.forward(params, jnp.ones((2, 6)))
-    with pytest.raises(ValueError, match=r"mask of shape \(2, 3\) does not match the input of shape "
-                                         r"\(2, 4, 6\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"mask of shape \(2, 3\) does not match the input of shape "
+        r"\(2, 4, 6\)",
+    ):
         layer.forward(params, Masked(jnp.ones((2, 4, 6)), jnp.ones((2, 3), bool)))
     with pytest.raises(ValueError, match=r"params\['Wo'\] has shape \(6, 5\), expected \(6, 6\)"):
         layer.forward({**params, "Wo": jnp.ones((6, 5))}, jnp.ones((1, 4, 6)))
@@ -286,14 +353,19 @@ def test_bad_inputs_raise_clear_errors():
         pe.forward(p, jnp.ones((1, 6, 3)))
     with pytest.raises(ValueError, match=r"sequence length T = 6 exceeds max_len = 4"):
         PositionalEmbedding(4, sinusoidal=True).forward((), jnp.ones((1, 6, 3)))
-    with pytest.raises(ValueError, match=r"expected input of shape \(batch, T, 3\).*got \(1, 4, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"expected input of shape \(batch, T, 3\).*got \(1, 4, 2\)"
+    ):
         pe.forward(p, jnp.ones((1, 4, 2)))
     with pytest.raises(ValueError, match="max_len must be a positive integer"):
         PositionalEmbedding(0)
     with pytest.raises(ValueError, match="transformer_block: features = 6 is not divisible"):
         transformer_block(6, 4, 8)
-    with pytest.raises(ValueError, match=r"layers\[1\] \(Residual\): Residual\(.*the block maps input "
-                                         r"shape \(3, 4\) to output shape \(3, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"layers\[1\] \(Residual\): Residual\(.*the block maps input "
+        r"shape \(3, 4\) to output shape \(3, 8\)",
+    ):
         transformer_block(8, 2, 8).init(jax.random.key(0), (3, 4))
 
 
@@ -307,11 +379,13 @@ EXT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("layer,in_shape,mask", EXT_CASES, ids=["direct-causal-mask",
-                                                                 "gram-mask", "gram-block-causal"])
+@pytest.mark.parametrize(
+    "layer,in_shape,mask", EXT_CASES, ids=["direct-causal-mask", "gram-mask", "gram-block-causal"]
+)
 def test_attention_extensions_check_layer(layer, in_shape, mask):
     """batch_grad / batch_l2 / sum_grad_squared (closed forms) vs vmap(jax.grad), f64 and f32."""
     from jbp.layers import _per_example as _pe
+
     T, f = in_shape
     hd = layer.num_heads * (layer.head_dim or f // layer.num_heads)
     assert _pe.use_gram(T, f, hd) == (T == 3)
@@ -323,6 +397,7 @@ def test_attention_extensions_check_layer(layer, in_shape, mask):
 def test_attention_closed_forms_equal_generic_default():
     """The closed forms are the layer's methods, and equal the generic vmap-of-backward."""
     from jbp.extensions.base import generic_batch_grad
+
     layer = MultiHeadAttention(2, causal=True, block_size=3)
     rng, params, x = _setup(layer, (4, 7, 6), jnp.float64, seed=3)
     m = jnp.asarray(MASK)
@@ -331,13 +406,18 @@ def test_attention_closed_forms_equal_generic_default():
     @jax.jit
     def run(params, x, dy):
         _, cache = layer.forward(params, Masked(x, m))
-        return (generic_batch_grad(layer, params, cache, dy), layer.batch_grad(params, cache, dy),
-                layer.batch_l2(params, cache, dy), layer.sum_grad_squared(params, cache, dy))
+        return (
+            generic_batch_grad(layer, params, cache, dy),
+            layer.batch_grad(params, cache, dy),
+            layer.batch_l2(params, cache, dy),
+            layer.sum_grad_squared(params, cache, dy),
+        )
 
     ref, bg, l2, sgs = run(params, x, dy)
     for name in ref:
         np.testing.assert_allclose(bg[name], ref[name], rtol=1e-10, atol=1e-12)
         sq = jnp.square(ref[name])
-        np.testing.assert_allclose(l2[name], jnp.sum(sq, axis=tuple(range(1, sq.ndim))),
-                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            l2[name], jnp.sum(sq, axis=tuple(range(1, sq.ndim))), rtol=1e-10, atol=1e-12
+        )
         np.testing.assert_allclose(sgs[name], jnp.sum(sq, axis=0), rtol=1e-10, atol=1e-12)

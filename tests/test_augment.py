@@ -4,6 +4,7 @@ Rotation convention under test: positive angles rotate counter-clockwise as the
 image is displayed (row 0 at the top), so ``rotate(x, 90)`` equals
 ``np.rot90(x, k=1, axes=(1, 2))`` exactly for square images.
 """
+
 import math
 
 import jax
@@ -23,8 +24,9 @@ def np_translate(img, dy, dx):
     """Reference: img (H, W, ...) shifted dy rows down, dx columns right, zero fill."""
     out = np.zeros_like(img)
     h, w = img.shape[:2]
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        img[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = img[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out
 
 
@@ -41,8 +43,7 @@ ALL_AUGS = {
     "translation": A.random_translation(2),
     "crop": A.random_crop((6, 6), padding=1),
     "noise": A.gaussian_noise(0.1),
-    "compose": A.compose(A.random_flip(), A.random_translation((1, 2)),
-                         A.random_rotation(10)),
+    "compose": A.compose(A.random_flip(), A.random_translation((1, 2)), A.random_rotation(10)),
 }
 SHAPES = {"NHWC": (5, 6, 6, 3), "NHW": (5, 6, 6)}
 
@@ -55,9 +56,9 @@ def test_shape_dtype_and_keys(name, layout, dtype):
     y1 = aug(KEY, x)
     assert y1.shape == x.shape and y1.dtype == x.dtype
     y2 = aug(KEY, x)
-    np.testing.assert_array_equal(y1, y2)                       # same key, same output
+    np.testing.assert_array_equal(y1, y2)  # same key, same output
     others = [aug(jax.random.PRNGKey(s), x) for s in range(1, 4)]
-    assert any(not np.array_equal(y1, o) for o in others)       # keys matter
+    assert any(not np.array_equal(y1, o) for o in others)  # keys matter
 
 
 def test_random_crop_to_smaller_size_shape():
@@ -66,14 +67,19 @@ def test_random_crop_to_smaller_size_shape():
     assert y.shape == (4, 5, 6, 2)
     # each output is a window of the input
     for i in range(4):
-        hits = [(a, b) for a in range(4) for b in range(3)
-                if np.array_equal(y[i], x[i, a:a + 5, b:b + 6])]
+        hits = [
+            (a, b)
+            for a in range(4)
+            for b in range(3)
+            if np.array_equal(y[i], x[i, a : a + 5, b : b + 6])
+        ]
         assert len(hits) == 1
 
 
 # ----------------------------------------------------------------------------
 # deterministic geometry
 # ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(3, 7, 5, 2), (3, 7, 5)])
 def test_flip_twice_is_identity(shape):
@@ -86,7 +92,7 @@ def test_flip_twice_is_identity(shape):
 def test_translate_zero_and_shift():
     x = images((3, 6, 7, 2))
     np.testing.assert_array_equal(A.translate(x, 0, 0), x)
-    y = A.translate(x, 2, -1)            # 2 rows down, 1 column left
+    y = A.translate(x, 2, -1)  # 2 rows down, 1 column left
     expected = np.zeros_like(x)
     expected[:, 2:, :-1] = x[:, :-2, 1:]
     np.testing.assert_array_equal(y, expected)
@@ -97,14 +103,16 @@ def test_translate_zero_and_shift():
     np.testing.assert_array_equal(y[1, 0], 0)
     np.testing.assert_array_equal(y[2, :-3, 2:], x[2, 3:, :-2])
     for dy, dx in [(1, 1), (-2, 3), (0, -6), (5, -1)]:
-        np.testing.assert_array_equal(A.translate(x, dy, dx)[1], np_translate(np.asarray(x[1]), dy, dx))
+        np.testing.assert_array_equal(
+            A.translate(x, dy, dx)[1], np_translate(np.asarray(x[1]), dy, dx)
+        )
     # shifting everything out leaves zeros
     np.testing.assert_array_equal(A.translate(x, 6, 0), 0)
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NHW"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-@pytest.mark.parametrize("n", [7, 8])                 # odd and even sizes
+@pytest.mark.parametrize("n", [7, 8])  # odd and even sizes
 def test_rotate_multiples_of_90_exact(layout, dtype, n):
     shape = (3, n, n, 2) if layout == "NHWC" else (3, n, n)
     x = images(shape, dtype)
@@ -125,9 +133,9 @@ def test_rotate_180_non_square_is_double_flip():
 
 def test_rotate_direction_is_counter_clockwise():
     x = np.zeros((1, 5, 5))
-    x[0, 2, 4] = 1.0                                   # a dot right of centre
+    x[0, 2, 4] = 1.0  # a dot right of centre
     y = np.asarray(A.rotate(x, 90))
-    assert y[0, 0, 2] == 1.0 and y.sum() == 1.0        # ends up above the centre
+    assert y[0, 0, 2] == 1.0 and y.sum() == 1.0  # ends up above the centre
 
 
 def test_rotate_bilinear_exact_on_linear_ramp():
@@ -172,6 +180,7 @@ def test_rotate_integer_images_keep_dtype():
 # random augmentations: semantics
 # ----------------------------------------------------------------------------
 
+
 def test_random_identities():
     x = images((4, 6, 6, 2))
     np.testing.assert_array_equal(A.random_rotation(0)(KEY, x), x)
@@ -198,11 +207,15 @@ def test_random_translation_draws_within_range():
     y = np.asarray(A.random_translation((1, 2))(KEY, x))
     seen = set()
     for i in range(60):
-        hits = [(dy, dx) for dy in range(-1, 2) for dx in range(-2, 3)
-                if np.array_equal(y[i], np_translate(x0, dy, dx))]
+        hits = [
+            (dy, dx)
+            for dy in range(-1, 2)
+            for dx in range(-2, 3)
+            if np.array_equal(y[i], np_translate(x0, dy, dx))
+        ]
         assert len(hits) == 1
         seen.add(hits[0])
-    assert len(seen) >= 10            # 15 possible shifts, drawn per example
+    assert len(seen) >= 10  # 15 possible shifts, drawn per example
 
 
 def test_random_crop_is_pad_and_crop():
@@ -211,8 +224,12 @@ def test_random_crop_is_pad_and_crop():
     y = np.asarray(A.random_crop((6, 6), padding=2)(KEY, x))
     seen = set()
     for i in range(40):
-        hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
-                if np.array_equal(y[i], np_translate(x0, dy, dx))]
+        hits = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(y[i], np_translate(x0, dy, dx))
+        ]
         assert len(hits) == 1
         seen.add(hits[0])
     assert len(seen) >= 8
@@ -238,7 +255,7 @@ def test_gaussian_noise_statistics():
     d = np.asarray(A.gaussian_noise(s)(KEY, x) - x).ravel()
     n = d.size
     assert abs(d.mean()) < 5 * s / math.sqrt(n)
-    assert abs(d.var() - s ** 2) < 5 * s ** 2 * math.sqrt(2.0 / n)
+    assert abs(d.var() - s**2) < 5 * s**2 * math.sqrt(2.0 / n)
     # independent across examples
     assert not np.allclose(d[:768], d[768:1536])
 
@@ -247,10 +264,12 @@ def test_gaussian_noise_statistics():
 # compiled use
 # ----------------------------------------------------------------------------
 
+
 def test_inside_jit_of_scan():
-    aug = A.compose(A.random_flip(), A.random_translation(2), A.random_rotation(10.0),
-                    A.gaussian_noise(0.01))
-    xs = images((4, 6, 8, 8, 1), jnp.float32)   # 4 batches of 6 images
+    aug = A.compose(
+        A.random_flip(), A.random_translation(2), A.random_rotation(10.0), A.gaussian_noise(0.01)
+    )
+    xs = images((4, 6, 8, 8, 1), jnp.float32)  # 4 batches of 6 images
     keys = jax.random.split(KEY, 4)
 
     @jax.jit
@@ -259,6 +278,7 @@ def test_inside_jit_of_scan():
             xb, k = inp
             xa = aug(k, xb)
             return total + jnp.sum(xa), xa
+
         return jax.lax.scan(step, jnp.float32(0), (xs, keys))
 
     total, out = epoch(xs, keys)
@@ -279,7 +299,7 @@ def test_augmentations_are_hashable_static_args():
 
 
 def test_compose_with_unhashable_callable():
-    class Scale:                 # defines __eq__ without __hash__: unhashable
+    class Scale:  # defines __eq__ without __hash__: unhashable
         def __eq__(self, other):
             return isinstance(other, Scale)
 
@@ -305,6 +325,7 @@ def test_traced_angles_and_shifts():
 # bad input
 # ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("aug", list(ALL_AUGS.values()), ids=list(ALL_AUGS))
 @pytest.mark.parametrize("shape", [(6, 6), (2, 6, 6, 3, 1)])
 def test_wrong_rank(aug, shape):
@@ -317,8 +338,12 @@ def re_shape(shape):
 
 
 def test_wrong_rank_deterministic():
-    for fn in [A.flip_horizontal, A.flip_vertical,
-               lambda x: A.rotate(x, 10), lambda x: A.translate(x, 1, 1)]:
+    for fn in [
+        A.flip_horizontal,
+        A.flip_vertical,
+        lambda x: A.rotate(x, 10),
+        lambda x: A.translate(x, 1, 1),
+    ]:
         with pytest.raises(ValueError, match="rank"):
             fn(jnp.zeros((4, 4)))
 
@@ -358,7 +383,7 @@ def test_bad_hyperparameters():
 
 def test_crop_larger_than_padded_image():
     crop = A.random_crop((9, 9), padding=1)
-    crop(KEY, images((2, 7, 7)))                        # 9 <= 7 + 2: fine
+    crop(KEY, images((2, 7, 7)))  # 9 <= 7 + 2: fine
     with pytest.raises(ValueError, match="larger than the padded image"):
         crop(KEY, images((2, 6, 6)))
 

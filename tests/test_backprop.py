@@ -3,6 +3,7 @@
 The per-layer extension values are proven in tests/test_layer_table.py (every layer against
 vmap(jax.grad)) and tests/test_extensions.py (whole models); here: the engine's contract.
 """
+
 import dataclasses
 
 import jax
@@ -21,8 +22,9 @@ CE = jbp.losses.softmax_cross_entropy
 def _setup(model, in_shape=(5,), n=6, seed=0, dtype=jnp.float64):
     rng = np.random.default_rng(seed)
     params, out_shape = model.init(jax.random.key(seed), in_shape)
-    params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a) + 0.2 * rng.standard_normal(a.shape),
-                                                dtype), params)
+    params = jax.tree.map(
+        lambda a: jnp.asarray(np.asarray(a) + 0.2 * rng.standard_normal(a.shape), dtype), params
+    )
     x = jnp.asarray(rng.standard_normal((n,) + in_shape), dtype)
     y = jnp.asarray(rng.integers(0, out_shape[-1], n), jnp.int32)
     return params, x, y
@@ -51,8 +53,8 @@ def test_pass_fields_equal_autodiff_with_regularizer():
 def test_state_is_threaded_and_none_means_init_state():
     model = jbp.Sequential([Dense(4), BatchNorm(momentum=0.5), ReLU(), Dense(3)])
     params, x, y = _setup(model, n=8)
-    f = jax.jit(jbp.backprop(model, CE), static_argnames="train")   # train is a Python bool
-    out = f(params, x, y)                          # state=None → init_state
+    f = jax.jit(jbp.backprop(model, CE), static_argnames="train")  # train is a Python bool
+    out = f(params, x, y)  # state=None → init_state
     s0 = model.init_state((5,))
     out2 = f(params, x, y, state=s0)
     assert_trees_close(out.state, out2.state)
@@ -80,9 +82,11 @@ def test_extensions_in_one_pass_and_requirements_first():
     model = jbp.Sequential([Dense(4), Tanh(), Dense(3)])
     params, x, y = _setup(model)
     out = jbp.backprop(model, CE, extensions=[ClippedGrad(0.5)])(params, x, y)
-    assert list(out.extras) == ["batch_l2", "clipped_grad"]           # the requirement came along
-    g = jax.vmap(jax.grad(lambda p, xi, yi: CE.value(model.apply(p, xi[None]), yi[None])),
-                 in_axes=(None, 0, 0))(params, x, y)
+    assert list(out.extras) == ["batch_l2", "clipped_grad"]  # the requirement came along
+    g = jax.vmap(
+        jax.grad(lambda p, xi, yi: CE.value(model.apply(p, xi[None]), yi[None])),
+        in_axes=(None, 0, 0),
+    )(params, x, y)
     sq = sum(np.sum(np.square(np.asarray(l)).reshape(len(x), -1), 1) for l in jax.tree.leaves(g))
     scale = np.minimum(1, 0.5 / np.sqrt(sq))
     want = jax.tree.map(lambda a: np.tensordot(scale, np.asarray(a), 1) / len(x), g)
@@ -109,8 +113,8 @@ def test_bad_extensions_and_modes_raise_clear_errors():
         ClippedGrad(0.0)
     f = jbp.backprop(model, CE, extensions=[SumGradSquared()])
     with pytest.raises(ValueError, match="sum_grad_squared is a per-example quantity.*BatchNorm"):
-        f(params, x, y)                                          # train=True: batch statistics
-    f(params, x, y, train=False)                                 # eval mode: fine
+        f(params, x, y)  # train=True: batch statistics
+    f(params, x, y, train=False)  # eval mode: fine
 
     @dataclasses.dataclass(frozen=True)
     class Sampled(Extension):
@@ -146,18 +150,21 @@ def test_user_extension_and_user_layer_generic_default():
 
         def default(self, call):
             from jbp.extensions import generic_batch_grad
+
             g = generic_batch_grad(call.layer, call.params, call.cache, call.per_example_dy)
             return jax.tree.map(lambda a: jnp.sum(jnp.abs(a), axis=tuple(range(1, a.ndim))), g)
 
     model = jbp.Sequential([Dense(5), Scale(), Tanh(), Dense(3)])
     params, x, y = _setup(model)
     out = jax.jit(jbp.backprop(model, CE, extensions=[BatchL1(), BatchGrad()]))(params, x, y)
-    g = jax.vmap(jax.grad(lambda p, xi, yi: CE.value(model.apply(p, xi[None]), yi[None])),
-                 in_axes=(None, 0, 0))(params, x, y)
+    g = jax.vmap(
+        jax.grad(lambda p, xi, yi: CE.value(model.apply(p, xi[None]), yi[None])),
+        in_axes=(None, 0, 0),
+    )(params, x, y)
     want = jax.tree.map(lambda a: np.sum(np.abs(np.asarray(a)).reshape(len(x), -1), 1), g)
     assert_trees_close(out.extras["batch_l1"], want)
     assert_trees_close(out.extras["batch_grad"], g)
-    assert out.extras["batch_l1"][2] == ()                       # Tanh: no parameters
+    assert out.extras["batch_l1"][2] == ()  # Tanh: no parameters
 
 
 def test_float32_stays_float32():

@@ -3,6 +3,7 @@ minimal sizes (the peer libraries are not needed: absent ones are skipped, and s
 here via ``--libs jbp,jax``); and the pieces that make the peers compute the same thing —
 the layout conversions and the NumPy port of Nielsen's network.py — against references.
 """
+
 import importlib
 import os
 import sys
@@ -34,7 +35,7 @@ def test_jbp_and_jax_contenders_run_and_agree(peers, capsys):
     assert "per_example: MLP 784-16-16-10 b8: per-example grad norms" in out
     cases = sorted({r.case for r in rows})
     assert len(cases) == 2 and "clipped mean grad, C=" in cases[0] and "grad norms" in cases[1]
-    assert not any("Opacus" in r.name for r in rows)   # --libs respected
+    assert not any("Opacus" in r.name for r in rows)  # --libs respected
     for case in {r.case for r in rows}:
         jbp_row, jax_row = [r for r in rows if r.case == case]
         assert jbp_row.checked == "ref" and jbp_row.median > 0, jbp_row
@@ -45,11 +46,11 @@ def test_jbp_and_jax_contenders_run_and_agree(peers, capsys):
 def test_a_missing_jbp_api_is_skipped_with_a_note(peers, capsys):
     rows = peers.main(["--tiny", "--only", "extensions", "--libs", "jbp", "--models", "mlp"])
     capsys.readouterr()
-    assert len(rows) == 2   # first-order set, DiagGGN
+    assert len(rows) == 2  # first-order set, DiagGGN
     for r in rows:
         if r.median is None:
             assert r.checked == "skipped" and "not in this build" in r.note, r
-        else:   # this jbp has the API: its row is the reference
+        else:  # this jbp has the API: its row is the reference
             assert r.checked == "ref", r
 
 
@@ -60,25 +61,32 @@ def test_flatten_row_permutation_matches_channels_first_flattening():
     x = rng.standard_normal((7, h, w, c))
     W = rng.standard_normal((h * w * c, out))
     Wc = pm.rows_hwc_to_chw(W, (h, w, c))
-    np.testing.assert_allclose(x.reshape(7, -1) @ W,
-                               x.transpose(0, 3, 1, 2).reshape(7, -1) @ Wc, rtol=1e-12)
+    np.testing.assert_allclose(
+        x.reshape(7, -1) @ W, x.transpose(0, 3, 1, 2).reshape(7, -1) @ Wc, rtol=1e-12
+    )
     np.testing.assert_array_equal(pm.rows_chw_to_hwc(Wc, (h, w, c)), W)
-    lead = rng.standard_normal((2, h * w * c, out))   # leading (e.g. batch) axes
-    np.testing.assert_array_equal(pm.rows_chw_to_hwc(pm.rows_hwc_to_chw(lead, (h, w, c)), (h, w, c)),
-                                  lead)
+    lead = rng.standard_normal((2, h * w * c, out))  # leading (e.g. batch) axes
+    np.testing.assert_array_equal(
+        pm.rows_chw_to_hwc(pm.rows_hwc_to_chw(lead, (h, w, c)), (h, w, c)), lead
+    )
 
 
 def test_oi_to_jbp_inverts_the_channels_first_layouts(peers):
     """describe -> channels-first layouts -> oi_to_jbp is the identity (also with a batch axis)."""
     pm = _bench_module("peer_models")
-    model, in_shape, _ = peers.cnn(peers.Config(**peers.TINY))   # 8x8x1 -> 2x2x32 -> 10
+    model, in_shape, _ = peers.cnn(peers.Config(**peers.TINY))  # 8x8x1 -> 2x2x32 -> 10
     rng = np.random.default_rng(2)
     f32 = lambda *s: rng.standard_normal(s).astype(np.float32)
-    params = tuple({"W": f32(*s), "b": f32(s[-1])} if s else ()
-                   for s in [(3, 3, 1, 16), (), (), (3, 3, 16, 32), (), (), (), (128, 10)])
+    params = tuple(
+        {"W": f32(*s), "b": f32(s[-1])} if s else ()
+        for s in [(3, 3, 1, 16), (), (), (3, 3, 16, 32), (), (), (), (128, 10)]
+    )
     desc = pm.describe(model, params, in_shape)
-    pairs = [(pm.dense_to_oi(d) if d["kind"] == "dense" else pm.conv_to_oihw(d), d["b"])
-             for d in desc if d["kind"] in ("dense", "conv")]
+    pairs = [
+        (pm.dense_to_oi(d) if d["kind"] == "dense" else pm.conv_to_oihw(d), d["b"])
+        for d in desc
+        if d["kind"] in ("dense", "conv")
+    ]
     back = pm.oi_to_jbp(desc, pairs)
     assert jax.tree.structure(back) == jax.tree.structure(jax.tree.map(np.asarray, params))
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):

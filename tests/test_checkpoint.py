@@ -3,6 +3,7 @@
 The format oracle is an independent reader written here from the module docstring's
 layout (struct + json + numpy), not the module's own reader.
 """
+
 import ast
 import hashlib
 import json
@@ -33,9 +34,26 @@ jax.config.update("jax_enable_x64", True)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # numpy names of every dtype the format claims; ml_dtypes ones come through jax.numpy
-DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-          "float16", "float32", "float64", "complex64", "complex128", "bfloat16",
-          "float8_e4m3fn", "float8_e5m2", "int4"]
+DTYPES = [
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+    "bfloat16",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "int4",
+]
 SHAPES = [(), (0,), (3,), (2, 3, 5)]
 
 
@@ -100,6 +118,7 @@ def mlp_params(seed=0, in_dim=4):
 # round trips
 # --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["numpy", "jax"])
 def test_every_dtype_and_shape_round_trips_bit_exact(tmp_path, kind):
     rng = np.random.default_rng(0)
@@ -108,7 +127,8 @@ def test_every_dtype_and_shape_round_trips_bit_exact(tmp_path, kind):
         for shape in SHAPES:
             a = random_bits(rng, shape, name)
             tree[f"{name}_{'x'.join(map(str, shape)) or 'scalar'}"] = (
-                jnp.asarray(a) if kind == "jax" else a)
+                jnp.asarray(a) if kind == "jax" else a
+            )
         if kind == "numpy":
             tree[f"{name}_npscalar"] = random_bits(rng, (), name)[()]  # a numpy scalar
     out = roundtrip(tmp_path, tree)
@@ -125,8 +145,10 @@ def test_containers_python_scalars_and_roots_round_trip(tmp_path):
     tree = {
         "tuple": (a, [a[0], None, ()], {}),
         "list": [np.float32(1.5), [], (None,)],
-        "scalars": (7, -2**70, True, False, 0.1, -0.0, math.inf, math.nan, 5e-324),
-        "none": None, "empty": (), "nested": {"z": {"y": [(jnp.asarray(a),)]}},
+        "scalars": (7, -(2**70), True, False, 0.1, -0.0, math.inf, math.nan, 5e-324),
+        "none": None,
+        "empty": (),
+        "nested": {"z": {"y": [(jnp.asarray(a),)]}},
     }
     assert_bit_equal(tree, roundtrip(tmp_path, tree))
     for root in [(), [], {}, None, a, jnp.asarray(3.0), 3, (a,), [a], {"only": a}]:
@@ -137,8 +159,12 @@ def test_containers_python_scalars_and_roots_round_trip(tmp_path):
 def test_non_contiguous_and_big_endian_inputs_keep_their_values(tmp_path):
     rng = np.random.default_rng(2)
     base = rng.standard_normal((4, 6))
-    tree = {"f": base.T, "strided": base[::2, 1::3], "be": base.astype(">f8"),
-            "be_int": np.arange(5, dtype=">i4")}
+    tree = {
+        "f": base.T,
+        "strided": base[::2, 1::3],
+        "be": base.astype(">f8"),
+        "be_int": np.arange(5, dtype=">i4"),
+    }
     out = roundtrip(tmp_path, tree)
     for k, v in tree.items():
         np.testing.assert_array_equal(out[k], v)
@@ -146,21 +172,26 @@ def test_non_contiguous_and_big_endian_inputs_keep_their_values(tmp_path):
         assert out[k].flags.writeable  # a copy of its own, not a view of the file buffer
 
 
-@pytest.mark.parametrize("make", [
-    lambda: jbp.optim.adam(1e-3),
-    lambda: jbp.optim.sgd(0.1, momentum=0.9, nesterov=True),
-    lambda: jbp.optim.rmsprop(1e-2),
-    lambda: jbp.optim.adagrad(0.1),
-    lambda: jbp.optim.chain(jbp.optim.clip_by_global_norm(1.0), jbp.optim.adamw(1e-3)),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: jbp.optim.adam(1e-3),
+        lambda: jbp.optim.sgd(0.1, momentum=0.9, nesterov=True),
+        lambda: jbp.optim.rmsprop(1e-2),
+        lambda: jbp.optim.adagrad(0.1),
+        lambda: jbp.optim.chain(jbp.optim.clip_by_global_norm(1.0), jbp.optim.adamw(1e-3)),
+    ],
+)
 def test_optimizer_states_round_trip_and_keep_training_identically(tmp_path, make):
     opt = make()
     update = jax.jit(opt.update)  # one compile, not one per eager op
     params = mlp_params()
     state = opt.init(params)
     rng = np.random.default_rng(3)
-    grads = [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
-             for _ in range(3)]
+    grads = [
+        jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+        for _ in range(3)
+    ]
     for g in grads[:2]:  # non-trivial moments and counts
         updates, state = update(g, state, params)
         params = jbp.optim.apply_updates(params, updates)
@@ -176,20 +207,29 @@ def test_optimizer_states_round_trip_and_keep_training_identically(tmp_path, mak
 
 
 def test_typed_prng_keys_round_trip_with_their_impl(tmp_path):
-    tree = {"k": jax.random.key(0), "split": jax.random.split(jax.random.key(5), (2, 3)),
-            "rbg": jax.random.key(1, impl="rbg")}
+    tree = {
+        "k": jax.random.key(0),
+        "split": jax.random.split(jax.random.key(5), (2, 3)),
+        "rbg": jax.random.key(1, impl="rbg"),
+    }
     out = roundtrip(tmp_path, tree)
     assert_bit_equal(tree, out)
     assert str(jax.random.key_impl(out["rbg"])) == "rbg"
-    np.testing.assert_array_equal(jax.random.normal(out["split"][1, 2], (4,)),
-                                  jax.random.normal(tree["split"][1, 2], (4,)))
+    np.testing.assert_array_equal(
+        jax.random.normal(out["split"][1, 2], (4,)), jax.random.normal(tree["split"][1, 2], (4,))
+    )
     with_like = ckpt.restore(tmp_path / "t.jbp", like=jax.eval_shape(lambda: tree))
     assert_bit_equal(tree, with_like)
 
 
 def test_metadata_round_trips_through_the_header(tmp_path):
-    md = {"epoch": 12, "history": {"loss": [0.5, 0.25, math.nan], "acc": [0.1, math.inf]},
-          "note": "naïve ✓", "big": 2**80, "flags": [True, None, {"x": -1.5}]}
+    md = {
+        "epoch": 12,
+        "history": {"loss": [0.5, 0.25, math.nan], "acc": [0.1, math.inf]},
+        "note": "naïve ✓",
+        "big": 2**80,
+        "flags": [True, None, {"x": -1.5}],
+    }
     p = tmp_path / "m.jbp"
     ckpt.save(p, {"w": np.ones(3)}, metadata=md)
     got = ckpt.read_metadata(p)
@@ -203,14 +243,17 @@ def test_metadata_round_trips_through_the_header(tmp_path):
 def test_file_layout_matches_the_documented_format(tmp_path):
     """An independent reader, written from the module docstring, recovers every leaf."""
     rng = np.random.default_rng(6)
-    tree = {"a": rng.standard_normal((3, 2)).astype(np.float32),
-            "b": (jnp.asarray(rng.integers(0, 9, 5)), np.asarray(True)), "c": 4}
+    tree = {
+        "a": rng.standard_normal((3, 2)).astype(np.float32),
+        "b": (jnp.asarray(rng.integers(0, 9, 5)), np.asarray(True)),
+        "c": 4,
+    }
     p = tmp_path / "f.jbp"
     ckpt.save(p, tree, metadata={"m": 1})
     blob = p.read_bytes()
     magic, version, hlen, hsha = struct.unpack_from("<8sIQ32s", blob, 0)
     assert magic == b"\x89JBP\r\n\x1a\n" and version == 1 == ckpt.FORMAT_VERSION
-    hbytes = blob[52:52 + hlen]
+    hbytes = blob[52 : 52 + hlen]
     assert hashlib.sha256(hbytes).digest() == hsha
     header = json.loads(hbytes)
     start = -(-(52 + hlen) // 64) * 64
@@ -220,12 +263,19 @@ def test_file_layout_matches_the_documented_format(tmp_path):
     assert header["metadata"] == {"m": 1} and header["tree"]["keys"] == ["a", "b", "c"]
     recs = {r["path"]: r for r in header["leaves"]}
     assert list(recs) == ["a", "b.layers[0]", "b.layers[1]", "c"]
-    for name, want in [("a", tree["a"]), ("b.layers[0]", np.asarray(tree["b"][0])),
-                       ("b.layers[1]", tree["b"][1])]:
+    for name, want in [
+        ("a", tree["a"]),
+        ("b.layers[0]", np.asarray(tree["b"][0])),
+        ("b.layers[1]", tree["b"][1]),
+    ]:
         r = recs[name]
         assert r["offset"] % 64 == 0
-        got = np.frombuffer(payload, dtype=np.dtype(r["dtype"]).newbyteorder("<"),
-                            count=int(np.prod(r["shape"])), offset=r["offset"])
+        got = np.frombuffer(
+            payload,
+            dtype=np.dtype(r["dtype"]).newbyteorder("<"),
+            count=int(np.prod(r["shape"])),
+            offset=r["offset"],
+        )
         np.testing.assert_array_equal(got.reshape(r["shape"]), want)
     assert recs["c"] == {"path": "c", "kind": "int", "value": 4}
 
@@ -234,12 +284,12 @@ def test_file_layout_matches_the_documented_format(tmp_path):
 # like=
 # --------------------------------------------------------------------------------------
 
+
 def test_like_mismatches_name_every_leaf_expected_vs_found(tmp_path):
     p = tmp_path / "m.jbp"
     params = mlp_params()
     ckpt.save(p, {"params": params, "step": np.int32(3), "key": jax.random.key(0)})
-    like = jax.eval_shape(lambda: {"params": params, "step": np.int32(3),
-                                   "key": jax.random.key(0)})
+    like = jax.eval_shape(lambda: {"params": params, "step": np.int32(3), "key": jax.random.key(0)})
     like["params"][0]["W"] = jax.ShapeDtypeStruct((4, 6), jnp.float32)
     like["params"][1]["b"] = jax.ShapeDtypeStruct((3,), jnp.float64)
     like["key"] = jax.ShapeDtypeStruct((2,), jnp.uint32)
@@ -250,11 +300,13 @@ def test_like_mismatches_name_every_leaf_expected_vs_found(tmp_path):
     msg = str(e.value)
     assert not isinstance(e.value, CheckpointError) and str(p) in msg
     assert "(5 differences)" in msg
-    for line in ["params.layers[0].W: expected float32[4,6], found float32[4,5]",
-                 "params.layers[1].b: expected float64[3], found float32[3]",
-                 "key: expected uint32[2], found key<fry>[]",
-                 "epoch: expected an array leaf, missing from the file",
-                 "step: not in like, but the file has an array leaf"]:
+    for line in [
+        "params.layers[0].W: expected float32[4,6], found float32[4,5]",
+        "params.layers[1].b: expected float64[3], found float32[3]",
+        "key: expected uint32[2], found key<fry>[]",
+        "epoch: expected an array leaf, missing from the file",
+        "step: not in like, but the file has an array leaf",
+    ]:
         assert line in msg, (line, msg)
 
 
@@ -265,11 +317,15 @@ def test_like_container_mismatches(tmp_path):
     spec = jax.eval_shape(lambda: params)
     cases = [
         ({"params": list(spec)}, "params: expected a list of length 2, found a tuple of length 2"),
-        ({"params": spec + (spec[0],)},
-         "params.layers[2]: expected a dict with keys ['W', 'b'], missing from the file"),
+        (
+            {"params": spec + (spec[0],)},
+            "params.layers[2]: expected a dict with keys ['W', 'b'], missing from the file",
+        ),
         ({"params": spec[:1]}, "params.layers[1]: not in like, but the file has a dict"),
-        ({"params": (spec[0], {"W": spec[1]["W"]})},
-         "params.layers[1].b: not in like, but the file has an array leaf"),
+        (
+            {"params": (spec[0], {"W": spec[1]["W"]})},
+            "params.layers[1].b: not in like, but the file has an array leaf",
+        ),
         ({"params": (spec[0], None)}, "params.layers[1]: expected None, found a dict"),
         ({"params": spec[0]["W"]}, "params: expected an array leaf, found a tuple of length 2"),
     ]
@@ -346,8 +402,11 @@ def test_python_scalars_against_array_likes(tmp_path):
     out = ckpt.restore(p, like=jax.eval_shape(lambda: tree))  # int64, float64, bool specs
     assert out["n"].dtype == jnp.int64 and int(out["n"]) == 5
     assert float(out["x"]).hex() == (0.1).hex() and bool(out["flag"]) is True
-    small = {"n": jax.ShapeDtypeStruct((), jnp.int8), "x": jax.ShapeDtypeStruct((), jnp.float32),
-             "flag": True}
+    small = {
+        "n": jax.ShapeDtypeStruct((), jnp.int8),
+        "x": jax.ShapeDtypeStruct((), jnp.float32),
+        "flag": True,
+    }
     ckpt.save(p, {"n": 300, "x": 0.1, "flag": True})
     with pytest.raises(ValueError) as e:
         ckpt.restore(p, like=small)
@@ -371,12 +430,12 @@ def test_float64_jax_leaves_refuse_to_load_silently_as_float32(tmp_path):
 # damaged, foreign and newer files
 # --------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def good_file(tmp_path):
     p = tmp_path / "good.jbp"
     rng = np.random.default_rng(8)
-    ckpt.save(p, {"w": rng.standard_normal((8, 8)), "k": jax.random.key(2)},
-              metadata={"epoch": 1})
+    ckpt.save(p, {"w": rng.standard_normal((8, 8)), "k": jax.random.key(2)}, metadata={"epoch": 1})
     return p
 
 
@@ -408,12 +467,12 @@ def test_header_corruption_is_detected(good_file, tmp_path):
 def _resigned(blob, edit):
     """``blob`` with its header edited by ``edit(header)`` and a valid header checksum."""
     _, version, hlen, _ = struct.unpack_from("<8sIQ32s", blob, 0)
-    header = json.loads(blob[52:52 + hlen])
+    header = json.loads(blob[52 : 52 + hlen])
     edit(header)
     h = json.dumps(header).encode()
     head = struct.pack("<8sIQ32s", ckpt.MAGIC, version, len(h), hashlib.sha256(h).digest()) + h
     head += bytes(-(-len(head) // 64) * 64 - len(head))
-    return head + blob[-(-(52 + hlen) // 64) * 64:]
+    return head + blob[-(-(52 + hlen) // 64) * 64 :]
 
 
 def _leaf(header, path):
@@ -476,6 +535,7 @@ def test_newer_and_invalid_format_versions_are_refused(good_file, tmp_path):
 # what save refuses, and atomicity when it fails
 # --------------------------------------------------------------------------------------
 
+
 def test_save_refuses_what_it_cannot_store(tmp_path):
     p = tmp_path / "x.jbp"
     cases = [
@@ -490,10 +550,12 @@ def test_save_refuses_what_it_cannot_store(tmp_path):
         with pytest.raises(TypeError) as e:
             ckpt.save(p, tree)
         assert msg in str(e.value), (msg, str(e.value))
-    for md, msg in [({"h": (1, 2)}, "metadata['h'] is a tuple"),
-                    ({"l": [np.float32(1)]}, "metadata['l'][0] is a float32"),
-                    ({2: 1}, "metadata has the key 2"),
-                    ([1], "metadata must be a dict")]:
+    for md, msg in [
+        ({"h": (1, 2)}, "metadata['h'] is a tuple"),
+        ({"l": [np.float32(1)]}, "metadata['l'][0] is a float32"),
+        ({2: 1}, "metadata has the key 2"),
+        ([1], "metadata must be a dict"),
+    ]:
         with pytest.raises(TypeError) as e:
             ckpt.save(p, {}, metadata=md)
         assert msg in str(e.value), (msg, str(e.value))
@@ -523,6 +585,7 @@ def test_a_failed_save_leaves_the_previous_file_and_no_temporary(tmp_path, monke
 # --------------------------------------------------------------------------------------
 # the directory manager
 # --------------------------------------------------------------------------------------
+
 
 def _tree(i):
     return {"w": np.full((3,), i, np.float32) + np.arange(3, dtype=np.float32), "i": i}
@@ -614,6 +677,7 @@ def test_empty_missing_and_bad_arguments(tmp_path):
 # SIGKILL at random and at chosen points of the write
 # --------------------------------------------------------------------------------------
 
+
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL and fsync of directories are POSIX")
 def test_sigkill_mid_write_leaves_the_latest_complete_checkpoint(tmp_path):
     sys.path.insert(0, str(ROOT / "tests"))
@@ -621,9 +685,13 @@ def test_sigkill_mid_write_leaves_the_latest_complete_checkpoint(tmp_path):
         from _checkpoint_writer import tree_for
     finally:
         sys.path.remove(str(ROOT / "tests"))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
-        JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        ),
+        JAX_PLATFORMS="cpu",
+    )
     rng = np.random.default_rng(20)
     # two kills parked at a chosen fsync (odd: temporary written, not yet renamed; even:
     # renamed, directory not yet synced), two after random delays while writing flat out
@@ -634,10 +702,19 @@ def test_sigkill_mid_write_leaves_the_latest_complete_checkpoint(tmp_path):
     start = 0
     for mode, arg in rounds:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "_checkpoint_writer.py"), str(tmp_path),
-             str(start), str(arg if mode == "block" else 0)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=env)
+            [
+                sys.executable,
+                str(ROOT / "tests" / "_checkpoint_writer.py"),
+                str(tmp_path),
+                str(start),
+                str(arg if mode == "block" else 0),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         watchdog = threading.Timer(60, proc.kill)  # a hung child fails the test, not CI
         watchdog.start()
         try:
@@ -674,8 +751,10 @@ def test_sigkill_mid_write_leaves_the_latest_complete_checkpoint(tmp_path):
                 for f in names:
                     ckpt.restore(tmp_path / f)
             # save(single.jbp, tree_for(k)) starts only after "step k" was printed
-            single_allowed = {singles[-1] if singles else single_known,
-                              steps[-1] if steps else single_known}
+            single_allowed = {
+                singles[-1] if singles else single_known,
+                steps[-1] if steps else single_known,
+            }
             if (tmp_path / "single.jbp").exists():
                 i = ckpt.read_metadata(tmp_path / "single.jbp")["i"]
                 assert i in single_allowed, (i, single_allowed)
@@ -691,6 +770,7 @@ def test_sigkill_mid_write_leaves_the_latest_complete_checkpoint(tmp_path):
 # no pickle, anywhere
 # --------------------------------------------------------------------------------------
 
+
 def test_the_module_never_imports_or_calls_pickle(tmp_path, monkeypatch):
     src = pathlib.Path(ckpt.__file__).read_text()
     imported = set()
@@ -699,8 +779,17 @@ def test_the_module_never_imports_or_calls_pickle(tmp_path, monkeypatch):
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
-    assert not imported & {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "marshal",
-                           "shelve", "joblib", "copyreg"}
+    assert not imported & {
+        "pickle",
+        "_pickle",
+        "cPickle",
+        "dill",
+        "cloudpickle",
+        "marshal",
+        "shelve",
+        "joblib",
+        "copyreg",
+    }
     assert "allow_pickle" not in src and "np.load" not in src and "eval(" not in src
     # and nothing it calls pickles: every entry point of pickle raises while we round-trip
     import pickle
@@ -710,6 +799,12 @@ def test_the_module_never_imports_or_calls_pickle(tmp_path, monkeypatch):
 
     for name in ("dump", "dumps", "load", "loads", "Pickler", "Unpickler"):
         monkeypatch.setattr(pickle, name, no_pickle)
-    tree = {"a": np.arange(3), "j": jnp.ones(2, jnp.bfloat16), "k": jax.random.key(0),
-            "s": np.int8(3), "p": 1.5, "opt": jbp.optim.adam(1e-3).init(mlp_params())}
+    tree = {
+        "a": np.arange(3),
+        "j": jnp.ones(2, jnp.bfloat16),
+        "k": jax.random.key(0),
+        "s": np.int8(3),
+        "p": 1.5,
+        "opt": jbp.optim.adam(1e-3).init(mlp_params()),
+    }
     assert_bit_equal(tree, roundtrip(tmp_path, tree, metadata={"x": [1]}))

@@ -1,4 +1,5 @@
 """Conv2D: hand-written backward (two more convolutions) vs jax.vjp, shapes, bad input."""
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -20,8 +21,17 @@ CONFIGS = [
     ((2, 7, 6, 2), dict(features=3, kernel_size=3, strides=2)),
     ((1, 8, 7, 3), dict(features=2, kernel_size=(3, 2), strides=2, padding="VALID")),
     ((2, 9, 8, 2), dict(features=3, kernel_size=3, strides=(2, 3), dilation=2, padding="VALID")),
-    ((2, 6, 7, 2), dict(features=3, kernel_size=(2, 3), strides=(1, 2), dilation=(1, 2),
-                        padding=((2, 0), (1, 3)), use_bias=False)),
+    (
+        (2, 6, 7, 2),
+        dict(
+            features=3,
+            kernel_size=(2, 3),
+            strides=(1, 2),
+            dilation=(1, 2),
+            padding=((2, 0), (1, 3)),
+            use_bias=False,
+        ),
+    ),
     ((3, 5, 6, 1), dict(features=2, kernel_size=1, strides=2, padding=1)),
 ]
 
@@ -63,8 +73,15 @@ def test_same_padding_output_size_and_stride_remainder_rows_get_zero_gradient():
 
 def test_conv_net_check_gradients_and_per_example_grads():
     rng = np.random.default_rng(3)
-    model = jbp.Sequential([Conv2D(3, 3, strides=2), jbp.layers.ReLU(),
-                            MaxPool2D(2, padding="SAME"), jbp.Flatten(), jbp.Dense(2)])
+    model = jbp.Sequential(
+        [
+            Conv2D(3, 3, strides=2),
+            jbp.layers.ReLU(),
+            MaxPool2D(2, padding="SAME"),
+            jbp.Flatten(),
+            jbp.Dense(2),
+        ]
+    )
     params, _ = model.init(jax.random.key(0), (7, 6, 2))
     params = jbp.cast(params, jnp.float64)
     x, y = rand(rng, (4, 7, 6, 2)), rand(rng, (4, 2))
@@ -83,8 +100,10 @@ def test_bad_input_names_layer_and_shapes():
     layer = Conv2D(4, 3, padding="VALID")
     params, _ = layer.init(jax.random.key(0), (6, 6, 2))
     with pytest.raises(ValueError, match=r"Conv2D.*rank 4.*\(5, 6, 6\)"):
-        layer.forward(params, jnp.ones((5, 6, 6)))                 # NHW, no channels
-    with pytest.raises(ValueError, match=r"Conv2D.*kernel \(3×3.*larger than the padded input \(2×6"):
+        layer.forward(params, jnp.ones((5, 6, 6)))  # NHW, no channels
+    with pytest.raises(
+        ValueError, match=r"Conv2D.*kernel \(3×3.*larger than the padded input \(2×6"
+    ):
         layer.forward(params, jnp.ones((1, 2, 6, 2)))
     with pytest.raises(ValueError, match=r"Conv2D.*kernel \(5×5"):
         Conv2D(4, 3, dilation=2, padding="VALID").init(jax.random.key(0), (4, 9, 1))

@@ -12,6 +12,7 @@ Comparisons: per leaf, ``max|a − b| ≤ rtol · max|b|`` (float64 ``rtol = 1e-
 ``2e-4``). Monte-Carlo estimates: the mean of many single-sample estimates (fixed keys, so the
 test is deterministic) lies within 5 standard errors of the exact value, entry by entry.
 """
+
 import dataclasses
 
 import jax
@@ -51,8 +52,11 @@ RTOL = {jnp.float64: 1e-10, jnp.float32: 2e-4}
 
 def assert_close(a, b, rtol, what=""):
     """Same tree structure; per leaf ``max|a − b| ≤ rtol · max|b|``."""
-    assert jax.tree.structure(a) == jax.tree.structure(b), (what, jax.tree.structure(a),
-                                                           jax.tree.structure(b))
+    assert jax.tree.structure(a) == jax.tree.structure(b), (
+        what,
+        jax.tree.structure(a),
+        jax.tree.structure(b),
+    )
     for (path, u), v in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
         u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
         assert u.shape == v.shape, (what, path, u.shape, v.shape)
@@ -74,8 +78,9 @@ def _setup(model, in_shape, loss, n=3, seed=0, ids=None, dtype=jnp.float64):
     """Random, non-uniform params (init plus noise, so biases are not zero), inputs, targets."""
     rng = np.random.default_rng(seed)
     params, out_shape = model.init(jax.random.key(seed), in_shape)
-    params = jax.tree.map(lambda p: jnp.asarray(p + 0.3 * rng.standard_normal(p.shape), dtype),
-                          params)
+    params = jax.tree.map(
+        lambda p: jnp.asarray(p + 0.3 * rng.standard_normal(p.shape), dtype), params
+    )
     if ids is None:
         x = jnp.asarray(rng.standard_normal((n,) + tuple(in_shape)), dtype)
     else:
@@ -102,7 +107,7 @@ def ggn_reference(model, loss, params, x, y, key=None):
     def G(flat, x, y):
         fwd = lambda th: model.apply(unravel(th), x, key=key, train=True)  # noqa: E731
         pred = fwd(flat)
-        J = jax.jacrev(fwd)(flat).reshape(x.shape[0], -1, flat.size)       # (n, m, P)
+        J = jax.jacrev(fwd)(flat).reshape(x.shape[0], -1, flat.size)  # (n, m, P)
         return jnp.einsum("nmp,nmk,nkq->npq", J, loss_hessians(loss, pred, y), J)
 
     return G(flat, x, y), unravel
@@ -110,8 +115,9 @@ def ggn_reference(model, loss, params, x, y, key=None):
 
 def hessian_reference(model, loss, params, x, y, key=None):
     flat, unravel = ravel_pytree(params)
-    H = jax.jit(jax.hessian(
-        lambda th: loss.value(model.apply(unravel(th), x, key=key, train=True), y)))(flat)
+    H = jax.jit(
+        jax.hessian(lambda th: loss.value(model.apply(unravel(th), x, key=key, train=True), y))
+    )(flat)
     return unravel(jnp.diag(H))
 
 
@@ -122,9 +128,9 @@ def hessian_reference(model, loss, params, x, y, key=None):
 LOSS_CASES = {
     "mse_2d": (L.mse, (2, 3)),
     "bce": (L.binary_cross_entropy, (3,)),
-    "bce_n1": (L.binary_cross_entropy, (1,)),       # (n,) targets for (n, 1) logits
+    "bce_n1": (L.binary_cross_entropy, (1,)),  # (n,) targets for (n, 1) logits
     "ce": (L.softmax_cross_entropy, (5,)),
-    "ce_soft": (L.softmax_cross_entropy, (4,)),     # probabilities whose rows sum to ~2, not 1
+    "ce_soft": (L.softmax_cross_entropy, (4,)),  # probabilities whose rows sum to ~2, not 1
 }
 
 
@@ -185,15 +191,14 @@ def _recurrent_reference(cell, p, xs, mask, eps):
         prev.append(h)
         z = xs[t] @ p["W_x"] + h @ p["W_h"] + p["b"] + eps[t]
         if cell == "lstm":
-            i, f, o = (jax.nn.sigmoid(z[k * hid:(k + 1) * hid]) for k in (0, 1, 3))
-            g = jnp.tanh(z[2 * hid:3 * hid])
+            i, f, o = (jax.nn.sigmoid(z[k * hid : (k + 1) * hid]) for k in (0, 1, 3))
+            g = jnp.tanh(z[2 * hid : 3 * hid])
             c_new = f * c + i * g
             h_new = o * jnp.tanh(c_new)
         else:
             h_new, c_new = jnp.tanh(z), c
         h, c = jnp.where(mask[t], h_new, h), jnp.where(mask[t], c_new, c)
     return h, jnp.stack(prev)
-
 
 
 # ------------------------------------------------------------------------------------------
@@ -222,17 +227,23 @@ def check_ggn_quantities(extras, G, unravel, params):
     """``diag_ggn``, ``batch_diag_ggn`` and the exact blocks ``kflr`` gives the 1-D leaves."""
     Gm = jnp.mean(G, 0)
     assert_close(extras["diag_ggn"], unravel(jnp.diag(Gm)), 1e-10, "diag_ggn")
-    assert_close(extras["batch_diag_ggn"], jax.vmap(lambda g: unravel(jnp.diag(g)))(G), 1e-10,
-                 "batch_diag_ggn")
+    assert_close(
+        extras["batch_diag_ggn"],
+        jax.vmap(lambda g: unravel(jnp.diag(g)))(G),
+        1e-10,
+        "batch_diag_ggn",
+    )
     blocks = jax.tree.leaves(_leaf_blocks(Gm, params))
     factors = jax.tree.leaves(extras["kflr"], is_leaf=_is_factors)
     assert len(blocks) == len(factors) == len(jax.tree.leaves(params))
-    for (path, leaf), block, f in zip(jax.tree_util.tree_flatten_with_path(params)[0], blocks,
-                                      factors):
+    for (path, leaf), block, f in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0], blocks, factors
+    ):
         assert (f.A.shape, f.B.shape) == jbp.extensions.curvature.kron_factor_shapes(leaf.shape)
         if leaf.ndim == 1:
-            assert_close(f, KronFactors(jnp.ones((1, 1)), block), 1e-10,
-                         f"kflr{jax.tree_util.keystr(path)}")
+            assert_close(
+                f, KronFactors(jnp.ones((1, 1)), block), 1e-10, f"kflr{jax.tree_util.keystr(path)}"
+            )
 
 
 def kron_reference(model, loss, params, x, y, ks, key=None):
@@ -260,7 +271,7 @@ def kron_reference(model, loss, params, x, y, ks, key=None):
             # Shift the upper model's keys: layer i of the full model uses fold_in(key, i).
             upper = lambda v: _upper(model, k, params, v, key)  # noqa: E731
             J = jax.jacrev(upper)(z).reshape(n, -1, n, P * F)
-            J = jnp.stack([J[i, :, i] for i in range(n)])                 # (n, m, P·F)
+            J = jnp.stack([J[i, :, i] for i in range(n)])  # (n, m, P·F)
             M = jnp.einsum("nmp,nmk,nkq->npq", J, H, J).reshape(n, P, F, P, F)
             out[k] = KronFactors(rows.T @ rows / (n * P), jnp.einsum("npfpg->fg", M) / n)
         return out
@@ -285,14 +296,31 @@ def _run_all(model, loss, params, x, y, extensions, key=None):
 
 def test_mlp_every_quantity():
     """Every smooth activation's second derivative, ReLU, and dropout (training mode, a key)."""
-    model = jbp.Sequential([Dense(4), Tanh(), Dropout(0.3), Dense(4), Sigmoid(), ELU(), Softplus(),
-                            GELU(), GELU(approximate=True), ReLU(), Dense(3)])
+    model = jbp.Sequential(
+        [
+            Dense(4),
+            Tanh(),
+            Dropout(0.3),
+            Dense(4),
+            Sigmoid(),
+            ELU(),
+            Softplus(),
+            GELU(),
+            GELU(approximate=True),
+            ReLU(),
+            Dense(3),
+        ]
+    )
     loss = L.softmax_cross_entropy
     params, x, y = _setup(model, (4,), loss, n=4, seed=1)
     key = jax.random.key(11)
     out = _run_all(model, loss, params, x, y, ALL + (DiagHessian(),), key=key)
-    assert_close(out.extras["diag_hessian"], hessian_reference(model, loss, params, x, y, key=key),
-                 1e-10, "diag_hessian")
+    assert_close(
+        out.extras["diag_hessian"],
+        hessian_reference(model, loss, params, x, y, key=key),
+        1e-10,
+        "diag_hessian",
+    )
     dense = [k for k, l in enumerate(model.layers) if isinstance(l, Dense)]
     ref = kron_reference(model, loss, params, x, y, dense, key=key)
     for k in dense:
@@ -301,14 +329,25 @@ def test_mlp_every_quantity():
 
 def test_cnn_every_quantity():
     """Strides, dilation, SAME/VALID padding, average and max pooling, binary cross-entropy."""
-    model = jbp.Sequential([Conv2D(3, (3, 2), strides=(2, 1), padding="SAME", dilation=(1, 2)),
-                            Sigmoid(), AvgPool2D(2, strides=1), MaxPool2D(2, padding="SAME"),
-                            Flatten(), Dense(2)])
+    model = jbp.Sequential(
+        [
+            Conv2D(3, (3, 2), strides=(2, 1), padding="SAME", dilation=(1, 2)),
+            Sigmoid(),
+            AvgPool2D(2, strides=1),
+            MaxPool2D(2, padding="SAME"),
+            Flatten(),
+            Dense(2),
+        ]
+    )
     loss = L.binary_cross_entropy
     params, x, y = _setup(model, (6, 7, 2), loss, n=3, seed=2)
     out = _run_all(model, loss, params, x, y, ALL + (DiagHessian(),))
-    assert_close(out.extras["diag_hessian"], hessian_reference(model, loss, params, x, y), 1e-10,
-                 "diag_hessian")
+    assert_close(
+        out.extras["diag_hessian"],
+        hessian_reference(model, loss, params, x, y),
+        1e-10,
+        "diag_hessian",
+    )
     ref = kron_reference(model, loss, params, x, y, [0, 5])
     for k in (0, 5):
         assert_close(out.extras["kflr"][k]["W"], ref[k], 1e-10, f"kflr layers[{k}].W")
@@ -329,13 +368,15 @@ def test_layernorm_and_dense_over_a_time_axis():
 def _ids(n=3, T=3, vocab=7, seed=2, pad=False):
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, vocab, (n, T))
-    if pad:                                            # right padding, lengths 3, 2, 1
+    if pad:  # right padding, lengths 3, 2, 1
         ids = np.where(np.arange(T)[None] < np.array([T, 2, 1])[:n, None], ids, 0)
     return ids
 
 
-@pytest.mark.parametrize("cell,pad,loss", [("lstm", False, L.softmax_cross_entropy),
-                                           ("rnn", True, L.binary_cross_entropy)])
+@pytest.mark.parametrize(
+    "cell,pad,loss",
+    [("lstm", False, L.softmax_cross_entropy), ("rnn", True, L.binary_cross_entropy)],
+)
 def test_embedding_and_recurrent_every_quantity(cell, pad, loss):
     """Kronecker factors of Embedding and SimpleRNN/LSTM against a recurrence written out here;
     the padded case also checks the diagonals (the generic ``vmap`` paths, with masks)."""
@@ -352,14 +393,18 @@ def test_embedding_and_recurrent_every_quantity(cell, pad, loss):
     mask = (ids != 0) if pad else np.ones((n, T), bool)
     real = mask.sum()
     emb, dense = model.layers[0], model.layers[2]
-    xs = params[0]["W"][ids]                                              # (n, T, 3)
+    xs = params[0]["W"][ids]  # (n, T, 3)
     g = params[1]["W_h"].shape[1]
 
     @jax.jit
     def reference(p_emb, p_rec, p_dense, xs, y):
         # Embedding: A from the one-hot rows ∂y[i, t, 0]/∂W[:, 0] (jax.jacrev), real tokens only
-        onehot = jax.jacrev(lambda W: jbp.layers.masking.cotangent_values(
-            emb.apply({"W": W}, x)))(p_emb["W"])[:, :, 0, :, 0] * mask[..., None]
+        onehot = (
+            jax.jacrev(lambda W: jbp.layers.masking.cotangent_values(emb.apply({"W": W}, x)))(
+                p_emb["W"]
+            )[:, :, 0, :, 0]
+            * mask[..., None]
+        )
         A_emb = jnp.einsum("ntv,ntw->vw", onehot, onehot) / real
 
         def pred_of(eps, xi, mi):
@@ -371,14 +416,14 @@ def test_embedding_and_recurrent_every_quantity(cell, pad, loss):
         H = loss_hessians(loss, pred, y)
         J = jax.vmap(lambda xi, mi: jax.jacrev(lambda e: pred_of(e, xi, mi)[0])(zero))(xs, mask)
         Jx = jax.vmap(lambda xi, mi: jax.jacrev(lambda v: pred_of(zero, v, mi)[0])(xi))(xs, mask)
-        B_rec = jnp.einsum("nmtg,nmk,nkth->gh", J, H, J) / n       # ∂pred/∂z_t blocks, Σ_t
-        B_emb = jnp.einsum("nmtf,nmk,nktg->fg", Jx, H, Jx) / n     # ∂pred/∂x_t blocks, Σ_t
-        Jb = jnp.sum(J, axis=2)                                     # ∂pred/∂b = Σ_t ∂pred/∂z_t
-        B_b = jnp.einsum("nmg,nmk,nkh->gh", Jb, H, Jb) / n         # the exact GGN block of b
+        B_rec = jnp.einsum("nmtg,nmk,nkth->gh", J, H, J) / n  # ∂pred/∂z_t blocks, Σ_t
+        B_emb = jnp.einsum("nmtf,nmk,nktg->fg", Jx, H, Jx) / n  # ∂pred/∂x_t blocks, Σ_t
+        Jb = jnp.sum(J, axis=2)  # ∂pred/∂b = Σ_t ∂pred/∂z_t
+        B_b = jnp.einsum("nmg,nmk,nkh->gh", Jb, H, Jb) / n  # the exact GGN block of b
         return pred, prev, A_emb, B_rec, B_emb, B_b
 
     pred, prev, A_emb, B_rec, B_emb, B_b = reference(params[0], params[1], params[2], xs, y)
-    np.testing.assert_allclose(pred, out.pred, rtol=1e-12)               # the reference is right
+    np.testing.assert_allclose(pred, out.pred, rtol=1e-12)  # the reference is right
     m = mask[..., None]
     A_x = jnp.einsum("ntf,ntg->fg", xs * m, xs * m) / real
     A_h = jnp.einsum("ntf,ntg->fg", prev * m, prev * m) / real
@@ -396,17 +441,21 @@ def test_float32_matches_the_float64_values():
     o32 = run(jbp.cast(p64, jnp.float32), x64.astype(jnp.float32), y)
     G, unravel = ggn_reference(model, loss, p64, x64, y)
     assert_close(o32.extras["diag_ggn"], unravel(jnp.diag(jnp.mean(G, 0))), RTOL[jnp.float32])
-    assert_close(o32.extras["diag_hessian"], hessian_reference(model, loss, p64, x64, y),
-                 RTOL[jnp.float32])
-    assert_close(o32.extras["kflr"][0]["b"],
-                 KronFactors(jnp.ones((1, 1)), _leaf_blocks(jnp.mean(G, 0), p64)[0]["b"]),
-                 RTOL[jnp.float32])
+    assert_close(
+        o32.extras["diag_hessian"], hessian_reference(model, loss, p64, x64, y), RTOL[jnp.float32]
+    )
+    assert_close(
+        o32.extras["kflr"][0]["b"],
+        KronFactors(jnp.ones((1, 1)), _leaf_blocks(jnp.mean(G, 0), p64)[0]["b"]),
+        RTOL[jnp.float32],
+    )
     for name in ("diag_ggn", "diag_hessian", "kflr"):
         assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(o32.extras[name]))
 
 
-@pytest.mark.parametrize("loss", [L.binary_cross_entropy, L.softmax_cross_entropy],
-                         ids=lambda l: l.name)
+@pytest.mark.parametrize(
+    "loss", [L.binary_cross_entropy, L.softmax_cross_entropy], ids=lambda l: l.name
+)
 def test_kron_factors_are_the_exact_ggn_block_for_one_dense_layer_and_one_example(loss):
     model = jbp.Sequential([Dense(3)])
     params, x, y = _setup(model, (4,), loss, n=1, seed=9)
@@ -423,6 +472,7 @@ def test_kron_factors_are_the_exact_ggn_block_for_one_dense_layer_and_one_exampl
 # Monte-Carlo variants: unbiased, converging to the exact value
 # ------------------------------------------------------------------------------------------
 
+
 def test_monte_carlo_diag_ggn_and_kfac_average_to_the_exact_values():
     """2000 Monte-Carlo estimates (keys split from one fixed key; DiagGGNMC with 2 samples per
     call, KFAC with 1): their mean lies within 5 standard errors of DiagGGN / KFLR, entry by
@@ -437,8 +487,9 @@ def test_monte_carlo_diag_ggn_and_kfac_average_to_the_exact_values():
     est = jax.jit(jax.vmap(lambda k: run(params, x, y, key=k).extras))(keys)
 
     def within(samples, want, what):
-        for (path, s), w in zip(jax.tree_util.tree_flatten_with_path(samples)[0],
-                                jax.tree.leaves(want)):
+        for (path, s), w in zip(
+            jax.tree_util.tree_flatten_with_path(samples)[0], jax.tree.leaves(want)
+        ):
             s, w = np.asarray(s), np.asarray(w)
             mean, se = s.mean(0), s.std(0) / np.sqrt(S)
             bad = np.abs(mean - w) > 5 * se + 1e-12
@@ -447,14 +498,17 @@ def test_monte_carlo_diag_ggn_and_kfac_average_to_the_exact_values():
     within(est["diag_ggn_mc"], exact["diag_ggn"], "diag_ggn_mc")
     B = lambda t: jax.tree.map(lambda f: f.B, t, is_leaf=_is_factors)  # noqa: E731
     within(B(est["kfac"]), B(exact["kflr"]), "kfac B")
-    for f_mc, f in zip(jax.tree.leaves(est["kfac"], is_leaf=_is_factors),
-                       jax.tree.leaves(exact["kflr"], is_leaf=_is_factors)):
+    for f_mc, f in zip(
+        jax.tree.leaves(est["kfac"], is_leaf=_is_factors),
+        jax.tree.leaves(exact["kflr"], is_leaf=_is_factors),
+    ):
         np.testing.assert_allclose(f_mc.A, np.broadcast_to(f.A, f_mc.A.shape), rtol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------
 # Bad input
 # ------------------------------------------------------------------------------------------
+
 
 def test_sampling_extensions_need_a_key():
     model = jbp.Sequential([Dense(3)])

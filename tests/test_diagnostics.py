@@ -1,4 +1,5 @@
 """Diagnostics: speed of learning, per-layer report, detector, recording — against autodiff."""
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -41,12 +42,16 @@ def _rand(seed, shape, dtype, scale=1.0):
 
 def _mixed_model():
     # nested Sequential, a bias-free layer, every activation kind the report knows
-    return jbp.Sequential([
-        Dense(7, w_init="he_normal", b_init=initializers.normal(0.3)), Tanh(),
-        jbp.Sequential([Dense(6, b_init=initializers.normal(0.3)), Sigmoid()]),
-        Dense(5, use_bias=False), ReLU(),
-        Dense(3, b_init=initializers.normal(0.3)),
-    ])
+    return jbp.Sequential(
+        [
+            Dense(7, w_init="he_normal", b_init=initializers.normal(0.3)),
+            Tanh(),
+            jbp.Sequential([Dense(6, b_init=initializers.normal(0.3)), Sigmoid()]),
+            Dense(5, use_bias=False),
+            ReLU(),
+            Dense(3, b_init=initializers.normal(0.3)),
+        ]
+    )
 
 
 def _params(model, in_shape, dtype, seed=0, w_std=None):
@@ -113,11 +118,12 @@ def _run(model, params, state, x, *, train, eps=None, trace=None, prefix=""):
             continue
         y, _, _ = layer.forward_with_state(params[i], s, x, train=train)
         if eps is not None:
-            y = (Masked(y.values + eps[name], y.mask) if isinstance(y, Masked)
-                 else y + eps[name])
+            y = Masked(y.values + eps[name], y.mask) if isinstance(y, Masked) else y + eps[name]
         if trace is not None:
-            trace[name] = (x.values if isinstance(x, Masked) else x,
-                           y.values if isinstance(y, Masked) else y)
+            trace[name] = (
+                x.values if isinstance(x, Masked) else x,
+                y.values if isinstance(y, Masked) else y,
+            )
         x = y
     return x
 
@@ -127,6 +133,7 @@ def _autodiff(model, loss, params, x, y, *, train=True, state=()):
     ``(loss, ∂C/∂params, {name: ∂C/∂yˡ}, {name: (layer input, layer output)})``. The deltas
     are the gradient w.r.t. a zero perturbation added to each leaf layer's output (the vjp
     of the sub-network after it)."""
+
     def outputs(p):
         trace = {}
         _run(model, p, state, x, train=train, trace=trace)
@@ -140,7 +147,9 @@ def _autodiff(model, loss, params, x, y, *, train=True, state=()):
         value = loss.value(pred, y)
         return value, (value, trace)
 
-    (g, d), (value, trace) = jax.jit(jax.grad(objective, argnums=(0, 1), has_aux=True))(params, eps0)
+    (g, d), (value, trace) = jax.jit(jax.grad(objective, argnums=(0, 1), has_aux=True))(
+        params, eps0
+    )
     return value, g, d, trace
 
 
@@ -161,16 +170,16 @@ def _close(got, want, rtol, scale=1e-6):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
 
 
-def _check_report(model, loss, params, x, y, rtol, *, train=True, state=None, seed=0,
-                  deltas=True):
+def _check_report(model, loss, params, x, y, rtol, *, train=True, state=None, seed=0, deltas=True):
     """Every row of layer_report (and, with ``deltas``, every layer_deltas entry) against
     independent references: jax.grad for the parameter gradients, jax.grad w.r.t. perturbed
     layer outputs for the deltas, numpy for norms and the unit fractions."""
     n = x.shape[0]
     dtype = (jax.tree.leaves(params) or [x])[0].dtype
     rng = np.random.default_rng(seed)
-    updates = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape) * 1e-3, a.dtype),
-                           params)
+    updates = jax.tree.map(
+        lambda a: jnp.asarray(rng.standard_normal(a.shape) * 1e-3, a.dtype), params
+    )
     rep = D.layer_report(model, loss, params, x, y, updates=updates, train=train, state=state)
     deltas = D.layer_deltas(model, loss, params, x, y, train=train, state=state) if deltas else None
     st = state if state is not None else model.init_state(tuple(x.shape[1:]))
@@ -185,15 +194,23 @@ def _check_report(model, loss, params, x, y, rtol, *, train=True, state=None, se
         d = np.asarray(ref_d[name], np.float64)
         if deltas is not None:
             assert deltas[name].dtype == dtype and deltas[name].shape == d.shape
-            np.testing.assert_allclose(np.asarray(deltas[name]), d, rtol=rtol,
-                                       atol=rtol * float(np.max(np.abs(d))))
+            np.testing.assert_allclose(
+                np.asarray(deltas[name]), d, rtol=rtol, atol=rtol * float(np.max(np.abs(d)))
+            )
         _close(row.delta_norm, np.linalg.norm((n * d).reshape(n, -1), axis=1).mean(), rtol)
         assert row.layer == type(layer).__name__ and row.out_shape == d.shape[1:]
         assert row.units == d.shape[-1]
         p, g, u = _get(params, path), _get(ref_g, path), _get(updates, path)
         if not jax.tree.leaves(p):
-            for q in ("grad_norm", "param_norm", "grad_W_norm", "W_norm", "bias_grad_norm",
-                      "update_ratio", "leaves"):
+            for q in (
+                "grad_norm",
+                "param_norm",
+                "grad_W_norm",
+                "W_norm",
+                "bias_grad_norm",
+                "update_ratio",
+                "leaves",
+            ):
                 assert getattr(row, q) is None, (name, q)
         else:
             bias = [k for k in p if k in ("b", "beta")]
@@ -201,8 +218,11 @@ def _check_report(model, loss, params, x, y, rtol, *, train=True, state=None, se
             assert weights, name
             _close(row.grad_W_norm, _norm(*(g[k] for k in weights)), rtol, gscale)
             _close(row.W_norm, _norm(*(p[k] for k in weights)), rtol)
-            _close(row.update_ratio, _norm(*(u[k] for k in weights)) / _norm(*(p[k] for k in weights)),
-                   rtol)
+            _close(
+                row.update_ratio,
+                _norm(*(u[k] for k in weights)) / _norm(*(p[k] for k in weights)),
+                rtol,
+            )
             _close(row.grad_norm, _norm(*g.values()), rtol, gscale)
             _close(row.param_norm, _norm(*p.values()), rtol)
             if bias:
@@ -261,8 +281,15 @@ def test_speed_of_learning_float32_classifier():
 
 
 # every leaf layer of the mixed model, in order; the Dense layers are DENSE
-NAMES = ["layers[0]", "layers[1]", "layers[2].layers[0]", "layers[2].layers[1]", "layers[3]",
-         "layers[4]", "layers[5]"]
+NAMES = [
+    "layers[0]",
+    "layers[1]",
+    "layers[2].layers[0]",
+    "layers[2].layers[1]",
+    "layers[3]",
+    "layers[4]",
+    "layers[5]",
+]
 DENSE = ["layers[0]", "layers[2].layers[0]", "layers[3]", "layers[5]"]
 
 
@@ -278,7 +305,7 @@ def test_report_deltas_and_norms_equal_autodiff(dtype, rtol):
     for name, _path, layer in _leaves(model):
         if name in DENSE:
             assert rep[name].layer == "Dense" and rep[name].units == layer.units
-    assert rep["layers[3]"].bias_grad_norm is None          # Dense(5, use_bias=False)
+    assert rep["layers[3]"].bias_grad_norm is None  # Dense(5, use_bias=False)
     assert [r.activation for r in rep] == [None, "tanh", None, "sigmoid", None, "relu", None]
     # the saturation / dead columns live on the activation layers, where they mean something
     assert rep["layers[1]"].saturated is not None and rep["layers[1]"].dead is None
@@ -288,9 +315,12 @@ def test_report_deltas_and_norms_equal_autodiff(dtype, rtol):
         assert rep[name].saturated is None and rep[name].dead is None
     # a Dense's delta is ∂C/∂z; the Tanh after it is handed ∂C/∂a, and ∂C/∂z = ∂C/∂a ⊙ tanh'(z)
     z = np.asarray(_autodiff_deltas(model, mse, params, x, y)[1]["layers[1]"][0], np.float64)
-    np.testing.assert_allclose(np.asarray(deltas["layers[0]"], np.float64),
-                               np.asarray(deltas["layers[1]"], np.float64) * (1 - np.tanh(z) ** 2),
-                               rtol=10 * rtol, atol=rtol * float(np.max(np.abs(deltas["layers[0]"]))))
+    np.testing.assert_allclose(
+        np.asarray(deltas["layers[0]"], np.float64),
+        np.asarray(deltas["layers[1]"], np.float64) * (1 - np.tanh(z) ** 2),
+        rtol=10 * rtol,
+        atol=rtol * float(np.max(np.abs(deltas["layers[0]"]))),
+    )
 
 
 def _identity_net(act, units=4):
@@ -299,8 +329,7 @@ def _identity_net(act, units=4):
     return model, params
 
 
-Z = jnp.asarray([[-10.0, 0.0, 10.0, 1.0],
-                 [0.0, 0.5, -4.0, 2.0]], jnp.float64)
+Z = jnp.asarray([[-10.0, 0.0, 10.0, 1.0], [0.0, 0.5, -4.0, 2.0]], jnp.float64)
 
 
 def test_saturated_fraction_sigmoid_known_answer():
@@ -326,9 +355,10 @@ def test_saturated_fraction_tanh_known_answer():
 
 def test_dead_relu_fraction_known_answer():
     model, params = _identity_net(ReLU(), units=5)
-    x = jnp.asarray([[-1.0, -2.0, -0.5, 3.0, 0.0],
-                     [0.0, 1.0, -0.1, 2.0, 0.0],
-                     [-3.0, -1.0, -7.0, -1.0, 0.0]], jnp.float64)
+    x = jnp.asarray(
+        [[-1.0, -2.0, -0.5, 3.0, 0.0], [0.0, 1.0, -0.1, 2.0, 0.0], [-3.0, -1.0, -7.0, -1.0, 0.0]],
+        jnp.float64,
+    )
     # column 0: ≤ 0 throughout (an exact 0 counts as dead), 1: alive once, 2: dead,
     # 3: alive, 4: exactly 0 everywhere → dead. 3 of 5 units dead.
     rep = D.layer_report(model, mse, params, x, jnp.zeros_like(x))
@@ -339,6 +369,7 @@ def test_dead_relu_fraction_known_answer():
 
 
 # --- any model: CNNs, recurrent nets with padding, nested paths, user layers ----------
+
 
 def _random_params(model, in_shape, dtype, seed, w_std=None):
     """Random, non-uniform params of the structure of ``model.init`` (its shapes traced, not
@@ -358,19 +389,30 @@ def _random_params(model, in_shape, dtype, seed, w_std=None):
 
 
 def _cnn():
-    return jbp.Sequential([Conv2D(4, 3), BatchNorm(), ReLU(), MaxPool2D(2),
-                           Conv2D(3, 2, padding="VALID"), Tanh(), AvgPool2D(2, padding="SAME"),
-                           Flatten(), Dense(3)])
+    return jbp.Sequential(
+        [
+            Conv2D(4, 3),
+            BatchNorm(),
+            ReLU(),
+            MaxPool2D(2),
+            Conv2D(3, 2, padding="VALID"),
+            Tanh(),
+            AvgPool2D(2, padding="SAME"),
+            Flatten(),
+            Dense(3),
+        ]
+    )
 
 
-@pytest.mark.parametrize("dtype,rtol,train", [(jnp.float64, 1e-10, True),
-                                              (jnp.float64, 1e-10, False),
-                                              (jnp.float32, 1e-4, True)])
+@pytest.mark.parametrize(
+    "dtype,rtol,train",
+    [(jnp.float64, 1e-10, True), (jnp.float64, 1e-10, False), (jnp.float32, 1e-4, True)],
+)
 def test_cnn_report_equals_autodiff(dtype, rtol, train):
     model = _cnn()
     params = _random_params(model, (6, 6, 2), dtype, seed=3)
-    bn = dict(params[1], beta=params[1]["beta"].at[0].set(-10.0))   # channel 0: dead ReLU
-    conv = dict(params[4], W=params[4]["W"] * 4)                      # some tanh saturation
+    bn = dict(params[1], beta=params[1]["beta"].at[0].set(-10.0))  # channel 0: dead ReLU
+    conv = dict(params[4], W=params[4]["W"] * 4)  # some tanh saturation
     params = params[:1] + (bn,) + params[2:4] + (conv,) + params[5:]
     x = _rand(21, (5, 6, 6, 2), dtype)
     y = jnp.asarray([0, 2, 1, 1, 0], jnp.int32)
@@ -378,16 +420,42 @@ def test_cnn_report_equals_autodiff(dtype, rtol, train):
     if not train:  # BatchNorm's running statistics: random, as after some training
         rng = np.random.default_rng(4)
         state = model.init_state((6, 6, 2))
-        state = state[:1] + ({"mean": jnp.asarray(rng.standard_normal(4) * 0.3, jnp.float32),
-                              "var": jnp.asarray(rng.uniform(0.5, 2.0, 4), jnp.float32)},) + state[2:]
-    rep, _ = _check_report(model, xent, params, x, y, rtol, train=train, state=state,
-                           deltas=dtype == jnp.float64 and train)
+        state = (
+            state[:1]
+            + (
+                {
+                    "mean": jnp.asarray(rng.standard_normal(4) * 0.3, jnp.float32),
+                    "var": jnp.asarray(rng.uniform(0.5, 2.0, 4), jnp.float32),
+                },
+            )
+            + state[2:]
+        )
+    rep, _ = _check_report(
+        model,
+        xent,
+        params,
+        x,
+        y,
+        rtol,
+        train=train,
+        state=state,
+        deltas=dtype == jnp.float64 and train,
+    )
     assert rep.names == [f"layers[{i}]" for i in range(9)]
-    assert [r.layer for r in rep] == ["Conv2D", "BatchNorm", "ReLU", "MaxPool2D", "Conv2D", "Tanh",
-                                      "AvgPool2D", "Flatten", "Dense"]
+    assert [r.layer for r in rep] == [
+        "Conv2D",
+        "BatchNorm",
+        "ReLU",
+        "MaxPool2D",
+        "Conv2D",
+        "Tanh",
+        "AvgPool2D",
+        "Flatten",
+        "Dense",
+    ]
     assert rep["layers[0]"].out_shape == (6, 6, 4) and rep["layers[7]"].out_shape == (3,)
     assert 0 < rep["layers[2]"].dead < 1 and 0 < rep["layers[5]"].saturated < 1
-    assert rep["layers[1]"].bias_grad_norm is not None      # BatchNorm's beta is its bias
+    assert rep["layers[1]"].bias_grad_norm is not None  # BatchNorm's beta is its bias
     assert set(rep["layers[1]"].leaves) == {"gamma", "beta"}
     if train:  # batch statistics cancel the conv bias before BatchNorm: ∂C/∂b = 0
         assert rep["layers[0]"].bias_grad_norm < 1e3 * rtol * rep["layers[0]"].grad_W_norm
@@ -397,34 +465,62 @@ def test_cnn_report_equals_autodiff(dtype, rtol, train):
 
 @pytest.mark.parametrize("dtype,rtol", [(jnp.float64, 1e-10), (jnp.float32, 1e-4)])
 def test_embedding_rnn_lstm_report_equals_autodiff(dtype, rtol):
-    model = jbp.Sequential([Embedding(11, 4, pad_id=0), SimpleRNN(5, return_sequences=True),
-                            LSTM(6), LayerNorm(), ReLU(), Dense(2)])
+    model = jbp.Sequential(
+        [
+            Embedding(11, 4, pad_id=0),
+            SimpleRNN(5, return_sequences=True),
+            LSTM(6),
+            LayerNorm(),
+            ReLU(),
+            Dense(2),
+        ]
+    )
     params = _random_params(model, (7,), dtype, seed=5)
-    ln = dict(params[3], beta=params[3]["beta"].at[1].set(-10.0))    # unit 1: dead ReLU
+    ln = dict(params[3], beta=params[3]["beta"].at[1].set(-10.0))  # unit 1: dead ReLU
     params = params[:3] + (ln,) + params[4:]
     rng = np.random.default_rng(6)
     ids = rng.integers(1, 11, (5, 7))
-    ids[0, 4:] = 0   # padding at the end
-    ids[2, :3] = 0   # and at the start
+    ids[0, 4:] = 0  # padding at the end
+    ids[2, :3] = 0  # and at the start
     ids = jnp.asarray(ids, jnp.int32)
     y = jnp.asarray([1, 0, 1, 1, 0], jnp.int32)
     rep, _ = _check_report(model, xent, params, ids, y, rtol, deltas=dtype == jnp.float64)
-    assert [r.layer for r in rep] == ["Embedding", "SimpleRNN", "LSTM", "LayerNorm", "ReLU", "Dense"]
+    assert [r.layer for r in rep] == [
+        "Embedding",
+        "SimpleRNN",
+        "LSTM",
+        "LayerNorm",
+        "ReLU",
+        "Dense",
+    ]
     assert rep["layers[0]"].out_shape == (7, 4) and rep["layers[1]"].out_shape == (7, 5)
-    assert rep["layers[0]"].bias_grad_norm is None            # an embedding table has no bias
+    assert rep["layers[0]"].bias_grad_norm is None  # an embedding table has no bias
     assert set(rep["layers[2]"].leaves) == {"W_x", "W_h", "b"}
     assert 0 < rep["layers[4]"].dead < 1
     # the speed of learning of the recurrent and norm layers: their ∂C/∂b, ∂C/∂β
-    assert [k for k, v in rep.column("bias_grad_norm").items() if v is not None] == \
-        ["layers[1]", "layers[2]", "layers[3]", "layers[5]"]
+    assert [k for k, v in rep.column("bias_grad_norm").items() if v is not None] == [
+        "layers[1]",
+        "layers[2]",
+        "layers[3]",
+        "layers[5]",
+    ]
 
 
 def test_layers_are_named_by_path_in_nested_models():
-    model = jbp.Sequential([Dense(3, b_init=initializers.normal(0.3)),
-                            jbp.Sequential([Tanh(), jbp.Sequential([Dense(4), ReLU()])]),
-                            Dense(2, b_init=initializers.normal(0.3))])
-    names = ["layers[0]", "layers[1].layers[0]", "layers[1].layers[1].layers[0]",
-             "layers[1].layers[1].layers[1]", "layers[2]"]
+    model = jbp.Sequential(
+        [
+            Dense(3, b_init=initializers.normal(0.3)),
+            jbp.Sequential([Tanh(), jbp.Sequential([Dense(4), ReLU()])]),
+            Dense(2, b_init=initializers.normal(0.3)),
+        ]
+    )
+    names = [
+        "layers[0]",
+        "layers[1].layers[0]",
+        "layers[1].layers[1].layers[0]",
+        "layers[1].layers[1].layers[1]",
+        "layers[2]",
+    ]
     params = _params(model, (5,), jnp.float64, seed=7)
     x, y = _rand(22, (6, 5), jnp.float64), _rand(23, (6, 2), jnp.float64)
     rep, deltas = _check_report(model, mse, params, x, y, 1e-10)
@@ -451,14 +547,15 @@ def test_layers_are_named_by_path_in_nested_models():
 def test_unit_stats_of_the_activations_equal_numpy():
     rng = np.random.default_rng(8)
     z = rng.standard_normal((4, 3, 3, 5)) * 3
-    z[:, :, :, 2] = -np.abs(z[:, :, :, 2])          # channel 2 ≤ 0 everywhere: dead
-    z[:, 0, 0, 4] = np.abs(z[:, 0, 0, 4]) + 0.1     # channel 4 negative but at one pixel
+    z[:, :, :, 2] = -np.abs(z[:, :, :, 2])  # channel 2 ≤ 0 everywhere: dead
+    z[:, 0, 0, 4] = np.abs(z[:, 0, 0, 4]) + 0.1  # channel 4 negative but at one pixel
     z[:, 1:, :, 4] = -1.0
     z[:, 0, 1:, 4] = -1.0
     z = jnp.asarray(z)
     for layer, eps_kw, want in (
-            (Sigmoid(), {"sigmoid_eps": 0.1}, lambda a: np.mean((a < 0.1) | (a > 0.9))),
-            (Tanh(), {"tanh_eps": 0.01}, lambda a: np.mean(np.abs(a) > 0.99))):
+        (Sigmoid(), {"sigmoid_eps": 0.1}, lambda a: np.mean((a < 0.1) | (a > 0.9))),
+        (Tanh(), {"tanh_eps": 0.01}, lambda a: np.mean(np.abs(a) > 0.99)),
+    ):
         a = np.asarray(layer.apply((), z))
         cache = layer.forward((), z)[1]
         got = layer.unit_stats(cache, **eps_kw, ignored_eps=0.3)
@@ -490,8 +587,10 @@ class _Affine(jbp.Layer):
     def backward(self, params, cache, dy):
         x = cache["x"]
         axes = tuple(range(dy.ndim - 1))
-        return ({"scale": jnp.sum(dy * x, axis=axes), "shift": jnp.sum(dy, axis=axes)},
-                dy * params["scale"])
+        return (
+            {"scale": jnp.sum(dy * x, axis=axes), "shift": jnp.sum(dy, axis=axes)},
+            dy * params["scale"],
+        )
 
     def unit_stats(self, cache, **thresholds):
         return {"negative": jnp.mean(cache["x"] < 0)}
@@ -500,8 +599,11 @@ class _Affine(jbp.Layer):
 def test_a_users_layer_gets_the_columns_it_provides():
     model = jbp.Sequential([Dense(4, b_init=initializers.normal(0.3)), _Affine(), Dense(2)])
     params = _params(model, (3,), jnp.float64, seed=9)
-    params = params[:1] + ({"scale": _rand(26, (4,), jnp.float64),
-                            "shift": _rand(27, (4,), jnp.float64)},) + params[2:]
+    params = (
+        params[:1]
+        + ({"scale": _rand(26, (4,), jnp.float64), "shift": _rand(27, (4,), jnp.float64)},)
+        + params[2:]
+    )
     x, y = _rand(28, (7, 3), jnp.float64), _rand(29, (7, 2), jnp.float64)
     rep = D.layer_report(model, mse, params, x, y)
     ref = _ref_grads(model, mse, params, x, y)
@@ -529,9 +631,11 @@ def test_a_users_layer_gets_the_columns_it_provides():
         def unit_stats(self, cache, **thresholds):
             return {"negative": jnp.mean(cache["x"] < 0, axis=0)}
 
-    for layer, err, match in ((Bad(), TypeError, "unit_stats must return a dict"),
-                              (Clash(), ValueError, "'delta_norm'.*rename"),
-                              (PerUnit(), ValueError, "scalars, got 'negative' of shape")):
+    for layer, err, match in (
+        (Bad(), TypeError, "unit_stats must return a dict"),
+        (Clash(), ValueError, "'delta_norm'.*rename"),
+        (PerUnit(), ValueError, "scalars, got 'negative' of shape"),
+    ):
         bad = jbp.Sequential([Dense(4), layer, Dense(2)])
         with pytest.raises(err, match=match):
             D.layer_report(bad, mse, params, x, y)
@@ -540,6 +644,7 @@ def test_a_users_layer_gets_the_columns_it_provides():
 def test_gradient_norm_history_threads_batchnorm_state_through_fit():
     import jbp.train as train
     from jbp import optim
+
     model = jbp.Sequential([Conv2D(3, 3), BatchNorm(), ReLU(), Flatten(), Dense(2)])
     x = np.asarray(_rand(30, (12, 4, 4, 1), jnp.float32))
     y = (np.arange(12) % 2).astype(np.int32)
@@ -547,25 +652,37 @@ def test_gradient_norm_history_threads_batchnorm_state_through_fit():
     state0 = model.init_state((4, 4, 1))
     hist = D.GradientNormHistory(model, xent, (x[:6], y[:6]))
     with pytest.raises(ValueError, match="state"):
-        hist(0, params)                       # train=False reads the running statistics
+        hist(0, params)  # train=False reads the running statistics
     hist(0, params, state0)
-    trained, history = train.fit(model, params, xent, optim.sgd(0.1), (x, y), epochs=2,
-                                 batch_size=4, key=jax.random.key(0), callbacks=[hist], verbose=0)
+    trained, history = train.fit(
+        model,
+        params,
+        xent,
+        optim.sgd(0.1),
+        (x, y),
+        epochs=2,
+        batch_size=4,
+        key=jax.random.key(0),
+        callbacks=[hist],
+        verbose=0,
+    )
     assert hist.record.epochs == [0, 1, 2]
     # the last record used fit's final running statistics, not the initial ones
     rep = D.layer_report(model, xent, trained, x[:6], y[:6], train=False, state=history.state)
     for q in ("delta_norm", "grad_W_norm", "dead"):
         for name in hist.record.present[q]:
-            assert hist.record.quantity(q)[name][-1] == pytest.approx(getattr(rep[name], q),
-                                                                      rel=1e-5, abs=1e-12)
+            assert hist.record.quantity(q)[name][-1] == pytest.approx(
+                getattr(rep[name], q), rel=1e-5, abs=1e-12
+            )
     stale = D.layer_report(model, xent, trained, x[:6], y[:6], train=False, state=state0)
     assert stale["layers[0]"].grad_W_norm != pytest.approx(rep["layers[0]"].grad_W_norm, rel=1e-3)
 
 
 def test_detector_names_the_exploding_conv_layer():
     w = initializers.normal(3.0)
-    model = jbp.Sequential([Conv2D(8, 3, w_init=w), ReLU(),
-                            jbp.Sequential([Flatten(), Dense(1, w_init=w)])])
+    model = jbp.Sequential(
+        [Conv2D(8, 3, w_init=w), ReLU(), jbp.Sequential([Flatten(), Dense(1, w_init=w)])]
+    )
     params = _random_params(model, (5, 5, 2), jnp.float32, seed=1, w_std=3.0)  # normal(3.0)
     x, y = _rand(31, (8, 5, 5, 2), jnp.float32), _rand(32, (8, 1), jnp.float32)
     rep = D.layer_report(model, mse, params, x, y)
@@ -578,8 +695,10 @@ def test_detector_names_the_exploding_conv_layer():
 
 # --- the detector ----------------------------------------------------------------------
 
+
 def _digits(n=200):
     from jbp.datasets import digits
+
     (x, y), _ = digits()
     return jnp.asarray(x[:n]), jnp.asarray(y[:n])
 
@@ -607,9 +726,15 @@ def test_detector_fires_on_deep_sigmoid_small_init():
 
 
 def test_detector_fires_on_large_init():
-    model = jbp.Sequential([Dense(64, w_init=initializers.normal(4.0)), ReLU(),
-                            Dense(64, w_init=initializers.normal(4.0)), ReLU(),
-                            Dense(1, w_init=initializers.normal(4.0))])
+    model = jbp.Sequential(
+        [
+            Dense(64, w_init=initializers.normal(4.0)),
+            ReLU(),
+            Dense(64, w_init=initializers.normal(4.0)),
+            ReLU(),
+            Dense(1, w_init=initializers.normal(4.0)),
+        ]
+    )
     params = _params(model, (8,), jnp.float32, w_std=4.0)  # what normal(4.0) draws
     x, y = _rand(9, (32, 8), jnp.float32), _rand(10, (32, 1), jnp.float32)
     rep = D.layer_report(model, mse, params, x, y)
@@ -634,10 +759,17 @@ def test_detector_fires_on_non_finite():
 
 
 def test_detector_quiet_on_healthy_he_relu_net():
-    model = jbp.Sequential([Dense(30, w_init="he_normal"), ReLU(),
-                            Dense(30, w_init="he_normal"), ReLU(),
-                            Dense(30, w_init="he_normal"), ReLU(),
-                            Dense(10, w_init="he_normal")])
+    model = jbp.Sequential(
+        [
+            Dense(30, w_init="he_normal"),
+            ReLU(),
+            Dense(30, w_init="he_normal"),
+            ReLU(),
+            Dense(30, w_init="he_normal"),
+            ReLU(),
+            Dense(10, w_init="he_normal"),
+        ]
+    )
     x, y = _digits()
     params = _init(model, (64,), jnp.float32)
     rep = D.layer_report(model, xent, params, x, y)
@@ -660,6 +792,7 @@ def test_detector_min_norm_and_bad_arguments():
 
 
 # --- bad input -------------------------------------------------------------------------
+
 
 def test_model_without_parameters():
     # no Dense, no parameters at all: deltas and dead units still mean something; the
@@ -705,13 +838,17 @@ def test_params_from_another_model_are_a_clear_error():
 
 # --- recording over training -----------------------------------------------------------
 
+
 def test_gradient_norm_history_hand_rolled_loop(tmp_path):
     model = jbp.Sequential([Dense(12), Sigmoid(), Dense(12), Sigmoid(), Dense(3)])
     params = _params(model, (5,), jnp.float32)
     x, y = _rand(18, (40, 5), jnp.float32), jnp.asarray(np.arange(40) % 3, jnp.int32)
     hist = D.GradientNormHistory(model, xent, (x[:16], y[:16]))
-    step = jax.jit(lambda p: jax.tree.map(
-        lambda a, g: a - 0.5 * g, p, jbp.value_and_grad(model, xent)(p, x, y)[1]))
+    step = jax.jit(
+        lambda p: jax.tree.map(
+            lambda a, g: a - 0.5 * g, p, jbp.value_and_grad(model, xent)(p, x, y)[1]
+        )
+    )
     snapshots = []
     for epoch in range(4):
         hist(epoch, params)
@@ -729,10 +866,12 @@ def test_gradient_norm_history_hand_rolled_loop(tmp_path):
             assert rec.speed_of_learning()[name][k] == pytest.approx(v, rel=1e-5)
         rep = D.layer_report(model, xent, p, x[:16], y[:16])
         assert rec.quantity("grad_W_norm")["layers[0]"][k] == pytest.approx(
-            rep["layers[0]"].grad_W_norm, rel=1e-5)
+            rep["layers[0]"].grad_W_norm, rel=1e-5
+        )
         for q in ("saturated", "delta_norm"):
-            assert rec.quantity(q)["layers[3]"][k] == pytest.approx(getattr(rep["layers[3]"], q),
-                                                                   rel=1e-5, abs=1e-12)
+            assert rec.quantity(q)["layers[3]"][k] == pytest.approx(
+                getattr(rep["layers[3]"], q), rel=1e-5, abs=1e-12
+            )
     assert all(math.isnan(v) for v in rec.quantity("saturated")["layers[4]"])
     assert all(math.isnan(v) for v in rec.quantity("grad_W_norm")["layers[1]"])
     d = rec.to_dict()
@@ -749,10 +888,12 @@ def test_gradient_norm_history_hand_rolled_loop(tmp_path):
     import matplotlib as mpl
 
     from jbp.plotting import plot_gradient_norms
+
     fig = plot_gradient_norms(rec, tmp_path / "sub" / "norms.png")
     assert (tmp_path / "sub" / "norms.png").stat().st_size > 1000
     assert fig.axes[0].get_yscale() == "log"
     import matplotlib.pyplot as plt
+
     plt.close(fig)
     del mpl
 
@@ -773,6 +914,7 @@ def test_gradient_norm_history_bad_input():
 
 def test_plotting_without_matplotlib_names_the_extra(monkeypatch):
     from jbp import plotting
+
     rec = D.GradientNormRecord()
     rec.append(0, {"loss": 1.0, "layers": {"layers[0]": {"grad_W_norm": 1.0}}})
     monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -785,18 +927,29 @@ def test_plotting_without_matplotlib_names_the_extra(monkeypatch):
 def test_gradient_norm_history_as_fit_callback():
     import jbp.train as train
     from jbp import optim
+
     model = jbp.Sequential([Dense(8), Sigmoid(), Dense(3)])
     params = _params(model, (5,), jnp.float32)
     x = np.asarray(_rand(21, (30, 5), jnp.float32))
     y = (np.arange(30) % 3).astype(np.int32)
     hist = D.GradientNormHistory(model, xent, (x[:10], y[:10]))
     hist(0, params)
-    trained, history = train.fit(model, params, xent, optim.sgd(0.5), (x, y), epochs=2,
-                                 key=jax.random.key(0), callbacks=[hist], verbose=0)
+    trained, history = train.fit(
+        model,
+        params,
+        xent,
+        optim.sgd(0.5),
+        (x, y),
+        epochs=2,
+        key=jax.random.key(0),
+        callbacks=[hist],
+        verbose=0,
+    )
     assert hist.record.epochs == [0, 1, 2]
     want = D.speed_of_learning(model, xent, trained, x[:10], y[:10])
-    assert hist.record.speed_of_learning()["layers[0]"][-1] == pytest.approx(want["layers[0]"],
-                                                                            rel=1e-5)
+    assert hist.record.speed_of_learning()["layers[0]"][-1] == pytest.approx(
+        want["layers[0]"], rel=1e-5
+    )
     hist.add_to_history(history)
     assert history["bias_grad_norm/layers[2]"] == hist.record.speed_of_learning()["layers[2]"][1:]
     assert "grad_W_norm/layers[0]" in history.keys()

@@ -7,6 +7,7 @@ process keeps its one CPU device. One worker runs every one-process mesh case an
 JSON; two more form a two-process job (``jax.distributed.initialize`` on 127.0.0.1, 2 CPU
 devices each, gloo collectives). All three start together, once per module.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ import jbp
 from jbp._validate import check_mesh, check_mesh_batches
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
-F64_ATOL = 1e-12   # float64: GSPMD only changes the summation order of the batch means
-F32_ATOL = 1e-5    # float32, one epoch, parameters of magnitude <= 1
+F64_ATOL = 1e-12  # float64: GSPMD only changes the summation order of the batch means
+F32_ATOL = 1e-5  # float32, one epoch, parameters of magnitude <= 1
 
 
 def _free_port() -> int:
@@ -44,9 +45,13 @@ def _last_json(proc, what):
 def results():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    run = lambda *a: subprocess.Popen([sys.executable, str(WORKER), *map(str, a)],  # noqa: E731
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env=env)
+    run = lambda *a: subprocess.Popen(
+        [sys.executable, str(WORKER), *map(str, a)],  # noqa: E731
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     port = _free_port()
     procs = {"mesh": run("mesh"), "mp0": run("mp", 0, 2, port, 2), "mp1": run("mp", 1, 2, port, 2)}
     try:
@@ -95,16 +100,22 @@ def test_evaluate_with_mesh_equals_without(results, model):
         assert diff <= F64_ATOL, (model, k, diff)
 
 
-@pytest.mark.parametrize("case, kind, words", [
-    ("batch_size", "ValueError", ["batch_size", "12", "8 devices", "multiple of 8"]),
-    ("remainder", "ValueError", ["batch_size", "last batch", "4 examples", "8 devices",
-                                 "drop_last=True"]),
-    ("full_batch", "ValueError", ["batch_size", "52", "8 devices"]),
-    ("not_a_mesh", "TypeError", ["mesh", "jax.sharding.Mesh", "list"]),
-    ("no_data_axis", "ValueError", ["mesh", "'data' axis", "('batch',)"]),
-    ("evaluate_chunk", "ValueError", ["batch_size", "12", "8 devices"]),
-    ("evaluate_not_a_mesh", "TypeError", ["mesh", "str"]),
-])
+@pytest.mark.parametrize(
+    "case, kind, words",
+    [
+        ("batch_size", "ValueError", ["batch_size", "12", "8 devices", "multiple of 8"]),
+        (
+            "remainder",
+            "ValueError",
+            ["batch_size", "last batch", "4 examples", "8 devices", "drop_last=True"],
+        ),
+        ("full_batch", "ValueError", ["batch_size", "52", "8 devices"]),
+        ("not_a_mesh", "TypeError", ["mesh", "jax.sharding.Mesh", "list"]),
+        ("no_data_axis", "ValueError", ["mesh", "'data' axis", "('batch',)"]),
+        ("evaluate_chunk", "ValueError", ["batch_size", "12", "8 devices"]),
+        ("evaluate_not_a_mesh", "TypeError", ["mesh", "str"]),
+    ],
+)
 def test_clear_errors(results, case, kind, words):
     err = results["mesh"]["errors"][case]
     assert err is not None, case
@@ -126,6 +137,7 @@ def test_two_processes_equal_one_process(results):
 
 
 # ---- in this process (one device): checks that need no mesh of several devices ----
+
 
 def test_check_mesh_on_one_device():
     assert check_mesh(None) is None

@@ -2,6 +2,7 @@
 
 Every ```python block marked `<!-- tested -->` in README.md and in docs/*.md is executed.
 """
+
 import pathlib
 import re
 
@@ -11,9 +12,11 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 PATTERN = re.compile(r"<!-- tested -->\s*```python\n(.*?)```", re.S)
-BLOCKS = [(f.relative_to(ROOT).as_posix(), i, code)
-          for f in FILES
-          for i, code in enumerate(PATTERN.findall(f.read_text(encoding="utf-8")))]
+BLOCKS = [
+    (f.relative_to(ROOT).as_posix(), i, code)
+    for f in FILES
+    for i, code in enumerate(PATTERN.findall(f.read_text(encoding="utf-8")))
+]
 
 
 def test_readme_has_tested_examples():

@@ -35,81 +35,191 @@ INF = math.inf
 RDP_ORDERS = [1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.7, 5.0, 8.0, 10.5, 16.0, 32.0, 64.0, 256.0]
 RDP_ONE_STEP = {  # (noise_multiplier, sample_rate): one-step R(alpha) at RDP_ORDERS
     (0.5, 0.01): [
-        0.001879040862278845, 0.00220100127799713, 0.002866369216413766,
-        0.003816615689704181, 0.005345502314345263, 0.014805221822707555,
-        0.0821943779821075, 1.1111623177774788, 4.243551221468468,
-        10.736948358948984, 15.910075057592113, 27.08781846827937,
-        59.24627593704455, 123.32173187455179, 507.3767703230865,
+        0.001879040862278845,
+        0.00220100127799713,
+        0.002866369216413766,
+        0.003816615689704181,
+        0.005345502314345263,
+        0.014805221822707555,
+        0.0821943779821075,
+        1.1111623177774788,
+        4.243551221468468,
+        10.736948358948984,
+        15.910075057592113,
+        27.08781846827937,
+        59.24627593704455,
+        123.32173187455179,
+        507.3767703230865,
     ],
     (0.7, 0.001): [
-        3.7653011362624333e-06, 4.261855074827762e-06, 5.08203187200084e-06,
-        5.893513105984334e-06, 6.696867386303846e-06, 8.463453244873382e-06,
-        1.0262674064637533e-05, 1.2880489333886112e-05, 1.826862140917973e-05,
-        0.28959291651115143, 3.0794024991124855, 8.958258314718012,
-        25.522475130056627, 58.28872026080727, 254.2896452805481,
+        3.7653011362624333e-06,
+        4.261855074827762e-06,
+        5.08203187200084e-06,
+        5.893513105984334e-06,
+        6.696867386303846e-06,
+        8.463453244873382e-06,
+        1.0262674064637533e-05,
+        1.2880489333886112e-05,
+        1.826862140917973e-05,
+        0.28959291651115143,
+        3.0794024991124855,
+        8.958258314718012,
+        25.522475130056627,
+        58.28872026080727,
+        254.2896452805481,
     ],
     (0.8, 0.004): [
-        3.455089719490897e-05, 3.8979048666714844e-05, 4.6236571254875776e-05,
-        5.3350299864035454e-05, 6.032991102580381e-05, 7.673256000425524e-05,
-        9.356945456845929e-05, 0.00011857072418497104, 0.00017136429339225165,
-        0.0744079656833797, 2.1005562487735188, 6.610441705211118,
-        19.300427439626066, 44.390896845346276, 194.45688629422455,
+        3.455089719490897e-05,
+        3.8979048666714844e-05,
+        4.6236571254875776e-05,
+        5.3350299864035454e-05,
+        6.032991102580381e-05,
+        7.673256000425524e-05,
+        9.356945456845929e-05,
+        0.00011857072418497104,
+        0.00017136429339225165,
+        0.0744079656833797,
+        2.1005562487735188,
+        6.610441705211118,
+        19.300427439626066,
+        44.390896845346276,
+        194.45688629422455,
     ],
     (1.1, 0.004266666666666667): [
-        1.3088543713225588e-05, 1.4831088335005174e-05, 1.7713252208474904e-05,
-        2.056805862119333e-05, 2.339577600995332e-05, 2.936054929697007e-05,
-        3.536769897204122e-05, 4.386289535511155e-05, 5.9902135523495106e-05,
-        9.834106177992806e-05, 0.0001321654114828493, 0.7918914327818952,
-        7.59018834621011, 20.90274077918983, 100.30680187454402,
+        1.3088543713225588e-05,
+        1.4831088335005174e-05,
+        1.7713252208474904e-05,
+        2.056805862119333e-05,
+        2.339577600995332e-05,
+        2.936054929697007e-05,
+        3.536769897204122e-05,
+        4.386289535511155e-05,
+        5.9902135523495106e-05,
+        9.834106177992806e-05,
+        0.0001321654114828493,
+        0.7918914327818952,
+        7.59018834621011,
+        20.90274077918983,
+        100.30680187454402,
     ],
     (1.3, 0.1): [
-        INF, INF, 0.007422168403594678,
-        0.007800779531061993, 0.0080384714867739, 0.01062936053549969,
-        0.013171232359456067, 0.01747596437603631, 0.02776459659105502,
-        0.10511994031008251, 0.6036967809502493, 2.27898806434728,
-        7.090593690212284, 16.595777179879438, 73.42803013195741,
+        INF,
+        INF,
+        0.007422168403594678,
+        0.007800779531061993,
+        0.0080384714867739,
+        0.01062936053549969,
+        0.013171232359456067,
+        0.01747596437603631,
+        0.02776459659105502,
+        0.10511994031008251,
+        0.6036967809502493,
+        2.27898806434728,
+        7.090593690212284,
+        16.595777179879438,
+        73.42803013195741,
     ],
     (2.0, 0.05): [
-        0.0004820813940286843, 0.0005296804398421808, 0.0006001790696797954,
-        0.0006600637835347461, 0.0007098115658749301, 0.000895345729207864,
-        0.0010804847592794581, 0.0013467879661134552, 0.0018568074560377282,
-        0.0031215266423009493, 0.004286259936731029, 0.007347314103178293,
-        0.9163696095615746, 4.9567192096225, 28.992519756745796,
+        0.0004820813940286843,
+        0.0005296804398421808,
+        0.0006001790696797954,
+        0.0006600637835347461,
+        0.0007098115658749301,
+        0.000895345729207864,
+        0.0010804847592794581,
+        0.0013467879661134552,
+        0.0018568074560377282,
+        0.0031215266423009493,
+        0.004286259936731029,
+        0.007347314103178293,
+        0.9163696095615746,
+        4.9567192096225,
+        28.992519756745796,
     ],
     (4.0, 0.01): [
-        3.950852349596324e-06, 4.412571119825559e-06, 5.141639618328727e-06,
-        5.820463264956713e-06, 6.449425094202615e-06, 8.06517908526972e-06,
-        9.68044856233112e-06, 1.194468066894459e-05, 1.6155173151453262e-05,
-        2.5899123012412577e-05, 3.404848416847215e-05, 5.2072097005807947e-05,
-        0.00010526360659077987, 0.00021520916161849735, 3.37678223019898,
+        3.950852349596324e-06,
+        4.412571119825559e-06,
+        5.141639618328727e-06,
+        5.820463264956713e-06,
+        6.449425094202615e-06,
+        8.06517908526972e-06,
+        9.68044856233112e-06,
+        1.194468066894459e-05,
+        1.6155173151453262e-05,
+        2.5899123012412577e-05,
+        3.404848416847215e-05,
+        5.2072097005807947e-05,
+        0.00010526360659077987,
+        0.00021520916161849735,
+        3.37678223019898,
     ],
     (5.0, 0.0001): [
-        2.2483055960167177e-10, 2.554189435048966e-10, 3.0636208368754344e-10,
-        3.572583490831065e-10, 4.081077418369779e-10, 5.101357390777521e-10,
-        6.121641449400332e-10, 7.550046313361018e-10, 1.0202820149204898e-09,
-        1.6324714808426853e-09, 2.142640975472059e-09, 3.2650510056372002e-09,
-        6.5305342447832336e-09, 1.3062797891183976e-08, 5.229274911136683e-08,
+        2.2483055960167177e-10,
+        2.554189435048966e-10,
+        3.0636208368754344e-10,
+        3.572583490831065e-10,
+        4.081077418369779e-10,
+        5.101357390777521e-10,
+        6.121641449400332e-10,
+        7.550046313361018e-10,
+        1.0202820149204898e-09,
+        1.6324714808426853e-09,
+        2.142640975472059e-09,
+        3.2650510056372002e-09,
+        6.5305342447832336e-09,
+        1.3062797891183976e-08,
+        5.229274911136683e-08,
     ],
     (10.0, 0.2): [
-        0.004455881658361593, 0.004118892233977205, 0.0032160281730686524,
-        0.001954451142485439, 0.0004019259003294612, 0.000627448867707568,
-        0.0006038613604689635, 0.0007560420261498559, 0.0010096970133442076,
-        0.0016234225480381088, 0.002139488590141441, 0.0032899840067431687,
-        0.006761516138778561, 0.014331998148967087, 0.10091432489835928,
+        0.004455881658361593,
+        0.004118892233977205,
+        0.0032160281730686524,
+        0.001954451142485439,
+        0.0004019259003294612,
+        0.000627448867707568,
+        0.0006038613604689635,
+        0.0007560420261498559,
+        0.0010096970133442076,
+        0.0016234225480381088,
+        0.002139488590141441,
+        0.0032899840067431687,
+        0.006761516138778561,
+        0.014331998148967087,
+        0.10091432489835928,
     ],
     (1.0, 0.5): [
-        INF, INF, INF,
-        INF, 0.35737401950878855, 0.5116982957314943,
-        0.6968891185980441, 1.0060217314986029, 1.657893866440376,
-        3.2088792609697943, 4.483972736824545, 7.26064333369977,
-        15.284493232970414, 31.29585048324069, 127.30413459520257,
+        INF,
+        INF,
+        INF,
+        INF,
+        0.35737401950878855,
+        0.5116982957314943,
+        0.6968891185980441,
+        1.0060217314986029,
+        1.657893866440376,
+        3.2088792609697943,
+        4.483972736824545,
+        7.26064333369977,
+        15.284493232970414,
+        31.29585048324069,
+        127.30413459520257,
     ],
     (3.0, 0.9): [
-        0.05012576627836287, 0.0569076792973727, 0.06822013322342173,
-        0.07955660738782652, 0.09092827114187771, 0.11420079009882815,
-        0.137662490401471, 0.17084545433226458, 0.23343013064491402,
-        0.3820797562443607, 0.5097017334281829, 0.7990694576473987,
-        1.6726972161212361, 3.448625612649553, 14.116448528071674,
+        0.05012576627836287,
+        0.0569076792973727,
+        0.06822013322342173,
+        0.07955660738782652,
+        0.09092827114187771,
+        0.11420079009882815,
+        0.137662490401471,
+        0.17084545433226458,
+        0.23343013064491402,
+        0.3820797562443607,
+        0.5097017334281829,
+        0.7990694576473987,
+        1.6726972161212361,
+        3.448625612649553,
+        14.116448528071674,
     ],
 }
 EPSILON = [  # (noise_multiplier, sample_rate, steps, delta, epsilon), RdpAccountant()
@@ -185,23 +295,47 @@ def test_tf_privacy_rdp_accountant_test_values():
     # compute_rdp(0.01, 2.5, 50, [1.5, 2.5, 5, 50, 100]) =
     # [0.00065, 0.001085, 0.00218075, 0.023846, 167.416307] (delta=1e-5).
     r = dp.rdp(2.5, 0.01, 50, [1.5, 2.5, 5, 50, 100])
-    np.testing.assert_allclose(r[1:], [0.001085, 0.00218075, 0.023846, 167.416307],
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        r[1:], [0.001085, 0.00218075, 0.023846, 167.416307], atol=1e-5, rtol=0
+    )
     # Order 1.5: that TF Privacy summed the alternating series with signs (the exact A_α);
     # dp_accounting and jbp sum absolute values, a valid upper bound 3 % higher.
     assert 0.00065 <= r[0] <= 0.00065 * 1.04
     # get_privacy_spent(range(2, 33), compute_rdp(0.01, 4, 10000, orders), 1e-5)
     # = (1.258575, order 20): the classic conversion.
     orders = list(range(2, 33))
-    eps, order = dp.rdp_to_epsilon(dp.rdp(4.0, 0.01, 10000, orders), orders, 1e-5,
-                                   conversion="classic")
+    eps, order = dp.rdp_to_epsilon(
+        dp.rdp(4.0, 0.01, 10000, orders), orders, 1e-5, conversion="classic"
+    )
     assert eps == pytest.approx(1.258575, abs=5e-7) and order == 20
-    assert dp.epsilon(4.0, 0.01, 10000, 1e-5, orders=orders,
-                      conversion="classic") == pytest.approx(1.258575, abs=5e-7)
+    assert dp.epsilon(4.0, 0.01, 10000, 1e-5, orders=orders, conversion="classic") == pytest.approx(
+        1.258575, abs=5e-7
+    )
     # test_check_composition: two phases, orders below, delta 1e-5 -> (8.509656, 2.5);
     # optimal order fractional, so our (absolute-value) bound is slightly larger.
-    orders = (1.25, 1.5, 1.75, 2., 2.5, 3., 4., 5., 6., 7., 8., 10., 12., 14., 16., 20., 24.,
-              28., 32., 64., 256.)
+    orders = (
+        1.25,
+        1.5,
+        1.75,
+        2.0,
+        2.5,
+        3.0,
+        4.0,
+        5.0,
+        6.0,
+        7.0,
+        8.0,
+        10.0,
+        12.0,
+        14.0,
+        16.0,
+        20.0,
+        24.0,
+        28.0,
+        32.0,
+        64.0,
+        256.0,
+    )
     total = dp.rdp(0.4, 1e-4, 40000, orders) + dp.rdp(2.0, 0.1, 100, orders)
     eps, order = dp.rdp_to_epsilon(total, orders, 1e-5, conversion="classic")
     assert order == 2.5 and 8.509656 <= eps <= 8.509656 * 1.001
@@ -210,26 +344,26 @@ def test_tf_privacy_rdp_accountant_test_values():
 # tensorflow/privacy, tutorials/README.md ("Expected Output" and "Select Parameters"):
 # mnist_dpsgd_tutorial.py, N = 60000, batch 256 (q = 256/60000), steps = epochs * (60000 // 256),
 # delta = 1e-5, orders [1 + x/10 for x in 1..99] + [12..63], classic conversion, 2 decimals.
-MNIST_TUTORIAL = [(1.1, 1, 1.03), (1.1, 2, 1.11), (1.1, 60, 3.01), (1.3, 15, 1.19),
-                  (0.7, 45, 7.10)]
+MNIST_TUTORIAL = [(1.1, 1, 1.03), (1.1, 2, 1.11), (1.1, 60, 3.01), (1.3, 15, 1.19), (0.7, 45, 7.10)]
 
 
 @pytest.mark.parametrize("sigma,epochs,published", MNIST_TUTORIAL)
 def test_tf_privacy_mnist_tutorial(sigma, epochs, published):
-    orders = [1 + x / 10. for x in range(1, 100)] + list(range(12, 64))
-    eps = dp.epsilon(sigma, 256 / 60000, epochs * (60000 // 256), 1e-5, orders=orders,
-                     conversion="classic")
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    eps = dp.epsilon(
+        sigma, 256 / 60000, epochs * (60000 // 256), 1e-5, orders=orders, conversion="classic"
+    )
     assert round(eps, 2) == published
     # The improved conversion is smaller, as Opacus / dp_accounting report.
-    assert dp.epsilon(sigma, 256 / 60000, epochs * (60000 // 256), 1e-5,
-                      orders=orders) < eps - 0.05
+    assert dp.epsilon(sigma, 256 / 60000, epochs * (60000 // 256), 1e-5, orders=orders) < eps - 0.05
 
 
 def test_tf_privacy_compute_dp_sgd_privacy_docstring():
     # tensorflow/privacy, privacy/analysis/compute_dp_sgd_privacy.py: N=60000, batch 256,
     # noise 1.12, 60 epochs, delta 1e-5 -> "(2.92, 1e-5)-DP"; steps = ceil(epochs N / batch).
-    orders = [1.25, 1.5, 1.75, 2., 2.25, 2.5, 3., 3.5, 4., 4.5] + list(range(5, 64)) + [
-        128, 256, 512]
+    orders = (
+        [1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 3.5, 4.0, 4.5] + list(range(5, 64)) + [128, 256, 512]
+    )
     steps = int(math.ceil(60 * 60000 / 256))
     eps = dp.epsilon(1.12, 256 / 60000, steps, 1e-5, orders=orders, conversion="classic")
     assert round(eps, 2) == 2.92
@@ -261,8 +395,8 @@ def _log_a_quadrature(q, sigma, alpha, points_per_sigma=20):
     z = np.linspace(lo, hi, int((hi - lo) / sigma * points_per_sigma) + 1)
     log_w = np.full_like(z, math.log(z[1] - z[0]))
     log_w[[0, -1]] -= math.log(2.0)
-    log_mu0 = -z * z / (2 * sigma ** 2) - math.log(sigma * math.sqrt(2 * math.pi))
-    g = alpha * np.log1p(q * np.expm1((2 * z - 1) / (2 * sigma ** 2)))  # log (μ/μ0)^α
+    log_mu0 = -z * z / (2 * sigma**2) - math.log(sigma * math.sqrt(2 * math.pi))
+    g = alpha * np.log1p(q * np.expm1((2 * z - 1) / (2 * sigma**2)))  # log (μ/μ0)^α
     t = log_mu0 + g + log_w
     log_a = float(t.max() + np.log(np.sum(np.exp(t - t.max()))))
     if log_a > 1.0:
@@ -275,8 +409,16 @@ def _log_a_quadrature(q, sigma, alpha, points_per_sigma=20):
     return math.log1p(f.sum())
 
 
-QUADRATURE = [(0.01, 2.5), (0.001, 0.7), (0.1, 1.3), (0.05, 2.0), (0.2, 10.0), (0.9, 3.0),
-              (256 / 60000, 1.1), (0.5, 0.8)]
+QUADRATURE = [
+    (0.01, 2.5),
+    (0.001, 0.7),
+    (0.1, 1.3),
+    (0.05, 2.0),
+    (0.2, 10.0),
+    (0.9, 3.0),
+    (256 / 60000, 1.1),
+    (0.5, 0.8),
+]
 
 
 @pytest.mark.parametrize("q,sigma", QUADRATURE)
@@ -304,8 +446,9 @@ def test_fractional_orders_bound_the_integral(q, sigma):
 def test_no_subsampling_is_the_gaussian_mechanism():
     orders = np.array([1.1, 1.5, 2.0, 7.3, 64.0, 1024.0])
     for sigma, steps in [(0.5, 1), (1.7, 3), (9.0, 1000)]:
-        np.testing.assert_allclose(dp.rdp(sigma, 1.0, steps, orders),
-                                   steps * orders / (2 * sigma ** 2), rtol=1e-15, atol=0)
+        np.testing.assert_allclose(
+            dp.rdp(sigma, 1.0, steps, orders), steps * orders / (2 * sigma**2), rtol=1e-15, atol=0
+        )
 
 
 def test_classic_conversion_of_the_gaussian_has_a_closed_form():
@@ -313,7 +456,7 @@ def test_classic_conversion_of_the_gaussian_has_a_closed_form():
     # with ε* = ρ + 2√(ρL); a fine grid around α* gets within (Δα)² of it, never below.
     orders = [1 + 0.001 * i for i in range(1, 40000)]
     for sigma, steps, delta in [(3.0, 10, 1e-5), (20.0, 50, 1e-6), (1.5, 1, 1e-3)]:
-        rho, big_l = steps / (2 * sigma ** 2), math.log(1 / delta)
+        rho, big_l = steps / (2 * sigma**2), math.log(1 / delta)
         closed = rho + 2 * math.sqrt(rho * big_l)
         assert 1 + math.sqrt(big_l / rho) < orders[-1]
         eps = dp.epsilon(sigma, 1.0, steps, delta, orders=orders, conversion="classic")
@@ -328,7 +471,8 @@ def test_conversion_formulas_at_one_order():
         classic = r + math.log(1 / delta) / (a - 1)
         assert dp.rdp_to_epsilon([r], [a], delta)[0] == pytest.approx(balle, rel=1e-14)
         assert dp.rdp_to_epsilon([r], [a], delta, conversion="classic")[0] == pytest.approx(
-            classic, rel=1e-14)
+            classic, rel=1e-14
+        )
     # ε = 0 once R < −log(1 − δ²) (then TV ≤ √(1 − e^{−KL}) < δ), as in dp_accounting.
     assert dp.rdp_to_epsilon([0.9e-10], [64.0], 1e-5) == (0.0, 64.0)
     assert dp.rdp_to_epsilon([1.1e-10], [64.0], 1e-5)[0] > 0.0
@@ -350,8 +494,10 @@ def test_epsilon_decreases_in_noise_and_increases_in_steps_and_rate():
         assert all(a > b for a, b in zip(e, e[1:])), e
         e = [dp.epsilon(1.1, 0.01, t, 1e-5, conversion=conversion) for t in (1, 10, 100, 1000)]
         assert all(a < b for a, b in zip(e, e[1:])), e
-        e = [dp.epsilon(1.1, q, 100, 1e-5, conversion=conversion)
-             for q in (1e-4, 1e-3, 0.01, 0.1, 0.5, 1.0)]
+        e = [
+            dp.epsilon(1.1, q, 100, 1e-5, conversion=conversion)
+            for q in (1e-4, 1e-3, 0.01, 0.1, 0.5, 1.0)
+        ]
         assert all(a < b for a, b in zip(e, e[1:])), e
         e = [dp.epsilon(1.1, 0.01, 100, d, conversion=conversion) for d in (1e-3, 1e-5, 1e-9)]
         assert all(a < b for a, b in zip(e, e[1:])), e
@@ -360,7 +506,8 @@ def test_epsilon_decreases_in_noise_and_increases_in_steps_and_rate():
 def test_classic_conversion_is_never_smaller():
     for sigma, q, steps, delta, _ in EPSILON:
         assert dp.epsilon(sigma, q, steps, delta, conversion="classic") >= dp.epsilon(
-            sigma, q, steps, delta)
+            sigma, q, steps, delta
+        )
 
 
 def test_rdp_composes_linearly_and_grows_with_the_order():
@@ -371,7 +518,8 @@ def test_rdp_composes_linearly_and_grows_with_the_order():
     # Composition of two phases through rdp_to_epsilon equals one longer run.
     two = dp.rdp(1.3, 0.02, 300, orders) + dp.rdp(1.3, 0.02, 477, orders)
     assert dp.rdp_to_epsilon(two, orders, 1e-5)[0] == pytest.approx(
-        dp.epsilon(1.3, 0.02, 777, 1e-5, orders=orders), rel=1e-14)
+        dp.epsilon(1.3, 0.02, 777, 1e-5, orders=orders), rel=1e-14
+    )
 
 
 def test_edge_cases():
@@ -387,7 +535,8 @@ def test_edge_cases():
     assert dp.epsilon(1e4, 0.01, 10, 1e-5) < 0.01
     # numpy and 0-d array inputs are accepted like Python numbers.
     assert dp.epsilon(np.float32(1.5), np.float64(0.01), np.int64(10), np.asarray(1e-5)) == (
-        dp.epsilon(float(np.float32(1.5)), 0.01, 10, 1e-5))
+        dp.epsilon(float(np.float32(1.5)), 0.01, 10, 1e-5)
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -395,12 +544,15 @@ def test_edge_cases():
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target,q,steps,delta,conversion", [
-    (3.0, 256 / 60000, 14063, 1e-5, "balle2020"),   # σ ≈ 1: bracket found going down
-    (0.5, 0.01, 10000, 1e-5, "classic"),            # σ > 1: doubling
-    (8.0, 0.3, 20, 1e-5, "balle2020"),              # σ < 1
-    (1.0, 1.0, 1, 1e-6, "balle2020"),               # unsampled: σ ≈ 4.530877117
-])
+@pytest.mark.parametrize(
+    "target,q,steps,delta,conversion",
+    [
+        (3.0, 256 / 60000, 14063, 1e-5, "balle2020"),  # σ ≈ 1: bracket found going down
+        (0.5, 0.01, 10000, 1e-5, "classic"),  # σ > 1: doubling
+        (8.0, 0.3, 20, 1e-5, "balle2020"),  # σ < 1
+        (1.0, 1.0, 1, 1e-6, "balle2020"),  # unsampled: σ ≈ 4.530877117
+    ],
+)
 def test_noise_multiplier_for_inverts_epsilon(target, q, steps, delta, conversion):
     rtol = 1e-7
     sigma = dp.noise_multiplier_for(target, q, steps, delta, conversion=conversion, rtol=rtol)
@@ -408,7 +560,8 @@ def test_noise_multiplier_for_inverts_epsilon(target, q, steps, delta, conversio
     assert dp.epsilon(sigma * (1 - rtol), q, steps, delta, conversion=conversion) > target
     # ε is continuous in σ here, so the returned σ hits the target closely.
     assert dp.epsilon(sigma, q, steps, delta, conversion=conversion) == pytest.approx(
-        target, rel=1e-5)
+        target, rel=1e-5
+    )
 
 
 def test_noise_multiplier_for_edge_cases():
@@ -432,15 +585,24 @@ def test_noise_multiplier_for_edge_cases():
 
 GOOD = dict(noise_multiplier=1.0, sample_rate=0.01, steps=10, delta=1e-5)
 BAD = [
-    ("noise_multiplier", -0.1, ValueError), ("noise_multiplier", math.nan, ValueError),
-    ("noise_multiplier", INF, ValueError), ("noise_multiplier", True, TypeError),
-    ("noise_multiplier", "1.0", TypeError), ("noise_multiplier", [1.0], TypeError),
-    ("sample_rate", 0.0, ValueError), ("sample_rate", 1.5, ValueError),
-    ("sample_rate", -0.2, ValueError), ("sample_rate", math.nan, ValueError),
+    ("noise_multiplier", -0.1, ValueError),
+    ("noise_multiplier", math.nan, ValueError),
+    ("noise_multiplier", INF, ValueError),
+    ("noise_multiplier", True, TypeError),
+    ("noise_multiplier", "1.0", TypeError),
+    ("noise_multiplier", [1.0], TypeError),
+    ("sample_rate", 0.0, ValueError),
+    ("sample_rate", 1.5, ValueError),
+    ("sample_rate", -0.2, ValueError),
+    ("sample_rate", math.nan, ValueError),
     ("sample_rate", 1 + 0j, TypeError),
-    ("steps", -1, ValueError), ("steps", 1.5, TypeError), ("steps", 10.0, TypeError),
+    ("steps", -1, ValueError),
+    ("steps", 1.5, TypeError),
+    ("steps", 10.0, TypeError),
     ("steps", True, TypeError),
-    ("delta", 0.0, ValueError), ("delta", 1.0, ValueError), ("delta", -1e-5, ValueError),
+    ("delta", 0.0, ValueError),
+    ("delta", 1.0, ValueError),
+    ("delta", -1e-5, ValueError),
     ("delta", INF, ValueError),
 ]
 
@@ -458,11 +620,20 @@ def test_rdp_rejects(name, value, error):
         dp.rdp(**{**args, name: value}, orders=[2.0])
 
 
-@pytest.mark.parametrize("orders,error", [
-    ([1.0, 2.0], ValueError), ([0.5], ValueError), ([2.0, INF], ValueError),
-    ([2.0, math.nan], ValueError), ([], ValueError), ([[2.0, 3.0]], ValueError),
-    (2.0, ValueError), ("2,3", TypeError), ([True, False], TypeError),
-])
+@pytest.mark.parametrize(
+    "orders,error",
+    [
+        ([1.0, 2.0], ValueError),
+        ([0.5], ValueError),
+        ([2.0, INF], ValueError),
+        ([2.0, math.nan], ValueError),
+        ([], ValueError),
+        ([[2.0, 3.0]], ValueError),
+        (2.0, ValueError),
+        ("2,3", TypeError),
+        ([True, False], TypeError),
+    ],
+)
 def test_orders_rejected(orders, error):
     with pytest.raises(error, match="orders"):
         dp.epsilon(**GOOD, orders=orders)
@@ -486,8 +657,7 @@ def test_other_arguments_rejected():
         (dict(target_epsilon=INF), ValueError, "target_epsilon"),
         (dict(target_epsilon=1.0, rtol=0.0), ValueError, "rtol"),
         (dict(target_epsilon=1.0, rtol=0.7), ValueError, "rtol"),
-        (dict(target_epsilon=1.0, max_noise_multiplier=0.0), ValueError,
-         "max_noise_multiplier"),
+        (dict(target_epsilon=1.0, max_noise_multiplier=0.0), ValueError, "max_noise_multiplier"),
         (dict(target_epsilon=1.0, steps=2.0), TypeError, "steps"),
         (dict(target_epsilon=1.0, conversion=None), ValueError, "conversion"),
     ]:
@@ -496,6 +666,12 @@ def test_other_arguments_rejected():
 
 
 def test_public_api():
-    assert set(dp.__all__) >= {"epsilon", "noise_multiplier_for", "rdp", "rdp_to_epsilon",
-                               "DEFAULT_ORDERS", "CONVERSIONS"}
+    assert set(dp.__all__) >= {
+        "epsilon",
+        "noise_multiplier_for",
+        "rdp",
+        "rdp_to_epsilon",
+        "DEFAULT_ORDERS",
+        "CONVERSIONS",
+    }
     assert dp.epsilon is accounting.epsilon

@@ -1,4 +1,5 @@
 """Dropout: backward vs jax.grad with the same key, mask statistics, modes, bad input."""
+
 import math
 
 import jax
@@ -63,7 +64,7 @@ def test_mean_activation_preserved_in_expectation():
     # and over many units at once: the batch mean of y ≈ the batch mean of x
     big = _x((400, 500), jnp.float64, seed=4) + 1.0
     yb = Dropout(rate).apply((), big, key=jax.random.key(1), train=True)
-    se = float(jnp.sqrt(jnp.sum(big ** 2) * rate / (1 - rate))) / big.size
+    se = float(jnp.sqrt(jnp.sum(big**2) * rate / (1 - rate))) / big.size
     assert abs(float(jnp.mean(yb) - jnp.mean(big))) < 5 * se
 
 
@@ -105,7 +106,9 @@ def test_init_no_params_shape_preserved():
 
 
 def _mlp():
-    model = jbp.Sequential([Dense(16), Tanh(), Dropout(0.4), Dense(8), Tanh(), Dropout(0.25), Dense(3)])
+    model = jbp.Sequential(
+        [Dense(16), Tanh(), Dropout(0.4), Dense(8), Tanh(), Dropout(0.25), Dense(3)]
+    )
     params, _ = model.init(jax.random.key(0), (6,))
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.normal(size=(10, 6)))
@@ -128,7 +131,9 @@ def test_in_sequential_value_and_grad_jit_matches_autodiff():
     v2, _ = manual(params, x, y, key=jax.random.key(10))
     assert float(v2) != float(v)
     ve, _ = manual(params, x, y, key=None, train=False)
-    np.testing.assert_allclose(ve, jbp.losses.softmax_cross_entropy(model.apply(params, x), y), rtol=1e-12)
+    np.testing.assert_allclose(
+        ve, jbp.losses.softmax_cross_entropy(model.apply(params, x), y), rtol=1e-12
+    )
     report = jbp.check_gradients(model, loss, params, x, y, key=key, fd_directions=2)
     assert report.ok, str(report)
 
@@ -198,7 +203,9 @@ def test_missing_key_in_training_is_a_clear_error():
         Dropout(0.5).forward((), x, train=True)
     model, params, xm, ym = _mlp()
     with pytest.raises(ValueError, match=r"layers\[2\].*Dropout.*key"):
-        jbp.value_and_grad(model, jbp.losses.softmax_cross_entropy)(params, xm, ym, key=None, train=True)
+        jbp.value_and_grad(model, jbp.losses.softmax_cross_entropy)(
+            params, xm, ym, key=None, train=True
+        )
 
 
 def test_integer_input_rejected():
@@ -215,9 +222,19 @@ def test_inside_fit_manual_equals_autodiff_and_keys_matter():
     model, params, x, y = _mlp()
 
     def run(grad_fn, seed):
-        p, h = train.fit(model, params, jbp.losses.softmax_cross_entropy, optim.sgd(0.5), (x, y),
-                         batch_size=4, epochs=2, key=jax.random.key(seed), verbose=0,
-                         metrics=("loss",), grad_fn=grad_fn)
+        p, h = train.fit(
+            model,
+            params,
+            jbp.losses.softmax_cross_entropy,
+            optim.sgd(0.5),
+            (x, y),
+            batch_size=4,
+            epochs=2,
+            key=jax.random.key(seed),
+            verbose=0,
+            metrics=("loss",),
+            grad_fn=grad_fn,
+        )
         return p, h["loss"]
 
     p_manual, l_manual = run("manual", 0)
@@ -228,8 +245,19 @@ def test_inside_fit_manual_equals_autodiff_and_keys_matter():
     p_other, _ = run("manual", 1)
     assert not np.allclose(jax.tree.leaves(p_other)[0], jax.tree.leaves(p_manual)[0])
     # and dropout really acts during fit: without it the same run ends elsewhere
-    plain = jbp.Sequential([l if not isinstance(l, Dropout) else Dropout(0.0) for l in model.layers])
-    p_plain, _ = train.fit(plain, params, jbp.losses.softmax_cross_entropy, optim.sgd(0.5), (x, y),
-                           batch_size=4, epochs=2, key=jax.random.key(0), verbose=0,
-                           metrics=("loss",))
+    plain = jbp.Sequential(
+        [l if not isinstance(l, Dropout) else Dropout(0.0) for l in model.layers]
+    )
+    p_plain, _ = train.fit(
+        plain,
+        params,
+        jbp.losses.softmax_cross_entropy,
+        optim.sgd(0.5),
+        (x, y),
+        batch_size=4,
+        epochs=2,
+        key=jax.random.key(0),
+        verbose=0,
+        metrics=("loss",),
+    )
     assert not np.allclose(jax.tree.leaves(p_plain)[0], jax.tree.leaves(p_manual)[0])

@@ -1,4 +1,5 @@
 """Embedding (scatter-add backward), the Masked mechanism, Masking and MeanPool1D."""
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -45,27 +46,28 @@ def test_repeated_ids_accumulate_and_unused_rows_get_zero():
 
 def test_pad_id_masks_and_masked_mean_pool_matches_autodiff():
     rng = np.random.default_rng(2)
-    ids = jnp.array([[4, 2, 5, 0, 0], [3, 0, 0, 0, 0], [1, 2, 3, 4, 5]])   # right-padded, pad_id 0
+    ids = jnp.array([[4, 2, 5, 0, 0], [3, 0, 0, 0, 0], [1, 2, 3, 4, 5]])  # right-padded, pad_id 0
     emb = Embedding(6, 3, pad_id=0)
     params, _ = emb.init(jax.random.key(0), (5,))
     y, _ = emb.forward(params, ids)
     assert isinstance(y, Masked)
     np.testing.assert_array_equal(y.mask, ids != 0)
-    compare_with_autodiff(emb, params, ids, rng)               # dy for a Masked output: values only
+    compare_with_autodiff(emb, params, ids, rng)  # dy for a Masked output: values only
 
     x, mask = rand(rng, (3, 5, 4)), ids != 0
     pooled, _, dx = compare_with_autodiff(MeanPool1D(), (), x, rng, mask=mask)
-    np.testing.assert_allclose(pooled[1], x[1, 0], rtol=1e-12)            # one real step
+    np.testing.assert_allclose(pooled[1], x[1, 0], rtol=1e-12)  # one real step
     np.testing.assert_allclose(pooled[0], np.mean(np.asarray(x[0, :3]), 0), rtol=1e-12)
-    assert np.all(np.asarray(dx[0, 3:]) == 0)                             # padding gets no gradient
-    compare_with_autodiff(MeanPool1D(), (), x.astype(jnp.float32), rng, mask=mask)   # float32
+    assert np.all(np.asarray(dx[0, 3:]) == 0)  # padding gets no gradient
+    compare_with_autodiff(MeanPool1D(), (), x.astype(jnp.float32), rng, mask=mask)  # float32
     # no mask: the 1/T weights (T > 1, where a missing 1/T would show), float64 and float32
     for dtype in (jnp.float64, jnp.float32):
         xu = rand(rng, (3, 5, 4), dtype)
         pooled_u, _, dx_u = compare_with_autodiff(MeanPool1D(), (), xu, rng)
-        np.testing.assert_allclose(pooled_u, np.mean(np.asarray(xu), 1),
-                                   rtol=1e-12 if dtype == jnp.float64 else 1e-5)
-    compare_with_autodiff(MeanPool1D(), (), rand(rng, (2, 1, 3), jnp.float32), rng)   # T = 1
+        np.testing.assert_allclose(
+            pooled_u, np.mean(np.asarray(xu), 1), rtol=1e-12 if dtype == jnp.float64 else 1e-5
+        )
+    compare_with_autodiff(MeanPool1D(), (), rand(rng, (2, 1, 3), jnp.float32), rng)  # T = 1
     # a sequence with no real step gives zeros, not NaN
     empty = MeanPool1D().apply((), Masked(x, jnp.zeros((3, 5), bool)))
     np.testing.assert_array_equal(empty, 0.0)
@@ -103,15 +105,21 @@ def test_bad_input_names_layer_and_shapes():
         layer.forward(params, jnp.array([[0, 5, 2]]))
     with pytest.raises(ValueError, match=r"Embedding.*\[-1, 2\]"):
         layer.forward(params, jnp.array([[-1, 2]]))
-    jax.jit(lambda p, i: layer.apply(p, i))(params, jnp.array([[0, 9]]))  # traced: no check, no crash
+    jax.jit(lambda p, i: layer.apply(p, i))(
+        params, jnp.array([[0, 9]])
+    )  # traced: no check, no crash
     with pytest.raises(TypeError, match=r"Embedding.*integer token ids.*float"):
         layer.forward(params, jnp.ones((2, 3)))
     with pytest.raises(ValueError, match="pad_id"):
         Embedding(5, 2, pad_id=5)
-    with pytest.raises(ValueError, match=r"MeanPool1D.*mask of shape \(2, 3\).*\(2, 4, 3\).*\(2, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"MeanPool1D.*mask of shape \(2, 3\).*\(2, 4, 3\).*\(2, 4\)"
+    ):
         MeanPool1D().forward((), Masked(jnp.ones((2, 4, 3)), jnp.ones((2, 3), bool)))
     with pytest.raises(ValueError, match=r"MeanPool1D.*\(batch, time, features\).*\(2, 4\)"):
         MeanPool1D().forward((), jnp.ones((2, 4)))
     with pytest.raises(TypeError, match="x: expected an array"):
-        jbp.Dense(2).forward(jbp.Dense(2).init(jax.random.key(0), (3,))[0],
-                             Masked(jnp.ones((1, 2, 3)), jnp.ones((1, 2), bool)))
+        jbp.Dense(2).forward(
+            jbp.Dense(2).init(jax.random.key(0), (3,))[0],
+            Masked(jnp.ones((1, 2, 3)), jnp.ones((1, 2), bool)),
+        )

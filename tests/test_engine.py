@@ -1,4 +1,5 @@
 """Sequential + value_and_grad vs autodiff, under jit and vmap; check_gradients."""
+
 import dataclasses
 
 import jax
@@ -17,8 +18,11 @@ def _mlp():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("loss", [losses.mse, losses.binary_cross_entropy, losses.softmax_cross_entropy],
-                         ids=lambda l: l.name)
+@pytest.mark.parametrize(
+    "loss",
+    [losses.mse, losses.binary_cross_entropy, losses.softmax_cross_entropy],
+    ids=lambda l: l.name,
+)
 def test_value_and_grad_matches_autodiff(dtype, loss):
     rng = np.random.default_rng(0)
     model = _mlp()
@@ -47,9 +51,11 @@ def test_seed_delta_recursion_by_hand():
     W2, b2 = rng.standard_normal((4, 2)), rng.standard_normal(2)
     y = rng.standard_normal((n, 2))
     sig = lambda z: 1 / (1 + np.exp(-z))
-    z1 = a0 @ W1 + b1; a1 = sig(z1)
-    z2 = a1 @ W2 + b2; a2 = sig(z2)
-    d2 = (a2 - y) / n * a2 * (1 - a2)          # MSE 1/(2n) Σ‖y−a‖², then f'(z)
+    z1 = a0 @ W1 + b1
+    a1 = sig(z1)
+    z2 = a1 @ W2 + b2
+    a2 = sig(z2)
+    d2 = (a2 - y) / n * a2 * (1 - a2)  # MSE 1/(2n) Σ‖y−a‖², then f'(z)
     d1 = (d2 @ W2.T) * a1 * (1 - a1)
     model = jbp.Sequential([Dense(4), Sigmoid(), Dense(2), Sigmoid()])
     params = ({"W": W1, "b": b1}, (), {"W": W2, "b": b2}, ())
@@ -61,9 +67,11 @@ def test_seed_delta_recursion_by_hand():
     np.testing.assert_allclose(g[0]["W"], a0.T @ d1, rtol=1e-12)
     np.testing.assert_allclose(g[0]["b"], d1.sum(0), rtol=1e-12)
     _, caches = model.forward(params, jnp.asarray(a0))
-    _, _, deltas = model.backward_with_deltas(params, caches, losses.mse.grad(model.apply(params, jnp.asarray(a0)), jnp.asarray(y)))
-    np.testing.assert_allclose(deltas[2], d2, rtol=1e-12)   # dy into Dense 2 is δ²
-    np.testing.assert_allclose(deltas[0], d1, rtol=1e-12)   # dy into Dense 1 is δ¹
+    _, _, deltas = model.backward_with_deltas(
+        params, caches, losses.mse.grad(model.apply(params, jnp.asarray(a0)), jnp.asarray(y))
+    )
+    np.testing.assert_allclose(deltas[2], d2, rtol=1e-12)  # dy into Dense 2 is δ²
+    np.testing.assert_allclose(deltas[0], d1, rtol=1e-12)  # dy into Dense 1 is δ¹
 
 
 def test_vmap_over_single_examples_averages_to_batch_gradient():
@@ -98,6 +106,7 @@ def test_nested_sequential_and_flatten():
 
 
 # ------------------------------------------------------------------------ check_gradients
+
 
 @dataclasses.dataclass(frozen=True)
 class BrokenTanh(Tanh):
@@ -150,20 +159,22 @@ def test_check_gradients_names_the_broken_leaf():
     assert report.failed == ["layers[0].W", "layers[0].b"]
     assert "MISMATCH in layers[0].W, layers[0].b" in str(report)
     bad = {l.name: l for l in report.leaves}
-    assert bad["layers[0].W"].ok_fd is False          # finite differences agree with autodiff
+    assert bad["layers[0].W"].ok_fd is False  # finite differences agree with autodiff
     with pytest.raises(jbp.GradientCheckError, match=r"layers\[0\].W"):
         report.raise_if_failed()
     with pytest.raises(AssertionError):
-        jbp.check_gradients(model, losses.mse, params, x, y, finite_differences=False,
-                            raise_on_failure=True)
+        jbp.check_gradients(
+            model, losses.mse, params, x, y, finite_differences=False, raise_on_failure=True
+        )
 
 
 def test_check_gradients_names_a_broken_bias_only():
     rng = np.random.default_rng(7)
     model = jbp.Sequential([Dense(5), Sigmoid(), BrokenBiasDense(2)])
     params, _ = init(model, (3,))
-    report = jbp.check_gradients(model, losses.mse, params, rand(rng, (6, 3)), rand(rng, (6, 2)),
-                                 finite_differences=False)
+    report = jbp.check_gradients(
+        model, losses.mse, params, rand(rng, (6, 3)), rand(rng, (6, 2)), finite_differences=False
+    )
     assert report.failed == ["layers[2].b"]
 
 
@@ -175,6 +186,7 @@ def test_finite_differences_alone_catch_errors_autodiff_would_share():
     params, _ = init(model, (3,))
     x, y = rand(rng, (4, 3)), rand(rng, (4, 2))
     from jbp.check import _finite_differences
+
     errs = _finite_differences(model, losses.mse, None, params, x, y, None, True, (), 1e-6, 3, 0)
     assert max(errs) < 1e-7
 

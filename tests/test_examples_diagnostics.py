@@ -1,4 +1,5 @@
 """Smoke tests: examples/vanishing_gradients.py and exploding_gradients.py run end to end."""
+
 import importlib.util
 import math
 import pathlib
@@ -20,7 +21,9 @@ def _plot_args(out):
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}", ROOT / "examples" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -61,8 +64,9 @@ def test_vanishing_gradients_example_reads_idx_files(tmp_path):
         _write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 6, 6)))
         _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
     example = _load("vanishing_gradients")
-    args = example.parse_args(["--path", str(tmp_path), "--dataset", "fashion_mnist",
-                               "--no-verify", "--n-train", "50"])
+    args = example.parse_args(
+        ["--path", str(tmp_path), "--dataset", "fashion_mnist", "--no-verify", "--n-train", "50"]
+    )
     (x, y), (xt, yt), name = example.load_data(args)
     assert x.shape == (50, 36) and xt.shape == (20, 36) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0 and y.dtype == np.int32 and "fashion_mnist" in name
@@ -80,7 +84,9 @@ def test_exploding_gradients_example_runs(tmp_path, capsys):
     assert res[big]["findings_at_init"] and "exploding" in res[big]["findings_at_init"][0]
     assert res[big]["first_nonfinite_epoch"] == 1 and math.isnan(res[big]["final_loss"])
     # the fixes: clipping keeps it finite; Glorot / He: quiet detector and a small loss
-    assert res[clipped]["first_nonfinite_epoch"] is None and math.isfinite(res[clipped]["final_loss"])
+    assert res[clipped]["first_nonfinite_epoch"] is None and math.isfinite(
+        res[clipped]["final_loss"]
+    )
     for run in (glorot, he):
         assert res[run]["findings_at_init"] == [] and res[run]["findings_at_end"] == []
         assert res[run]["final_loss"] < 1.0

@@ -1,4 +1,5 @@
 """Smoke test: examples/dp_sgd.py on a small digits subset, one epoch, one target ε."""
+
 import importlib.util
 import json
 import pathlib
@@ -16,12 +17,33 @@ def _load():
 def test_dp_sgd_example_runs(tmp_path):
     try:
         import matplotlib  # noqa: F401
+
         plot = []
     except ImportError:
         plot = ["--no-plot"]
-    rows = _load().main(["--dataset", "digits", "--train-size", "400", "--epochs", "1",
-                         "--epsilons", "3", "--hidden", "16", "--batch", "50", "--lr", "0.5",
-                         "--verbose", "0", "--out", str(tmp_path)] + plot)
+    rows = _load().main(
+        [
+            "--dataset",
+            "digits",
+            "--train-size",
+            "400",
+            "--epochs",
+            "1",
+            "--epsilons",
+            "3",
+            "--hidden",
+            "16",
+            "--batch",
+            "50",
+            "--lr",
+            "0.5",
+            "--verbose",
+            "0",
+            "--out",
+            str(tmp_path),
+        ]
+        + plot
+    )
     assert [r["setting"] for r in rows] == ["non-private", "ε ≤ 3"]
     private = rows[1]
     assert 0 < private["epsilon"] <= 3.0 and private["sigma"] > 0

@@ -1,4 +1,5 @@
 """Smoke test: examples/regularization.py runs end to end, very briefly."""
+
 import importlib.util
 import pathlib
 
@@ -8,8 +9,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("example_regularization",
-                                                  ROOT / "examples" / "regularization.py")
+    spec = importlib.util.spec_from_file_location(
+        "example_regularization", ROOT / "examples" / "regularization.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -18,8 +20,9 @@ def _load():
 def test_regularization_example_runs(tmp_path, capsys):
     example = _load()
     out = tmp_path / "curves.png"
-    results = example.main(["--epochs", "3", "--n-train", "32", "--n-val", "40",
-                            "--patience", "1", "--out", str(out)])
+    results = example.main(
+        ["--epochs", "3", "--n-train", "32", "--n-val", "40", "--patience", "1", "--out", str(out)]
+    )
     assert [r["name"] for r in results] == ["none", "l2", "dropout", "augment", "early stop"]
     for r in results:
         assert 0.0 <= r["train_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0

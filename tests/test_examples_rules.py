@@ -1,4 +1,5 @@
 """Smoke test: examples/learning_rules.py runs end to end, very briefly (embedded digits)."""
+
 import importlib.util
 import pathlib
 
@@ -8,8 +9,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("example_learning_rules",
-                                                  ROOT / "examples" / "learning_rules.py")
+    spec = importlib.util.spec_from_file_location(
+        "example_learning_rules", ROOT / "examples" / "learning_rules.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -17,15 +19,37 @@ def _load():
 
 def test_learning_rules_example_runs(tmp_path, capsys):
     example = _load()
-    results = example.main(["--dataset", "digits", "--n-train", "256", "--n-test", "120",
-                            "--epochs", "2", "--hidden", "16", "--probe", "60", "--lr", "1e-2",
-                            "--rules", "bp", "fa", "sign", "kp", "--out", str(tmp_path)])
+    results = example.main(
+        [
+            "--dataset",
+            "digits",
+            "--n-train",
+            "256",
+            "--n-test",
+            "120",
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+            "--probe",
+            "60",
+            "--lr",
+            "1e-2",
+            "--rules",
+            "bp",
+            "fa",
+            "sign",
+            "kp",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert [r["rule"] for r in results] == ["bp", "fa", "sign", "kp"]
     for r in results:
         assert 0.0 <= r["test_error"] <= 100.0 and r["train_loss"] > 0
         if r["rule"] != "bp":
             assert 0.0 < r["angles"]["layers[0]"] < 180.0
-            assert len(r["record"].epochs) == 3          # epoch 0 and the two trained ones
+            assert len(r["record"].epochs) == 3  # epoch 0 and the two trained ones
     text = capsys.readouterr().out
     assert "test error %" in text and "published (MNIST LeNet" in text and "0.91%" in text
     png = tmp_path / "alignment.png"
@@ -34,9 +58,28 @@ def test_learning_rules_example_runs(tmp_path, capsys):
 
 def test_learning_rules_example_cnn_and_bad_arguments(capsys):
     example = _load()
-    results = example.main(["--dataset", "digits", "--model", "cnn", "--rules", "dfa",
-                            "--n-train", "64", "--n-test", "32", "--epochs", "1", "--probe", "16",
-                            "--optimizer", "sgd", "--lr", "0.01"])
+    results = example.main(
+        [
+            "--dataset",
+            "digits",
+            "--model",
+            "cnn",
+            "--rules",
+            "dfa",
+            "--n-train",
+            "64",
+            "--n-test",
+            "32",
+            "--epochs",
+            "1",
+            "--probe",
+            "16",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.01",
+        ]
+    )
     assert results[0]["rule"] == "dfa"
     assert set(results[0]["angles"]) == {"layers[0]", "layers[3]", "layers[7]", "layers[9]"}
     with pytest.raises(SystemExit):

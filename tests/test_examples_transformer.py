@@ -1,6 +1,7 @@
 """Smoke tests: examples/transformer.py, both tasks with tiny settings, and its two helpers
 that are not jbp's own (the next-character loss and the windowed sampler), each against an
 independent reference."""
+
 import importlib.util
 import pathlib
 
@@ -9,12 +10,27 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--epochs", "1", "--features", "8", "--heads", "2", "--blocks", "1", "--mlp-hidden", "8",
-        "--batch-size", "32", "--no-plot"]
+TINY = [
+    "--epochs",
+    "1",
+    "--features",
+    "8",
+    "--heads",
+    "2",
+    "--blocks",
+    "1",
+    "--mlp-hidden",
+    "8",
+    "--batch-size",
+    "32",
+    "--no-plot",
+]
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}", ROOT / "examples" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -24,8 +40,9 @@ tf = _load("transformer")
 
 
 def test_sentiment_task_tiny(capsys):
-    out = tf.main(["--limit", "64", "--max-len", "10", "--vocab", "200", "--baselines", "none"]
-                  + TINY)
+    out = tf.main(
+        ["--limit", "64", "--max-len", "10", "--vocab", "200", "--baselines", "none"] + TINY
+    )
     assert out["check_ok"], str(out["report"])
     assert len(out["history"]["loss"]) == 1
     assert 0.0 <= out["test"]["accuracy"] <= 1.0 and np.isfinite(out["test"]["loss"])
@@ -34,9 +51,27 @@ def test_sentiment_task_tiny(capsys):
 
 
 def test_lm_task_tiny(capsys):
-    out = tf.main(["--task", "lm", "--limit", "24", "--context", "10", "--val-windows", "6",
-                   "--min-char-count", "1", "--sample-len", "12", "--prompt", "The ",
-                   "--prompt", "A film that is"] + TINY)   # the second prompt outgrows T = 10
+    out = tf.main(
+        [
+            "--task",
+            "lm",
+            "--limit",
+            "24",
+            "--context",
+            "10",
+            "--val-windows",
+            "6",
+            "--min-char-count",
+            "1",
+            "--sample-len",
+            "12",
+            "--prompt",
+            "The ",
+            "--prompt",
+            "A film that is",
+        ]
+        + TINY
+    )  # the second prompt outgrows T = 10
     assert out["check_ok"], str(out["report"])
     assert len(out["history"]["val_loss"]) == 1 and np.isfinite(out["val_loss"])
     assert [s[:4] for s in out["samples"]] == ["The ", "A fi"]
@@ -68,13 +103,14 @@ def test_sampler_matches_a_plain_loop_over_prefixes():
     prompt = np.array([3, 1, 4], np.int32)
     key = jax.random.key(7)
     buf = np.zeros(max(len(prompt) + n_new, T), np.int32)
-    buf[:len(prompt)] = prompt
-    got = np.asarray(tf.make_sampler(model, T, n_new)(params, key, jnp.asarray(buf), len(prompt),
-                                                      1.3))
-    apply = jax.jit(model.apply)   # one compile per prefix length (3, 4, then 5)
+    buf[: len(prompt)] = prompt
+    got = np.asarray(
+        tf.make_sampler(model, T, n_new)(params, key, jnp.asarray(buf), len(prompt), 1.3)
+    )
+    apply = jax.jit(model.apply)  # one compile per prefix length (3, 4, then 5)
     seq = list(prompt)
     for k in jax.random.split(key, n_new):
         ctx = jnp.asarray(seq[-T:], jnp.int32)[None]
         logits = apply(params, ctx)[0, -1]
         seq.append(int(jax.random.categorical(k, logits / 1.3)))
-    assert got.tolist() == seq[len(prompt):]
+    assert got.tolist() == seq[len(prompt) :]

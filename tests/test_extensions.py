@@ -13,6 +13,7 @@ of oracle (``jax.vjp`` of the layer's own forward on one example) and against th
 extension's generic default (``vmap`` of the layer's ``backward``) where that can run, on
 both branches of the Gram / per-example switch.
 """
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -57,8 +58,10 @@ class Scale(Layer):
 
     def init(self, key, in_shape):
         k1, k2 = jax.random.split(key)
-        return ({"s": jax.random.normal(k1, in_shape) + 1.0, "c": jax.random.normal(k2, in_shape)},
-                tuple(in_shape))
+        return (
+            {"s": jax.random.normal(k1, in_shape) + 1.0, "c": jax.random.normal(k2, in_shape)},
+            tuple(in_shape),
+        )
 
     def forward(self, params, x, *, key=None, train=False):
         return x * params["s"] + params["c"], {"x": x}
@@ -70,31 +73,70 @@ class Scale(Layer):
 def _cnn():
     # Conv2D(4, 3) on 8×8×2: T = 64, 2T² = 8192 > d·p = 18·4  -> per-example gradient
     # Conv2D(5, 3, VALID) on 4×4×4: T = 4, 2T² = 32 ≤ d·p = 36·5 -> Gram form
-    return jbp.Sequential([Conv2D(4, 3), ReLU(), MaxPool2D(2), Conv2D(5, 3, padding="VALID"),
-                           BatchNorm(), AvgPool2D(2), Flatten(), Dense(3)])
+    return jbp.Sequential(
+        [
+            Conv2D(4, 3),
+            ReLU(),
+            MaxPool2D(2),
+            Conv2D(5, 3, padding="VALID"),
+            BatchNorm(),
+            AvgPool2D(2),
+            Flatten(),
+            Dense(3),
+        ]
+    )
 
 
 # name: (model, in_shape, input kind, loss, batch size, train)
 MODELS = {
-    "mlp": (lambda: jbp.Sequential([Dense(6), Tanh(), Dense(5), ReLU(), Dense(3)]),
-            (4,), "float", sce, 7, True),
+    "mlp": (
+        lambda: jbp.Sequential([Dense(6), Tanh(), Dense(5), ReLU(), Dense(3)]),
+        (4,),
+        "float",
+        sce,
+        7,
+        True,
+    ),
     "batch1": (lambda: jbp.Sequential([Dense(6), Tanh(), Dense(3)]), (4,), "float", sce, 1, True),
     "cnn_bn_eval": (_cnn, (8, 8, 2), "float", mse, 5, False),
     # Embedding: 2T² = 72 ≤ vocab·features = 78 -> Gram; LSTM: Gram for W_x and W_h
-    "emb_pad_lstm": (lambda: jbp.Sequential([Embedding(13, 6, pad_id=0), LSTM(5), Dense(2)]),
-                     (6,), "ids13", bce, 6, True),
+    "emb_pad_lstm": (
+        lambda: jbp.Sequential([Embedding(13, 6, pad_id=0), LSTM(5), Dense(2)]),
+        (6,),
+        "ids13",
+        bce,
+        6,
+        True,
+    ),
     # Embedding: 2T² = 50 > 7·3 -> per-example; SimpleRNN: per-example for W_x and W_h
-    "emb_rnn_seq_meanpool": (lambda: jbp.Sequential([Embedding(7, 3, pad_id=0),
-                                                     SimpleRNN(4, return_sequences=True),
-                                                     MeanPool1D(), Dense(3)]),
-                             (5,), "ids7", sce, 6, True),
+    "emb_rnn_seq_meanpool": (
+        lambda: jbp.Sequential(
+            [Embedding(7, 3, pad_id=0), SimpleRNN(4, return_sequences=True), MeanPool1D(), Dense(3)]
+        ),
+        (5,),
+        "ids7",
+        sce,
+        6,
+        True,
+    ),
     # Dense on (batch, T, features): Dense(6) on (3, 4) Gram (18 ≤ 24), Dense(2) on (3, 6)
     # per-example (18 > 12); LayerNorm over the features of every position
-    "layernorm_seq_dense": (lambda: jbp.Sequential([Dense(6), LayerNorm(), Tanh(), Dense(2),
-                                                    Flatten(), Dense(3)]),
-                            (3, 4), "float", mse, 5, True),
-    "user_layer": (lambda: jbp.Sequential([Dense(5), Scale(), ReLU(), Dense(3)]),
-                   (4,), "float", bce, 6, True),
+    "layernorm_seq_dense": (
+        lambda: jbp.Sequential([Dense(6), LayerNorm(), Tanh(), Dense(2), Flatten(), Dense(3)]),
+        (3, 4),
+        "float",
+        mse,
+        5,
+        True,
+    ),
+    "user_layer": (
+        lambda: jbp.Sequential([Dense(5), Scale(), ReLU(), Dense(3)]),
+        (4,),
+        "float",
+        bce,
+        6,
+        True,
+    ),
 }
 
 
@@ -105,14 +147,14 @@ def _f32_exact(a):
 
 def _inputs(kind, in_shape, n, rng):
     if kind == "float":
-        scale = rng.uniform(0.5, 2.0, size=(1,) + tuple(in_shape))   # non-uniform per feature
+        scale = rng.uniform(0.5, 2.0, size=(1,) + tuple(in_shape))  # non-uniform per feature
         return jnp.asarray(_f32_exact(rng.standard_normal((n,) + tuple(in_shape)) * scale))
     vocab, T = int(kind[3:]), in_shape[0]
-    ids = rng.integers(1, vocab, (n, T))                      # small vocab: repeated ids
+    ids = rng.integers(1, vocab, (n, T))  # small vocab: repeated ids
     lengths = rng.integers(1, T + 1, n)
-    lengths[0] = T                                            # one full sequence
-    pad = np.arange(T)[None] >= lengths[:, None]              # right padding ...
-    pad[-1] = np.arange(T) < T - lengths[-1]                  # ... and one left-padded
+    lengths[0] = T  # one full sequence
+    pad = np.arange(T)[None] >= lengths[:, None]  # right padding ...
+    pad[-1] = np.arange(T) < T - lengths[-1]  # ... and one left-padded
     return jnp.asarray(np.where(pad, 0, ids), jnp.int32)
 
 
@@ -132,8 +174,10 @@ def _state(model, in_shape, rng):
     for layer, s in zip(model.layers, model.init_state(in_shape)):
         if isinstance(layer, BatchNorm):
             f = s["mean"].shape[0]
-            s = {"mean": jnp.asarray(_f32_exact(rng.standard_normal(f))),
-                 "var": jnp.asarray(_f32_exact(rng.uniform(0.3, 3.0, f)))}
+            s = {
+                "mean": jnp.asarray(_f32_exact(rng.standard_normal(f))),
+                "var": jnp.asarray(_f32_exact(rng.uniform(0.3, 3.0, f))),
+            }
         out.append(s)
     return tuple(out)
 
@@ -145,6 +189,7 @@ def _cast(tree, dtype):
 def _oracle(model, loss, params, x, y, state, train):
     """Per-example gradients ``(n, *leaf.shape)``: ``vmap`` of ``jax.grad`` of one example's
     loss through ``model.apply`` (a batch of one); independent of the hand-written backward."""
+
     def one(p, xi, yi):
         return loss.value(model.apply(p, xi[None], train=train, state=state), yi[None])
 
@@ -163,7 +208,8 @@ def _expected(G, max_norm):
         "sum_grad_squared": jax.tree.map(lambda g: np.sum(np.square(g), axis=0), G),
         "variance": jax.tree.map(lambda g: np.var(g, axis=0), G),
         "clipped_grad": jax.tree.map(
-            lambda g: np.mean(g * scale.reshape((n,) + (1,) * (g.ndim - 1)), axis=0), G),
+            lambda g: np.mean(g * scale.reshape((n,) + (1,) * (g.ndim - 1)), axis=0), G
+        ),
     }
 
 
@@ -190,17 +236,32 @@ def setting(request):
     rng = np.random.default_rng(sorted(MODELS).index(request.param))
     params, out_shape = model.init(jax.random.key(1), in_shape)
     # perturb every leaf (biases, γ, β too) so no gradient is trivially zero or symmetric
-    params = jax.tree.map(lambda a: jnp.asarray(_f32_exact(
-        np.asarray(a, np.float64) + 0.3 * rng.standard_normal(a.shape))), params)
+    params = jax.tree.map(
+        lambda a: jnp.asarray(
+            _f32_exact(np.asarray(a, np.float64) + 0.3 * rng.standard_normal(a.shape))
+        ),
+        params,
+    )
     x, y = _inputs(kind, in_shape, n, rng), _targets(loss, out_shape, n, rng)
     state = _state(model, in_shape, rng)
     G = _oracle(model, loss, params, x, y, state, train)
     assert jax.tree.structure(G) == jax.tree.structure(params)
     norms = np.sqrt(sum(np.sum(np.square(g.reshape(n, -1)), axis=1) for g in jax.tree.leaves(G)))
-    max_norm = 0.7 * float(np.median(norms))           # most examples get clipped, not all
-    return dict(name=request.param, model=model, loss=loss, params=params, x=x, y=y,
-                state=state, train=train, n=n, G=G, expected=_expected(G, max_norm),
-                max_norm=max_norm)
+    max_norm = 0.7 * float(np.median(norms))  # most examples get clipped, not all
+    return dict(
+        name=request.param,
+        model=model,
+        loss=loss,
+        params=params,
+        x=x,
+        y=y,
+        state=state,
+        train=train,
+        n=n,
+        G=G,
+        expected=_expected(G, max_norm),
+        max_norm=max_norm,
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["float64", "float32"])
@@ -216,17 +277,24 @@ def test_every_extension_on_every_layer_equals_vmap_of_jax_grad(setting, dtype):
     for name in EXT_NAMES:
         # variance = E[g²] − ḡ² is accurate relative to E[g²] (exactly 0 for one example)
         scales = s["expected"]["sum_grad_squared"] if name == "variance" else None
-        _assert_tree_close(out.extras[name], s["expected"][name], dtype, f"{s['name']} {name}",
-                           scales)
+        _assert_tree_close(
+            out.extras[name], s["expected"][name], dtype, f"{s['name']} {name}", scales
+        )
     # the same pass's batch gradient is the mean of the per-example gradients
-    _assert_tree_close(out.grads, jax.tree.map(lambda g: np.mean(g, axis=0), s["G"]), dtype,
-                       f"{s['name']} grads")
+    _assert_tree_close(
+        out.grads, jax.tree.map(lambda g: np.mean(g, axis=0), s["G"]), dtype, f"{s['name']} grads"
+    )
 
 
 def test_the_table_covers_every_layer_with_parameters_and_every_loss():
     """Guards the matrix itself: a layer or loss dropped from MODELS fails here."""
+
     def leaves(layer):
-        return [l for sub in layer.layers for l in leaves(sub)] if hasattr(layer, "layers") else [layer]
+        return (
+            [l for sub in layer.layers for l in leaves(sub)]
+            if hasattr(layer, "layers")
+            else [layer]
+        )
 
     covered = {type(l) for make, *_ in MODELS.values() for l in leaves(make())}
     assert {Dense, Conv2D, Embedding, LayerNorm, BatchNorm, SimpleRNN, LSTM, Scale} <= covered
@@ -234,16 +302,17 @@ def test_the_table_covers_every_layer_with_parameters_and_every_loss():
     assert min(m[4] for m in MODELS.values()) == 1
     # the branches the comments of MODELS claim, (T, d, p) of use_gram:
     assert not _pe.use_gram(8 * 8, 3 * 3 * 2, 4) and _pe.use_gram(2 * 2, 3 * 3 * 4, 5)  # Conv2D
-    assert _pe.use_gram(6, 13, 6) and not _pe.use_gram(5, 7, 3)                     # Embedding
-    assert _pe.use_gram(6, 6, 4 * 5) and _pe.use_gram(6, 5, 4 * 5)                  # LSTM W_x, W_h
-    assert not _pe.use_gram(5, 3, 4) and not _pe.use_gram(5, 4, 4)                 # SimpleRNN
-    assert _pe.use_gram(3, 4, 6) and not _pe.use_gram(3, 6, 2)                      # Dense (T, in)
+    assert _pe.use_gram(6, 13, 6) and not _pe.use_gram(5, 7, 3)  # Embedding
+    assert _pe.use_gram(6, 6, 4 * 5) and _pe.use_gram(6, 5, 4 * 5)  # LSTM W_x, W_h
+    assert not _pe.use_gram(5, 3, 4) and not _pe.use_gram(5, 4, 4)  # SimpleRNN
+    assert _pe.use_gram(3, 4, 6) and not _pe.use_gram(3, 6, 2)  # Dense (T, in)
 
 
 # --------------------------------------------------------------------------------------
 # Layer by layer: closed forms vs jax.vjp of the layer (one example at a time) and vs the
 # generic vmap-of-backward default
 # --------------------------------------------------------------------------------------
+
 
 def _ids(rng, vocab, shape, pad_frac=0.0):
     ids = rng.integers(1, vocab, shape)
@@ -265,9 +334,13 @@ LAYERS = {
     "dense_T_outer": (Dense(3), (7, 2), "float", True, False),
     # Conv2D (the CNN of MODELS has a SAME per-example and a VALID Gram layer): strides,
     # dilation, explicit/asymmetric padding, no bias, a single output position, both branches
-    "conv_strided_dilated": (Conv2D(3, (3, 2), strides=2, dilation=(1, 2),
-                                    padding=((1, 0), (2, 1)), use_bias=False),
-                             (9, 8, 2), "float", True, False),
+    "conv_strided_dilated": (
+        Conv2D(3, (3, 2), strides=2, dilation=(1, 2), padding=((1, 0), (2, 1)), use_bias=False),
+        (9, 8, 2),
+        "float",
+        True,
+        False,
+    ),
     "conv_strides_2_3_gram": (Conv2D(8, 3, strides=(2, 3)), (5, 7, 3), "float", True, True),
     "conv_T1": (Conv2D(3, 2, padding="VALID"), (2, 2, 2), "float", True, True),
     # Embedding: Gram and per-example branches, pad rows, 1-D ids (one token per example)
@@ -289,8 +362,13 @@ LAYERS = {
     # oracle (the rule's update is not a gradient) and are checked against the generic default
     # (feedback alignment's B is state, carried in the cache)
     "conv_kolen_pollack": (Conv2D(3, 3, rule="kolen_pollack"), (5, 5, 2), "float", True, False),
-    "rnn_kolen_pollack_seq_gram": (SimpleRNN(5, return_sequences=True, rule="kolen_pollack"),
-                                   (3, 4), "float", True, True),
+    "rnn_kolen_pollack_seq_gram": (
+        SimpleRNN(5, return_sequences=True, rule="kolen_pollack"),
+        (3, 4),
+        "float",
+        True,
+        True,
+    ),
     "lstm_fa_masked": (LSTM(3, rule="fa"), (4, 2), "masked", True, False),
 }
 
@@ -306,16 +384,20 @@ def _layer_setting(name, rng, n=5):
         x = jnp.asarray(rng.standard_normal((n,) + in_shape) * rng.uniform(0.5, 2.0, in_shape))
         params, out_shape = layer.init(jax.random.key(2), in_shape)
         feed = Masked(x, _mask(rng, n, in_shape[0])) if kind == "masked" else x
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)
-                          + 0.3 * jnp.asarray(rng.standard_normal(a.shape)), params)
+    params = jax.tree.map(
+        lambda a: jnp.asarray(a, jnp.float64) + 0.3 * jnp.asarray(rng.standard_normal(a.shape)),
+        params,
+    )
     state = None
     if isinstance(layer, BatchNorm):
         f = in_shape[-1]
-        state = {"mean": jnp.asarray(rng.standard_normal(f)),
-                 "var": jnp.asarray(rng.uniform(0.3, 3.0, f))}
-    elif layer.stateful:                                  # feedback alignment's fixed B
+        state = {
+            "mean": jnp.asarray(rng.standard_normal(f)),
+            "var": jnp.asarray(rng.uniform(0.3, 3.0, f)),
+        }
+    elif layer.stateful:  # feedback alignment's fixed B
         state = jbp.cast(layer.init_state(in_shape), jnp.float64)
-    dy = jnp.asarray(rng.standard_normal((n,) + tuple(out_shape)))   # per example: row i = δᵢ
+    dy = jnp.asarray(rng.standard_normal((n,) + tuple(out_shape)))  # per example: row i = δᵢ
     return layer, params, feed, state, dy
 
 
@@ -325,6 +407,7 @@ def _values(y):
 
 def _vjp_per_example(layer, params, feed, state, dy):
     """``∂(δᵢ · layer(xᵢ))/∂θ`` for each example alone, by ``jax.vjp`` of the forward."""
+
     def one(xi, di):
         xb = jax.tree.map(lambda a: a[None], xi)
         f = lambda p: _values(layer.apply(p, xb, train=False, state=state))  # noqa: E731
@@ -333,7 +416,7 @@ def _vjp_per_example(layer, params, feed, state, dy):
     return jax.vmap(one)(feed, dy)
 
 
-LAYER_EXTS = (BatchGrad(), BatchL2(), SumGradSquared())   # Variance: the model-level test
+LAYER_EXTS = (BatchGrad(), BatchL2(), SumGradSquared())  # Variance: the model-level test
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
@@ -367,18 +450,20 @@ def test_layer_closed_forms_equal_vjp_oracle_and_generic_default(name):
 
     closed, generic, G = jax.device_get(run(params, feed, state, dy))
     if G is not None:
-        if rule == "kolen_pollack":   # by definition B's gradient is W's (B is not in the forward)
+        if rule == "kolen_pollack":  # by definition B's gradient is W's (B is not in the forward)
             G = {**G, **{b: G[w] for b, (w, _) in layer._feedback_of.items()}}
         expected = _expected(G, 1.0)
         for e in LAYER_EXTS:
             _assert_tree_close(closed[e.name], expected[e.name], jnp.float64, f"{name} {e.name}")
-    for k, v in generic.items():   # elementwise rtol 1e-10, atol 1e-12
+    for k, v in generic.items():  # elementwise rtol 1e-10, atol 1e-12
         _assert_tree_close(v, closed[k], jnp.float64, f"{name} {k} generic", atol_abs=1e-12)
-    if not generic_runs:   # BatchNorm's eval cache has inv_std of shape (F,): why it needs closed forms
+    if (
+        not generic_runs
+    ):  # BatchNorm's eval cache has inv_std of shape (F,): why it needs closed forms
         for e in LAYER_EXTS:
             with pytest.raises(ValueError, match="closed-form"):
                 jax.eval_shape(lambda *a, e=e: e.default(visit(*a)[1]), params, feed, state, dy)
-    if gram is not None:   # the table's branch labels are what the layer's rule picks
+    if gram is not None:  # the table's branch labels are what the layer's rule picks
         assert _pe.use_gram(*_branch_shapes(layer, params, _values(feed).shape, dy.shape)) == gram
 
 
@@ -391,7 +476,7 @@ def _branch_shapes(layer, params, x_shape, dy_shape):
         return int(np.prod(x_shape[1:])), layer.vocab_size, layer.features
     if isinstance(layer, Dense):
         return int(np.prod(x_shape[1:-1])), params["W"].shape[0], layer.units
-    return x_shape[1], params["W_x"].shape[0], params["W_x"].shape[1]   # recurrent: W_x
+    return x_shape[1], params["W_x"].shape[0], params["W_x"].shape[1]  # recurrent: W_x
 
 
 def test_embedding_repeated_ids_and_pad_rows():
@@ -409,16 +494,18 @@ def test_embedding_repeated_ids_and_pad_rows():
     G[1, 2] = d[1, 1] + d[1, 2]
     dy = jnp.asarray(d)
     np.testing.assert_array_equal(layer.batch_grad(params, cache, dy)["W"], G)
-    np.testing.assert_allclose(layer.batch_l2(params, cache, dy)["W"],
-                               np.sum(np.square(G), axis=(1, 2)), rtol=1e-15)
+    np.testing.assert_allclose(
+        layer.batch_l2(params, cache, dy)["W"], np.sum(np.square(G), axis=(1, 2)), rtol=1e-15
+    )
     sgs = np.asarray(layer.sum_grad_squared(params, cache, dy)["W"])
     np.testing.assert_allclose(sgs, np.sum(np.square(G), axis=0), rtol=1e-15)
-    assert not np.any(sgs[0]) and not np.any(sgs[1])    # pad row and an unused row
+    assert not np.any(sgs[0]) and not np.any(sgs[1])  # pad row and an unused row
 
 
 # --------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------
+
 
 def test_bad_extensions_fail_with_clear_errors():
     """(More of the engine's argument errors are in tests/test_backprop.py.)"""

@@ -6,6 +6,7 @@ the model and the optimizer build, divergence, configuration traps (EarlyStoppin
 direction, learning rates and schedules, regularizer masks, shuffle, bfloat16 with Adam),
 and false alarms of check_gradients. Resume and checkpoints: tests/test_resume.py.
 """
+
 import dataclasses
 import math
 
@@ -57,6 +58,7 @@ def _fit(model, params, data, loss=CE, **kw):
 # 1. range checks that jit cannot make: checked once, on the concrete data
 # --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("where", ["train", "validation"])
 @pytest.mark.parametrize("bad,found", [(7, r"\[0, 7\]"), (-1, r"\[-1, 2\]")])
 def test_class_labels_out_of_range_are_named_in_fit(where, bad, found):
@@ -65,11 +67,15 @@ def test_class_labels_out_of_range_are_named_in_fit(where, bad, found):
     y_bad = y.copy()
     y_bad[5] = bad
     y_bad[[0, 1]] = [0, 2]
-    kw = (dict(data=(x, y_bad)) if where == "train"
-          else dict(data=(x, y), validation_data=(x, y_bad)))
-    with pytest.raises(ValueError, match=rf"{where}_data: y: softmax_cross_entropy: labels \(3 "
-                                         rf"classes\) must lie in \[0, 3\), got values in {found}: "
-                                         rf"1 of 8 out of range, the first at \[5\] = {bad}"):
+    kw = (
+        dict(data=(x, y_bad)) if where == "train" else dict(data=(x, y), validation_data=(x, y_bad))
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"{where}_data: y: softmax_cross_entropy: labels \(3 "
+        rf"classes\) must lie in \[0, 3\), got values in {found}: "
+        rf"1 of 8 out of range, the first at \[5\] = {bad}",
+    ):
         _fit(model, params, **kw)
 
 
@@ -77,9 +83,13 @@ def test_labels_are_checked_in_evaluate_and_check_gradients():
     model, params = _net(Dense)
     x, y = _data()
     y[3] = 3
-    with pytest.raises(ValueError, match=r"data: y: softmax_cross_entropy: labels .* first at \[3\] = 3"):
+    with pytest.raises(
+        ValueError, match=r"data: y: softmax_cross_entropy: labels .* first at \[3\] = 3"
+    ):
         jbp.evaluate(model, params, CE, (x, y))
-    with pytest.raises(ValueError, match=r"^y: softmax_cross_entropy: labels .* first at \[3\] = 3"):
+    with pytest.raises(
+        ValueError, match=r"^y: softmax_cross_entropy: labels .* first at \[3\] = 3"
+    ):
         jbp.check_gradients(model, CE, params, x, y)
 
 
@@ -88,15 +98,24 @@ def test_binary_targets_outside_unit_interval_and_negative_probabilities():
     x, _ = _data()
     t = np.random.default_rng(1).uniform(size=(8, 3)).astype(np.float32)
     t[3, 1] = 1.5
-    with pytest.raises(ValueError, match=r"train_data: y: binary_cross_entropy: targets must lie "
-                                         r"in \[0, 1\], got values in .*first at \[3, 1\] = 1.5"):
+    with pytest.raises(
+        ValueError,
+        match=r"train_data: y: binary_cross_entropy: targets must lie "
+        r"in \[0, 1\], got values in .*first at \[3, 1\] = 1.5",
+    ):
         _fit(model, params, (x, t), loss=losses.binary_cross_entropy)
     t[3, 1] = -0.25
-    with pytest.raises(ValueError, match=r"softmax_cross_entropy: target probabilities must lie in "
-                                         r"\[0, inf\].*first at \[3, 1\] = -0.25"):
+    with pytest.raises(
+        ValueError,
+        match=r"softmax_cross_entropy: target probabilities must lie in "
+        r"\[0, inf\].*first at \[3, 1\] = -0.25",
+    ):
         _fit(model, params, (x, t))
-    with pytest.raises(ValueError, match=r"validation_data: y: mse: target must have the "
-                                         r"prediction's shape \(n, 3\) = \(8, 3\), got \(8, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"validation_data: y: mse: target must have the "
+        r"prediction's shape \(n, 3\) = \(8, 3\), got \(8, 2\)",
+    ):
         _fit(model, params, (x, t), loss=losses.mse, validation_data=(x, t[:, :2]))
 
 
@@ -110,9 +129,12 @@ def test_embedding_ids_outside_the_vocabulary_are_named():
     ids, y = _ids(), np.arange(6) % 3
     bad = ids.copy()
     bad[2, 4] = 10
-    with pytest.raises(ValueError, match=r"train_data: x: layers\[0\] \(TripEmbedding\): .*token "
-                                         r"ids must lie in \[0, 10\), got values in \[0, 10\]: 1 of "
-                                         r"30 out of range, the first at \[2, 4\] = 10"):
+    with pytest.raises(
+        ValueError,
+        match=r"train_data: x: layers\[0\] \(TripEmbedding\): .*token "
+        r"ids must lie in \[0, 10\), got values in \[0, 10\]: 1 of "
+        r"30 out of range, the first at \[2, 4\] = 10",
+    ):
         _fit(model, params, (bad, y))
     bad[2, 4] = -3
     with pytest.raises(ValueError, match=r"validation_data: x: layers\[0\].*\[2, 4\] = -3"):
@@ -132,13 +154,19 @@ def test_embedding_ids_in_evaluate_and_check_gradients():
         jbp.check_gradients(model, CE, params, ids, y)
     # the layer's own check, for a model that is the Embedding itself
     with pytest.raises(ValueError, match=r"^x: Embedding\(vocab_size=10.*token ids"):
-        jbp.check_gradients(Embedding(10, 4), losses.mse, Embedding(10, 4).init(
-            jax.random.key(0), (5,))[0], ids, np.zeros((6, 5, 4), np.float32))
+        jbp.check_gradients(
+            Embedding(10, 4),
+            losses.mse,
+            Embedding(10, 4).init(jax.random.key(0), (5,))[0],
+            ids,
+            np.zeros((6, 5, 4), np.float32),
+        )
 
 
 # --------------------------------------------------------------------------------------
 # 2. two trees are compared before they are zipped
 # --------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class ForgetsBias(Dense):
@@ -158,9 +186,14 @@ class ExtraLeaf(Dense):
 
 def test_check_gradients_names_a_missing_or_extra_gradient_leaf():
     x, y = _data()
-    for last, match in [(ForgetsBias, r"the hand-written gradient does not have the structure of "
-                                      r"params: missing in the hand-written gradient: layers\[2\]\.b"),
-                        (ExtraLeaf, r"not in params: layers\[2\]\.extra")]:
+    for last, match in [
+        (
+            ForgetsBias,
+            r"the hand-written gradient does not have the structure of "
+            r"params: missing in the hand-written gradient: layers\[2\]\.b",
+        ),
+        (ExtraLeaf, r"not in params: layers\[2\]\.extra"),
+    ]:
         model = jbp.Sequential([Dense(5), Tanh(), last(3)])
         params, _ = model.init(jax.random.key(0), (4,))
         with pytest.raises(ValueError, match=match):
@@ -177,9 +210,12 @@ def test_fit_names_a_missing_gradient_leaf_before_running():
 def test_a_regularizer_mask_that_matches_no_leaf():
     model, params = _net()
     reg = regularizers.l2(1e-3, mask=lambda name: name.endswith(".kernel"))
-    with pytest.raises(ValueError, match=r"regularizer: the mask of L2\(strength=0.001.* matches no "
-                                         r"leaf of params, so the penalty would be 0; the "
-                                         r"floating-point leaves are layers\[0\]\.W, layers\[0\]\.b"):
+    with pytest.raises(
+        ValueError,
+        match=r"regularizer: the mask of L2\(strength=0.001.* matches no "
+        r"leaf of params, so the penalty would be 0; the "
+        r"floating-point leaves are layers\[0\]\.W, layers\[0\]\.b",
+    ):
         _fit(model, params, _data(), regularizer=reg)
     dense, dense_params = _net(Dense)
     with pytest.raises(ValueError, match="matches no leaf"):
@@ -196,6 +232,7 @@ def test_a_regularizer_mask_that_matches_no_leaf():
 # 3. params, optimizer state and model state against what the model / optimizer build
 # --------------------------------------------------------------------------------------
 
+
 def _with(params, i, **leaves):
     layer = dict(params[i])
     for k, v in leaves.items():
@@ -203,15 +240,35 @@ def _with(params, i, **leaves):
             layer.pop(k)
         else:
             layer[k] = v
-    return params[:i] + (layer,) + params[i + 1:]
+    return params[:i] + (layer,) + params[i + 1 :]
 
 
 BAD_PARAMS = [
-    ("width", dict(W=jnp.zeros((4, 5))), r"layers\[0\]\.W: expected shape \(4, 8\), found \(4, 5\)"),
-    ("bias broadcasts", dict(b=jnp.zeros((1,))), r"layers\[0\]\.b: expected shape \(8,\), found \(1,\)"),
-    ("transposed", dict(W=jnp.zeros((8, 4))), r"layers\[0\]\.W: expected shape \(4, 8\), found \(8, 4\) \(transposed\?\)"),
-    ("missing key", dict(b=None), r"structure differs from model.init\(key, \(4,\)\): missing layers\[0\]\.b"),
-    ("integer", dict(W=jnp.zeros((4, 8), jnp.int32)), r"layers\[0\]\.W: expected a floating-point array, found dtype int32"),
+    (
+        "width",
+        dict(W=jnp.zeros((4, 5))),
+        r"layers\[0\]\.W: expected shape \(4, 8\), found \(4, 5\)",
+    ),
+    (
+        "bias broadcasts",
+        dict(b=jnp.zeros((1,))),
+        r"layers\[0\]\.b: expected shape \(8,\), found \(1,\)",
+    ),
+    (
+        "transposed",
+        dict(W=jnp.zeros((8, 4))),
+        r"layers\[0\]\.W: expected shape \(4, 8\), found \(8, 4\) \(transposed\?\)",
+    ),
+    (
+        "missing key",
+        dict(b=None),
+        r"structure differs from model.init\(key, \(4,\)\): missing layers\[0\]\.b",
+    ),
+    (
+        "integer",
+        dict(W=jnp.zeros((4, 8), jnp.int32)),
+        r"layers\[0\]\.W: expected a floating-point array, found dtype int32",
+    ),
 ]
 
 
@@ -229,14 +286,19 @@ def test_check_params_names_leaf_expected_and_found(case, leaves, match):
 def test_params_of_another_model_and_odd_leaves():
     model, _ = _net()
     other, _ = jbp.Sequential([Dense(8), Dense(3)]).init(jax.random.key(0), (4,))
-    with pytest.raises(ValueError, match=r"missing layers\[2\]\.W, layers\[2\]\.b; unexpected "
-                                         r"layers\[1\]\.W, layers\[1\]\.b; were they made by "
-                                         r"this model's init"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing layers\[2\]\.W, layers\[2\]\.b; unexpected "
+        r"layers\[1\]\.W, layers\[1\]\.b; were they made by "
+        r"this model's init",
+    ):
         jbp.check_params(model, other, (4,))
     _, params = _net()
     with pytest.raises(TypeError, match=r"params: layers\[0\]\.W is a str, expected an array"):
         jbp.check_params(model, _with(params, 0, W="weights"), (4,))
-    with pytest.raises(TypeError, match=r"in_shape: expected a tuple of ints.*got the int 4; write \(4,\)"):
+    with pytest.raises(
+        TypeError, match=r"in_shape: expected a tuple of ints.*got the int 4; write \(4,\)"
+    ):
         jbp.check_params(model, params, 4)
 
 
@@ -244,8 +306,11 @@ def test_evaluate_and_check_gradients_check_params():
     model, params = _net(Dense)
     bad = _with(params, 2, W=jnp.zeros((3, 8)))
     x, y = _data()
-    with pytest.raises(ValueError, match=r"layers\[2\]\.W: expected shape \(8, 3\), found \(3, 8\) "
-                                         r"\(transposed\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"layers\[2\]\.W: expected shape \(8, 3\), found \(3, 8\) "
+        r"\(transposed\?\)",
+    ):
         jbp.evaluate(model, bad, CE, (x, y))
     with pytest.raises(ValueError, match=r"layers\[2\]\.b: expected shape \(3,\), found \(1,\)"):
         jbp.check_gradients(model, CE, _with(params, 2, b=jnp.zeros(1)), x, y)
@@ -253,31 +318,51 @@ def test_evaluate_and_check_gradients_check_params():
 
 def test_optimizer_state_of_another_optimizer_or_other_params():
     model, params = _net()
-    with pytest.raises(ValueError, match=r"opt_state: the structure differs from "
-                                         r"optimizer.init\(params\): missing opt_state\.states\[0\]"
-                                         r"\.mu\[0\]\['W'\].*is it the state of this optimizer"):
-        _fit(model, params, _data(), optimizer=optim.adam(1e-3),
-             opt_state=optim.sgd(0.1).init(params))
+    with pytest.raises(
+        ValueError,
+        match=r"opt_state: the structure differs from "
+        r"optimizer.init\(params\): missing opt_state\.states\[0\]"
+        r"\.mu\[0\]\['W'\].*is it the state of this optimizer",
+    ):
+        _fit(
+            model,
+            params,
+            _data(),
+            optimizer=optim.adam(1e-3),
+            opt_state=optim.sgd(0.1).init(params),
+        )
     other = _with(params, 0, W=jnp.zeros((4, 5)), b=jnp.zeros(5))
-    with pytest.raises(ValueError, match=r"opt_state: shapes differ from optimizer.init\(params\): "
-                                         r"opt_state\.states\[0\]\.trace\[0\]\['W'\]: expected "
-                                         r"shape \(4, 8\), found \(4, 5\)"):
-        _fit(model, params, _data(), optimizer=optim.momentum(0.1),
-             opt_state=optim.momentum(0.1).init(other))
+    with pytest.raises(
+        ValueError,
+        match=r"opt_state: shapes differ from optimizer.init\(params\): "
+        r"opt_state\.states\[0\]\.trace\[0\]\['W'\]: expected "
+        r"shape \(4, 8\), found \(4, 5\)",
+    ):
+        _fit(
+            model,
+            params,
+            _data(),
+            optimizer=optim.momentum(0.1),
+            opt_state=optim.momentum(0.1).init(other),
+        )
 
 
 def test_model_state_of_another_model():
     model = jbp.Sequential([Dense(8), BatchNorm(), Tripwire(3)])
     params, _ = model.init(jax.random.key(0), (4,))
     state = jbp.Sequential([Dense(6), BatchNorm(), Dense(3)]).init_state((4,))
-    with pytest.raises(ValueError, match=r"state: shapes differ from model.init_state\(\(4,\)\): "
-                                         r"layers\[1\]\.\w+: expected shape \(8,\), found \(6,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"state: shapes differ from model.init_state\(\(4,\)\): "
+        r"layers\[1\]\.\w+: expected shape \(8,\), found \(6,\)",
+    ):
         _fit(model, params, _data(), state=state)
 
 
 # --------------------------------------------------------------------------------------
 # 4. divergence: stop at the first non-finite epoch (default), raise, or ignore
 # --------------------------------------------------------------------------------------
+
 
 def _diverging(**kw):
     """Least squares with a step far too large: the loss grows ~100x a step and overflows."""
@@ -289,8 +374,19 @@ def _diverging(**kw):
     def record(epoch, logs, p):
         seen.append(p)
 
-    out = jbp.fit(model, params, losses.mse, optim.sgd(5.0), (x, 3 * x), batch_size=4,
-                  epochs=8, metrics=("loss",), key=jax.random.key(0), callbacks=[record], **kw)
+    out = jbp.fit(
+        model,
+        params,
+        losses.mse,
+        optim.sgd(5.0),
+        (x, 3 * x),
+        batch_size=4,
+        epochs=8,
+        metrics=("loss",),
+        key=jax.random.key(0),
+        callbacks=[record],
+        **kw,
+    )
     return out, seen
 
 
@@ -304,7 +400,10 @@ def test_divergence_stops_and_returns_the_last_finite_parameters(capsys):
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(seen[-1])):
         assert np.array_equal(np.asarray(a), np.asarray(b)) and np.isfinite(np.asarray(a)).all()
     out = capsys.readouterr().out
-    assert f"diverged at epoch {d}: loss inf; stopped, returning the parameters after epoch {d - 1}" in out
+    assert (
+        f"diverged at epoch {d}: loss inf; stopped, returning the parameters after epoch {d - 1}"
+        in out
+    )
     assert jbp.History.from_json(history.to_json()).diverged == d
 
 
@@ -315,8 +414,11 @@ def test_divergence_raise_and_ignore():
     assert len(history) == 8 and history.diverged is None
     assert not all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(params))
     model, params = _net()
-    with pytest.raises(ValueError, match=r"on_nonfinite: expected one of \('stop', 'raise', "
-                                         r"'ignore'\), got 'warn'"):
+    with pytest.raises(
+        ValueError,
+        match=r"on_nonfinite: expected one of \('stop', 'raise', "
+        r"'ignore'\), got 'warn'",
+    ):
         _fit(model, params, _data(), on_nonfinite="warn")
 
 
@@ -324,10 +426,22 @@ def test_divergence_raise_and_ignore():
 # 5. configuration traps
 # --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("monitor,mode", [
-    ("val_accuracy", "max"), ("accuracy", "max"), ("test_accuracy", "max"), ("val_auc", "max"),
-    ("val_loss", "min"), ("loss", "min"), ("val_mse", "min"), ("rmse", "min"), ("val_mae", "min"),
-    ("penalty", "min")])
+
+@pytest.mark.parametrize(
+    "monitor,mode",
+    [
+        ("val_accuracy", "max"),
+        ("accuracy", "max"),
+        ("test_accuracy", "max"),
+        ("val_auc", "max"),
+        ("val_loss", "min"),
+        ("loss", "min"),
+        ("val_mse", "min"),
+        ("rmse", "min"),
+        ("val_mae", "min"),
+        ("penalty", "min"),
+    ],
+)
 def test_early_stopping_infers_its_direction(monitor, mode):
     assert EarlyStopping(monitor).mode == mode == infer_mode(monitor)
     other = {"min": "max", "max": "min"}[mode]
@@ -341,17 +455,25 @@ def test_early_stopping_on_val_accuracy_keeps_the_best_epoch():
     assert stops == [None, None, None, None, True]
     assert (es.best_epoch, es.best_value) == (2, 0.9)
     assert es.on_train_end("last") == ("params@2", ())
-    with pytest.raises(ValueError, match=r"cannot tell whether 'val_f2_macro' should go up or "
-                                         r"down; pass mode='min' or mode='max'"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot tell whether 'val_f2_macro' should go up or "
+        r"down; pass mode='min' or mode='max'",
+    ):
         EarlyStopping("val_f2_macro")
 
 
-@pytest.mark.parametrize("make", [optim.sgd, optim.momentum, optim.adagrad, optim.rmsprop,
-                                  optim.adam, optim.adamw])
+@pytest.mark.parametrize(
+    "make", [optim.sgd, optim.momentum, optim.adagrad, optim.rmsprop, optim.adam, optim.adamw]
+)
 @pytest.mark.parametrize("lr", [float("inf"), float("nan"), -1e-3])
 def test_learning_rates_must_be_finite_and_positive(make, lr):
-    with pytest.raises(ValueError, match=r"learning_rate must be a finite number in \(0.0, inf\)"
-                                         if math.isinf(lr) else "learning_rate must be in"):
+    with pytest.raises(
+        ValueError,
+        match=r"learning_rate must be a finite number in \(0.0, inf\)"
+        if math.isinf(lr)
+        else "learning_rate must be in",
+    ):
         make(lr)
 
 
@@ -362,31 +484,45 @@ def test_other_hyperparameters_must_be_finite():
         optim.clip_by_global_norm(float("inf"))
 
 
-@pytest.mark.parametrize("schedule,match", [
-    (optim.linear_schedule(0.1, -0.1, 100), r"yields -0.00\d+ at step 51"),
-    (lambda t: 1.0 / (10 - t), r"yields inf at step 10"),
-    (lambda t: jnp.sqrt(0.5 - t / 1000.0), r"yields nan at step 501"),
-    (optim.exponential_decay(0.1, 1, 2.0), r"yields inf at step \d+.*bound a growing schedule"),
-    (lambda t: -0.1 if t > 20 else 0.1, r"yields -0.1 at step 21"),  # not vectorised: per step
-])
+@pytest.mark.parametrize(
+    "schedule,match",
+    [
+        (optim.linear_schedule(0.1, -0.1, 100), r"yields -0.00\d+ at step 51"),
+        (lambda t: 1.0 / (10 - t), r"yields inf at step 10"),
+        (lambda t: jnp.sqrt(0.5 - t / 1000.0), r"yields nan at step 501"),
+        (optim.exponential_decay(0.1, 1, 2.0), r"yields inf at step \d+.*bound a growing schedule"),
+        (lambda t: -0.1 if t > 20 else 0.1, r"yields -0.1 at step 21"),  # not vectorised: per step
+    ],
+)
 def test_schedules_with_negative_or_non_finite_rates(schedule, match):
     with pytest.raises(ValueError, match=r"sgd: learning_rate: the schedule " + match):
         optim.sgd(schedule)
 
 
 def test_valid_schedules_that_reach_zero_are_accepted():
-    for s in [optim.cosine_decay_schedule(0.1, 100), optim.warmup_cosine_decay_schedule(0.0, 0.1, 10, 100),
-              optim.piecewise_constant_schedule(0.1, {10: 0.5}), optim.linear_schedule(0.1, 0.0, 50),
-              optim.join_schedules([optim.constant_schedule(0.1), optim.constant_schedule(0.01)], [5])]:
+    for s in [
+        optim.cosine_decay_schedule(0.1, 100),
+        optim.warmup_cosine_decay_schedule(0.0, 0.1, 10, 100),
+        optim.piecewise_constant_schedule(0.1, {10: 0.5}),
+        optim.linear_schedule(0.1, 0.0, 50),
+        optim.join_schedules([optim.constant_schedule(0.1), optim.constant_schedule(0.01)], [5]),
+    ]:
         optim.adam(s)
 
 
-@pytest.mark.parametrize("boundaries,exc,match", [
-    ([10, 5], ValueError, r"boundaries must be strictly increasing steps, got \[10, 5\]"),
-    ([5, 5], ValueError, r"boundaries must be strictly increasing.*schedules\[1\] would never run"),
-    ([-1, 5], ValueError, r"boundaries\[0\] must be >= 0"),
-    ([2.5, 5], TypeError, r"boundaries\[0\] must be an int"),
-])
+@pytest.mark.parametrize(
+    "boundaries,exc,match",
+    [
+        ([10, 5], ValueError, r"boundaries must be strictly increasing steps, got \[10, 5\]"),
+        (
+            [5, 5],
+            ValueError,
+            r"boundaries must be strictly increasing.*schedules\[1\] would never run",
+        ),
+        ([-1, 5], ValueError, r"boundaries\[0\] must be >= 0"),
+        ([2.5, 5], TypeError, r"boundaries\[0\] must be an int"),
+    ],
+)
 def test_join_schedules_boundaries(boundaries, exc, match):
     c = optim.constant_schedule(0.1)
     with pytest.raises(exc, match="join_schedules: " + match):
@@ -400,13 +536,17 @@ def test_shuffle_and_drop_last_must_be_bools(arg, value):
         _fit(model, params, _data(), **{arg: value})
 
 
-@pytest.mark.parametrize("make", [optim.adam, optim.rmsprop, optim.adagrad,
-                                  lambda lr: optim.sgd(lr, momentum=0.9)],
-                         ids=["adam", "rmsprop", "adagrad", "momentum"])
+@pytest.mark.parametrize(
+    "make",
+    [optim.adam, optim.rmsprop, optim.adagrad, lambda lr: optim.sgd(lr, momentum=0.9)],
+    ids=["adam", "rmsprop", "adagrad", "momentum"],
+)
 def test_low_precision_params_get_float32_statistics(make):
     rng = np.random.default_rng(3)
-    params = {"W": jnp.asarray(rng.standard_normal((3, 4)), jnp.bfloat16),
-              "s": jnp.asarray(rng.standard_normal(4), jnp.float16)}
+    params = {
+        "W": jnp.asarray(rng.standard_normal((3, 4)), jnp.bfloat16),
+        "s": jnp.asarray(rng.standard_normal(4), jnp.float16),
+    }
     grads = jax.tree.map(lambda p: (p * 0.5 + 0.25).astype(p.dtype), params)
     opt = make(1e-2)
     state = opt.init(params)
@@ -431,8 +571,9 @@ def test_adam_first_step_on_bfloat16_matches_the_equations():
     opt = optim.adam(lr, eps=eps)
     u, _ = opt.update(g, opt.init(p), p)
     gb = np.asarray(g["W"], np.float64)  # the bfloat16 gradient, exactly
-    np.testing.assert_allclose(np.asarray(u["W"], np.float64), -lr * gb / (np.abs(gb) + eps),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(u["W"], np.float64), -lr * gb / (np.abs(gb) + eps), rtol=1e-6
+    )
 
 
 def test_bfloat16_mlp_trains_with_adam_like_float32():
@@ -442,8 +583,14 @@ def test_bfloat16_mlp_trains_with_adam_like_float32():
     params, _ = model.init(jax.random.key(0), (64,))
     kw = dict(epochs=12, key=jax.random.key(1), verbose=0, metrics=("loss",))  # full batch
     _, h32 = jbp.fit(model, params, CE, optim.adam(3e-2), (x, y), **kw)
-    p16, h16 = jbp.fit(model, jbp.cast(params, jnp.bfloat16), CE, optim.adam(3e-2),
-                       (x.astype(jnp.bfloat16), y), **kw)
+    p16, h16 = jbp.fit(
+        model,
+        jbp.cast(params, jnp.bfloat16),
+        CE,
+        optim.adam(3e-2),
+        (x.astype(jnp.bfloat16), y),
+        **kw,
+    )
     assert h16.diverged is None and all(math.isfinite(v) for v in h16["loss"])
     assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(p16))
     assert h16["loss"][-1] < 0.2 * h16["loss"][0]  # it learns
@@ -453,6 +600,7 @@ def test_bfloat16_mlp_trains_with_adam_like_float32():
 # --------------------------------------------------------------------------------------
 # 6. check_gradients: no false alarm on a leaf whose true gradient is 0
 # --------------------------------------------------------------------------------------
+
 
 def _bn_problem(dtype, last=Dense, scale=100.0):
     """Dense → BatchNorm: the Dense bias has a true gradient of exactly 0 (BatchNorm
@@ -477,7 +625,11 @@ def test_a_zero_gradient_leaf_passes_and_the_report_names_the_bound(dtype):
     assert rows["layers[0].b"].fd_bound in ("others", "loss")
     assert rows["layers[0].W"].bound == "leaf" and rows["layers[0].W"].fd_bound == "leaf"
     text = str(report)
-    assert "bound" in text and "others/" in text and "bounds: leaf = its own gradient; others = 0.01 x" in text
+    assert (
+        "bound" in text
+        and "others/" in text
+        and "bounds: leaf = its own gradient; others = 0.01 x" in text
+    )
 
 
 @dataclasses.dataclass(frozen=True)

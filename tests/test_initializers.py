@@ -1,4 +1,5 @@
 """Tests for jbp.initializers: variances vs formulas, bounds, orthogonality, API."""
+
 import math
 
 import jax
@@ -50,8 +51,9 @@ def test_compute_fans():
     assert I.compute_fans(()) == (1, 1)
 
 
-@pytest.mark.parametrize("factory,dist,varfn", VARIANCE_SCALING,
-                         ids=[f[0].__name__ for f in VARIANCE_SCALING])
+@pytest.mark.parametrize(
+    "factory,dist,varfn", VARIANCE_SCALING, ids=[f[0].__name__ for f in VARIANCE_SCALING]
+)
 @pytest.mark.parametrize("shape", [DENSE, CONV], ids=["dense", "conv"])
 def test_variance_scaling_moments(factory, dist, varfn, shape):
     fan_in, fan_out = I.compute_fans(shape)
@@ -118,8 +120,19 @@ def test_rank_one_orthogonal_rejected():
         I.orthogonal()(KEY, (5,))
 
 
-@pytest.mark.parametrize("factory", [I.glorot_normal, I.he_uniform, I.lecun_normal,
-                                     I.normal, I.uniform, I.orthogonal, I.zeros, I.ones])
+@pytest.mark.parametrize(
+    "factory",
+    [
+        I.glorot_normal,
+        I.he_uniform,
+        I.lecun_normal,
+        I.normal,
+        I.uniform,
+        I.orthogonal,
+        I.zeros,
+        I.ones,
+    ],
+)
 def test_dtypes(factory):
     assert factory()(KEY, (6, 4)).dtype == jnp.float32
     assert factory()(KEY, (6, 4), jnp.float64).dtype == jnp.float64
@@ -176,10 +189,11 @@ def test_get():
     assert I.get("orthogonal") == I.orthogonal()
     init = I.normal(0.5)
     assert I.get(init) is init
-    assert I.get(I.he_uniform) == I.he_uniform()   # factory given without calling
+    assert I.get(I.he_uniform) == I.he_uniform()  # factory given without calling
 
     def custom(key, shape, dtype=jnp.float32):
         return jnp.full(shape, 7.0, dtype)
+
     assert I.get(custom) is custom
 
 

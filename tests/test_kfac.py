@@ -1,6 +1,7 @@
 """The K-FAC optimizer: its update against the equations evaluated with numpy (float64), the
 moving averages and the inverse refresh schedule, Newton's step on least squares, the
 training-step hook and bad input."""
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -22,8 +23,10 @@ def _np_inverses(A, B, damping):
     A, B = np.asarray(A, np.float64), np.asarray(B, np.float64)
     pi = np.sqrt((np.trace(A) / A.shape[0]) / (np.trace(B) / B.shape[0]))
     r = np.sqrt(damping)
-    return (np.linalg.inv(A + pi * r * np.eye(A.shape[0])),
-            np.linalg.inv(B + r / pi * np.eye(B.shape[0])))
+    return (
+        np.linalg.inv(A + pi * r * np.eye(A.shape[0])),
+        np.linalg.inv(B + r / pi * np.eye(B.shape[0])),
+    )
 
 
 def _np_precondition(g, inv):
@@ -54,8 +57,15 @@ def test_two_updates_follow_the_equations(mlp_pass, momentum, norm_constraint):
     constraint as written in the module docstring."""
     params, out = mlp_pass
     lr, damping, decay = 0.3, 0.05, 0.8
-    opt = optim.kfac(lr, damping=damping, decay=decay, inverse_every=2, momentum=momentum,
-                     norm_constraint=norm_constraint, curvature=KFLR())
+    opt = optim.kfac(
+        lr,
+        damping=damping,
+        decay=decay,
+        inverse_every=2,
+        momentum=momentum,
+        norm_constraint=norm_constraint,
+        curvature=KFLR(),
+    )
     state = opt.init(params)
     update = jax.jit(opt.update)
     f0 = _leaves(out.extras["kflr"])
@@ -69,12 +79,12 @@ def test_two_updates_follow_the_equations(mlp_pass, momentum, norm_constraint):
 
     inv0 = [_np_inverses(f.A, f.B, damping) for f in f0]
     vel = [np.zeros(np.shape(g)) for g in jax.tree.leaves(g0)]
-    for g, u, inv in ((g0, u0, inv0), (g1, u1, inv0)):             # step 1 reuses inv0
+    for g, u, inv in ((g0, u0, inv0), (g1, u1, inv0)):  # step 1 reuses inv0
         v = [_np_precondition(gl, i) for gl, i in zip(jax.tree.leaves(g), inv)]
         if norm_constraint is not None:
             vg = sum(np.sum(a * np.asarray(gl)) for a, gl in zip(v, jax.tree.leaves(g)))
             nu = np.sqrt(norm_constraint / (lr * lr * vg))
-            assert nu < 0.5                                          # the cap is active
+            assert nu < 0.5  # the cap is active
             v = [a * nu for a in v]
         vel = [momentum * m + a for m, a in zip(vel, v)]
         for got, want in zip(jax.tree.leaves(u), vel):
@@ -94,7 +104,7 @@ def test_the_inverses_are_refreshed_every_k_steps(mlp_pass):
     for _ in range(3):
         _, state = update(out.grads, state, params, extras=out.extras)
         seen.append(_leaves(state.inverses))
-    f = _leaves(out.extras["kflr"])            # constant factors: the averages equal them
+    f = _leaves(out.extras["kflr"])  # constant factors: the averages equal them
     for _step, inverses in enumerate(seen):
         for got, fl in zip(inverses, f):
             Ai, Bi = _np_inverses(fl.A, fl.B, 0.01)
@@ -123,10 +133,10 @@ def test_one_step_on_least_squares_is_newtons_step():
     model = jbp.Sequential([Dense(2, use_bias=False)])
     params, _ = model.init(jax.random.key(1), (6,))
     params = jbp.cast(params, jnp.float64)
-    opt = optim.kfac(1.0, damping=1e-20, curvature=KFLR())      # √λ = 1e-10
+    opt = optim.kfac(1.0, damping=1e-20, curvature=KFLR())  # √λ = 1e-10
     step = jax.jit(jbp.make_train_step(model, L.mse, opt, extensions=[BatchL2()]))
     params, _, logs, _ = step(params, opt.init(params), x, y, jax.random.key(0))
-    assert set(logs["extras"]) == {"batch_l2", "kflr"}     # the step merges both requests
+    assert set(logs["extras"]) == {"batch_l2", "kflr"}  # the step merges both requests
     W, *_ = np.linalg.lstsq(np.asarray(x), np.asarray(y), rcond=None)
     np.testing.assert_allclose(params[0]["W"], W, rtol=1e-8, atol=1e-12)
 
@@ -137,8 +147,18 @@ def test_fit_trains_with_kfac():
     model = jbp.Sequential([Dense(32), Tanh(), Dense(10)])
     params, _ = model.init(jax.random.key(0), x.shape[1:])
     opt = optim.kfac(0.05, damping=1e-2, inverse_every=5)
-    params, history = jbp.fit(model, params, L.softmax_cross_entropy, opt, (x, y), batch_size=50,
-                              epochs=2, key=jax.random.key(1), metrics=("loss",), verbose=0)
+    params, history = jbp.fit(
+        model,
+        params,
+        L.softmax_cross_entropy,
+        opt,
+        (x, y),
+        batch_size=50,
+        epochs=2,
+        key=jax.random.key(1),
+        metrics=("loss",),
+        verbose=0,
+    )
     assert history["loss"][-1] < 0.5 * history["loss"][0]
     assert np.mean(np.argmax(model.apply(params, jnp.asarray(x)), -1) == y) > 0.8
     assert int(history.opt_state.count) == 2 * 8
@@ -146,9 +166,13 @@ def test_fit_trains_with_kfac():
 
 def test_bad_arguments(mlp_pass):
     params, out = mlp_pass
-    for kwargs, match in [({"damping": 0.0}, "damping"), ({"decay": 1.0}, "decay"),
-                          ({"momentum": 1.0}, "momentum"), ({"inverse_every": 0}, "inverse_every"),
-                          ({"norm_constraint": -1.0}, "norm_constraint")]:
+    for kwargs, match in [
+        ({"damping": 0.0}, "damping"),
+        ({"decay": 1.0}, "decay"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"inverse_every": 0}, "inverse_every"),
+        ({"norm_constraint": -1.0}, "norm_constraint"),
+    ]:
         with pytest.raises(ValueError, match=match):
             optim.kfac(0.1, **kwargs)
     with pytest.raises(ValueError, match="learning_rate"):
@@ -163,8 +187,11 @@ def test_bad_arguments(mlp_pass):
     with pytest.raises(ValueError, match="update needs the Kronecker factors"):
         chained = optim.chain(optim.clip_by_global_norm(1.0), opt)
         chained.update(out.grads, chained.init(params), params)
-    bad = jax.tree.map(lambda f: KronFactors(f.A[:1, :1], f.B), out.extras["kflr"],
-                       is_leaf=lambda f: isinstance(f, KronFactors))
+    bad = jax.tree.map(
+        lambda f: KronFactors(f.A[:1, :1], f.B),
+        out.extras["kflr"],
+        is_leaf=lambda f: isinstance(f, KronFactors),
+    )
     with pytest.raises(ValueError, match=r"leaf \[0\]\['W'\] of shape \(5, 4\) needs factors"):
         opt.update(out.grads, state, params, extras={"kfac": bad})
     model = jbp.Sequential([Dense(3)])

@@ -1,4 +1,5 @@
 """Every core layer's hand-written backward against jax.vjp of its forward."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,8 +21,18 @@ from jbp.layers import (
     Tanh,
 )
 
-ACTIVATIONS = [Identity(), Sigmoid(), Tanh(), ReLU(), LeakyReLU(0.2), ELU(0.7), Softplus(),
-               GELU(), GELU(approximate=True), Softmax()]
+ACTIVATIONS = [
+    Identity(),
+    Sigmoid(),
+    Tanh(),
+    ReLU(),
+    LeakyReLU(0.2),
+    ELU(0.7),
+    Softplus(),
+    GELU(),
+    GELU(approximate=True),
+    Softmax(),
+]
 SHAPES = [(1, 5), (7, 3), (4, 6, 5)]
 DTYPES = [jnp.float64, jnp.float32]
 
@@ -84,15 +95,23 @@ def test_flatten_backward(dtype):
     assert out_shape == (40,)
     y, cache = layer.forward(params, x)
     dy = rand(rng, y.shape, dtype)
-    assert_trees_close(layer.backward(params, cache, dy), vjp_reference(layer, params, x, dy), dtype)
+    assert_trees_close(
+        layer.backward(params, cache, dy), vjp_reference(layer, params, x, dy), dtype
+    )
 
 
 def test_activation_values_match_jax_nn():
     x = jnp.asarray(np.random.default_rng(5).standard_normal((4, 9)) * 3)
-    pairs = [(Sigmoid(), jax.nn.sigmoid), (Tanh(), jnp.tanh), (ReLU(), jax.nn.relu),
-             (LeakyReLU(0.1), lambda z: jax.nn.leaky_relu(z, 0.1)), (ELU(0.5), lambda z: jax.nn.elu(z, 0.5)),
-             (Softplus(), jax.nn.softplus), (GELU(), lambda z: jax.nn.gelu(z, approximate=False)),
-             (Softmax(), jax.nn.softmax)]
+    pairs = [
+        (Sigmoid(), jax.nn.sigmoid),
+        (Tanh(), jnp.tanh),
+        (ReLU(), jax.nn.relu),
+        (LeakyReLU(0.1), lambda z: jax.nn.leaky_relu(z, 0.1)),
+        (ELU(0.5), lambda z: jax.nn.elu(z, 0.5)),
+        (Softplus(), jax.nn.softplus),
+        (GELU(), lambda z: jax.nn.gelu(z, approximate=False)),
+        (Softmax(), jax.nn.softmax),
+    ]
     for layer, ref in pairs:
         np.testing.assert_allclose(layer.apply((), x), ref(x), rtol=1e-12, atol=1e-14)
 

@@ -1,4 +1,5 @@
 """Losses: values against independent numpy formulas, gradients against jax.grad."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,8 +23,9 @@ def test_mse(dtype, n, k):
     expect = sum(np.sum((t[i] - p[i]) ** 2) for i in range(n)) / (2 * n)  # the seed's 1/(2n)
     assert losses.mse(pred, target).dtype == dtype
     np.testing.assert_allclose(losses.mse.value(pred, target), expect, **TOL[dtype])
-    np.testing.assert_allclose(losses.mse.grad(pred, target), jax.grad(losses.mse.value)(pred, target),
-                               **TOL[dtype])
+    np.testing.assert_allclose(
+        losses.mse.grad(pred, target), jax.grad(losses.mse.value)(pred, target), **TOL[dtype]
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["f64", "f32"])
@@ -36,8 +38,11 @@ def test_binary_cross_entropy(dtype, shape):
     s = 1 / (1 + np.exp(-zz))
     expect = -np.sum(tt * np.log(s) + (1 - tt) * np.log(1 - s)) / shape[0]
     np.testing.assert_allclose(losses.binary_cross_entropy(z, t), expect, **TOL[dtype])
-    np.testing.assert_allclose(losses.binary_cross_entropy.grad(z, t),
-                               jax.grad(losses.binary_cross_entropy.value)(z, t), **TOL[dtype])
+    np.testing.assert_allclose(
+        losses.binary_cross_entropy.grad(z, t),
+        jax.grad(losses.binary_cross_entropy.value)(z, t),
+        **TOL[dtype],
+    )
 
 
 def test_binary_cross_entropy_is_stable_for_huge_logits():
@@ -50,8 +55,10 @@ def test_binary_cross_entropy_is_stable_for_huge_logits():
 
 def test_binary_cross_entropy_accepts_flat_targets_for_one_logit():
     z = jnp.array([[0.3], [-1.2]])
-    np.testing.assert_allclose(losses.binary_cross_entropy(z, jnp.array([1.0, 0.0])),
-                               losses.binary_cross_entropy(z, jnp.array([[1.0], [0.0]])))
+    np.testing.assert_allclose(
+        losses.binary_cross_entropy(z, jnp.array([1.0, 0.0])),
+        losses.binary_cross_entropy(z, jnp.array([[1.0], [0.0]])),
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["f64", "f32"])
@@ -66,7 +73,9 @@ def test_softmax_cross_entropy_labels_onehot_and_probabilities(dtype, n, k):
     np.testing.assert_allclose(ce(z, labels), expect, **TOL[dtype])
     onehot = jax.nn.one_hot(labels, k, dtype=dtype)
     np.testing.assert_allclose(ce(z, onehot), expect, **TOL[dtype])
-    np.testing.assert_allclose(ce.grad(z, labels), (_np_softmax(zz) - np.asarray(onehot)) / n, **TOL[dtype])
+    np.testing.assert_allclose(
+        ce.grad(z, labels), (_np_softmax(zz) - np.asarray(onehot)) / n, **TOL[dtype]
+    )
     probs = jnp.asarray(_np_softmax(rng.standard_normal((n, k))), dtype)
     np.testing.assert_allclose(ce.grad(z, probs), jax.grad(ce.value)(z, probs), **TOL[dtype])
     # Unnormalised targets: the gradient formula keeps the Σt factor.
@@ -86,16 +95,59 @@ def test_accuracy():
     assert float(losses.accuracy(jnp.array([[0.5], [-0.2]]), jnp.array([1.0, 1.0]))) == 0.5
 
 
-@pytest.mark.parametrize("loss,pred,target,match", [
-    (losses.mse, np.zeros((4, 2)), np.zeros((4, 3)), r"mse: target must have the prediction's shape \(4, 2\), got \(4, 3\)"),
-    (losses.binary_cross_entropy, np.zeros((4, 1)), np.full((4, 1), 2.0), r"targets must lie in \[0, 1\]"),
-    (losses.binary_cross_entropy, np.zeros((4, 2)), np.zeros((3, 2)), r"target must have the logits' shape"),
-    (losses.softmax_cross_entropy, np.zeros((4, 3)), np.array([0, 1, 3, 2]), r"labels must lie in \[0, 3\)"),
-    (losses.softmax_cross_entropy, np.zeros((4, 3)), np.array([0, -1, 2, 2]), r"labels must lie in \[0, 3\)"),
-    (losses.softmax_cross_entropy, np.zeros((4, 3)), np.array([[0, 1, 2, 1]]), r"integer labels must have shape \(4,\)"),
-    (losses.softmax_cross_entropy, np.zeros((4, 3)), np.zeros((4, 2)), r"probabilities of shape \(4, 3\)"),
-    (losses.softmax_cross_entropy, np.zeros(4), np.zeros(4, int), r"logits must have shape \(batch, classes\)"),
-])
+@pytest.mark.parametrize(
+    "loss,pred,target,match",
+    [
+        (
+            losses.mse,
+            np.zeros((4, 2)),
+            np.zeros((4, 3)),
+            r"mse: target must have the prediction's shape \(4, 2\), got \(4, 3\)",
+        ),
+        (
+            losses.binary_cross_entropy,
+            np.zeros((4, 1)),
+            np.full((4, 1), 2.0),
+            r"targets must lie in \[0, 1\]",
+        ),
+        (
+            losses.binary_cross_entropy,
+            np.zeros((4, 2)),
+            np.zeros((3, 2)),
+            r"target must have the logits' shape",
+        ),
+        (
+            losses.softmax_cross_entropy,
+            np.zeros((4, 3)),
+            np.array([0, 1, 3, 2]),
+            r"labels must lie in \[0, 3\)",
+        ),
+        (
+            losses.softmax_cross_entropy,
+            np.zeros((4, 3)),
+            np.array([0, -1, 2, 2]),
+            r"labels must lie in \[0, 3\)",
+        ),
+        (
+            losses.softmax_cross_entropy,
+            np.zeros((4, 3)),
+            np.array([[0, 1, 2, 1]]),
+            r"integer labels must have shape \(4,\)",
+        ),
+        (
+            losses.softmax_cross_entropy,
+            np.zeros((4, 3)),
+            np.zeros((4, 2)),
+            r"probabilities of shape \(4, 3\)",
+        ),
+        (
+            losses.softmax_cross_entropy,
+            np.zeros(4),
+            np.zeros(4, int),
+            r"logits must have shape \(batch, classes\)",
+        ),
+    ],
+)
 def test_bad_targets(loss, pred, target, match):
     with pytest.raises(ValueError, match=match):
         loss.value(jnp.asarray(pred), jnp.asarray(target))
@@ -121,10 +173,12 @@ def test_fused_value_and_grad_equals_value_and_grad(dtype):
     """The one-pass value_and_grad the engines call agrees with .value and .grad."""
     rng = np.random.default_rng(9)
     z = rand(rng, (7, 4), dtype, scale=3.0)
-    cases = [(losses.mse, rand(rng, (7, 4), dtype)),
-             (losses.binary_cross_entropy, jnp.asarray(rng.uniform(size=(7, 4)), dtype)),
-             (losses.softmax_cross_entropy, jnp.asarray(rng.integers(0, 4, 7))),
-             (losses.softmax_cross_entropy, jnp.asarray(rng.uniform(0.1, 2.0, (7, 4)), dtype))]
+    cases = [
+        (losses.mse, rand(rng, (7, 4), dtype)),
+        (losses.binary_cross_entropy, jnp.asarray(rng.uniform(size=(7, 4)), dtype)),
+        (losses.softmax_cross_entropy, jnp.asarray(rng.integers(0, 4, 7))),
+        (losses.softmax_cross_entropy, jnp.asarray(rng.uniform(0.1, 2.0, (7, 4)), dtype)),
+    ]
     for loss, t in cases:
         v, g = loss.value_and_grad(z, t)
         assert v.dtype == dtype and g.dtype == dtype

@@ -1,4 +1,5 @@
 """The main job, `python -m jbp`: runs, reports, and trains to a useful accuracy."""
+
 import json
 import re
 import subprocess
@@ -14,18 +15,32 @@ def test_default_main_job_checks_gradients_and_reaches_95_percent(capsys):
     out = capsys.readouterr().out
     assert "gradient check (float32" in out and "all gradients agree" in out
     assert re.search(r"layers\[0\]\.W\s+\(64, 64\)", out)
-    epochs = re.findall(r"^epoch +(\d+)/30 +loss [\d.]+ +accuracy [\d.]+ +test_accuracy [\d.]+", out, re.M)
+    epochs = re.findall(
+        r"^epoch +(\d+)/30 +loss [\d.]+ +accuracy [\d.]+ +test_accuracy [\d.]+", out, re.M
+    )
     assert epochs == [str(i) for i in range(1, 31)]
     acc = float(re.search(r"test accuracy: ([\d.]+)", out).group(1))
     assert acc >= 0.95, out
 
 
-@pytest.mark.parametrize("argv", [
-    ["--batch-size", "gd", "--epochs", "2", "--hidden", "16", "--activation", "tanh"],
-    ["--batch-size", "sgd", "--epochs", "1", "--hidden", "8", "--no-check"],
-    ["--optimizer", "adam", "--clip", "1.0", "--epochs", "2", "--no-check", "--hidden"],
-    ["--optimizer", "nesterov", "--epochs", "1", "--no-check", "--autodiff", "--init", "lecun_normal"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--batch-size", "gd", "--epochs", "2", "--hidden", "16", "--activation", "tanh"],
+        ["--batch-size", "sgd", "--epochs", "1", "--hidden", "8", "--no-check"],
+        ["--optimizer", "adam", "--clip", "1.0", "--epochs", "2", "--no-check", "--hidden"],
+        [
+            "--optimizer",
+            "nesterov",
+            "--epochs",
+            "1",
+            "--no-check",
+            "--autodiff",
+            "--init",
+            "lecun_normal",
+        ],
+    ],
+)
 def test_main_job_variants(argv, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -34,21 +49,38 @@ def test_main_job_variants(argv, capsys):
 
 def test_early_stopping_and_history(tmp_path, capsys):
     path = tmp_path / "history.json"
-    assert main(["--epochs", "3", "--early-stopping", "2", "--history", str(path), "--no-check",
-                 "--hidden", "16"]) == 0
+    assert (
+        main(
+            [
+                "--epochs",
+                "3",
+                "--early-stopping",
+                "2",
+                "--history",
+                str(path),
+                "--no-check",
+                "--hidden",
+                "16",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "val_loss" in out
     hist = json.loads(path.read_text())
     assert "val_loss" in json.dumps(hist) and "test_accuracy" in json.dumps(hist)
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["--batch-size", "0"], "batch"),
-    (["--lr", "-1"], "must be > 0"),
-    (["--optimizer", "lbfgs"], "invalid choice"),
-    (["--dataset", "mnist"], "needs --path"),
-    (["--hidden", "0"], "must be > 0"),
-])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["--batch-size", "0"], "batch"),
+        (["--lr", "-1"], "must be > 0"),
+        (["--optimizer", "lbfgs"], "invalid choice"),
+        (["--dataset", "mnist"], "needs --path"),
+        (["--hidden", "0"], "must be > 0"),
+    ],
+)
 def test_bad_flags_exit_with_a_message(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -57,10 +89,21 @@ def test_bad_flags_exit_with_a_message(argv, msg, capsys):
 
 
 def test_help_and_console_entry():
-    out = subprocess.run([sys.executable, "-m", "jbp", "--help"], capture_output=True, text=True,
-                         check=True).stdout
-    for flag in ["--hidden", "--activation", "--lr", "--epochs", "--batch-size", "--seed",
-                 "--optimizer", "--clip", "--early-stopping", "--history"]:
+    out = subprocess.run(
+        [sys.executable, "-m", "jbp", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for flag in [
+        "--hidden",
+        "--activation",
+        "--lr",
+        "--epochs",
+        "--batch-size",
+        "--seed",
+        "--optimizer",
+        "--clip",
+        "--early-stopping",
+        "--history",
+    ]:
         assert flag in out
 
 
@@ -94,8 +137,10 @@ def test_checkpoint_resume_save_and_evaluate(tmp_path, capsys):
     assert main(["--epochs", "1"] + flags) == 0
     first = capsys.readouterr().out
     line1 = re.search(r"^epoch 1/1 +(loss .*?)  [\d.]+s", first, re.M).group(1)
-    assert main(["--epochs", "2", "--resume", "--save", str(model), "--history", str(hist)]
-                + flags) == 0
+    assert (
+        main(["--epochs", "2", "--resume", "--save", str(model), "--history", str(hist)] + flags)
+        == 0
+    )
     out = capsys.readouterr().out
     assert re.search(r"resumed from .*ckpt_00000001\.jbp: 1 epoch\(s\) done", out)
     assert not re.search(r"^epoch 1/", out, re.M) and re.search(r"^epoch 2/2 ", out, re.M)
@@ -110,9 +155,13 @@ def test_checkpoint_resume_save_and_evaluate(tmp_path, capsys):
     bad = tmp_path / "bad.jbp"
     bad.write_bytes(model.read_bytes()[:-40])
     from jbp import checkpoint
+
     checkpoint.save(tmp_path / "other.jbp", {"w": [1.0, 2.0]})
-    for path, msg in [(bad, "truncated"), (tmp_path / "other.jbp", "not a model saved by"),
-                      (tmp_path / "missing.jbp", "No such file")]:
+    for path, msg in [
+        (bad, "truncated"),
+        (tmp_path / "other.jbp", "not a model saved by"),
+        (tmp_path / "missing.jbp", "No such file"),
+    ]:
         with pytest.raises(SystemExit) as e:
             main(["--evaluate", str(path)])
         assert e.value.code == 2
@@ -125,6 +174,7 @@ def test_checkpoint_resume_save_and_evaluate(tmp_path, capsys):
 
 def test_summary_plot_and_x64(tmp_path, capsys):
     import jax
+
     before = bool(jax.config.jax_enable_x64)
     fig = tmp_path / "figs" / "run.png"
     assert main(["--x64", "--plot", str(fig), "--epochs", "2", "--hidden", "8"]) == 0
@@ -139,6 +189,7 @@ def test_summary_plot_and_x64(tmp_path, capsys):
 @pytest.mark.parametrize("mode,lr", [("sgd", 0.02), ("gd", 1.0), ("32", 0.3)])
 def test_learning_rate_default_fits_the_batch_mode(mode, lr):
     from jbp.__main__ import build_optimizer, build_parser
+
     args = build_parser().parse_args(["--batch-size", mode])
     assert build_optimizer(args)[1] == lr
 
@@ -153,7 +204,11 @@ def test_full_batch_default_prints_a_stride_of_epochs(capsys):
 def test_rising_loss_warns(capsys):
     from jbp.__main__ import _warn_if_loss_rose
     from jbp.history import History
-    assert not _warn_if_loss_rose(History([{"epoch": i + 1, "loss": 2.0 / (i + 1)} for i in range(8)]))
-    assert _warn_if_loss_rose(History([{"epoch": i + 1, "loss": 1.0 + i % 2 * 0.5 + 0.01 * i}
-                                       for i in range(8)]))
+
+    assert not _warn_if_loss_rose(
+        History([{"epoch": i + 1, "loss": 2.0 / (i + 1)} for i in range(8)])
+    )
+    assert _warn_if_loss_rose(
+        History([{"epoch": i + 1, "loss": 1.0 + i % 2 * 0.5 + 0.01 * i} for i in range(8)])
+    )
     assert "training loss rose" in capsys.readouterr().err

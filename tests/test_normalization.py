@@ -1,4 +1,5 @@
 """BatchNorm (batch statistics, running statistics as state) and LayerNorm."""
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -20,20 +21,24 @@ from jbp.layers.conv import Conv2D  # noqa: E402
 from jbp.layers.normalization import BatchNorm, LayerNorm  # noqa: E402
 
 
-@pytest.mark.parametrize("shape,layer,dtype", [
-    ((5, 3), BatchNorm(), jnp.float64),
-    ((2, 5, 3, 4), BatchNorm(), jnp.float64),           # NHWC: statistics over batch, H, W
-    ((1, 4, 3, 2), BatchNorm(use_scale=False), jnp.float64),  # batch size 1
-    ((2, 5, 3, 4), BatchNorm(), jnp.float32),
-    ((3, 5, 4), LayerNorm(), jnp.float64),
-    ((1, 6), LayerNorm(use_bias=False), jnp.float64),
-    ((3, 5, 4), LayerNorm(), jnp.float32),
-], ids=["bn-2d", "bn-nhwc", "bn-b1-noscale", "bn-nhwc-f32", "ln-3d", "ln-b1-nobias", "ln-f32"])
+@pytest.mark.parametrize(
+    "shape,layer,dtype",
+    [
+        ((5, 3), BatchNorm(), jnp.float64),
+        ((2, 5, 3, 4), BatchNorm(), jnp.float64),  # NHWC: statistics over batch, H, W
+        ((1, 4, 3, 2), BatchNorm(use_scale=False), jnp.float64),  # batch size 1
+        ((2, 5, 3, 4), BatchNorm(), jnp.float32),
+        ((3, 5, 4), LayerNorm(), jnp.float64),
+        ((1, 6), LayerNorm(use_bias=False), jnp.float64),
+        ((3, 5, 4), LayerNorm(), jnp.float32),
+    ],
+    ids=["bn-2d", "bn-nhwc", "bn-b1-noscale", "bn-nhwc-f32", "ln-3d", "ln-b1-nobias", "ln-f32"],
+)
 def test_norm_backward_matches_autodiff(shape, layer, dtype):
     rng = np.random.default_rng(0)
     params, out = layer.init(jax.random.key(0), shape[1:])
     params = randomize(params, rng, dtype)
-    x = rand(rng, shape, dtype, scale=2.0) + 0.7          # non-zero mean, non-unit variance
+    x = rand(rng, shape, dtype, scale=2.0) + 0.7  # non-zero mean, non-unit variance
     y, _, dx = compare_with_autodiff(layer, params, x, rng)
     assert y.shape == (shape[0],) + out and y.dtype == dx.dtype == dtype
 
@@ -49,7 +54,7 @@ def test_batchnorm_running_statistics_update_as_documented_and_eval_uses_them():
     x1, x2 = rand(rng, (6, 3), scale=2.0) + 1.0, rand(rng, (4, 3)) - 0.5
     _, _, s1 = layer.forward_with_state(params, state, x1, train=True)
     _, _, s2 = layer.forward_with_state(params, s1, x2, train=True)
-    mean1, var1 = np.mean(np.asarray(x1), 0), np.var(np.asarray(x1), 0)   # biased variance
+    mean1, var1 = np.mean(np.asarray(x1), 0), np.var(np.asarray(x1), 0)  # biased variance
     mean2, var2 = np.mean(np.asarray(x2), 0), np.var(np.asarray(x2), 0)
     np.testing.assert_allclose(s1["mean"], 0.1 * mean1, rtol=1e-12)
     np.testing.assert_allclose(s1["var"], 0.9 + 0.1 * var1, rtol=1e-12)
@@ -82,9 +87,17 @@ def test_batchnorm_running_statistics_update_as_documented_and_eval_uses_them():
 def test_batchnorm_in_sequential_state_threading_and_gradient_check():
     rng = np.random.default_rng(2)
     # (no conv bias: BatchNorm subtracts the mean, so its gradient would be exactly zero)
-    model = jbp.Sequential([Conv2D(3, 3, strides=2, use_bias=False), BatchNorm(momentum=0.5),
-                            jbp.layers.ReLU(), jbp.Flatten(), jbp.Dense(3), LayerNorm(),
-                            jbp.Dense(2)])
+    model = jbp.Sequential(
+        [
+            Conv2D(3, 3, strides=2, use_bias=False),
+            BatchNorm(momentum=0.5),
+            jbp.layers.ReLU(),
+            jbp.Flatten(),
+            jbp.Dense(3),
+            LayerNorm(),
+            jbp.Dense(2),
+        ]
+    )
     assert model.stateful
     params, _ = model.init(jax.random.key(0), (5, 4, 2))
     params = jbp.cast(params, jnp.float64)
@@ -98,7 +111,7 @@ def test_batchnorm_in_sequential_state_threading_and_gradient_check():
     pred_eval, _, same = model.forward_with_state(params, new_state, x, train=False)
     assert same[1] is new_state[1]
 
-    report = jbp.check_gradients(model, jbp.losses.mse, params, x, y)   # train=True: batch stats
+    report = jbp.check_gradients(model, jbp.losses.mse, params, x, y)  # train=True: batch stats
     assert report.ok, str(report)
     # per-example gradients (each example normalised by its own statistics) vs autodiff
     manual = per_example_grads(model, jbp.losses.mse, params, x, y, jbp.value_and_grad)
@@ -109,6 +122,7 @@ def test_batchnorm_in_sequential_state_threading_and_gradient_check():
 def test_batchnorm_state_through_a_training_step():
     import jbp.optim as optim
     import jbp.train as train
+
     rng = np.random.default_rng(3)
     model = jbp.Sequential([jbp.Dense(4), BatchNorm(momentum=0.8), jbp.Dense(1)])
     params, _ = model.init(jax.random.key(0), (3,))
@@ -126,7 +140,7 @@ def test_bad_input_and_missing_state():
     layer = BatchNorm()
     params, _ = layer.init(jax.random.key(0), (3,))
     with pytest.raises(ValueError, match=r"BatchNorm.*forward_with_state"):
-        layer.apply(params, jnp.ones((2, 3)))                       # train=False, no state
+        layer.apply(params, jnp.ones((2, 3)))  # train=False, no state
     with pytest.raises(ValueError, match=r"BatchNorm.*\(batch, \.\.\., 3\).*\(2, 4\)"):
         layer.forward(params, jnp.ones((2, 4)), train=True)
     with pytest.raises(ValueError, match=r"BatchNorm.*state has mean \(4,\)"):

@@ -6,6 +6,7 @@ this worktree, and the notebooks' Colab install cell is a no-op). A failing cell
 test with the cell's source and traceback. Needs the ``test`` extra (nbclient, nbformat,
 ipykernel); skipped without them.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,9 @@ TIMEOUT_S = 300  # per cell; a notebook takes seconds
 
 def _kernel_env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     env.setdefault("JAX_PLATFORMS", "cpu")
     return env
@@ -47,8 +50,13 @@ def run_notebook(path: pathlib.Path, workdir: pathlib.Path):
     km = KernelManager(kernel_name="python3")
     # the kernel is this interpreter, whatever kernelspecs the machine has
     km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    client = nbclient.NotebookClient(nb, km=km, timeout=TIMEOUT_S, kernel_name="python3",
-                                     resources={"metadata": {"path": str(workdir)}})
+    client = nbclient.NotebookClient(
+        nb,
+        km=km,
+        timeout=TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(workdir)}},
+    )
     client.execute(env=_kernel_env(), cwd=str(workdir))
     return nb
 
@@ -64,7 +72,9 @@ def test_notebook_stored_clean(path):
     nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert not cell.outputs and cell.execution_count is None, f"{path.name}: stored with outputs"
+            assert not cell.outputs and cell.execution_count is None, (
+                f"{path.name}: stored with outputs"
+            )
     badge = f"https://colab.research.google.com/github/jbp-dev/jbp/blob/main/notebooks/{path.name}"
     assert badge in nb.cells[0].source
     install = nb.cells[1].source
@@ -81,15 +91,21 @@ def test_notebook_runs(path, tmp_path):
     if error is not None:  # the cell's source and traceback, without pytest's frames
         pytest.fail(f"{path.name} failed:\n{error}", pytrace=False)
     # no cell printed a traceback it caught and swallowed
-    out = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    out = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
     assert "Traceback" not in out
 
 
 def test_failing_cell_fails(tmp_path):
     """A notebook whose cell raises fails with that cell's error; the kernel sees this jbp."""
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("import jbp, pathlib\nprint(pathlib.Path(jbp.__file__).resolve())"),
-                nbformat.v4.new_code_cell("raise ValueError('boom from a cell')")]
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import jbp, pathlib\nprint(pathlib.Path(jbp.__file__).resolve())"
+        ),
+        nbformat.v4.new_code_cell("raise ValueError('boom from a cell')"),
+    ]
     path = tmp_path / "bad.ipynb"
     nbformat.write(nb, str(path))
     with pytest.raises(CellExecutionError, match="boom from a cell"):

@@ -19,7 +19,10 @@ N_STEPS = 5
 
 def _random_tree(rng, dtype=np.float64):
     return {
-        "dense": {"w": rng.normal(size=(3, 4)).astype(dtype), "b": rng.normal(size=(4,)).astype(dtype)},
+        "dense": {
+            "w": rng.normal(size=(3, 4)).astype(dtype),
+            "b": rng.normal(size=(4,)).astype(dtype),
+        },
         "out": (rng.normal(size=(2,)).astype(dtype), [rng.normal(size=(2, 3)).astype(dtype)]),
     }
 
@@ -66,13 +69,15 @@ def _assert_trajectories(got, want, rtol=1e-12, atol=1e-13):
     assert len(got) == len(want)
     for step, (g, w) in enumerate(zip(got, want)):
         for i, (a, b) in enumerate(zip(_leaves(g), w)):
-            np.testing.assert_allclose(np.asarray(a), b, rtol=rtol, atol=atol,
-                                       err_msg=f"step {step}, leaf {i}")
+            np.testing.assert_allclose(
+                np.asarray(a), b, rtol=rtol, atol=atol, err_msg=f"step {step}, leaf {i}"
+            )
 
 
 # ----------------------------------------------------------------------------
 # numpy references (textbook, written independently)
 # ----------------------------------------------------------------------------
+
 
 def ref_sgd(lr, beta=None, nesterov=False):
     def init(p):
@@ -94,7 +99,7 @@ def ref_adagrad(lr, init_acc, eps):
         return np.full_like(p, init_acc)
 
     def step(t, p, g, s):
-        s = s + g ** 2
+        s = s + g**2
         return p - lr * g / np.sqrt(s + eps), s
 
     return init, step
@@ -106,10 +111,10 @@ def ref_rmsprop(lr, decay, eps, initial_scale, centered, beta=None, nesterov=Fal
 
     def step(t, p, g, s):
         nu, mu, tr = s
-        nu = decay * nu + (1 - decay) * g ** 2
+        nu = decay * nu + (1 - decay) * g**2
         if centered:
             mu = decay * mu + (1 - decay) * g
-            d = -lr * g / np.sqrt(nu - mu ** 2 + eps)
+            d = -lr * g / np.sqrt(nu - mu**2 + eps)
         else:
             d = -lr * g / np.sqrt(nu + eps)
         if beta is not None:  # optax: the trace runs on the already-scaled update
@@ -130,8 +135,8 @@ def ref_adam(lr, b1, b2, eps, eps_root, wd=0.0):
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         k = t + 1
-        m_hat = m / (1 - b1 ** k)
-        v_hat = v / (1 - b2 ** k)
+        m_hat = m / (1 - b1**k)
+        v_hat = v / (1 - b2**k)
         d = m_hat / (np.sqrt(v_hat + eps_root) + eps)
         if wd and decay_this_leaf:
             d = d + wd * p
@@ -147,28 +152,44 @@ def ref_adam(lr, b1, b2, eps, eps_root, wd=0.0):
 CASES = {
     "sgd": (lambda: optim.sgd(0.07), lambda: ref_sgd(0.07)),
     "sgd_momentum": (lambda: optim.sgd(0.07, momentum=0.8), lambda: ref_sgd(0.07, 0.8)),
-    "sgd_nesterov": (lambda: optim.sgd(0.07, momentum=0.8, nesterov=True),
-                     lambda: ref_sgd(0.07, 0.8, True)),
+    "sgd_nesterov": (
+        lambda: optim.sgd(0.07, momentum=0.8, nesterov=True),
+        lambda: ref_sgd(0.07, 0.8, True),
+    ),
     "momentum_alias": (lambda: optim.momentum(0.05, beta=0.6), lambda: ref_sgd(0.05, 0.6)),
-    "sgd_schedule": (lambda: optim.sgd(lambda t: 0.1 / (t + 1.0), momentum=0.5),
-                     lambda: ref_sgd(lambda t: 0.1 / (t + 1.0), 0.5)),
-    "adagrad": (lambda: optim.adagrad(0.3, initial_accumulator_value=0.2, eps=1e-2),
-                lambda: ref_adagrad(0.3, 0.2, 1e-2)),
-    "rmsprop": (lambda: optim.rmsprop(0.01, decay=0.8, eps=0.05, initial_scale=0.1),
-                lambda: ref_rmsprop(0.01, 0.8, 0.05, 0.1, False)),
+    "sgd_schedule": (
+        lambda: optim.sgd(lambda t: 0.1 / (t + 1.0), momentum=0.5),
+        lambda: ref_sgd(lambda t: 0.1 / (t + 1.0), 0.5),
+    ),
+    "adagrad": (
+        lambda: optim.adagrad(0.3, initial_accumulator_value=0.2, eps=1e-2),
+        lambda: ref_adagrad(0.3, 0.2, 1e-2),
+    ),
+    "rmsprop": (
+        lambda: optim.rmsprop(0.01, decay=0.8, eps=0.05, initial_scale=0.1),
+        lambda: ref_rmsprop(0.01, 0.8, 0.05, 0.1, False),
+    ),
     "rmsprop_centered_momentum": (
         lambda: optim.rmsprop(0.01, decay=0.7, eps=0.5, centered=True, momentum=0.6),
-        lambda: ref_rmsprop(0.01, 0.7, 0.5, 0.0, True, 0.6)),
+        lambda: ref_rmsprop(0.01, 0.7, 0.5, 0.0, True, 0.6),
+    ),
     "rmsprop_nesterov": (
         lambda: optim.rmsprop(0.02, decay=0.85, eps=0.05, momentum=0.5, nesterov=True),
-        lambda: ref_rmsprop(0.02, 0.85, 0.05, 0.0, False, 0.5, True)),
-    "adam": (lambda: optim.adam(0.01, b1=0.8, b2=0.95, eps=0.1, eps_root=0.02),
-             lambda: ref_adam(0.01, 0.8, 0.95, 0.1, 0.02)),
+        lambda: ref_rmsprop(0.02, 0.85, 0.05, 0.0, False, 0.5, True),
+    ),
+    "adam": (
+        lambda: optim.adam(0.01, b1=0.8, b2=0.95, eps=0.1, eps_root=0.02),
+        lambda: ref_adam(0.01, 0.8, 0.95, 0.1, 0.02),
+    ),
     "adam_defaults": (lambda: optim.adam(1e-3), lambda: ref_adam(1e-3, 0.9, 0.999, 1e-8, 0.0)),
-    "adam_schedule": (lambda: optim.adam(lambda t: 0.02 * 0.5 ** t, eps=0.1),
-                      lambda: ref_adam(lambda t: 0.02 * 0.5 ** t, 0.9, 0.999, 0.1, 0.0)),
-    "adamw": (lambda: optim.adamw(0.01, b1=0.8, b2=0.95, eps=0.1, weight_decay=0.3),
-              lambda: ref_adam(0.01, 0.8, 0.95, 0.1, 0.0, wd=0.3)),
+    "adam_schedule": (
+        lambda: optim.adam(lambda t: 0.02 * 0.5**t, eps=0.1),
+        lambda: ref_adam(lambda t: 0.02 * 0.5**t, 0.9, 0.999, 0.1, 0.0),
+    ),
+    "adamw": (
+        lambda: optim.adamw(0.01, b1=0.8, b2=0.95, eps=0.1, weight_decay=0.3),
+        lambda: ref_adam(0.01, 0.8, 0.95, 0.1, 0.0, wd=0.3),
+    ),
 }
 
 
@@ -237,8 +258,12 @@ ALL_OPTS = {
     "adagrad": lambda: optim.adagrad(0.1),
     "rmsprop": lambda: optim.rmsprop(0.1, centered=True, momentum=0.9),
     "adam": lambda: optim.adam(0.1),
-    "adamw": lambda: optim.adamw(optim.cosine_decay(0.1, 10), mask=lambda p: jax.tree.map(lambda _: True, p)),
-    "clip_chain": lambda: optim.chain(optim.clip(0.5), optim.clip_by_global_norm(1.0), optim.adam(0.1)),
+    "adamw": lambda: optim.adamw(
+        optim.cosine_decay(0.1, 10), mask=lambda p: jax.tree.map(lambda _: True, p)
+    ),
+    "clip_chain": lambda: optim.chain(
+        optim.clip(0.5), optim.clip_by_global_norm(1.0), optim.adam(0.1)
+    ),
 }
 
 
@@ -325,6 +350,7 @@ def test_states_are_namedtuples_with_int32_count():
 # chain
 # ----------------------------------------------------------------------------
 
+
 def test_chain_order_matters_clip_then_adam_vs_adam_then_clip():
     # Adam normalises each coordinate to about ±1 on the first step (|m̂/√v̂| = 1),
     # so clipping by value at 0.5 before Adam is invisible, after Adam it halves the step.
@@ -351,8 +377,11 @@ def test_chain_clip_global_norm_before_sgd_matches_manual():
 def test_chain_accepts_foreign_transformations_with_the_same_protocol():
     """An optax transformation is any (init, update) pair: a plain NamedTuple stands in."""
     from collections import namedtuple
+
     Foreign = namedtuple("GradientTransformation", ["init", "update"])
-    double = Foreign(lambda params: (), lambda u, s, params=None: (jax.tree.map(lambda x: 2 * x, u), s))
+    double = Foreign(
+        lambda params: (), lambda u, s, params=None: (jax.tree.map(lambda x: 2 * x, u), s)
+    )
     opt = optim.chain(double, optim.sgd(0.5))
     p = {"w": jnp.ones(2)}
     u, _ = opt.update({"w": jnp.array([1.0, 2.0])}, opt.init(p), p)
@@ -368,36 +397,40 @@ def test_chain_rejects_non_transformations():
 # bad input
 # ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make, arg", [
-    (lambda: optim.sgd(0.0), "learning_rate"),
-    (lambda: optim.sgd(-0.1), "learning_rate"),
-    (lambda: optim.adam(float("nan")), "learning_rate"),
-    (lambda: optim.momentum(-1e-3), "learning_rate"),
-    (lambda: optim.adagrad(0.0), "learning_rate"),
-    (lambda: optim.rmsprop(-1.0), "learning_rate"),
-    (lambda: optim.adamw(0.0), "learning_rate"),
-    (lambda: optim.adam(0.1, b1=1.0), "b1"),
-    (lambda: optim.adam(0.1, b1=-0.1), "b1"),
-    (lambda: optim.adam(0.1, b2=1.5), "b2"),
-    (lambda: optim.adamw(0.1, b2=1.0), "b2"),
-    (lambda: optim.rmsprop(0.1, decay=1.0), "decay"),
-    (lambda: optim.rmsprop(0.1, decay=-0.5), "decay"),
-    (lambda: optim.sgd(0.1, momentum=1.0), "momentum"),
-    (lambda: optim.sgd(0.1, momentum=-0.2), "momentum"),
-    (lambda: optim.rmsprop(0.1, momentum=1.2), "momentum"),
-    (lambda: optim.momentum(0.1, beta=1.0), "beta"),
-    (lambda: optim.adam(0.1, eps=0.0), "eps"),
-    (lambda: optim.adamw(0.1, eps=-1e-8), "eps"),
-    (lambda: optim.rmsprop(0.1, eps=0.0), "eps"),
-    (lambda: optim.adagrad(0.1, eps=0.0), "eps"),
-    (lambda: optim.adam(0.1, eps_root=-1.0), "eps_root"),
-    (lambda: optim.adamw(0.1, weight_decay=-1.0), "weight_decay"),
-    (lambda: optim.adagrad(0.1, initial_accumulator_value=-1.0), "initial_accumulator_value"),
-    (lambda: optim.clip_by_global_norm(0.0), "max_norm"),
-    (lambda: optim.clip_by_global_norm(-1.0), "max_norm"),
-    (lambda: optim.clip(0.0), "max_abs"),
-    (lambda: optim.clip(-2.0), "max_abs"),
-])
+
+@pytest.mark.parametrize(
+    "make, arg",
+    [
+        (lambda: optim.sgd(0.0), "learning_rate"),
+        (lambda: optim.sgd(-0.1), "learning_rate"),
+        (lambda: optim.adam(float("nan")), "learning_rate"),
+        (lambda: optim.momentum(-1e-3), "learning_rate"),
+        (lambda: optim.adagrad(0.0), "learning_rate"),
+        (lambda: optim.rmsprop(-1.0), "learning_rate"),
+        (lambda: optim.adamw(0.0), "learning_rate"),
+        (lambda: optim.adam(0.1, b1=1.0), "b1"),
+        (lambda: optim.adam(0.1, b1=-0.1), "b1"),
+        (lambda: optim.adam(0.1, b2=1.5), "b2"),
+        (lambda: optim.adamw(0.1, b2=1.0), "b2"),
+        (lambda: optim.rmsprop(0.1, decay=1.0), "decay"),
+        (lambda: optim.rmsprop(0.1, decay=-0.5), "decay"),
+        (lambda: optim.sgd(0.1, momentum=1.0), "momentum"),
+        (lambda: optim.sgd(0.1, momentum=-0.2), "momentum"),
+        (lambda: optim.rmsprop(0.1, momentum=1.2), "momentum"),
+        (lambda: optim.momentum(0.1, beta=1.0), "beta"),
+        (lambda: optim.adam(0.1, eps=0.0), "eps"),
+        (lambda: optim.adamw(0.1, eps=-1e-8), "eps"),
+        (lambda: optim.rmsprop(0.1, eps=0.0), "eps"),
+        (lambda: optim.adagrad(0.1, eps=0.0), "eps"),
+        (lambda: optim.adam(0.1, eps_root=-1.0), "eps_root"),
+        (lambda: optim.adamw(0.1, weight_decay=-1.0), "weight_decay"),
+        (lambda: optim.adagrad(0.1, initial_accumulator_value=-1.0), "initial_accumulator_value"),
+        (lambda: optim.clip_by_global_norm(0.0), "max_norm"),
+        (lambda: optim.clip_by_global_norm(-1.0), "max_norm"),
+        (lambda: optim.clip(0.0), "max_abs"),
+        (lambda: optim.clip(-2.0), "max_abs"),
+    ],
+)
 def test_bad_hyperparameters_raise_value_error_naming_the_argument(make, arg):
     with pytest.raises(ValueError, match=arg):
         make()

@@ -11,13 +11,19 @@ from jbp import optim  # noqa: E402
 
 
 def _tree(rng, scale, dtype=np.float64):
-    return {"w": jnp.asarray(scale * rng.normal(size=(3, 4)), dtype=dtype),
-            "b": (jnp.asarray(scale * rng.normal(size=(4,)), dtype=dtype),
-                  [jnp.asarray(scale * rng.normal(size=(2,)), dtype=dtype)])}
+    return {
+        "w": jnp.asarray(scale * rng.normal(size=(3, 4)), dtype=dtype),
+        "b": (
+            jnp.asarray(scale * rng.normal(size=(4,)), dtype=dtype),
+            [jnp.asarray(scale * rng.normal(size=(2,)), dtype=dtype)],
+        ),
+    }
 
 
 def _flat(tree):
-    return np.concatenate([np.ravel(np.asarray(x, dtype=np.float64)) for x in jax.tree.leaves(tree)])
+    return np.concatenate(
+        [np.ravel(np.asarray(x, dtype=np.float64)) for x in jax.tree.leaves(tree)]
+    )
 
 
 def test_global_norm_is_the_norm_of_all_leaves_as_one_vector():
@@ -94,13 +100,16 @@ def test_clipping_inside_chain_with_an_optimizer():
     np.testing.assert_allclose(u["a"], [-5.0, 5.0], rtol=1e-14)
 
 
-@pytest.mark.parametrize("make, arg", [
-    (lambda: optim.clip_by_global_norm(0.0), "max_norm"),
-    (lambda: optim.clip_by_global_norm(-3.0), "max_norm"),
-    (lambda: optim.clip_by_global_norm(float("nan")), "max_norm"),
-    (lambda: optim.clip(0.0), "max_abs"),
-    (lambda: optim.clip(-1.0), "max_abs"),
-])
+@pytest.mark.parametrize(
+    "make, arg",
+    [
+        (lambda: optim.clip_by_global_norm(0.0), "max_norm"),
+        (lambda: optim.clip_by_global_norm(-3.0), "max_norm"),
+        (lambda: optim.clip_by_global_norm(float("nan")), "max_norm"),
+        (lambda: optim.clip(0.0), "max_abs"),
+        (lambda: optim.clip(-1.0), "max_abs"),
+    ],
+)
 def test_bad_clipping_bounds(make, arg):
     with pytest.raises(ValueError, match=arg):
         make()

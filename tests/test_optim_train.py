@@ -22,8 +22,8 @@ OPTIMIZERS = {
     "adam": lambda: optim.adam(1e-2),
     "adamw": lambda: optim.adamw(1e-2, weight_decay=1e-2),
     "clip+adam+schedule": lambda: optim.chain(
-        optim.clip_by_global_norm(1.0),
-        optim.adam(optim.warmup_cosine_decay(0.0, 2e-2, 5, STEPS))),
+        optim.clip_by_global_norm(1.0), optim.adam(optim.warmup_cosine_decay(0.0, 2e-2, 5, STEPS))
+    ),
 }
 
 

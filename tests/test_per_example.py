@@ -4,6 +4,7 @@ Oracle: ``jax.grad`` of the loss on one example alone (a batch of one), example 
 Every extension on every layer, and each layer's closed forms against the generic default
 (Dense's included), are in tests/test_extensions.py.
 """
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -48,7 +49,7 @@ def _data(in_shape, out_shape, loss, dtype, seed=1, n=N):
 def _oracle_grads(model, loss, params, x, y):
     """jax.grad of the loss on example i alone, for each i (a Python loop)."""
     grad_one = jax.jit(jax.grad(lambda p, xi, yi: loss.value(model.apply(p, xi, train=True), yi)))
-    return [jax.device_get(grad_one(params, x[i:i + 1], y[i:i + 1])) for i in range(x.shape[0])]
+    return [jax.device_get(grad_one(params, x[i : i + 1], y[i : i + 1])) for i in range(x.shape[0])]
 
 
 def _sq_norm(tree):
@@ -62,8 +63,10 @@ MODELS = {
     # Dense on (T, in) inputs: the Gram form (2T² <= in·units) ...
     "dense_seq_gram": (lambda: jbp.Sequential([Dense(4), Tanh(), Flatten(), Dense(3)]), (3, 5)),
     # ... and the per-example outer product (2T² > in·units)
-    "dense_seq_outer": (lambda: jbp.Sequential([Dense(2, use_bias=False), Flatten(), Dense(3)]),
-                        (6, 2)),
+    "dense_seq_outer": (
+        lambda: jbp.Sequential([Dense(2, use_bias=False), Flatten(), Dense(3)]),
+        (6, 2),
+    ),
     "nested": (lambda: jbp.Sequential([jbp.Sequential([Dense(5), ReLU()]), Dense(3)]), (4,)),
 }
 LOSSES = [jbp.losses.mse, jbp.losses.softmax_cross_entropy, jbp.losses.binary_cross_entropy]
@@ -77,7 +80,7 @@ def test_per_example_grads_rows_equal_jax_grad_and_mean_equals_batch_grad(name):
     params, out_shape = _params(model, in_shape, jnp.float64)
     x, y = _data(in_shape, out_shape, loss, jnp.float64)
     g = jax.device_get(jax.jit(per_example_grads(model, loss))(params, x, y))
-    assert jax.tree.structure(g) == jax.tree.structure(params)   # zip below would hide a lost leaf
+    assert jax.tree.structure(g) == jax.tree.structure(params)  # zip below would hide a lost leaf
     for leaf, p in zip(jax.tree.leaves(g), jax.tree.leaves(params)):
         assert leaf.shape == (N,) + p.shape
     for i, ref in enumerate(_oracle_grads(model, loss, params, x, y)):
@@ -100,8 +103,9 @@ def test_norms_equal_norms_of_per_example_grads_and_jax_grad(name, dtype):
     norms = jax.jit(per_example_grad_norms(model, loss))(params, x, y)
     assert norms.shape == (N,) and norms.dtype == dtype
     g = jax.device_get(jax.jit(per_example_grads(model, loss))(params, x, y))
-    from_vmap = np.sqrt(sum(np.sum(np.square(l.reshape(N, -1)), axis=1)
-                            for l in jax.tree.leaves(g)))
+    from_vmap = np.sqrt(
+        sum(np.sum(np.square(l.reshape(N, -1)), axis=1) for l in jax.tree.leaves(g))
+    )
     from_oracle = np.sqrt([_sq_norm(r) for r in _oracle_grads(model, loss, params, x, y)])
     np.testing.assert_allclose(norms, from_vmap, **TOL[dtype])
     np.testing.assert_allclose(norms, from_oracle, **TOL[dtype])
@@ -140,7 +144,7 @@ def test_generic_default_for_a_layer_without_override_and_zeros_without_params()
     ref = np.sqrt([_sq_norm(r) for r in _oracle_grads(model, loss, params, x, y)])
     np.testing.assert_allclose(norms, ref, **TOL[jnp.float64])
     out = jbp.backprop(model, loss, extensions=[BatchL2()])(params, x, y)
-    assert out.extras["batch_l2"][2] == ()          # ReLU: no parameters, nothing computed
+    assert out.extras["batch_l2"][2] == ()  # ReLU: no parameters, nothing computed
     assert out.extras["batch_l2"][1]["s"].shape == (N,)
 
 
@@ -155,7 +159,9 @@ def test_clipped_grad_equals_mean_of_individually_clipped_grads(dtype):
     C = float(np.median(norms_ref))  # about half the examples get clipped
     grads, norms = jax.jit(per_example_clipped_grad(model, loss, C))(params, x, y)
     np.testing.assert_allclose(norms, norms_ref, **TOL[dtype])
-    clipped = [jax.tree.map(lambda g, s=min(1.0, C / nr): g * s, r) for r, nr in zip(rows, norms_ref)]
+    clipped = [
+        jax.tree.map(lambda g, s=min(1.0, C / nr): g * s, r) for r, nr in zip(rows, norms_ref)
+    ]
     ref = jax.tree.map(lambda *gs: sum(gs) / len(gs), *clipped)
     assert jax.tree.structure(grads) == jax.tree.structure(params)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
@@ -163,7 +169,8 @@ def test_clipped_grad_equals_mean_of_individually_clipped_grads(dtype):
         np.testing.assert_allclose(a, b, **TOL[dtype])
     # a bound above every norm clips nothing: the plain batch gradient
     grads_big, _ = jax.jit(per_example_clipped_grad(model, loss, 10 * float(norms_ref.max())))(
-        params, x, y)
+        params, x, y
+    )
     _, batch = jax.jit(jbp.value_and_grad(model, loss))(params, x, y)
     for a, b in zip(jax.tree.leaves(grads_big), jax.tree.leaves(batch)):
         np.testing.assert_allclose(a, b, **TOL[dtype])
@@ -190,7 +197,8 @@ def test_autodiff_variant_and_key_per_example():
     params, out_shape = _params(model, (4,), jnp.float64)
     x, y = _data((4,), out_shape, loss, jnp.float64)
     a = jax.jit(per_example_grads(model, loss))(params, x, y, key=jax.random.key(0))
-    b = jax.jit(per_example_grads(model, loss, grad_fn="autodiff"))(params, x, y,
-                                                                    key=jax.random.key(0))
+    b = jax.jit(per_example_grads(model, loss, grad_fn="autodiff"))(
+        params, x, y, key=jax.random.key(0)
+    )
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(u, v, **TOL[jnp.float64])

@@ -1,4 +1,5 @@
 """MaxPool2D, AvgPool2D, GlobalAvgPool2D: backward vs jax.vjp, ties, counts, bad input."""
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -14,18 +15,29 @@ from jbp.layers.normalization import BatchNorm  # noqa: E402
 from jbp.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D  # noqa: E402
 
 CONFIGS = [
-    ((2, 7, 5, 3), MaxPool2D(2)),                                   # VALID, remainder rows
-    ((1, 7, 6, 2), MaxPool2D(3, strides=2, padding="SAME")),        # overlapping windows
+    ((2, 7, 5, 3), MaxPool2D(2)),  # VALID, remainder rows
+    ((1, 7, 6, 2), MaxPool2D(3, strides=2, padding="SAME")),  # overlapping windows
     ((2, 6, 5, 1), MaxPool2D((3, 2), strides=(2, 1), padding=((1, 1), (0, 1)))),
     ((2, 7, 5, 3), AvgPool2D(2)),
-    ((1, 7, 6, 2), AvgPool2D(3, strides=2, padding="SAME")),        # partial windows at the edges
+    ((1, 7, 6, 2), AvgPool2D(3, strides=2, padding="SAME")),  # partial windows at the edges
     ((2, 6, 5, 1), AvgPool2D((2, 3), strides=(1, 2), padding=((1, 0), (0, 2)))),
     ((3, 5, 4, 2), GlobalAvgPool2D()),
 ]
 
 
-@pytest.mark.parametrize("shape,layer", CONFIGS, ids=["max-valid", "max-same-overlap", "max-explicit",
-                                                       "avg-valid", "avg-same", "avg-explicit", "global"])
+@pytest.mark.parametrize(
+    "shape,layer",
+    CONFIGS,
+    ids=[
+        "max-valid",
+        "max-same-overlap",
+        "max-explicit",
+        "avg-valid",
+        "avg-same",
+        "avg-explicit",
+        "global",
+    ],
+)
 def test_pool_backward_matches_autodiff_float64(shape, layer):
     rng = np.random.default_rng(0)
     params, out_shape = layer.init(None, shape[1:])
@@ -33,8 +45,9 @@ def test_pool_backward_matches_autodiff_float64(shape, layer):
     assert y.shape == (shape[0],) + out_shape
 
 
-@pytest.mark.parametrize("shape,layer", [CONFIGS[1], CONFIGS[4], CONFIGS[6]],
-                         ids=["max", "avg", "global"])
+@pytest.mark.parametrize(
+    "shape,layer", [CONFIGS[1], CONFIGS[4], CONFIGS[6]], ids=["max", "avg", "global"]
+)
 def test_pool_backward_matches_autodiff_float32(shape, layer):
     rng = np.random.default_rng(1)
     y, _, dx = compare_with_autodiff(layer, (), rand(rng, shape, jnp.float32), rng)
@@ -43,7 +56,7 @@ def test_pool_backward_matches_autodiff_float32(shape, layer):
 
 def test_maxpool_ties_go_to_the_first_max_in_row_major_order_and_overlaps_accumulate():
     layer = MaxPool2D(2, strides=1)
-    x = jnp.ones((1, 3, 3, 1))                       # every window is a four-way tie
+    x = jnp.ones((1, 3, 3, 1))  # every window is a four-way tie
     y, cache = layer.forward((), x)
     dy = jnp.array([1.0, 2.0, 3.0, 5.0]).reshape(1, 2, 2, 1)
     _, dx = layer.backward((), cache, dy)
@@ -62,8 +75,16 @@ def test_maxpool_inside_one_jit_after_fused_layers_routes_every_delta():
     # Regression: re-deriving the argmax in the backward as `x == y` lost gradient here,
     # because XLA recomputed the fused BatchNorm+ReLU producing x with different rounding.
     rng = np.random.default_rng(3)
-    model = jbp.Sequential([Conv2D(16, 3, use_bias=False), BatchNorm(), jbp.layers.ReLU(),
-                            MaxPool2D(2), jbp.Flatten(), jbp.Dense(3)])
+    model = jbp.Sequential(
+        [
+            Conv2D(16, 3, use_bias=False),
+            BatchNorm(),
+            jbp.layers.ReLU(),
+            MaxPool2D(2),
+            jbp.Flatten(),
+            jbp.Dense(3),
+        ]
+    )
     params, _ = model.init(jax.random.key(0), (28, 28, 1))
     params = jbp.cast(params, jnp.float64)
     x, y = jnp.asarray(rng.random((8, 28, 28, 1))), jnp.asarray(rng.integers(0, 3, 8))
@@ -92,7 +113,9 @@ def test_global_avg_pool_shape():
 def test_bad_input_names_layer_and_shapes():
     with pytest.raises(ValueError, match=r"MaxPool2D.*rank 4.*\(2, 6, 6\)"):
         MaxPool2D(2).forward((), jnp.ones((2, 6, 6)))
-    with pytest.raises(ValueError, match=r"AvgPool2D.*window \(3×3.*larger than the padded input \(2×5"):
+    with pytest.raises(
+        ValueError, match=r"AvgPool2D.*window \(3×3.*larger than the padded input \(2×5"
+    ):
         AvgPool2D(3).forward((), jnp.ones((1, 2, 5, 1)))
     with pytest.raises(ValueError, match=r"GlobalAvgPool2D.*rank 4"):
         GlobalAvgPool2D().forward((), jnp.ones((2, 6, 1)))

@@ -8,6 +8,7 @@ nightly-style run, e.g.::
 
 The number of nets actually checked is printed by the last test of this module.
 """
+
 import os
 
 import jax
@@ -20,8 +21,18 @@ import jbp
 from jbp import losses
 from jbp.layers import ELU, GELU, Dense, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Softplus, Tanh
 
-ACTIVATIONS = [Sigmoid(), Tanh(), ReLU(), LeakyReLU(0.05), ELU(0.8), Softplus(), GELU(),
-               GELU(approximate=True), Softmax(), Identity()]
+ACTIVATIONS = [
+    Sigmoid(),
+    Tanh(),
+    ReLU(),
+    LeakyReLU(0.05),
+    ELU(0.8),
+    Softplus(),
+    GELU(),
+    GELU(approximate=True),
+    Softmax(),
+    Identity(),
+]
 LOSSES = [losses.mse, losses.binary_cross_entropy, losses.softmax_cross_entropy]
 CHECKED = {"nets": 0}
 EXAMPLES = int(os.environ.get("JBP_PROPERTY_EXAMPLES", "8"))
@@ -40,7 +51,13 @@ def nets(draw):
     loss = draw(st.sampled_from(LOSSES))
     if loss is losses.softmax_cross_entropy and widths[-1] < 2:
         layers.append(Dense(3))
-    return jbp.Sequential(layers), loss, draw(st.integers(1, 9)), draw(st.integers(1, 12)), draw(st.integers(0, 2**31 - 1))
+    return (
+        jbp.Sequential(layers),
+        loss,
+        draw(st.integers(1, 9)),
+        draw(st.integers(1, 12)),
+        draw(st.integers(0, 2**31 - 1)),
+    )
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -58,8 +75,12 @@ def test_random_nets_manual_equals_autodiff(spec):
     else:
         y = jnp.asarray(rng.standard_normal((n, d_out)))
     # One compiled program per net holds both engines (cheaper than eager dispatch).
-    both = jax.jit(lambda p, x, y: (jbp.value_and_grad(model, loss)(p, x, y),
-                                    jbp.autodiff_value_and_grad(model, loss)(p, x, y)))
+    both = jax.jit(
+        lambda p, x, y: (
+            jbp.value_and_grad(model, loss)(p, x, y),
+            jbp.autodiff_value_and_grad(model, loss)(p, x, y),
+        )
+    )
     (v, g), (v_ref, g_ref) = both(params, x, y)
     np.testing.assert_allclose(v, v_ref, rtol=1e-10)
     for (name, a), (_, b) in zip(jbp.named_leaves(g), jbp.named_leaves(g_ref)):

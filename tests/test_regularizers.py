@@ -1,4 +1,5 @@
 """jbp.regularizers: hand-written penalty gradients against jax.grad, masks, bad input."""
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -69,8 +70,9 @@ def test_values_follow_the_formulas():
     sq_sum = sum(float(jnp.sum(w * w)) for w in ws)
     np.testing.assert_allclose(R.l1(0.3).value(params), 0.3 * abs_sum, rtol=1e-12)
     np.testing.assert_allclose(R.l2(0.3).value(params), 0.5 * 0.3 * sq_sum, rtol=1e-12)  # the ½
-    np.testing.assert_allclose(R.elastic_net(0.2, 0.7).value(params),
-                               0.2 * abs_sum + 0.5 * 0.7 * sq_sum, rtol=1e-12)
+    np.testing.assert_allclose(
+        R.elastic_net(0.2, 0.7).value(params), 0.2 * abs_sum + 0.5 * 0.7 * sq_sum, rtol=1e-12
+    )
     g = R.l2(0.3).grad(params)
     np.testing.assert_allclose(g["dense"]["W"], 0.3 * params["dense"]["W"], rtol=1e-15)  # λ w
 
@@ -108,8 +110,7 @@ def test_default_selects_weights_not_biases_or_norm_scales():
     moved["dense"]["b"] = moved["dense"]["b"] + 10.0
     moved["norm"]["scale"] = moved["norm"]["scale"] * 3.0
     assert float(R.l2(1.0).value(moved)) == float(R.l2(1.0).value(params))
-    assert jax.tree.leaves(R.weights_only(params)) == [
-        n in WEIGHTS for n in _names(params)]
+    assert jax.tree.leaves(R.weights_only(params)) == [n in WEIGHTS for n in _names(params)]
 
 
 def test_sequential_names_and_default():
@@ -175,15 +176,18 @@ def _classification(dtype):
     y = jnp.asarray(rng.integers(0, 3, size=9), jnp.int32)
     model = jbp.Sequential([Dense(6), Tanh(), Dense(3)])
     params, _ = model.init(jax.random.key(1), (5,))
-    params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape) * 0.3, p.dtype), params)
+    params = jax.tree.map(
+        lambda p: p + jnp.asarray(rng.normal(size=p.shape) * 0.3, p.dtype), params
+    )
     return model, jbp.cast(params, dtype), x, y
 
 
 @pytest.mark.parametrize("reg", ALL, ids=repr)
 def test_check_gradients_with_regularizer(reg):
     model, params, x, y = _classification(jnp.float64)
-    report = jbp.check_gradients(model, jbp.losses.softmax_cross_entropy, params, x, y,
-                                 regularizer=reg, fd_directions=2)
+    report = jbp.check_gradients(
+        model, jbp.losses.softmax_cross_entropy, params, x, y, regularizer=reg, fd_directions=2
+    )
     assert report.ok, str(report)
 
 
@@ -209,12 +213,15 @@ def test_model_plus_penalty_equals_autodiff_and_adds_up():
         np.testing.assert_allclose(g[0]["W"], g0[0]["W"] + reg.grad(params)[0]["W"], rtol=10 * rtol)
 
 
-@pytest.mark.parametrize("make, arg", [
-    (lambda v: R.l1(v), "strength"),
-    (lambda v: R.l2(v), "strength"),
-    (lambda v: R.elastic_net(v, 0.1), "l1"),
-    (lambda v: R.elastic_net(0.1, v), "l2"),
-])
+@pytest.mark.parametrize(
+    "make, arg",
+    [
+        (lambda v: R.l1(v), "strength"),
+        (lambda v: R.l2(v), "strength"),
+        (lambda v: R.elastic_net(v, 0.1), "l1"),
+        (lambda v: R.elastic_net(0.1, v), "l2"),
+    ],
+)
 def test_bad_strength(make, arg):
     for bad in (-1e-3, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=arg):

@@ -1,5 +1,6 @@
 """Residual and PositionWise: hand-written backward vs jax.vjp, stateful and parameterless
 blocks, padding masks, per-example gradient norms, and bad input."""
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -32,7 +33,7 @@ def test_residual_dense_matches_autodiff(dtype):
     rng = np.random.default_rng(0)
     layer = Residual(Dense(5))
     params, out = layer.init(jax.random.key(0), (4, 5))
-    assert out == (4, 5) and set(params) == {"W", "b"}       # the block's params, no nesting
+    assert out == (4, 5) and set(params) == {"W", "b"}  # the block's params, no nesting
     params = randomize(params, rng, dtype)
     x = rand(rng, (3, 4, 5), dtype)
     y, grads, dx = compare_with_autodiff(layer, params, x, rng)
@@ -50,7 +51,7 @@ def test_residual_parameterless_block():
     y, cache = layer.forward(params, x)
     grads, dx = layer.backward(params, cache, dy)
     assert grads == ()
-    np.testing.assert_allclose(dx, dy * (2 - jnp.tanh(x) ** 2), rtol=1e-14)   # 1 + tanh'
+    np.testing.assert_allclose(dx, dy * (2 - jnp.tanh(x) ** 2), rtol=1e-14)  # 1 + tanh'
 
 
 def test_residual_around_stateful_block():
@@ -76,8 +77,9 @@ def test_residual_around_stateful_block():
     @jax.jit
     def evaluate(params, x, dy):
         y, cache, s = layer.forward_with_state(params, new_state, x, train=False)
-        _, pull = jax.vjp(lambda p, v: layer.forward_with_state(p, new_state, v, train=False)[0],
-                          params, x)
+        _, pull = jax.vjp(
+            lambda p, v: layer.forward_with_state(p, new_state, v, train=False)[0], params, x
+        )
         return s, layer.backward(params, cache, dy), pull(dy)
 
     s, manual, auto = evaluate(params, x, dy)
@@ -88,7 +90,10 @@ def test_residual_around_stateful_block():
     mp = randomize(model.init(jax.random.key(1), (3,))[0], rng, jnp.float64)
     report = jbp.check_gradients(model, jbp.losses.mse, mp, x, rand(rng, (6, 2)))
     assert report.ok, str(report)
-    assert [leaf.name for leaf in report.leaves][:2] == ["layers[0].layers[0].W", "layers[0].layers[1].beta"]
+    assert [leaf.name for leaf in report.leaves][:2] == [
+        "layers[0].layers[0].W",
+        "layers[0].layers[1].beta",
+    ]
 
 
 def test_residual_and_positionwise_with_padding_mask():
@@ -121,9 +126,15 @@ def test_per_example_grad_norms_through_residual():
     """Residual and PositionWise delegate per_example_sq_norms to their block (Dense's closed
     form, MultiHeadAttention's vmap default) — vs per-example autodiff gradients."""
     rng = np.random.default_rng(4)
-    model = jbp.Sequential([
-        Masking(), Residual(jbp.Sequential([PositionWise(LayerNorm()), MultiHeadAttention(2)])),
-        Residual(PositionWise(Dense(6))), MeanPool1D(), Dense(2)])
+    model = jbp.Sequential(
+        [
+            Masking(),
+            Residual(jbp.Sequential([PositionWise(LayerNorm()), MultiHeadAttention(2)])),
+            Residual(PositionWise(Dense(6))),
+            MeanPool1D(),
+            Dense(2),
+        ]
+    )
     params = randomize(model.init(jax.random.key(0), (4, 6))[0], rng, jnp.float64, scale=0.3)
     x = rand(rng, (3, 4, 6)) * jnp.asarray(MASK)[..., None]
     y = rand(rng, (3, 2))
@@ -133,8 +144,9 @@ def test_per_example_grad_norms_through_residual():
     def both(p):
         norms = jbp.per_example_grad_norms(model, loss)(p, x, y)
         auto = jbp.per_example_grads(model, loss, grad_fn="autodiff")(p, x, y)
-        return norms, jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(3, -1)), axis=1)
-                                   for g in jax.tree.leaves(auto)))
+        return norms, jnp.sqrt(
+            sum(jnp.sum(jnp.square(g.reshape(3, -1)), axis=1) for g in jax.tree.leaves(auto))
+        )
 
     norms, ref = both(params)
     np.testing.assert_allclose(norms, ref, rtol=1e-10)
@@ -154,19 +166,31 @@ class Narrows(jbp.Layer):
 
 
 def test_bad_blocks_raise_clear_errors():
-    with pytest.raises(ValueError, match=r"Residual\(block=Dense\(units=3.*the block maps input "
-                                         r"shape \(4,\) to output shape \(3,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Residual\(block=Dense\(units=3.*the block maps input "
+        r"shape \(4,\) to output shape \(3,\)",
+    ):
         Residual(Dense(3)).init(jax.random.key(0), (4,))
     layer = Residual(Dense(4))
     params, _ = layer.init(jax.random.key(0), (4,))
-    with pytest.raises(ValueError, match=r"the block maps an input of shape \(2, 4\) to an output "
-                                         r"of shape \(2, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"the block maps an input of shape \(2, 4\) to an output "
+        r"of shape \(2, 3\)",
+    ):
         Residual(Narrows()).forward((), jnp.ones((2, 4)))
-    with pytest.raises(ValueError, match=r"Residual.block \(Dense\): .*params\['W'\] has shape "
-                                         r"\(4, 3\), expected \(in_features, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Residual.block \(Dense\): .*params\['W'\] has shape "
+        r"\(4, 3\), expected \(in_features, 4\)",
+    ):
         layer.forward({"W": jnp.ones((4, 3)), "b": jnp.ones(3)}, jnp.ones((2, 4)))
-    with pytest.raises(ValueError, match=r"Residual.block \(Dense\): Dense\(units=4.*expected input "
-                                         r"of shape \(batch, ..., 4\), got \(2, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Residual.block \(Dense\): Dense\(units=4.*expected input "
+        r"of shape \(batch, ..., 4\), got \(2, 5\)",
+    ):
         layer.forward(params, jnp.ones((2, 5)))
     with pytest.raises(TypeError, match="block must be a jbp Layer"):
         Residual(lambda x: x)
@@ -174,6 +198,9 @@ def test_bad_blocks_raise_clear_errors():
         PositionWise([Dense(3)])
     ln = Residual(LayerNorm())
     p, _ = ln.init(jax.random.key(0), (4, 6))
-    with pytest.raises(TypeError, match=r"Residual.block \(LayerNorm\): x: expected an array.*got "
-                                        r"Masked.*wrap position-wise layers .* in PositionWise"):
+    with pytest.raises(
+        TypeError,
+        match=r"Residual.block \(LayerNorm\): x: expected an array.*got "
+        r"Masked.*wrap position-wise layers .* in PositionWise",
+    ):
         ln.forward(p, Masked(jnp.ones((2, 4, 6)), jnp.ones((2, 4), bool)))

@@ -4,6 +4,7 @@ The reference is always an uninterrupted run with the same arguments; "bit for b
 ``np.array_equal`` on every leaf of the returned parameters, the optimizer state and the
 history (every column but the wall-clock ``seconds``).
 """
+
 import os
 import pathlib
 import shutil
@@ -39,7 +40,9 @@ def _assert_bit_equal(a, b, what):
     for i, (u, v) in enumerate(zip(la, lb)):
         u, v = np.asarray(u), np.asarray(v)
         assert u.dtype == v.dtype and u.shape == v.shape, (what, i)
-        assert np.array_equal(u.reshape(-1).view(np.uint8), v.reshape(-1).view(np.uint8)), f"{what}: leaf {i} differs"
+        assert np.array_equal(u.reshape(-1).view(np.uint8), v.reshape(-1).view(np.uint8)), (
+            f"{what}: leaf {i} differs"
+        )
 
 
 def _assert_same_run(got, ref):
@@ -48,7 +51,10 @@ def _assert_same_run(got, ref):
     _assert_bit_equal(h.opt_state, h_ref.opt_state, "opt_state")
     assert _records(h) == _records(h_ref)
     assert (h.stopped_epoch, h.best_epoch, h.diverged) == (
-        h_ref.stopped_epoch, h_ref.best_epoch, h_ref.diverged)
+        h_ref.stopped_epoch,
+        h_ref.best_epoch,
+        h_ref.diverged,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +71,21 @@ def reference():
 def _run_child(directory, block_at, *, wait_for, delay=0.0):
     """Start the worker, wait for the line starting with ``wait_for`` (then ``delay`` s),
     SIGKILL it; return the lines it printed."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_resume_worker.py"),
-                             str(directory), str(block_at)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join(
+            [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        ),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "_resume_worker.py"), str(directory), str(block_at)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     watchdog = threading.Timer(120, proc.kill)  # a hung child fails the test, not CI
     watchdog.start()
     try:
@@ -146,11 +162,23 @@ def test_a_finished_early_stopped_run_resumes_to_the_same_result(tmp_path):
     (x, y), _ = worker.data()
     model = jbp.Sequential([jbp.Dense(10)])
     params, _ = model.init(jax.random.key(0), (64,))
-    kw = dict(key=jax.random.key(2), verbose=0, metrics=("loss",),  # full batch: cheap
-              early_stopping=jbp.EarlyStopping("loss", patience=1, min_delta=10.0))
-    run = lambda resume=False: jbp.fit(model, params, jbp.losses.softmax_cross_entropy,  # noqa: E731
-                                       jbp.optim.sgd(0.1), (x, y), epochs=8,
-                                       checkpoint_dir=tmp_path, resume=resume, **kw)
+    kw = dict(
+        key=jax.random.key(2),
+        verbose=0,
+        metrics=("loss",),  # full batch: cheap
+        early_stopping=jbp.EarlyStopping("loss", patience=1, min_delta=10.0),
+    )
+    run = lambda resume=False: jbp.fit(
+        model,
+        params,
+        jbp.losses.softmax_cross_entropy,  # noqa: E731
+        jbp.optim.sgd(0.1),
+        (x, y),
+        epochs=8,
+        checkpoint_dir=tmp_path,
+        resume=resume,
+        **kw,
+    )
     ref = run()
     assert ref[1].stopped_epoch == 2  # nothing improves by 10: stops after patience 1
     again = run(resume=True)
@@ -162,10 +190,20 @@ def test_a_diverged_run_is_checkpointed_and_resumes_as_finished(tmp_path):
     x = np.linspace(-2.0, 2.0, 32, dtype=np.float32)[:, None]
     model = jbp.Sequential([jbp.Dense(1)])
     params, _ = model.init(jax.random.key(0), (1,))
-    run = lambda resume=False: jbp.fit(model, params, jbp.losses.mse, jbp.optim.sgd(5.0),  # noqa: E731
-                                       (x, 3 * x), batch_size=4, epochs=8, metrics=("loss",),
-                                       key=jax.random.key(0), verbose=0,
-                                       checkpoint_dir=tmp_path, resume=resume)
+    run = lambda resume=False: jbp.fit(
+        model,
+        params,
+        jbp.losses.mse,
+        jbp.optim.sgd(5.0),  # noqa: E731
+        (x, 3 * x),
+        batch_size=4,
+        epochs=8,
+        metrics=("loss",),
+        key=jax.random.key(0),
+        verbose=0,
+        checkpoint_dir=tmp_path,
+        resume=resume,
+    )
     ref = run()
     assert ref[1].diverged is not None and ref[1].diverged > 1
     assert ckpt.latest_step(tmp_path) == ref[1].diverged - 1
@@ -175,15 +213,18 @@ def test_a_diverged_run_is_checkpointed_and_resumes_as_finished(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
-def test_an_unreadable_only_checkpoint_is_an_error_and_nothing_is_loaded(tmp_path, two_epochs,
-                                                                         damage):
+def test_an_unreadable_only_checkpoint_is_an_error_and_nothing_is_loaded(
+    tmp_path, two_epochs, damage
+):
     d = _copy(two_epochs, tmp_path)
     os.remove(ckpt.step_path(d, 1))
     f = pathlib.Path(ckpt.step_path(d, 2))
     data = f.read_bytes()
-    damaged = {"truncate": data[: len(data) // 2],
-               "flip": data[:-9] + bytes([data[-9] ^ 0xFF]) + data[-8:],
-               "garbage": b"not a checkpoint at all" * 10}[damage]
+    damaged = {
+        "truncate": data[: len(data) // 2],
+        "flip": data[:-9] + bytes([data[-9] ^ 0xFF]) + data[-8:],
+        "garbage": b"not a checkpoint at all" * 10,
+    }[damage]
     f.write_bytes(damaged)
     stopper = jbp.EarlyStopping("val_accuracy", patience=4)
     with warnings.catch_warnings():
@@ -198,20 +239,37 @@ def test_checkpoints_of_something_else_are_refused(tmp_path, two_epochs):
     d = _copy(two_epochs, tmp_path)
     (x, y), val = worker.data()
     # another model: every mismatching leaf is listed, expected vs found
-    model = jbp.Sequential([jbp.Dense(12), jbp.layers.Tanh(), jbp.layers.Dropout(0.2),
-                            jbp.Dense(10)])
+    model = jbp.Sequential(
+        [jbp.Dense(12), jbp.layers.Tanh(), jbp.layers.Dropout(0.2), jbp.Dense(10)]
+    )
     params, _ = model.init(jax.random.key(0), (64,))
-    with pytest.raises(ValueError, match=r"(?s)does not match like=.*params\.layers\[0\]\.W: "
-                                         r"expected float32\[64,12\], found float32\[64,16\]"):
-        jbp.fit(model, params, jbp.losses.softmax_cross_entropy, jbp.optim.adam(3e-3),
-                (x, y), batch_size=16, epochs=3, key=jax.random.key(1), validation_data=val,
-                early_stopping=jbp.EarlyStopping("val_accuracy", patience=4),
-                checkpoint_dir=d, resume=True, verbose=0)
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)does not match like=.*params\.layers\[0\]\.W: "
+        r"expected float32\[64,12\], found float32\[64,16\]",
+    ):
+        jbp.fit(
+            model,
+            params,
+            jbp.losses.softmax_cross_entropy,
+            jbp.optim.adam(3e-3),
+            (x, y),
+            batch_size=16,
+            epochs=3,
+            key=jax.random.key(1),
+            validation_data=val,
+            early_stopping=jbp.EarlyStopping("val_accuracy", patience=4),
+            checkpoint_dir=d,
+            resume=True,
+            verbose=0,
+        )
     # another optimizer
     with pytest.raises(ValueError, match=r"(?s)does not match like=.*opt_state"):
         worker.train(str(d), verbose=0, optimizer=jbp.optim.sgd(0.1))
     # without the early stopping whose progress the checkpoint holds
-    with pytest.raises(ValueError, match=r"holds the progress of the callbacks \['EarlyStopping'\]"):
+    with pytest.raises(
+        ValueError, match=r"holds the progress of the callbacks \['EarlyStopping'\]"
+    ):
         worker.train(str(d), verbose=0, early_stopping=None)
     # a checkpoint that jbp.fit did not write
     shutil.rmtree(d)
@@ -220,10 +278,13 @@ def test_checkpoints_of_something_else_are_refused(tmp_path, two_epochs):
         worker.train(str(d), verbose=0)
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(key=jax.random.key(7)), r"different run \(key: checkpoint"),
-    (dict(batch_size=32), r"different run \(batch_size: checkpoint 16, now 32\)"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(key=jax.random.key(7)), r"different run \(key: checkpoint"),
+        (dict(batch_size=32), r"different run \(batch_size: checkpoint 16, now 32\)"),
+    ],
+)
 def test_resuming_with_other_arguments_is_refused(tmp_path, two_epochs, change, match):
     d = _copy(two_epochs, tmp_path)
     with pytest.raises(ValueError, match=match):
@@ -232,8 +293,11 @@ def test_resuming_with_other_arguments_is_refused(tmp_path, two_epochs, change, 
 
 def test_checkpoint_arguments_are_checked(tmp_path, two_epochs):
     d = _copy(two_epochs, tmp_path)
-    with pytest.raises(ValueError, match=r"already holds checkpoints \(epochs \[1, 2\]\); "
-                                         r"pass resume=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"already holds checkpoints \(epochs \[1, 2\]\); "
+        r"pass resume=True",
+    ):
         worker.train(str(d), resume=False, verbose=0)
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         worker.train(None, resume=True, verbose=0)

@@ -5,6 +5,7 @@ References are independent of the code under test: NumPy forward/backward writte
 matrix substituted as the weight (the input gradient of a layer linear in its input),
 and ``jax.vjp`` through a ``custom_vjp`` matmul whose backward uses ``B`` (LSTM).
 """
+
 import dataclasses
 
 import jax
@@ -50,15 +51,22 @@ def softmax_ce_grad(z, y):
 # Default layers: nothing changes
 # --------------------------------------------------------------------------------------
 
+
 def test_default_layers_keep_repr_hash_and_state():
-    assert repr(Dense(3)) == "Dense(units=3, w_init='glorot_uniform', b_init='zeros', use_bias=True)"
-    assert repr(LSTM(2)) == ("LSTM(features=2, return_sequences=False, w_init='glorot_uniform', "
-                             "recurrent_init='orthogonal', b_init='zeros', forget_bias=1.0)")
+    assert (
+        repr(Dense(3)) == "Dense(units=3, w_init='glorot_uniform', b_init='zeros', use_bias=True)"
+    )
+    assert repr(LSTM(2)) == (
+        "LSTM(features=2, return_sequences=False, w_init='glorot_uniform', "
+        "recurrent_init='orthogonal', b_init='zeros', forget_bias=1.0)"
+    )
     for layer in (Dense(3), Conv2D(2, 3), SimpleRNN(4), LSTM(4)):
         bp = dataclasses.replace(layer, rule="bp")
         assert bp == layer and hash(bp) == hash(layer) and repr(bp) == repr(layer)
-        assert not layer.stateful and layer.init_state((5, 5, 1) if isinstance(layer, Conv2D)
-                                                       else (3, 2)) == ()
+        assert (
+            not layer.stateful
+            and layer.init_state((5, 5, 1) if isinstance(layer, Conv2D) else (3, 2)) == ()
+        )
         fa = dataclasses.replace(layer, rule="fa", feedback_seed=7)
         assert fa != layer and fa.stateful
         assert repr(fa).endswith("rule='fa', feedback_seed=7)")
@@ -69,8 +77,9 @@ def test_feedback_matrices_are_not_the_weights_for_equal_seeds():
     """init key(s) and feedback_seed s draw different matrices (JAX's split(k, n)[i] equals
     fold_in(k, i): without a tag, layer 0's B would be its W)."""
     for seed in (0, 1):
-        model = with_rule(jbp.Sequential([Dense(6), ReLU(), Dense(6), ReLU(), Dense(6)]), "fa",
-                          seed=seed)
+        model = with_rule(
+            jbp.Sequential([Dense(6), ReLU(), Dense(6), ReLU(), Dense(6)]), "fa", seed=seed
+        )
         params, _ = model.init(jax.random.key(seed), (6,))
         state = model.init_state((6,))
         Bs = [np.asarray(state[i]["B"]) for i in (0, 2, 4)]
@@ -87,16 +96,23 @@ def test_feedback_matrices_are_not_the_weights_for_equal_seeds():
 # Every rule on single layers: against independent references
 # --------------------------------------------------------------------------------------
 
+
 def _layer_case(name, dtype, rng):
     """(layer factory, params, x, dy) with random non-uniform values."""
     if name == "dense":
         make, in_shape, x_shape = (lambda **k: Dense(5, **k)), (4,), (6, 4)
     elif name == "conv":
-        make, in_shape, x_shape = (lambda **k: Conv2D(3, (3, 2), strides=(2, 1), **k)), \
-            (7, 5, 2), (2, 7, 5, 2)
+        make, in_shape, x_shape = (
+            (lambda **k: Conv2D(3, (3, 2), strides=(2, 1), **k)),
+            (7, 5, 2),
+            (2, 7, 5, 2),
+        )
     elif name == "rnn":
-        make, in_shape, x_shape = (lambda **k: SimpleRNN(4, return_sequences=True, **k)), \
-            (5, 3), (3, 5, 3)
+        make, in_shape, x_shape = (
+            (lambda **k: SimpleRNN(4, return_sequences=True, **k)),
+            (5, 3),
+            (3, 5, 3),
+        )
     else:
         make, in_shape, x_shape = (lambda **k: LSTM(3, **k)), (4, 2), (3, 4, 2)
     params, out = make().init(jax.random.key(1), in_shape)
@@ -108,6 +124,7 @@ def _layer_case(name, dtype, rng):
 
 def _fb_matmul():
     """``a @ W`` whose backward sends ``g Bᵀ`` to ``a`` (and ``aᵀ g`` to ``W``)."""
+
     @jax.custom_vjp
     def mm(a, W, B):
         return a @ W
@@ -129,8 +146,8 @@ def _lstm_reference(params, Bx, Bh, x, n):
     h = c = jnp.zeros((x.shape[0], n), x.dtype)
     for t in range(x.shape[1]):
         z = mm(x[:, t], params["W_x"], Bx) + mm(h, params["W_h"], Bh) + params["b"]
-        i, f, o = (jax.nn.sigmoid(z[:, k * n:(k + 1) * n]) for k in (0, 1, 3))
-        g = jnp.tanh(z[:, 2 * n:3 * n])
+        i, f, o = (jax.nn.sigmoid(z[:, k * n : (k + 1) * n]) for k in (0, 1, 3))
+        g = jnp.tanh(z[:, 2 * n : 3 * n])
         c = f * c + i * g
         h = o * jnp.tanh(c)
     return h
@@ -177,16 +194,23 @@ def test_rules_backward_match_references(name, dtype):
     layers = {r: make(rule=r, feedback_seed=5) for r in RULE_NAMES}
     names = layers["fa"]._feedback_of
     fa_state = layers["fa"].init_state(in_shape)
-    assert {k: v.shape for k, v in fa_state.items()} == {b: params[w].shape for b, (w, _) in names.items()}
+    assert {k: v.shape for k, v in fa_state.items()} == {
+        b: params[w].shape for b, (w, _) in names.items()
+    }
     fa_state = jbp.cast(fa_state, dtype)
     kp_init, _ = layers["kolen_pollack"].init(jax.random.key(1), in_shape)
     assert set(kp_init) == set(params) | set(names)
     kp_params = {**params, **{b: rand(rng, params[w].shape, dtype) for b, (w, _) in names.items()}}
-    sign = {b: jnp.asarray(np.sign(np.asarray(params[w], np.float64))
-                           * np.mean(np.abs(np.asarray(params[w], np.float64))), dtype)
-            for b, (w, _) in names.items()}
+    sign = {
+        b: jnp.asarray(
+            np.sign(np.asarray(params[w], np.float64))
+            * np.mean(np.abs(np.asarray(params[w], np.float64))),
+            dtype,
+        )
+        for b, (w, _) in names.items()
+    }
     feedback = {"fa": fa_state, "sign": sign, "kolen_pollack": {b: kp_params[b] for b in names}}
-    same = {b: params[w] for b, (w, _) in names.items()}                       # B := W
+    same = {b: params[w] for b, (w, _) in names.items()}  # B := W
 
     def reference(B):
         """(grads, dx) of the BP layer's forward with B in the backward of x (and h)."""
@@ -234,7 +258,7 @@ def test_rules_backward_match_references(name, dtype):
         else:
             ref_g, ref_dx = out[f"ref_{r}"]
         if r == "kolen_pollack":
-            for b, (w, _) in names.items():   # B's gradient is W's gradient
+            for b, (w, _) in names.items():  # B's gradient is W's gradient
                 np.testing.assert_array_equal(np.asarray(grads[b]), np.asarray(grads[w]))
             grads = {k: v for k, v in grads.items() if k not in names}
         close(grads, ref_g, dtype, f"{name}/{r} grads")
@@ -257,22 +281,25 @@ def test_fa_mlp_deltas_match_numpy():
 
         grads, dx, deltas = run(params, state, x, y)
 
-        (W1, b1), (W2, b2) = [(np.asarray(params[i]["W"], np.float64),
-                               np.asarray(params[i]["b"], np.float64)) for i in (0, 2)]
+        (W1, b1), (W2, b2) = [
+            (np.asarray(params[i]["W"], np.float64), np.asarray(params[i]["b"], np.float64))
+            for i in (0, 2)
+        ]
         B1, B2 = (np.asarray(state[i]["B"], np.float64) for i in (0, 2))
         xn = np.asarray(x, np.float64)
         z1 = xn @ W1 + b1
         a1 = np.maximum(z1, 0)
         e = softmax_ce_grad(a1 @ W2 + b2, np.asarray(y))
-        d1 = (e @ B2.T) * (z1 > 0)                   # FA: B2 where BP has W2
+        d1 = (e @ B2.T) * (z1 > 0)  # FA: B2 where BP has W2
         ref = ({"W": xn.T @ d1, "b": d1.sum(0)}, (), {"W": a1.T @ e, "b": e.sum(0)})
         close(grads, jax.tree.map(lambda a: jnp.asarray(a, dtype), ref), dtype, "FA MLP grads")
         close(dx, jnp.asarray(d1 @ B1.T, dtype), dtype, "FA MLP dx")
         close(deltas[0], jnp.asarray(d1, dtype), dtype, "FA MLP delta of layer 0")
         # B are distinct per layer and reproducible from the seed
         assert not np.allclose(B1[:4, :4], W1[:4, :4])
-        np.testing.assert_array_equal(np.asarray(model.init_state((5,))[0]["B"]),
-                                      np.asarray(model.init_state((5,))[0]["B"]))
+        np.testing.assert_array_equal(
+            np.asarray(model.init_state((5,))[0]["B"]), np.asarray(model.init_state((5,))[0]["B"])
+        )
 
 
 def test_sign_on_positive_weights_is_mean_times_ones():
@@ -298,13 +325,14 @@ def test_sign_on_positive_weights_is_mean_times_ones():
 # Kolen–Pollack
 # --------------------------------------------------------------------------------------
 
+
 def test_kolen_pollack_B_converges_to_W_under_weight_decay():
     """grads["B"] = grads["W"], so with SGD + weight decay λ, B − W ← (1 − ηλ)(B − W)."""
     rng = np.random.default_rng(4)
     model = with_rule(jbp.Sequential([Dense(6), Tanh(), Dense(3)]), "kolen_pollack")
     params = jbp.cast(model.init(jax.random.key(2), (4,))[0], jnp.float64)
     assert set(params[0]) == {"W", "b", "B"}
-    assert not np.allclose(params[0]["B"], params[0]["W"])   # B starts independent of W
+    assert not np.allclose(params[0]["B"], params[0]["W"])  # B starts independent of W
     x, y = rand(rng, (32, 4)), jnp.asarray(rng.integers(0, 3, 32))
     eta, lam, steps = 0.1, 0.5, 20
     opt = optim.chain(optim.add_decayed_weights(lam), optim.sgd(eta))
@@ -325,6 +353,7 @@ def test_kolen_pollack_B_converges_to_W_under_weight_decay():
 # DFA
 # --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dfa_one_hidden_layer_matches_numpy(dtype):
     rng = np.random.default_rng(5)
@@ -338,7 +367,7 @@ def test_dfa_one_hidden_layer_matches_numpy(dtype):
     def run(params, state, x, y):
         pred, cache, _ = model.forward_with_state(params, state, x)
         g_state, _ = model.backward(params, cache, CE.grad(pred, y))
-        _, g_stateless = jbp.value_and_grad(model, CE)(params, x, y)   # B drawn from the seed
+        _, g_stateless = jbp.value_and_grad(model, CE)(params, x, y)  # B drawn from the seed
         return g_state, g_stateless
 
     g_state, g_stateless = run(params, jbp.cast(state, dtype), x, y)
@@ -347,7 +376,7 @@ def test_dfa_one_hidden_layer_matches_numpy(dtype):
     xn = np.asarray(x, np.float64)
     a1 = np.tanh(xn @ p[0]["W"] + p[0]["b"])
     e = softmax_ce_grad(a1 @ p[2]["W"] + p[2]["b"], np.asarray(y))
-    d1 = (e @ B) * (1 - a1 ** 2)                    # δ₁ = (e B₁) ⊙ f'(z₁)
+    d1 = (e @ B) * (1 - a1**2)  # δ₁ = (e B₁) ⊙ f'(z₁)
     ref = ({"W": xn.T @ d1, "b": d1.sum(0)}, (), {"W": a1.T @ e, "b": e.sum(0)})
     ref = jax.tree.map(lambda a: jnp.asarray(a, dtype), ref)
     close(g_state, ref, dtype, "DFA grads")
@@ -358,13 +387,14 @@ def test_dfa_deep_conv_net_injects_B_e_after_each_hidden_layer():
     """Conv → ReLU → Flatten → Dense → ReLU → Dropout → Dense: every hidden weight layer
     receives B_k e passed back through the layers before the next weight layer only."""
     rng = np.random.default_rng(6)
-    net = jbp.Sequential([Conv2D(2, 3), ReLU(), Flatten(), Dense(6), ReLU(), Dropout(0.3),
-                          Dense(4)])
+    net = jbp.Sequential(
+        [Conv2D(2, 3), ReLU(), Flatten(), Dense(6), ReLU(), Dropout(0.3), Dense(4)]
+    )
     model = dfa(net, seed=1)
     assert model.targets == (0, 3)
     params = randomize(model.init(jax.random.key(0), (5, 5, 1))[0], rng, jnp.float64)
     state = jbp.cast(model.init_state((5, 5, 1)), jnp.float64)
-    assert [b.shape for b in state["B"]] == [(4, 50), (4, 6)]    # to Dense's input, to the output's
+    assert [b.shape for b in state["B"]] == [(4, 50), (4, 6)]  # to Dense's input, to the output's
     x, y = rand(rng, (3, 5, 5, 1)), jnp.asarray(rng.integers(0, 4, 3))
     key = jax.random.key(3)
 
@@ -375,9 +405,10 @@ def test_dfa_deep_conv_net_injects_B_e_after_each_hidden_layer():
         grads, _, deltas = model.backward_with_deltas(params, cache, e)
         # reference: jax.vjp of each segment, seeded with B_k e at its injection point
         caches = cache["layers"]
-        z3 = caches[3]["x"] @ params[3]["W"] + params[3]["b"]       # Dense(6)'s output
-        seg = lambda z: net.layers[5].forward((), jax.nn.relu(z), key=jax.random.fold_in(key, 5),
-                                              train=True)[0]
+        z3 = caches[3]["x"] @ params[3]["W"] + params[3]["b"]  # Dense(6)'s output
+        seg = lambda z: net.layers[5].forward(
+            (), jax.nn.relu(z), key=jax.random.fold_in(key, 5), train=True
+        )[0]
         a6, pull = jax.vjp(seg, z3)
         (d3,) = pull(e @ state["B"][1])
         _, pull = jax.vjp(lambda p: jax.nn.relu(net.layers[0].apply(p, x)), params[0])
@@ -386,7 +417,7 @@ def test_dfa_deep_conv_net_injects_B_e_after_each_hidden_layer():
         return grads, deltas, (a6, caches[6]["x"]), d3, g0, out_ref
 
     grads, deltas, (a6, a6_cache), d3, g0, out_ref = run(params, state, x, y)
-    np.testing.assert_array_equal(np.asarray(a6), np.asarray(a6_cache))   # same dropout mask
+    np.testing.assert_array_equal(np.asarray(a6), np.asarray(a6_cache))  # same dropout mask
     close(deltas[3], d3, jnp.float64, "delta of the hidden Dense")
     close(grads[0], g0, jnp.float64, "conv kernel gradient under DFA")
     close(grads[6], out_ref, jnp.float64, "output layer")
@@ -400,9 +431,11 @@ def test_dfa_per_example_functions_work():
 
     @jax.jit
     def run(params, x, y):
-        return (jbp.per_example_grads(model, CE)(params, x, y),
-                jbp.value_and_grad(model, CE)(params, x, y)[1],
-                jbp.per_example_grad_norms(model, CE)(params, x, y))
+        return (
+            jbp.per_example_grads(model, CE)(params, x, y),
+            jbp.value_and_grad(model, CE)(params, x, y)[1],
+            jbp.per_example_grad_norms(model, CE)(params, x, y),
+        )
 
     pe, batch, norms = run(params, x, y)
     close(jax.tree.map(lambda a: a.mean(0), pe), batch, jnp.float64, "mean of per-example")
@@ -413,6 +446,7 @@ def test_dfa_per_example_functions_work():
 # --------------------------------------------------------------------------------------
 # Per-example functions and the stateless path of per-layer rules
 # --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("rule", ["fa", "kolen_pollack"])
 def test_per_example_grads_and_norms_with_rules(rule):
@@ -425,15 +459,20 @@ def test_per_example_grads_and_norms_with_rules(rule):
 
     @jax.jit
     def run(params, state, x, y):
-        out = (jbp.per_example_grads(model, CE)(params, x, y),
-               jbp.value_and_grad(model, CE)(params, x, y)[1],
-               jbp.per_example_grad_norms(model, CE)(params, x, y))
+        out = (
+            jbp.per_example_grads(model, CE)(params, x, y),
+            jbp.value_and_grad(model, CE)(params, x, y)[1],
+            jbp.per_example_grad_norms(model, CE)(params, x, y),
+        )
         if rule != "fa":
             return out, None, None
         pred, cache, _ = model.forward_with_state(params, state, x)
         # per-example norms also read caches that carry B (from forward_with_state)
-        return (out, model.backward(params, cache, CE.grad(pred, y))[0],
-                jbp.per_example_grad_norms(model, CE)(params, x, y, state=state) ** 2)
+        return (
+            out,
+            model.backward(params, cache, CE.grad(pred, y))[0],
+            jbp.per_example_grad_norms(model, CE)(params, x, y, state=state) ** 2,
+        )
 
     (pe, batch, norms), g_state, sq = run(params, state, x, y)
     close(jax.tree.map(lambda a: a.mean(0), pe), batch, jnp.float64, "mean of per-example")
@@ -448,6 +487,7 @@ def test_per_example_grads_and_norms_with_rules(rule):
 # --------------------------------------------------------------------------------------
 # Alignment metrics
 # --------------------------------------------------------------------------------------
+
 
 def _angle_np(a, b):
     a, b = np.ravel(a), np.ravel(b)
@@ -469,7 +509,7 @@ def test_alignment_against_numpy_and_jax_grad(dtype):
     def run(params, state, x, y):
         pred, cache, _ = model.forward_with_state(params, state, x)
         g_fa, _ = model.backward(params, cache, CE.grad(pred, y))
-        g_true = jax.grad(lambda p: CE.value(model.apply(p, x), y))(params)     # autodiff
+        g_true = jax.grad(lambda p: CE.value(model.apply(p, x), y))(params)  # autodiff
         return align(params, x, y, state=state), g_fa, g_true
 
     out, g_fa, g_true = run(params, state, x, y)
@@ -481,9 +521,10 @@ def test_alignment_against_numpy_and_jax_grad(dtype):
         gf, gt = (np.asarray(g[i]["W"], np.float64) for g in (g_fa, g_true))
         np.testing.assert_allclose(float(rec["grad_angle"]), _angle_np(gf, gt), atol=1e3 * tol)
         np.testing.assert_allclose(float(rec["feedback_angle"]), _angle_np(B, W), rtol=tol)
-        np.testing.assert_allclose(float(rec["norm_ratio"]),
-                                   np.linalg.norm(B) / np.linalg.norm(W), rtol=tol)
-    assert float(out["layers"]["layers[4]"]["grad_angle"]) == 0.0   # the output layer gets e
+        np.testing.assert_allclose(
+            float(rec["norm_ratio"]), np.linalg.norm(B) / np.linalg.norm(W), rtol=tol
+        )
+    assert float(out["layers"]["layers[4]"]["grad_angle"]) == 0.0  # the output layer gets e
     assert float(out["layers"]["layers[0]"]["grad_angle"]) > 1.0
     # B := W everywhere: every angle exactly 0, ratios 1
     same = tuple({"B": p["W"]} if "W" in p else s for p, s in zip(params, state))
@@ -500,8 +541,9 @@ def test_alignment_sign_kp_dfa_recurrent():
     params = randomize(rnn.init(jax.random.key(0), (3, 2))[0], rng, jnp.float64)
     rec = jax.jit(alignment(rnn, CE))(params, x, y)["layers"]["layers[0]"]
     W = np.concatenate([np.ravel(params[0]["W_x"]), np.ravel(params[0]["W_h"])])
-    B = np.concatenate([np.sign(params[0][k]).ravel() * np.abs(params[0][k]).mean()
-                        for k in ("W_x", "W_h")])
+    B = np.concatenate(
+        [np.sign(params[0][k]).ravel() * np.abs(params[0][k]).mean() for k in ("W_x", "W_h")]
+    )
     np.testing.assert_allclose(float(rec["feedback_angle"]), _angle_np(B, W), rtol=1e-10)
     mlp = jbp.Sequential([Dense(5), ReLU(), Dense(2)])
     d = dfa(mlp)
@@ -511,39 +553,56 @@ def test_alignment_sign_kp_dfa_recurrent():
 
     @jax.jit
     def run(p, xm, ym):
-        return (alignment(d, CE)(p, xm, ym)["layers"], jbp.value_and_grad(d, CE)(p, xm, ym)[1],
-                jax.grad(lambda q: CE.value(mlp.apply(q, xm), ym))(p))
+        return (
+            alignment(d, CE)(p, xm, ym)["layers"],
+            jbp.value_and_grad(d, CE)(p, xm, ym)[1],
+            jax.grad(lambda q: CE.value(mlp.apply(q, xm), ym))(p),
+        )
 
     out, g_dfa, g_true = run(p, xm, ym)
     assert list(out) == ["layers[0]"] and set(out["layers[0]"]) == {"grad_angle"}
-    np.testing.assert_allclose(float(out["layers[0]"]["grad_angle"]),
-                               _angle_np(g_dfa[0]["W"], g_true[0]["W"]), atol=1e-6)
+    np.testing.assert_allclose(
+        float(out["layers[0]"]["grad_angle"]), _angle_np(g_dfa[0]["W"], g_true[0]["W"]), atol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------------------
 # Training: fit, Dropout, BatchNorm state, jit/scan, the callback
 # --------------------------------------------------------------------------------------
 
+
 def test_fit_trains_fa_mlp_with_dropout_and_batchnorm_and_records_alignment():
     (x, y), (xt, yt) = jbp.datasets.digits()
-    net = jbp.Sequential([Dense(64, w_init="he_normal"), BatchNorm(), ReLU(), Dropout(0.1),
-                          Dense(10)])
+    net = jbp.Sequential(
+        [Dense(64, w_init="he_normal"), BatchNorm(), ReLU(), Dropout(0.1), Dense(10)]
+    )
     model = with_rule(net, "fa", seed=0)
     assert model.stateful
     params, _ = model.init(jax.random.key(0), (64,))
     hist = jbp.rules.AlignmentHistory(model, CE, (xt[:200], yt[:200]))
     hist(0, params)
-    params, history = jbp.fit(model, params, CE, optim.adam(1e-2), (x, y), batch_size=64,
-                              epochs=3, key=jax.random.key(1), verbose=0, callbacks=[hist])
+    params, history = jbp.fit(
+        model,
+        params,
+        CE,
+        optim.adam(1e-2),
+        (x, y),
+        batch_size=64,
+        epochs=3,
+        key=jax.random.key(1),
+        verbose=0,
+        callbacks=[hist],
+    )
     loss = history["loss"]
     assert loss[-1] < 0.25 * loss[0]
     angles = hist.record.quantity("grad_angle")["layers[0]"]
     assert len(angles) == 4 and angles[-1] < 80.0 and angles[-1] < angles[0] - 10
-    assert hist.record.quantity("grad_angle")["layers[4]"] == [0.0] * 4   # the output layer
-    assert history["grad_angle/layers[0]"][-1] == angles[-1]        # the callback's log column
+    assert hist.record.quantity("grad_angle")["layers[4]"] == [0.0] * 4  # the output layer
+    assert history["grad_angle/layers[0]"][-1] == angles[-1]  # the callback's log column
     # the B in the final state is the initial one: never trained
-    np.testing.assert_array_equal(np.asarray(history.state[0]["B"]),
-                                  np.asarray(model.init_state((64,))[0]["B"]))
+    np.testing.assert_array_equal(
+        np.asarray(history.state[0]["B"]), np.asarray(model.init_state((64,))[0]["B"])
+    )
     acc = jbp.evaluate(model, params, CE, (xt, yt), state=history.state)["accuracy"]
     assert acc > 0.85
 
@@ -552,8 +611,17 @@ def test_fit_trains_dfa_model():
     (x, y), _ = jbp.datasets.digits()
     model = dfa(jbp.Sequential([Dense(32, w_init="he_normal"), ReLU(), Dense(10)]))
     params, _ = model.init(jax.random.key(0), (64,))
-    params, history = jbp.fit(model, params, CE, optim.adam(1e-2), (x, y), batch_size=128,
-                              epochs=3, key=jax.random.key(1), verbose=0)
+    params, history = jbp.fit(
+        model,
+        params,
+        CE,
+        optim.adam(1e-2),
+        (x, y),
+        batch_size=128,
+        epochs=3,
+        key=jax.random.key(1),
+        verbose=0,
+    )
     assert history["loss"][-1] < 0.6 * history["loss"][0]
 
 
@@ -561,9 +629,13 @@ def test_fit_trains_dfa_model():
 # Errors
 # --------------------------------------------------------------------------------------
 
+
 def test_bad_input_gives_clear_errors():
-    with pytest.raises(ValueError, match=r"Dense: unknown rule 'feedback'.*'bp', 'fa', 'sign', "
-                                         r"'kolen_pollack'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Dense: unknown rule 'feedback'.*'bp', 'fa', 'sign', "
+        r"'kolen_pollack'",
+    ):
         Dense(3, rule="feedback")
     with pytest.raises(ValueError, match="LSTM: unknown rule"):
         LSTM(3, rule="dfa")
@@ -612,10 +684,12 @@ def test_with_rule_and_as_backprop_round_trip():
 # The Alignment engine extension (one forward, the rule's walk + backprop's walk)
 # --------------------------------------------------------------------------------------
 
+
 def _old_alignment(model, loss, params, x, y, state):
     """The former stand-alone implementation of ``alignment`` (its own forward, the rule's
     backward and ``as_backprop``'s backward), kept as a reference for the extension."""
     from jbp.rules.alignment import _at, _bp_cache, _entries, _flat, _weights, angle
+
     pred, cache, _ = model.forward_with_state(params, state, x)
     e = loss.grad(pred, y)
     grads, _ = model.backward(params, cache, e)
@@ -637,15 +711,26 @@ def _old_alignment(model, loss, params, x, y, state):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_alignment_extension_vs_numpy_rule_and_jax_grad(dtype):
     rng = np.random.default_rng(21)
-    model = jbp.Sequential([Dense(7, rule="fa", feedback_seed=3), Tanh(),
-                            Dense(6, rule="kolen_pollack"), ReLU(), Dense(5, rule="sign"),
-                            Tanh(), Dense(3)])
+    model = jbp.Sequential(
+        [
+            Dense(7, rule="fa", feedback_seed=3),
+            Tanh(),
+            Dense(6, rule="kolen_pollack"),
+            ReLU(),
+            Dense(5, rule="sign"),
+            Tanh(),
+            Dense(3),
+        ]
+    )
     params = randomize(model.init(jax.random.key(0), (4,))[0], rng, dtype)
     state = jbp.cast(model.init_state((4,)), dtype)
     x, y = rand(rng, (10, 4), dtype), jnp.asarray(rng.integers(0, 3, 10))
     tol = {jnp.float64: 1e-9, jnp.float32: 2e-3}[dtype]
-    run = jax.jit(lambda p, s, x, y: jbp.backprop(model, CE, extensions=[jbp.rules.Alignment()])(
-        p, x, y, state=s, train=False))
+    run = jax.jit(
+        lambda p, s, x, y: jbp.backprop(model, CE, extensions=[jbp.rules.Alignment()])(
+            p, x, y, state=s, train=False
+        )
+    )
     out = run(params, state, x, y)
     ext = out.extras["alignment"]
     assert list(ext) == ["layers[0]", "layers[2]", "layers[4]"]
@@ -653,39 +738,45 @@ def test_alignment_extension_vs_numpy_rule_and_jax_grad(dtype):
     old = jax.jit(lambda p, s, x, y: _old_alignment(model, CE, p, x, y, s))(params, state, x, y)
     for name in ext:
         for q in ext[name]:
-            np.testing.assert_allclose(float(ext[name][q]), float(old[name][q]),
-                                       rtol=tol, atol=tol)
+            np.testing.assert_allclose(float(ext[name][q]), float(old[name][q]), rtol=tol, atol=tol)
     # independent: the rule's gradient by a NumPy walk, the true one by jax.grad of the bp net
     P = np64(params)
     W = [P[i]["W"] for i in (0, 2, 4, 6)]
     b = [P[i]["b"] for i in (0, 2, 4, 6)]
-    Bs = [np.asarray(state[0]["B"], np.float64), P[2]["B"],
-          np.sign(W[2]) * np.abs(W[2]).mean()]
+    Bs = [np.asarray(state[0]["B"], np.float64), P[2]["B"], np.sign(W[2]) * np.abs(W[2]).mean()]
     a0 = np.asarray(x, np.float64)
-    z1 = a0 @ W[0] + b[0]; a1 = np.tanh(z1)
-    z2 = a1 @ W[1] + b[1]; a2 = np.maximum(z2, 0)
-    z3 = a2 @ W[2] + b[2]; a3 = np.tanh(z3)
+    z1 = a0 @ W[0] + b[0]
+    a1 = np.tanh(z1)
+    z2 = a1 @ W[1] + b[1]
+    a2 = np.maximum(z2, 0)
+    z3 = a2 @ W[2] + b[2]
+    a3 = np.tanh(z3)
     z4 = a3 @ W[3] + b[3]
-    pr = np.exp(z4 - z4.max(1, keepdims=True)); pr /= pr.sum(1, keepdims=True)
+    pr = np.exp(z4 - z4.max(1, keepdims=True))
+    pr /= pr.sum(1, keepdims=True)
     e = (pr - np.eye(3)[np.asarray(y)]) / len(a0)
-    d3 = (e @ W[3].T) * (1 - a3 ** 2)            # output layer is bp
-    d2 = (d3 @ Bs[2].T) * (z2 > 0)               # sign feedback
-    d1 = (d2 @ Bs[1].T) * (1 - a1 ** 2)          # Kolen-Pollack feedback
+    d3 = (e @ W[3].T) * (1 - a3**2)  # output layer is bp
+    d2 = (d3 @ Bs[2].T) * (z2 > 0)  # sign feedback
+    d1 = (d2 @ Bs[1].T) * (1 - a1**2)  # Kolen-Pollack feedback
     g_rule = {0: a0.T @ d1, 2: a1.T @ d2, 4: a2.T @ d3}
     g_true = np64(jax.grad(lambda p: CE.value(as_backprop(model).apply(p, x), y))(params))
     for i, B in zip((0, 2, 4), Bs):
         rec = ext[f"layers[{i}]"]
         assert rec["grad_angle"].dtype == dtype
-        np.testing.assert_allclose(float(rec["grad_angle"]), _angle_np(g_rule[i], g_true[i]["W"]),
-                                   rtol=tol, atol=1e2 * tol)
-        np.testing.assert_allclose(float(rec["feedback_angle"]), _angle_np(B, W[i // 2]),
-                                   rtol=tol, atol=1e2 * tol)
-        np.testing.assert_allclose(float(rec["norm_ratio"]),
-                                   np.linalg.norm(B) / np.linalg.norm(W[i // 2]), rtol=tol)
+        np.testing.assert_allclose(
+            float(rec["grad_angle"]), _angle_np(g_rule[i], g_true[i]["W"]), rtol=tol, atol=1e2 * tol
+        )
+        np.testing.assert_allclose(
+            float(rec["feedback_angle"]), _angle_np(B, W[i // 2]), rtol=tol, atol=1e2 * tol
+        )
+        np.testing.assert_allclose(
+            float(rec["norm_ratio"]), np.linalg.norm(B) / np.linalg.norm(W[i // 2]), rtol=tol
+        )
     # the reader returns the extension's numbers, and the extension refuses a bp model
     red = jax.jit(alignment(model, CE))(params, x, y, state=state)
     assert float(red["loss"]) == float(out.loss)
     close(red["layers"], ext, dtype)
     with pytest.raises(ValueError, match="no layer with a learning rule"):
         jbp.backprop(jbp.Sequential([Dense(2)]), CE, extensions=[jbp.rules.Alignment()])(
-            jbp.Sequential([Dense(2)]).init(jax.random.key(0), (3,))[0], x[:, :3], y % 2)
+            jbp.Sequential([Dense(2)]).init(jax.random.key(0), (3,))[0], x[:, :3], y % 2
+        )

@@ -18,8 +18,9 @@ def _check(schedule, expected):
     for t in steps:
         assert float(schedule(t)) == pytest.approx(expected[t], rel=1e-12, abs=1e-15), t
     got = jax.jit(jax.vmap(schedule))(jnp.asarray(steps, dtype=jnp.int32))
-    np.testing.assert_allclose(np.asarray(got, dtype=np.float64),
-                               [expected[t] for t in steps], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        np.asarray(got, dtype=np.float64), [expected[t] for t in steps], rtol=1e-12, atol=1e-15
+    )
 
 
 def test_constant():
@@ -41,35 +42,65 @@ def test_step_decay():
 
 
 def test_exponential_decay():
-    _check(optim.exponential_decay(1.0, 10, 0.5),
-           {0: 1.0, 5: 0.5 ** 0.5, 10: 0.5, 20: 0.25, 25: 0.5 ** 2.5})
-    _check(optim.exponential_decay(2.0, 10, 0.5, transition_begin=5),
-           {0: 2.0, 3: 2.0, 5: 2.0, 10: 2.0 * 0.5 ** 0.5, 15: 1.0})
-    _check(optim.exponential_decay(1.0, 10, 0.5, staircase=True),
-           {0: 1.0, 9: 1.0, 10: 0.5, 19: 0.5, 20: 0.25})
-    _check(optim.exponential_decay(1.0, 10, 0.5, end_value=0.3),
-           {0: 1.0, 10: 0.5, 20: 0.3, 100: 0.3})
-    _check(optim.exponential_decay(1.0, 1, 2.0, end_value=5.0),  # growth, capped from above
-           {0: 1.0, 1: 2.0, 2: 4.0, 3: 5.0, 10: 5.0})
+    _check(
+        optim.exponential_decay(1.0, 10, 0.5),
+        {0: 1.0, 5: 0.5**0.5, 10: 0.5, 20: 0.25, 25: 0.5**2.5},
+    )
+    _check(
+        optim.exponential_decay(2.0, 10, 0.5, transition_begin=5),
+        {0: 2.0, 3: 2.0, 5: 2.0, 10: 2.0 * 0.5**0.5, 15: 1.0},
+    )
+    _check(
+        optim.exponential_decay(1.0, 10, 0.5, staircase=True),
+        {0: 1.0, 9: 1.0, 10: 0.5, 19: 0.5, 20: 0.25},
+    )
+    _check(
+        optim.exponential_decay(1.0, 10, 0.5, end_value=0.3), {0: 1.0, 10: 0.5, 20: 0.3, 100: 0.3}
+    )
+    _check(
+        optim.exponential_decay(1.0, 1, 2.0, end_value=5.0),  # growth, capped from above
+        {0: 1.0, 1: 2.0, 2: 4.0, 3: 5.0, 10: 5.0},
+    )
 
 
 def test_cosine_decay():
     s = optim.cosine_decay_schedule(2.0, 10, alpha=0.1)
-    _check(s, {0: 2.0, 5: 2.0 * (0.9 * 0.5 + 0.1), 10: 0.2, 15: 0.2,
-               2: 2.0 * (0.9 * 0.5 * (1 + math.cos(math.pi * 0.2)) + 0.1)})
+    _check(
+        s,
+        {
+            0: 2.0,
+            5: 2.0 * (0.9 * 0.5 + 0.1),
+            10: 0.2,
+            15: 0.2,
+            2: 2.0 * (0.9 * 0.5 * (1 + math.cos(math.pi * 0.2)) + 0.1),
+        },
+    )
     _check(optim.cosine_decay(1.0, 4), {0: 1.0, 2: 0.5, 4: 0.0, 9: 0.0})
 
 
 def test_warmup_cosine_decay():
     s = optim.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=4, decay_steps=12, end_value=0.2)
-    _check(s, {0: 0.0, 2: 0.5, 3: 0.75, 4: 1.0, 8: 0.2 + 0.8 * 0.5, 12: 0.2, 20: 0.2,
-               6: 0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 2 / 8))})
+    _check(
+        s,
+        {
+            0: 0.0,
+            2: 0.5,
+            3: 0.75,
+            4: 1.0,
+            8: 0.2 + 0.8 * 0.5,
+            12: 0.2,
+            20: 0.2,
+            6: 0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 2 / 8)),
+        },
+    )
     _check(optim.warmup_cosine_decay(0.1, 0.5, 0, 10), {0: 0.5, 5: 0.25, 10: 0.0})
 
 
 def test_linear():
-    _check(optim.linear_schedule(1.0, 0.0, 4, transition_begin=2),
-           {0: 1.0, 2: 1.0, 3: 0.75, 4: 0.5, 6: 0.0, 100: 0.0})
+    _check(
+        optim.linear_schedule(1.0, 0.0, 4, transition_begin=2),
+        {0: 1.0, 2: 1.0, 3: 0.75, 4: 0.5, 6: 0.0, 100: 0.0},
+    )
     _check(optim.linear(0.0, 0.3, 3), {0: 0.0, 1: 0.1, 2: 0.2, 3: 0.3, 4: 0.3})
     assert optim.linear(0.7, 0.1, 0)(5) == 0.7  # no transition: constant init_value (as optax)
 
@@ -95,22 +126,25 @@ def test_float32_updates_with_a_float64_schedule():
     assert u["w"].dtype == jnp.float32
 
 
-@pytest.mark.parametrize("make, arg", [
-    (lambda: optim.exponential_decay(1.0, 0, 0.5), "transition_steps"),
-    (lambda: optim.exponential_decay(1.0, 10, 0.0), "decay_rate"),
-    (lambda: optim.exponential_decay(1.0, 10, -0.5), "decay_rate"),
-    (lambda: optim.exponential_decay(1.0, 10, 0.5, transition_begin=-1), "transition_begin"),
-    (lambda: optim.step_decay(1.0, 0), "transition_steps"),
-    (lambda: optim.cosine_decay(1.0, 0), "decay_steps"),
-    (lambda: optim.cosine_decay(1.0, 10, alpha=-0.1), "alpha"),
-    (lambda: optim.warmup_cosine_decay(0.0, 1.0, 10, 10), "decay_steps"),
-    (lambda: optim.warmup_cosine_decay(0.0, 1.0, -1, 10), "warmup_steps"),
-    (lambda: optim.linear(1.0, 0.0, -3), "transition_steps"),
-    (lambda: optim.linear(1.0, 0.0, 3, transition_begin=-2), "transition_begin"),
-    (lambda: optim.piecewise_constant(1.0, {5: -0.1}), r"boundaries_and_scales\[5\]"),
-    (lambda: optim.piecewise_constant(1.0, {-5: 0.1}), "boundaries_and_scales"),
-    (lambda: optim.constant(float("nan")), "value"),
-])
+@pytest.mark.parametrize(
+    "make, arg",
+    [
+        (lambda: optim.exponential_decay(1.0, 0, 0.5), "transition_steps"),
+        (lambda: optim.exponential_decay(1.0, 10, 0.0), "decay_rate"),
+        (lambda: optim.exponential_decay(1.0, 10, -0.5), "decay_rate"),
+        (lambda: optim.exponential_decay(1.0, 10, 0.5, transition_begin=-1), "transition_begin"),
+        (lambda: optim.step_decay(1.0, 0), "transition_steps"),
+        (lambda: optim.cosine_decay(1.0, 0), "decay_steps"),
+        (lambda: optim.cosine_decay(1.0, 10, alpha=-0.1), "alpha"),
+        (lambda: optim.warmup_cosine_decay(0.0, 1.0, 10, 10), "decay_steps"),
+        (lambda: optim.warmup_cosine_decay(0.0, 1.0, -1, 10), "warmup_steps"),
+        (lambda: optim.linear(1.0, 0.0, -3), "transition_steps"),
+        (lambda: optim.linear(1.0, 0.0, 3, transition_begin=-2), "transition_begin"),
+        (lambda: optim.piecewise_constant(1.0, {5: -0.1}), r"boundaries_and_scales\[5\]"),
+        (lambda: optim.piecewise_constant(1.0, {-5: 0.1}), "boundaries_and_scales"),
+        (lambda: optim.constant(float("nan")), "value"),
+    ],
+)
 def test_bad_schedule_arguments_raise_value_error_naming_them(make, arg):
     with pytest.raises(ValueError, match=arg):
         make()

@@ -1,4 +1,5 @@
 """jbp.summary: counts checked against hand counts from the layer shapes."""
+
 import jax.numpy as jnp
 import pytest
 
@@ -64,6 +65,7 @@ def test_transformer_block_nested_paths_and_counts():
 
 def test_params_given_report_their_dtype():
     import jax
+
     m = L.Sequential([L.Dense(3)])
     params, _ = m.init(jax.random.key(0), (4,))
     text = jbp.summary(m, (4,), params=jbp.cast(params, jnp.float16))
@@ -72,9 +74,14 @@ def test_params_given_report_their_dtype():
         jbp.summary(m, (4,), params=(params, params))
 
 
-@pytest.mark.parametrize("model,shape,exc", [
-    ("notalayer", (3,), TypeError), (L.Sequential([L.Dense(2)]), (0,), ValueError),
-    (L.Sequential([L.Dense(2)]), 3, TypeError)])
+@pytest.mark.parametrize(
+    "model,shape,exc",
+    [
+        ("notalayer", (3,), TypeError),
+        (L.Sequential([L.Dense(2)]), (0,), ValueError),
+        (L.Sequential([L.Dense(2)]), 3, TypeError),
+    ],
+)
 def test_bad_arguments(model, shape, exc):
     with pytest.raises(exc, match="summary"):
         jbp.summary(model, shape)

@@ -1,4 +1,5 @@
 """fit / make_train_step: one loop for GD, SGD and minibatch, checked against hand-rolled loops."""
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -53,6 +54,7 @@ def _noise(key, x):
 # fit equals a hand-rolled Python loop of step calls
 # --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("shuffle,chunk", [(False, None), (True, None), (True, 3)])
 def test_one_epoch_minibatch_equals_python_loop_of_steps(shuffle, chunk, monkeypatch):
     model, params, x, y = _setup(n=23)
@@ -62,15 +64,27 @@ def test_one_epoch_minibatch_equals_python_loop_of_steps(shuffle, chunk, monkeyp
         assert jbp.train.batching._chunk_batches(5, 4, x, y) == chunk
     opt = optim.sgd(0.3, momentum=0.9)
     key = jax.random.key(42)
-    got, hist = fit(model, params, CE, opt, (x, y), batch_size=5, epochs=1, key=key,
-                    shuffle=shuffle, augment=_noise, verbose=0, metrics=("loss", "accuracy"))
+    got, hist = fit(
+        model,
+        params,
+        CE,
+        opt,
+        (x, y),
+        batch_size=5,
+        epochs=1,
+        key=key,
+        shuffle=shuffle,
+        augment=_noise,
+        verbose=0,
+        metrics=("loss", "accuracy"),
+    )
 
     # the documented key scheme: fold_in(key, epoch) -> (perm key, step keys)
     step = jax.jit(make_train_step(model, CE, opt, metrics=("loss", "accuracy"), augment=_noise))
     k_perm, k_steps = jax.random.split(jax.random.fold_in(key, 0))
     keys = jax.random.split(k_steps, 5)
     order = np.asarray(jax.random.permutation(k_perm, 23)) if shuffle else np.arange(23)
-    batches = [order[i:i + 5] for i in range(0, 23, 5)]
+    batches = [order[i : i + 5] for i in range(0, 23, 5)]
     assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
     p, s = params, opt.init(params)
     losses, accs = [], []
@@ -89,17 +103,50 @@ def test_partial_last_batch_is_averaged_over_its_true_size():
     """Plain GD: the last update of the epoch is −η × the mean of the 3 per-example grads."""
     model, params, x, y = _setup(n=13)
     lr = 0.5
-    after_full, _ = fit(model, params, CE, optim.sgd(lr), (x[:10], y[:10]), batch_size=5,
-                        epochs=1, key=jax.random.key(0), shuffle=False, verbose=0)
-    got, _ = fit(model, params, CE, optim.sgd(lr), (x, y), batch_size=5, epochs=1,
-                 key=jax.random.key(0), shuffle=False, verbose=0)
-    rows = [jax.grad(lambda p: CE.value(model.apply(p, x[i:i + 1]), y[i:i + 1]))(after_full)
-            for i in (10, 11, 12)]
+    after_full, _ = fit(
+        model,
+        params,
+        CE,
+        optim.sgd(lr),
+        (x[:10], y[:10]),
+        batch_size=5,
+        epochs=1,
+        key=jax.random.key(0),
+        shuffle=False,
+        verbose=0,
+    )
+    got, _ = fit(
+        model,
+        params,
+        CE,
+        optim.sgd(lr),
+        (x, y),
+        batch_size=5,
+        epochs=1,
+        key=jax.random.key(0),
+        shuffle=False,
+        verbose=0,
+    )
+    rows = [
+        jax.grad(lambda p: CE.value(model.apply(p, x[i : i + 1]), y[i : i + 1]))(after_full)
+        for i in (10, 11, 12)
+    ]
     expected = jax.tree.map(lambda p, *g: p - lr * sum(g) / 3, after_full, *rows)
     _close(got, expected)
     # drop_last=True skips those 3 examples: same as training on the first 10 only
-    dropped, h = fit(model, params, CE, optim.sgd(lr), (x, y), batch_size=5, epochs=1,
-                     key=jax.random.key(0), shuffle=False, drop_last=True, verbose=0)
+    dropped, h = fit(
+        model,
+        params,
+        CE,
+        optim.sgd(lr),
+        (x, y),
+        batch_size=5,
+        epochs=1,
+        key=jax.random.key(0),
+        shuffle=False,
+        drop_last=True,
+        verbose=0,
+    )
     _close(dropped, after_full)
     assert batch_plan(13, 5) == (5, 2, 3) and batch_plan(13, 5, drop_last=True) == (5, 2, 0)
 
@@ -107,10 +154,28 @@ def test_partial_last_batch_is_averaged_over_its_true_size():
 def test_full_batch_equals_gradient_descent_steps():
     model, params, x, y = _setup(n=17)
     lr, epochs = 0.7, 3
-    got, hist = fit(model, params, CE, optim.sgd(lr), (x, y), batch_size=None, epochs=epochs,
-                    key=jax.random.key(5), verbose=0)
-    same, _ = fit(model, params, CE, optim.sgd(lr), (x, y), batch_size=17, epochs=epochs,
-                  key=jax.random.key(5), verbose=0)
+    got, hist = fit(
+        model,
+        params,
+        CE,
+        optim.sgd(lr),
+        (x, y),
+        batch_size=None,
+        epochs=epochs,
+        key=jax.random.key(5),
+        verbose=0,
+    )
+    same, _ = fit(
+        model,
+        params,
+        CE,
+        optim.sgd(lr),
+        (x, y),
+        batch_size=17,
+        epochs=epochs,
+        key=jax.random.key(5),
+        verbose=0,
+    )
     grad = jax.jit(jax.value_and_grad(lambda p: CE.value(model.apply(p, x), y)))
     p, losses = params, []
     for _ in range(epochs):
@@ -125,6 +190,7 @@ def test_full_batch_equals_gradient_descent_steps():
 # --------------------------------------------------------------------------------------
 # A stateful test layer: records which example each training step saw
 # --------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Recorder(Layer):
@@ -145,8 +211,10 @@ class Recorder(Layer):
     def forward_with_state(self, params, state, x, *, key=None, train=False):
         if train:
             i = state["count"]
-            state = {"count": i + 1,
-                     "seen": state["seen"].at[i % self.n].set(x[0, 0].astype(jnp.int32))}
+            state = {
+                "count": i + 1,
+                "seen": state["seen"].at[i % self.n].set(x[0, 0].astype(jnp.int32)),
+            }
         return x, (), state
 
     def backward(self, params, cache, dy):
@@ -159,19 +227,32 @@ def test_sgd_visits_every_example_once_per_epoch_in_a_fresh_permutation():
     y = jnp.asarray(np.random.default_rng(0).standard_normal((n, 1)))
     model = jbp.Sequential([Recorder(n), Dense(1)])
     params, _ = model.init(jax.random.key(0), (2,))
-    run = lambda epochs: fit(model, params, jbp.losses.mse, optim.sgd(0.01), (x, y),
-                             batch_size=1, epochs=epochs, key=jax.random.key(3), verbose=0,
-                             metrics=("loss",))  # state: model.init_state by default
+    run = lambda epochs: fit(
+        model,
+        params,
+        jbp.losses.mse,
+        optim.sgd(0.01),
+        (x, y),
+        batch_size=1,
+        epochs=epochs,
+        key=jax.random.key(3),
+        verbose=0,
+        metrics=("loss",),
+    )  # state: model.init_state by default
     _, h1 = run(1)
     _, h2 = run(2)
     first = np.asarray(h1.state[0]["seen"])
     second = np.asarray(h2.state[0]["seen"])
     assert int(h2.state[0]["count"]) == 2 * n
     assert sorted(first) == list(range(n)) and sorted(second) == list(range(n))
-    assert list(first) != list(range(n))        # shuffled
-    assert list(first) != list(second)          # reshuffled every epoch
-    np.testing.assert_array_equal(first, np.asarray(
-        jax.random.permutation(jax.random.split(jax.random.fold_in(jax.random.key(3), 0))[0], n)))
+    assert list(first) != list(range(n))  # shuffled
+    assert list(first) != list(second)  # reshuffled every epoch
+    np.testing.assert_array_equal(
+        first,
+        np.asarray(
+            jax.random.permutation(jax.random.split(jax.random.fold_in(jax.random.key(3), 0))[0], n)
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,8 +284,14 @@ def test_stateful_model_manual_equals_autodiff_and_state_threads():
     params, _ = model.init(jax.random.key(1), (4,))
     params = jbp.cast(params, jnp.float64)
     st = (Shift().init_state((4,)), (), (), ())
-    kw = dict(batch_size=6, epochs=2, key=jax.random.key(2), verbose=0,
-              validation_data=(x[:7], y[:7]), state=st)
+    kw = dict(
+        batch_size=6,
+        epochs=2,
+        key=jax.random.key(2),
+        verbose=0,
+        validation_data=(x[:7], y[:7]),
+        state=st,
+    )
     pm, hm = fit(model, params, CE, optim.adam(0.05), (x, y), **kw)
     pa, ha = fit(model, params, CE, optim.adam(0.05), (x, y), grad_fn="autodiff", **kw)
     _close(pm, pa)
@@ -223,6 +310,7 @@ def test_stateful_model_manual_equals_autodiff_and_state_threads():
 # --------------------------------------------------------------------------------------
 # manual == autodiff, reproducibility, regularizer, metrics
 # --------------------------------------------------------------------------------------
+
 
 def test_manual_and_autodiff_train_the_same_params():
     model, params, x, y = _setup(n=30)
@@ -250,8 +338,17 @@ def test_reproducible_from_the_key():
 def test_regularizer_reported_apart_from_the_data_loss():
     model, params, x, y = _setup(n=12)
     reg = regularizers.l2(0.1)
-    got, h = fit(model, params, CE, optim.sgd(0.5), (x, y), epochs=1, key=jax.random.key(0),
-                 regularizer=reg, verbose=0)
+    got, h = fit(
+        model,
+        params,
+        CE,
+        optim.sgd(0.5),
+        (x, y),
+        epochs=1,
+        key=jax.random.key(0),
+        regularizer=reg,
+        verbose=0,
+    )
     np.testing.assert_allclose(h["loss"][0], CE.value(model.apply(params, x), y), **TIGHT)
     np.testing.assert_allclose(h["penalty"][0], reg.value(params), **TIGHT)
     _, g = jbp.autodiff_value_and_grad(model, CE, regularizer=reg)(params, x, y)
@@ -260,6 +357,7 @@ def test_regularizer_reported_apart_from_the_data_loss():
 
 def test_metrics_registry_and_unknown_names():
     from jbp.metrics import METRICS, get_metrics
+
     assert {"loss", "accuracy", "mse", "rmse", "mae"} <= set(METRICS)
     assert [m.name for m in get_metrics(["accuracy", "accuracy"])] == ["loss", "accuracy"]
     with pytest.raises(ValueError, match=r"metrics: unknown metric 'f1'; known: accuracy, loss"):
@@ -276,7 +374,9 @@ def test_metrics_registry_and_unknown_names():
     chunked = evaluate(model, params, jbp.losses.mse, (x, y), metrics=ms, batch_size=4)
     for k in ms:
         np.testing.assert_allclose(whole[k], chunked[k], **TIGHT)
-    np.testing.assert_allclose(whole["mse"], np.mean((np.asarray(pred) - np.asarray(y)) ** 2), **TIGHT)
+    np.testing.assert_allclose(
+        whole["mse"], np.mean((np.asarray(pred) - np.asarray(y)) ** 2), **TIGHT
+    )
     np.testing.assert_allclose(whole["rmse"], whole["mse"] ** 0.5, **TIGHT)
     np.testing.assert_allclose(whole["loss"], 0.5 * 2 * whole["mse"], **TIGHT)  # the ½ convention
 
@@ -284,6 +384,7 @@ def test_metrics_registry_and_unknown_names():
 # --------------------------------------------------------------------------------------
 # early stopping, callbacks, history, progress
 # --------------------------------------------------------------------------------------
+
 
 def test_early_stopping_on_a_constructed_curve():
     curve = [5.0, 4.0, 3.0, 3.5, 3.2, 3.1, 2.0]
@@ -315,18 +416,35 @@ def test_early_stopping_in_fit_stops_at_the_right_epoch_and_restores_the_best():
     best = int(np.argmin(curve)) + 1
     assert 2 < best < 9 and curve[-1] > curve[best - 1]  # a valley: the curve is as built
     patience = 2
-    got, h = fit(model, params, jbp.losses.mse, opt, (x, 2 * x), epochs=12,
-                 early_stopping=EarlyStopping(patience=patience), **kw)
+    got, h = fit(
+        model,
+        params,
+        jbp.losses.mse,
+        opt,
+        (x, 2 * x),
+        epochs=12,
+        early_stopping=EarlyStopping(patience=patience),
+        **kw,
+    )
     assert len(h) == best + patience and h.stopped_epoch == best + patience
     assert h.best_epoch == best
     at_best, _ = fit(model, params, jbp.losses.mse, opt, (x, 2 * x), epochs=best, **kw)
     _close(got, at_best)
     # an int is the patience on val_loss; restore_best=False keeps the last params
-    _, h_int = fit(model, params, jbp.losses.mse, opt, (x, 2 * x), epochs=12,
-                   early_stopping=patience, **kw)
+    _, h_int = fit(
+        model, params, jbp.losses.mse, opt, (x, 2 * x), epochs=12, early_stopping=patience, **kw
+    )
     assert h_int.stopped_epoch == best + patience
-    last, _ = fit(model, params, jbp.losses.mse, opt, (x, 2 * x), epochs=12,
-                  early_stopping=EarlyStopping(patience=patience, restore_best=False), **kw)
+    last, _ = fit(
+        model,
+        params,
+        jbp.losses.mse,
+        opt,
+        (x, 2 * x),
+        epochs=12,
+        early_stopping=EarlyStopping(patience=patience, restore_best=False),
+        **kw,
+    )
     ran, _ = fit(model, params, jbp.losses.mse, opt, (x, 2 * x), epochs=best + patience, **kw)
     _close(last, ran)
 
@@ -348,22 +466,44 @@ def test_callbacks_see_results_and_can_stop(capsys):
             self.calls += 1
 
     obj = Obj()
-    _, h = fit(model, params, CE, optim.sgd(0.1), (x, y), epochs=5, key=jax.random.key(0),
-               callbacks=[cb, obj], validation_data=(x, y), verbose=1)
+    _, h = fit(
+        model,
+        params,
+        CE,
+        optim.sgd(0.1),
+        (x, y),
+        epochs=5,
+        key=jax.random.key(0),
+        callbacks=[cb, obj],
+        validation_data=(x, y),
+        verbose=1,
+    )
     assert len(h) == 2 and h.stopped_epoch == 2 and obj.calls == 2
     assert seen[0] == (1, ["accuracy", "epoch", "loss", "seconds", "val_accuracy", "val_loss"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("epoch 1/5  loss ")
     assert "val_accuracy" in lines[1] and "extra 20.0000" in lines[1] and lines[1].endswith("s")
     assert h["extra"] == [10.0, 20.0] and list(h.to_dict())[-1] == "seconds"
-    _, _ = fit(model, params, CE, optim.sgd(0.1), (x, y), epochs=1, key=jax.random.key(0), verbose=0)
+    _, _ = fit(
+        model, params, CE, optim.sgd(0.1), (x, y), epochs=1, key=jax.random.key(0), verbose=0
+    )
     assert capsys.readouterr().out == ""
 
 
 def test_history_table_dict_json_roundtrip(tmp_path):
     model, params, x, y = _setup(n=10)
-    _, h = fit(model, params, CE, optim.sgd(0.1), (x, y), epochs=3, batch_size=4,
-               key=jax.random.key(0), validation_data=(x, y), verbose=0)
+    _, h = fit(
+        model,
+        params,
+        CE,
+        optim.sgd(0.1),
+        (x, y),
+        epochs=3,
+        batch_size=4,
+        key=jax.random.key(0),
+        validation_data=(x, y),
+        verbose=0,
+    )
     d = h.to_dict()
     assert list(d) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
     assert d["epoch"] == [1, 2, 3] and all(isinstance(v, float) for v in d["loss"])
@@ -383,7 +523,9 @@ def test_history_table_dict_json_roundtrip(tmp_path):
 
 def test_parse_batch_size_words():
     assert parse_batch_size("gd") is None and parse_batch_size("full") is None
-    assert parse_batch_size("sgd") == 1 and parse_batch_size("32") == 32 and parse_batch_size(8) == 8
+    assert (
+        parse_batch_size("sgd") == 1 and parse_batch_size("32") == 32 and parse_batch_size(8) == 8
+    )
     with pytest.raises(ValueError, match="batch_size"):
         parse_batch_size("big")
 
@@ -391,6 +533,7 @@ def test_parse_batch_size_words():
 # --------------------------------------------------------------------------------------
 # Bad input: a clear error naming the argument, before anything is compiled or run
 # --------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Untouchable(Layer):
@@ -437,10 +580,16 @@ BAD = [
     (dict(key=0), TypeError, "key: expected a jax.random key"),
     (dict(optimizer=0.1), TypeError, "optimizer"),
     (dict(early_stopping="yes"), TypeError, "early_stopping"),
-    (dict(early_stopping=EarlyStopping("val_loss", patience=2)), ValueError,
-     "early_stopping: monitor 'val_loss' is not a column"),
-    (dict(early_stopping=EarlyStopping("val_f1", patience=2), validation_data=(_X, _Y)),
-     ValueError, "early_stopping: monitor 'val_f1'"),
+    (
+        dict(early_stopping=EarlyStopping("val_loss", patience=2)),
+        ValueError,
+        "early_stopping: monitor 'val_loss' is not a column",
+    ),
+    (
+        dict(early_stopping=EarlyStopping("val_f1", patience=2), validation_data=(_X, _Y)),
+        ValueError,
+        "early_stopping: monitor 'val_f1'",
+    ),
     (dict(callbacks=[3]), TypeError, r"callbacks\[0\]"),
     (dict(verbose="loud"), TypeError, "verbose"),
 ]
@@ -448,9 +597,16 @@ BAD = [
 
 @pytest.mark.parametrize("override,exc,match", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_input_raises_before_compiling(override, exc, match):
-    kw = dict(model=jbp.Sequential([Untouchable()]), params=((),), loss=jbp.losses.mse,
-              optimizer=optim.sgd(0.1), train_data=(_X, _Y), epochs=1, key=jax.random.key(0),
-              verbose=0)
+    kw = dict(
+        model=jbp.Sequential([Untouchable()]),
+        params=((),),
+        loss=jbp.losses.mse,
+        optimizer=optim.sgd(0.1),
+        train_data=(_X, _Y),
+        epochs=1,
+        key=jax.random.key(0),
+        verbose=0,
+    )
     kw.update(override)
     with pytest.raises(exc, match=match):
         fit(**kw)

@@ -18,6 +18,7 @@ model: every leaf layer of a ``jbp.Sequential`` (nested or not) of any layers.
 Layers are named by their path in the params tree (``layers[2]``, nested
 ``layers[1].layers[0]``); the statistics are defined in :mod:`jbp.diagnostics.stats`.
 """
+
 from ._model import in_model_order
 from .detect import GradientProblem, detect_gradient_problems
 from .extension import BIAS_LEAVES, GradientStats, LayerDeltas, LayerRow, rows_by_name
@@ -33,8 +34,22 @@ from .stats import (
 )
 
 __all__ = [
-    "speed_of_learning", "layer_report", "layer_deltas", "gradient_stats_fn",
-    "LayerReport", "LayerStats", "detect_gradient_problems", "GradientProblem",
-    "GradientNormHistory", "GradientNormRecord", "QUANTITIES", "safe_norm", "in_model_order",
-    "GradientStats", "LayerDeltas", "LayerRow", "rows_by_name", "BIAS_LEAVES",
+    "speed_of_learning",
+    "layer_report",
+    "layer_deltas",
+    "gradient_stats_fn",
+    "LayerReport",
+    "LayerStats",
+    "detect_gradient_problems",
+    "GradientProblem",
+    "GradientNormHistory",
+    "GradientNormRecord",
+    "QUANTITIES",
+    "safe_norm",
+    "in_model_order",
+    "GradientStats",
+    "LayerDeltas",
+    "LayerRow",
+    "rows_by_name",
+    "BIAS_LEAVES",
 ]

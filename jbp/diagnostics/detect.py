@@ -1,4 +1,5 @@
 """Name the layers whose gradients vanish or explode."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,12 +42,16 @@ def _as_norms(obj, quantity, epoch):
         return norms, extra, q, None
     if isinstance(obj, GradientNormRecord):
         if not obj.epochs:
-            raise ValueError("detect_gradient_problems: the record is empty (no epoch recorded yet)")
+            raise ValueError(
+                "detect_gradient_problems: the record is empty (no epoch recorded yet)"
+            )
         q = quantity or "grad_W_norm"
         i = -1 if epoch is None else obj.epochs.index(epoch) if epoch in obj.epochs else None
         if i is None:
-            raise ValueError(f"detect_gradient_problems: epoch {epoch!r} was not recorded; "
-                             f"recorded: {obj.epochs}")
+            raise ValueError(
+                f"detect_gradient_problems: epoch {epoch!r} was not recorded; "
+                f"recorded: {obj.epochs}"
+            )
         norms = {name: vals[i] for name, vals in obj.quantity(q, present_only=True).items()}
         extra = [("loss", "loss", "loss", obj.loss[i])]
         return norms, extra, q, obj.epochs[i]
@@ -56,8 +61,11 @@ def _as_norms(obj, quantity, epoch):
         rows = in_model_order(obj["layers"])
         norms = {k: float(v[q]) for k, v in rows.items() if q in v}
         extra = [("loss", "loss", "loss", float(obj["loss"]))] if "loss" in obj else []
-        extra += [(k, "param_norm", f"{k} ‖θ‖", float(v["param_norm"]))
-                  for k, v in rows.items() if "param_norm" in v]
+        extra += [
+            (k, "param_norm", f"{k} ‖θ‖", float(v["param_norm"]))
+            for k, v in rows.items()
+            if "param_norm" in v
+        ]
         return norms, extra, q, epoch
     if isinstance(obj, Mapping):
         norms = {}
@@ -65,25 +73,37 @@ def _as_norms(obj, quantity, epoch):
             try:
                 norms[str(k)] = float(v)
             except (TypeError, ValueError):
-                raise TypeError(f"detect_gradient_problems: expected a number for layer {k!r}, "
-                                f"got {type(v).__name__}") from None
+                raise TypeError(
+                    f"detect_gradient_problems: expected a number for layer {k!r}, "
+                    f"got {type(v).__name__}"
+                ) from None
         return norms, [], quantity or "norm", epoch
-    raise TypeError("detect_gradient_problems: expected a LayerReport, a GradientNormRecord, the "
-                    "output of gradient_stats_fn, or a mapping {layer name: gradient norm} "
-                    f"(e.g. speed_of_learning's), got {type(obj).__name__}")
+    raise TypeError(
+        "detect_gradient_problems: expected a LayerReport, a GradientNormRecord, the "
+        "output of gradient_stats_fn, or a mapping {layer name: gradient norm} "
+        f"(e.g. speed_of_learning's), got {type(obj).__name__}"
+    )
 
 
 def _check_threshold(name, v, allow_none=False):
     if v is None and allow_none:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-        raise ValueError(f"detect_gradient_problems: {name} must be a positive finite number, got {v!r}")
+        raise ValueError(
+            f"detect_gradient_problems: {name} must be a positive finite number, got {v!r}"
+        )
     return float(v)
 
 
-def detect_gradient_problems(report_or_norms, *, vanishing_ratio: float = 1e-3,
-                             exploding_norm: float = 1e3, min_norm: float | None = None,
-                             quantity: str | None = None, epoch: int | None = None) -> list:
+def detect_gradient_problems(
+    report_or_norms,
+    *,
+    vanishing_ratio: float = 1e-3,
+    exploding_norm: float = 1e3,
+    min_norm: float | None = None,
+    quantity: str | None = None,
+    epoch: int | None = None,
+) -> list:
     """Find vanishing and exploding gradients; an empty list means nothing was found.
 
     Args:
@@ -121,16 +141,36 @@ def detect_gradient_problems(report_or_norms, *, vanishing_ratio: float = 1e-3,
 
     for layer, what, label, v in extra:
         if v is not None and not math.isfinite(v):
-            found.append(GradientProblem(
-                "exploding", layer, what, v, exploding_norm,
-                f"{layer}: exploding — {label} is {v}{when}", epoch))
+            found.append(
+                GradientProblem(
+                    "exploding",
+                    layer,
+                    what,
+                    v,
+                    exploding_norm,
+                    f"{layer}: exploding — {label} is {v}{when}",
+                    epoch,
+                )
+            )
     for name, v in norms.items():
         if not math.isfinite(v) or v > exploding_norm:
-            found.append(GradientProblem(
-                "exploding", name, q, v, exploding_norm,
-                f"{name}: exploding gradient — {q} = {v:.3e} "
-                + ("is not finite" if not math.isfinite(v) else f"> exploding_norm = {exploding_norm:g}")
-                + when, epoch))
+            found.append(
+                GradientProblem(
+                    "exploding",
+                    name,
+                    q,
+                    v,
+                    exploding_norm,
+                    f"{name}: exploding gradient — {q} = {v:.3e} "
+                    + (
+                        "is not finite"
+                        if not math.isfinite(v)
+                        else f"> exploding_norm = {exploding_norm:g}"
+                    )
+                    + when,
+                    epoch,
+                )
+            )
 
     names = list(norms)
     last_name, last = names[-1], norms[names[-1]]
@@ -139,16 +179,32 @@ def detect_gradient_problems(report_or_norms, *, vanishing_ratio: float = 1e-3,
         if not math.isfinite(v):
             continue
         if min_norm is not None and v < min_norm:
-            found.append(GradientProblem(
-                "vanishing", name, q, v, min_norm,
-                f"{name}: vanishing gradient — {q} = {v:.3e} < min_norm = {min_norm:g}{when}", epoch))
+            found.append(
+                GradientProblem(
+                    "vanishing",
+                    name,
+                    q,
+                    v,
+                    min_norm,
+                    f"{name}: vanishing gradient — {q} = {v:.3e} < min_norm = {min_norm:g}{when}",
+                    epoch,
+                )
+            )
             continue
         if name == last_name or not math.isfinite(last) or last <= 0:
             continue
         ratio = v / last
         if ratio < vanishing_ratio:
-            found.append(GradientProblem(
-                "vanishing", name, f"{q} ratio", ratio, vanishing_ratio,
-                f"{name}: vanishing gradient — {q} = {v:.3e} is {ratio:.2e} of the last layer's "
-                f"({last_name}: {last:.3e}) < vanishing_ratio = {vanishing_ratio:g}{when}", epoch))
+            found.append(
+                GradientProblem(
+                    "vanishing",
+                    name,
+                    f"{q} ratio",
+                    ratio,
+                    vanishing_ratio,
+                    f"{name}: vanishing gradient — {q} = {v:.3e} is {ratio:.2e} of the last layer's "
+                    f"({last_name}: {last:.3e}) < vanishing_ratio = {vanishing_ratio:g}{when}",
+                    epoch,
+                )
+            )
     return found

@@ -24,6 +24,7 @@ Use it on its own, next to other extensions, in any pass::
     out = jbp.backprop(model, loss, extensions=[jbp.diagnostics.GradientStats()])(params, x, y)
     jbp.diagnostics.rows_by_name(out.extras["gradient_stats"])   # {path: {quantity: value}}
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,16 @@ import jax.numpy as jnp
 from jbp.core import leaf_name
 from jbp.extensions.base import Extension
 
-__all__ = ["GradientStats", "LayerDeltas", "LayerRow", "BIAS_LEAVES", "safe_norm",
-           "per_example_norms", "rows_by_name", "with_update_ratios"]
+__all__ = [
+    "GradientStats",
+    "LayerDeltas",
+    "LayerRow",
+    "BIAS_LEAVES",
+    "safe_norm",
+    "per_example_norms",
+    "rows_by_name",
+    "with_update_ratios",
+]
 
 #: top-level parameter keys counted as a layer's bias (``∂C/∂b = Σ_batch δ``) when the layer
 #: does not say otherwise with a ``bias_leaves`` attribute: ``Dense``/``Conv2D``/``SimpleRNN``/
@@ -98,8 +107,9 @@ def _row_unflatten(aux, children):
     return LayerRow(layer, out_shape, dict(zip(keys, children)))
 
 
-jax.tree_util.register_pytree_with_keys(LayerRow, _row_flatten_with_keys, _row_unflatten,
-                                        _row_flatten)
+jax.tree_util.register_pytree_with_keys(
+    LayerRow, _row_flatten_with_keys, _row_unflatten, _row_flatten
+)
 
 
 def _is_row(v) -> bool:
@@ -114,8 +124,11 @@ def _param_leaves(layer, params):
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         top = path[0] if path else None
-        is_bias = (isinstance(params, Mapping) and isinstance(top, jax.tree_util.DictKey)
-                   and top.key in bias)
+        is_bias = (
+            isinstance(params, Mapping)
+            and isinstance(top, jax.tree_util.DictKey)
+            and top.key in bias
+        )
         name = jax.tree_util.keystr(path, simple=True, separator=".") if path else "<root>"
         out.append((name, is_bias, leaf))
     return out
@@ -193,8 +206,10 @@ class GradientStats(Extension):
         if leaves:
             grad_leaves = jax.tree.leaves(call.grads)
             if len(grad_leaves) != len(leaves):
-                raise ValueError(f"{layer!r}: backward returned {len(grad_leaves)} gradient "
-                                 f"leaves for {len(leaves)} parameter leaves")
+                raise ValueError(
+                    f"{layer!r}: backward returned {len(grad_leaves)} gradient "
+                    f"leaves for {len(leaves)} parameter leaves"
+                )
             g = [safe_norm(a) for a in grad_leaves]
             p = [safe_norm(leaf) for _, _, leaf in leaves]
             values["grad_norm"] = _joint_norm(g)
@@ -206,23 +221,30 @@ class GradientStats(Extension):
                 values["W_norm"] = _joint_norm([p[i] for i in w])
             if b:
                 values["bias_grad_norm"] = _joint_norm([g[i] for i in b])
-            values["leaves"] = {name: {"grad_norm": g[i], "param_norm": p[i]}
-                                for i, (name, _, _) in enumerate(leaves)}
+            values["leaves"] = {
+                name: {"grad_norm": g[i], "param_norm": p[i]}
+                for i, (name, _, _) in enumerate(leaves)
+            }
 
         unit_stats = getattr(layer, "unit_stats", None)
         if callable(unit_stats):
             extra = unit_stats(call.cache, sigmoid_eps=self.sigmoid_eps, tanh_eps=self.tanh_eps)
             if not isinstance(extra, Mapping):
-                raise TypeError(f"{layer!r}: unit_stats must return a dict {{name: scalar}}, "
-                                f"got {type(extra).__name__}")
+                raise TypeError(
+                    f"{layer!r}: unit_stats must return a dict {{name: scalar}}, "
+                    f"got {type(extra).__name__}"
+                )
             for k, v in extra.items():
                 if k in values or k == "update_ratio":
-                    raise ValueError(f"{layer!r}: unit_stats returned {k!r}, which is a "
-                                     f"gradient statistic of the diagnostics; rename it")
+                    raise ValueError(
+                        f"{layer!r}: unit_stats returned {k!r}, which is a "
+                        f"gradient statistic of the diagnostics; rename it"
+                    )
                 v = jnp.asarray(v)
                 if v.ndim != 0:
-                    raise ValueError(f"{layer!r}: unit_stats must return scalars, got {k!r} "
-                                     f"of shape {v.shape}")
+                    raise ValueError(
+                        f"{layer!r}: unit_stats must return scalars, got {k!r} of shape {v.shape}"
+                    )
                 values[k] = v
         out_shape = tuple(dy.shape[1:]) if hasattr(dy, "shape") else None
         return LayerRow(layer, out_shape, values)
@@ -238,8 +260,9 @@ class LayerDeltas(Extension):
 
     def compute(self, call):
         dy = _values(call.dy)
-        return LayerRow(call.layer, tuple(dy.shape[1:]) if hasattr(dy, "shape") else None,
-                        {"delta": dy})
+        return LayerRow(
+            call.layer, tuple(dy.shape[1:]) if hasattr(dy, "shape") else None, {"delta": dy}
+        )
 
 
 def per_example_norms(tree, n) -> jax.Array:
@@ -277,9 +300,12 @@ def with_update_ratios(rows, params, updates):
         u_leaves = jax.tree.leaves(u)
         du = [safe_norm(a) for a in u_leaves]
         values = dict(row)
-        values["leaves"] = {name: dict(values["leaves"][name],
-                                       update_ratio=du[i] / values["leaves"][name]["param_norm"])
-                            for i, (name, _, _) in enumerate(leaves)}
+        values["leaves"] = {
+            name: dict(
+                values["leaves"][name], update_ratio=du[i] / values["leaves"][name]["param_norm"]
+            )
+            for i, (name, _, _) in enumerate(leaves)
+        }
         w = [i for i, (_, is_bias, _) in enumerate(leaves) if not is_bias]
         if w:
             values["update_ratio"] = _joint_norm([du[i] for i in w]) / values["W_norm"]
@@ -304,8 +330,10 @@ def rows_by_name(rows) -> dict:
     out = {}
     for path, row in jax.tree_util.tree_flatten_with_path(rows, is_leaf=_is_row)[0]:
         if not isinstance(row, LayerRow):
-            raise TypeError(f"diagnostics: the extension result at {leaf_name(path)} is a "
-                            f"{type(row).__name__}, not a layer's row; a composite layer must "
-                            f"hand every child's visit on (see Layer.backward_ext)")
+            raise TypeError(
+                f"diagnostics: the extension result at {leaf_name(path)} is a "
+                f"{type(row).__name__}, not a layer's row; a composite layer must "
+                f"hand every child's visit on (see Layer.backward_ext)"
+            )
         out[leaf_name(path) if path else type(row.layer).__name__] = row
     return out

@@ -1,4 +1,5 @@
 """Record per-layer gradient norms over training, on a fixed probe batch."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,16 @@ from .stats import _validate, gradient_stats_fn
 __all__ = ["GradientNormRecord", "GradientNormHistory", "QUANTITIES"]
 
 #: the per-layer quantities a record keeps (see :mod:`jbp.diagnostics.stats`)
-QUANTITIES = ("bias_grad_norm", "delta_norm", "grad_W_norm", "W_norm", "grad_norm",
-              "param_norm", "saturated", "dead")
+QUANTITIES = (
+    "bias_grad_norm",
+    "delta_norm",
+    "grad_W_norm",
+    "W_norm",
+    "grad_norm",
+    "param_norm",
+    "saturated",
+    "dead",
+)
 
 
 @dataclasses.dataclass
@@ -41,8 +50,9 @@ class GradientNormRecord:
         if not self.layers:
             self.layers = layers
             self.values = {q: {name: [] for name in layers} for q in QUANTITIES}
-            self.present = {q: [name for name in layers if q in stats["layers"][name]]
-                            for q in QUANTITIES}
+            self.present = {
+                q: [name for name in layers if q in stats["layers"][name]] for q in QUANTITIES
+            }
         elif layers != self.layers:
             raise ValueError(f"GradientNormRecord: layers changed from {self.layers} to {layers}")
         self.epochs.append(int(epoch))
@@ -58,8 +68,11 @@ class GradientNormRecord:
         if quantity not in QUANTITIES:
             raise ValueError(f"unknown quantity {quantity!r}; recorded: {list(QUANTITIES)}")
         keep = self.present.get(quantity) if present_only else None  # None: not known
-        return {name: list(v) for name, v in self.values.get(quantity, {}).items()
-                if keep is None or name in keep}
+        return {
+            name: list(v)
+            for name, v in self.values.get(quantity, {}).items()
+            if keep is None or name in keep
+        }
 
     def speed_of_learning(self) -> dict:
         """``{layer: [‖∂C/∂bˡ‖ per recorded epoch]}`` (the layers with a bias only)."""
@@ -69,9 +82,13 @@ class GradientNormRecord:
         return len(self.epochs)
 
     def to_dict(self) -> dict:
-        return {"layers": list(self.layers), "epochs": list(self.epochs), "loss": list(self.loss),
-                "values": {q: {k: list(v) for k, v in d.items()} for q, d in self.values.items()},
-                "present": {q: list(v) for q, v in self.present.items()}}
+        return {
+            "layers": list(self.layers),
+            "epochs": list(self.epochs),
+            "loss": list(self.loss),
+            "values": {q: {k: list(v) for k, v in d.items()} for q, d in self.values.items()},
+            "present": {q: list(v) for q, v in self.present.items()},
+        }
 
     def table(self, quantity: str = "bias_grad_norm") -> str:
         """A text table: one row per recorded epoch, one column per layer that has the
@@ -80,11 +97,14 @@ class GradientNormRecord:
         names = list(cols)
         head = ["epoch"] + names
         rows = [[str(e)] + [f"{cols[n][k]:.3e}" for n in names] for k, e in enumerate(self.epochs)]
-        widths = [max(len(h), *(len(r[j]) for r in rows)) if rows else len(h)
-                  for j, h in enumerate(head)]
+        widths = [
+            max(len(h), *(len(r[j]) for r in rows)) if rows else len(h) for j, h in enumerate(head)
+        ]
         fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-        return "\n".join([f"{quantity} per layer", fmt(head), fmt(["-" * w for w in widths])]
-                         + [fmt(r) for r in rows])
+        return "\n".join(
+            [f"{quantity} per layer", fmt(head), fmt(["-" * w for w in widths])]
+            + [fmt(r) for r in rows]
+        )
 
 
 class GradientNormHistory:
@@ -115,17 +135,30 @@ class GradientNormHistory:
       sigmoid_eps, tanh_eps: saturation thresholds (see :mod:`jbp.diagnostics.stats`).
     """
 
-    def __init__(self, model, loss, probe_data, *, every: int = 1, key=None, train: bool = False,
-                 sigmoid_eps: float = 0.05, tanh_eps: float = 0.05):
+    def __init__(
+        self,
+        model,
+        loss,
+        probe_data,
+        *,
+        every: int = 1,
+        key=None,
+        train: bool = False,
+        sigmoid_eps: float = 0.05,
+        tanh_eps: float = 0.05,
+    ):
         if not (isinstance(probe_data, (tuple, list)) and len(probe_data) == 2):
             raise TypeError("GradientNormHistory: probe_data must be a pair (x, y)")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"GradientNormHistory: every must be a positive integer, got {every!r}")
+            raise ValueError(
+                f"GradientNormHistory: every must be a positive integer, got {every!r}"
+            )
         self.model, self.loss = model, loss
         self.x, self.y = jax.numpy.asarray(probe_data[0]), jax.numpy.asarray(probe_data[1])
         self.every, self.key, self.train = every, key, bool(train)
-        self._fn = gradient_stats_fn(model, loss, train=train, sigmoid_eps=sigmoid_eps,
-                                     tanh_eps=tanh_eps)
+        self._fn = gradient_stats_fn(
+            model, loss, train=train, sigmoid_eps=sigmoid_eps, tanh_eps=tanh_eps
+        )
         self._checked = False
         self.record = GradientNormRecord()
 

@@ -43,6 +43,7 @@ Per parameter leaf (``W_x``, ``b``, ...), a report row's ``leaves`` holds ``grad
 the layer's own ``unit_stats(cache, **thresholds)`` method (:mod:`jbp.layers.activations`):
 give your own layer one and its statistics appear here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,18 +88,21 @@ def _validate(model, loss, params, x, y, updates=None, state=None, train=True):
         except ValueError as e:
             raise ValueError(f"updates must have the structure and shapes of params: {e}") from None
     if state is None and not train and model.stateful:
-        raise ValueError("state: the model has non-trainable state (e.g. BatchNorm's running "
-                         "statistics), which train=False uses; pass state= (from fit's history."
-                         "state, the train step, or model.init_state(in_shape) at "
-                         "initialization)")
+        raise ValueError(
+            "state: the model has non-trainable state (e.g. BatchNorm's running "
+            "statistics), which train=False uses; pass state= (from fit's history."
+            "state, the train step, or model.init_state(in_shape) at "
+            "initialization)"
+        )
     return x, y
 
 
 def _named_rows(model, loss, ext, train, params, x, y, key, state):
     """One engine pass with ``ext``: ``(loss, rows tree, {name: row})``."""
     try:
-        out = backprop(model, loss, extensions=[ext])(params, x, y, key=key, state=state,
-                                                      train=train)
+        out = backprop(model, loss, extensions=[ext])(
+            params, x, y, key=key, state=state, train=train
+        )
     except KeyError as e:  # the walk visited no layer (an empty Sequential): no result
         if e.args != (ext.name,):
             raise
@@ -110,8 +114,9 @@ def _named_rows(model, loss, ext, train, params, x, y, key, state):
     return out.loss, rows, named
 
 
-def _stats(model, loss, params, x, y, key=None, updates=None, state=None, *, train,
-           sigmoid_eps, tanh_eps):
+def _stats(
+    model, loss, params, x, y, key=None, updates=None, state=None, *, train, sigmoid_eps, tanh_eps
+):
     x, y = _validate(model, loss, params, x, y, updates, state, train)
     ext = GradientStats(sigmoid_eps=sigmoid_eps, tanh_eps=tanh_eps)
     value, rows, named = _named_rows(model, loss, ext, train, params, x, y, key, state)
@@ -124,8 +129,9 @@ _STATS_JITS: dict = {}
 _DELTAS_JITS: dict = {}
 
 
-def gradient_stats_fn(model, loss, *, train: bool = True, sigmoid_eps: float = 0.05,
-                      tanh_eps: float = 0.05):
+def gradient_stats_fn(
+    model, loss, *, train: bool = True, sigmoid_eps: float = 0.05, tanh_eps: float = 0.05
+):
     """The jit-compiled core of the diagnostics.
 
     Args:
@@ -152,16 +158,30 @@ def gradient_stats_fn(model, loss, *, train: bool = True, sigmoid_eps: float = 0
     train = bool(train)
 
     def build():
-        return jax.jit(lambda params, x, y, key=None, updates=None, state=None: _stats(
-            model, loss, params, x, y, key, updates, state, train=train,
-            sigmoid_eps=sigmoid_eps, tanh_eps=tanh_eps))
+        return jax.jit(
+            lambda params, x, y, key=None, updates=None, state=None: _stats(
+                model,
+                loss,
+                params,
+                x,
+                y,
+                key,
+                updates,
+                state,
+                train=train,
+                sigmoid_eps=sigmoid_eps,
+                tanh_eps=tanh_eps,
+            )
+        )
 
-    return cached_if_hashable(_STATS_JITS, (model, loss, train, sigmoid_eps, tanh_eps), build,
-                              max_size=64)
+    return cached_if_hashable(
+        _STATS_JITS, (model, loss, train, sigmoid_eps, tanh_eps), build, max_size=64
+    )
 
 
-def speed_of_learning(model, loss, params, x, y, *, key=None, train: bool = True,
-                      state=None) -> dict:
+def speed_of_learning(
+    model, loss, params, x, y, *, key=None, train: bool = True, state=None
+) -> dict:
     """Nielsen's *speed of learning*: ``{layer name: ‖∂C/∂bˡ‖}`` for every layer with a
     bias, in order from input to output.
 
@@ -179,11 +199,16 @@ def speed_of_learning(model, loss, params, x, y, *, key=None, train: bool = True
         :mod:`jbp.diagnostics.stats`), or ``params`` do not belong to the model.
     """
     stats = gradient_stats_fn(model, loss, train=train)(params, x, y, key, None, state)
-    out = {name: float(s["bias_grad_norm"]) for name, s in in_model_order(stats["layers"]).items()
-           if "bias_grad_norm" in s}
+    out = {
+        name: float(s["bias_grad_norm"])
+        for name, s in in_model_order(stats["layers"]).items()
+        if "bias_grad_norm" in s
+    }
     if not out:
-        raise ValueError(f"speed_of_learning: no layer of the model has a bias (a parameter "
-                         f"named 'b' or 'beta', or listed in the layer's bias_leaves): {model!r}")
+        raise ValueError(
+            f"speed_of_learning: no layer of the model has a bias (a parameter "
+            f"named 'b' or 'beta', or listed in the layer's bias_leaves): {model!r}"
+        )
     return out
 
 
@@ -206,6 +231,7 @@ def layer_deltas(model, loss, params, x, y, *, key=None, train: bool = True, sta
             x, y = _validate(model, loss, params, x, y, None, state, train)
             _, _, named = _named_rows(model, loss, LayerDeltas(), train, params, x, y, key, state)
             return {name: row["delta"] for name, row in named.items()}
+
         return jax.jit(f)
 
     f = cached_if_hashable(_DELTAS_JITS, (model, loss, train), build)
@@ -215,6 +241,7 @@ def layer_deltas(model, loss, params, x, y, *, key=None, train: bool = True, sta
 # --------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerStats:
@@ -250,13 +277,28 @@ class LayerStats:
 
 
 #: the scalar quantities of a row, in the order of LayerStats' fields
-_SCALARS = ("bias_grad_norm", "delta_norm", "grad_W_norm", "W_norm", "update_ratio",
-            "saturated", "dead", "grad_norm", "param_norm")
+_SCALARS = (
+    "bias_grad_norm",
+    "delta_norm",
+    "grad_W_norm",
+    "W_norm",
+    "update_ratio",
+    "saturated",
+    "dead",
+    "grad_norm",
+    "param_norm",
+)
 
 _COLUMNS = [
-    ("layer", "layer"), ("out_shape", "output"), ("bias_grad_norm", "‖∂C/∂b‖"),
-    ("delta_norm", "‖δ‖"), ("grad_W_norm", "‖∇W‖"), ("W_norm", "‖W‖"),
-    ("update_ratio", "‖ΔW‖/‖W‖"), ("saturated", "saturated"), ("dead", "dead"),
+    ("layer", "layer"),
+    ("out_shape", "output"),
+    ("bias_grad_norm", "‖∂C/∂b‖"),
+    ("delta_norm", "‖δ‖"),
+    ("grad_W_norm", "‖∇W‖"),
+    ("W_norm", "‖W‖"),
+    ("update_ratio", "‖ΔW‖/‖W‖"),
+    ("saturated", "saturated"),
+    ("dead", "dead"),
 ]
 
 
@@ -306,22 +348,32 @@ class LayerReport:
         """``{layer name: value}`` of one quantity, e.g. ``report.column("grad_W_norm")``
         (``None`` for the layers that lack it)."""
         if quantity not in LayerStats.__dataclass_fields__:
-            raise ValueError(f"unknown quantity {quantity!r}; known: "
-                             f"{list(LayerStats.__dataclass_fields__)}")
+            raise ValueError(
+                f"unknown quantity {quantity!r}; known: {list(LayerStats.__dataclass_fields__)}"
+            )
         return {r.name: getattr(r, quantity) for r in self.layers}
 
     def to_dict(self) -> dict:
-        return {"loss": self.loss, "sigmoid_eps": self.sigmoid_eps, "tanh_eps": self.tanh_eps,
-                "layers": [r.to_dict() for r in self.layers]}
+        return {
+            "loss": self.loss,
+            "sigmoid_eps": self.sigmoid_eps,
+            "tanh_eps": self.tanh_eps,
+            "layers": [r.to_dict() for r in self.layers],
+        }
 
     def __str__(self) -> str:
-        cols = [c for c in _COLUMNS if c[0] in ("layer", "out_shape", "delta_norm")
-                or any(getattr(r, c[0]) is not None for r in self.layers)]
+        cols = [
+            c
+            for c in _COLUMNS
+            if c[0] in ("layer", "out_shape", "delta_norm")
+            or any(getattr(r, c[0]) is not None for r in self.layers)
+        ]
         head = ["name"] + [h for _, h in cols]
         rows = [[r.name] + [_fmt(k, getattr(r, k)) for k, _ in cols] for r in self.layers]
         widths = [max(len(h), *(len(row[j]) for row in rows)) for j, h in enumerate(head)]
-        line = lambda cells: "  ".join(c.ljust(w) if j < 3 else c.rjust(w)
-                                       for j, (c, w) in enumerate(zip(cells, widths)))
+        line = lambda cells: "  ".join(
+            c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths))
+        )
         out = [line(head), line(["-" * w for w in widths])]
         out += [line(r) for r in rows]
         out.append(f"loss = {self.loss:.6g}")
@@ -335,21 +387,40 @@ def _row_stats(name, row) -> LayerStats:
     layer = row.layer
     get = lambda k: float(row[k]) if k in row else None
     has_units = callable(getattr(layer, "unit_stats", None))
-    leaves = ({leaf: {k: float(v) for k, v in q.items()} for leaf, q in row["leaves"].items()}
-              if "leaves" in row else None)
+    leaves = (
+        {leaf: {k: float(v) for k, v in q.items()} for leaf, q in row["leaves"].items()}
+        if "leaves" in row
+        else None
+    )
     extra = {k: float(v) for k, v in row.items() if k not in _SCALARS and k != "leaves"}
     out_shape = row.out_shape
     scalars: dict[str, Any] = {k: get(k) for k in _SCALARS}  # delta_norm: every layer
     return LayerStats(
-        name=name, layer=type(layer).__name__,
+        name=name,
+        layer=type(layer).__name__,
         activation=type(layer).__name__.lower() if has_units else None,
         units=(out_shape[-1] if out_shape else 1) if out_shape is not None else None,
-        **scalars, out_shape=out_shape, leaves=leaves,
-        extra=extra or None)
+        **scalars,
+        out_shape=out_shape,
+        leaves=leaves,
+        extra=extra or None,
+    )
 
 
-def layer_report(model, loss, params, x, y, *, updates=None, key=None, train: bool = True,
-                 sigmoid_eps: float = 0.05, tanh_eps: float = 0.05, state=None) -> LayerReport:
+def layer_report(
+    model,
+    loss,
+    params,
+    x,
+    y,
+    *,
+    updates=None,
+    key=None,
+    train: bool = True,
+    sigmoid_eps: float = 0.05,
+    tanh_eps: float = 0.05,
+    state=None,
+) -> LayerReport:
     """Per-layer gradient statistics of one batch, from the hand-written backward, for every
     leaf layer of any model (one row each, named by its path).
 
@@ -369,5 +440,9 @@ def layer_report(model, loss, params, x, y, *, updates=None, key=None, train: bo
     f = gradient_stats_fn(model, loss, train=train, sigmoid_eps=sigmoid_eps, tanh_eps=tanh_eps)
     stats = jax.device_get(f(params, x, y, key, updates, state))
     rows = tuple(_row_stats(name, row) for name, row in in_model_order(stats["layers"]).items())
-    return LayerReport(layers=rows, loss=float(stats["loss"]),
-                       sigmoid_eps=float(sigmoid_eps), tanh_eps=float(tanh_eps))
+    return LayerReport(
+        layers=rows,
+        loss=float(stats["loss"]),
+        sigmoid_eps=float(sigmoid_eps),
+        tanh_eps=float(tanh_eps),
+    )

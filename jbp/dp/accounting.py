@@ -123,7 +123,8 @@ __all__ = [
 
 #: dp_accounting's default RDP orders (``RdpAccountant.__init__``, version 0.6.0).
 DEFAULT_ORDERS: tuple[float, ...] = tuple(
-    [1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(11, 64)]
+    [1 + x / 10.0 for x in range(1, 100)]
+    + [float(a) for a in range(11, 64)]
     + [128.0, 256.0, 512.0, 1024.0]
 )
 
@@ -148,12 +149,14 @@ def _is_real_scalar(value) -> bool:
     return getattr(value, "shape", None) == () and kind in ("i", "u", "f")
 
 
-def _real(where: str, name: str, value, *, low=None, high=None, low_open=False,
-          high_open=False) -> float:
+def _real(
+    where: str, name: str, value, *, low=None, high=None, low_open=False, high_open=False
+) -> float:
     """``value`` as a finite float inside the interval, else TypeError / ValueError."""
     if not _is_real_scalar(value):
-        raise TypeError(f"{where}: {name} must be a real number, got {value!r} "
-                        f"of type {type(value).__name__}")
+        raise TypeError(
+            f"{where}: {name} must be a real number, got {value!r} of type {type(value).__name__}"
+        )
     v = float(value)
     lo = "(" if low_open else "["
     hi = ")" if high_open else "]"
@@ -180,8 +183,10 @@ def _steps(where: str, value) -> int:
         kind = getattr(getattr(value, "dtype", None), "kind", None)
         is_int = getattr(value, "shape", None) == () and kind in ("i", "u")
     if not is_int:
-        raise TypeError(f"{where}: steps must be a non-negative int, got {value!r} "
-                        f"of type {type(value).__name__}")
+        raise TypeError(
+            f"{where}: steps must be a non-negative int, got {value!r} "
+            f"of type {type(value).__name__}"
+        )
     v = int(value)
     if v < 0:
         raise ValueError(f"{where}: steps must be a non-negative int, got {v}")
@@ -192,25 +197,30 @@ def _orders(where: str, orders) -> np.ndarray:
     if orders is None:
         return np.asarray(DEFAULT_ORDERS, dtype=np.float64)
     if isinstance(orders, (str, bytes)):
-        raise TypeError(f"{where}: orders must be a 1-D sequence of real numbers > 1, "
-                        f"got {orders!r}")
+        raise TypeError(
+            f"{where}: orders must be a 1-D sequence of real numbers > 1, got {orders!r}"
+        )
     try:
         arr = np.asarray(orders)
     except Exception as e:  # noqa: BLE001 - ragged or odd objects
-        raise TypeError(f"{where}: orders must be a 1-D sequence of real numbers > 1, "
-                        f"got {orders!r}") from e
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer)
-                                     or np.issubdtype(arr.dtype, np.floating)):
-        raise TypeError(f"{where}: orders must be a 1-D sequence of real numbers > 1, "
-                        f"got dtype {arr.dtype}: {orders!r}")
+        raise TypeError(
+            f"{where}: orders must be a 1-D sequence of real numbers > 1, got {orders!r}"
+        ) from e
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise TypeError(
+            f"{where}: orders must be a 1-D sequence of real numbers > 1, "
+            f"got dtype {arr.dtype}: {orders!r}"
+        )
     if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"{where}: orders must be a non-empty 1-D sequence, got shape "
-                         f"{arr.shape}")
+        raise ValueError(f"{where}: orders must be a non-empty 1-D sequence, got shape {arr.shape}")
     arr = arr.astype(np.float64)
     bad = ~np.isfinite(arr) | (arr <= 1.0)
     if bad.any():
-        raise ValueError(f"{where}: every order must be a finite number > 1, got "
-                         f"{arr[bad].tolist()} in orders")
+        raise ValueError(
+            f"{where}: every order must be a finite number > 1, got {arr[bad].tolist()} in orders"
+        )
     return arr
 
 
@@ -224,14 +234,16 @@ def _rdp_array(where: str, rdp_values, n: int) -> np.ndarray:
     try:
         arr = np.asarray(rdp_values, dtype=np.float64)
     except Exception as e:  # noqa: BLE001
-        raise TypeError(f"{where}: rdp_values must be a 1-D sequence of numbers, "
-                        f"got {rdp_values!r}") from e
+        raise TypeError(
+            f"{where}: rdp_values must be a 1-D sequence of numbers, got {rdp_values!r}"
+        ) from e
     if arr.shape != (n,):
-        raise ValueError(f"{where}: rdp_values must have shape ({n},) like orders, "
-                         f"got {arr.shape}")
+        raise ValueError(f"{where}: rdp_values must have shape ({n},) like orders, got {arr.shape}")
     if np.isnan(arr).any() or (arr < 0).any():
-        raise ValueError(f"{where}: rdp_values must be >= 0 (inf allowed), got "
-                         f"{arr[np.isnan(arr) | (arr < 0)].tolist()}")
+        raise ValueError(
+            f"{where}: rdp_values must be >= 0 (inf allowed), got "
+            f"{arr[np.isnan(arr) | (arr < 0)].tolist()}"
+        )
     return arr
 
 
@@ -275,8 +287,11 @@ def _log_comb(n, k: np.ndarray) -> np.ndarray:
     """
     n = np.asarray(n, dtype=np.float64)
     log_fact_k = _log_factorials(int(np.max(k)))[k.astype(np.int64)]
-    return (np.asarray(_lgamma(n + 1.0), dtype=np.float64) - log_fact_k
-            - np.asarray(_lgamma(n - k + 1.0), dtype=np.float64))
+    return (
+        np.asarray(_lgamma(n + 1.0), dtype=np.float64)
+        - log_fact_k
+        - np.asarray(_lgamma(n - k + 1.0), dtype=np.float64)
+    )
 
 
 def _log_expm1(x: np.ndarray) -> np.ndarray:
@@ -361,10 +376,20 @@ def _log_a_frac(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
         a = alphas[active][:, None]
         j = a - i
         log_coef = _log_comb(a, i)
-        s0 = (log_coef + i * log_q + j * log_1mq + (i * i - i) / two_var
-              + _log_half_erfc((i - z0) / scale))
-        s1 = (log_coef + j * log_q + i * log_1mq + (j * j - j) / two_var
-              + _log_half_erfc((z0 - j) / scale))
+        s0 = (
+            log_coef
+            + i * log_q
+            + j * log_1mq
+            + (i * i - i) / two_var
+            + _log_half_erfc((i - z0) / scale)
+        )
+        s1 = (
+            log_coef
+            + j * log_q
+            + i * log_1mq
+            + (j * j - j) / two_var
+            + _log_half_erfc((z0 - j) / scale)
+        )
         all0[active, start:stop] = s0
         all1[active, start:stop] = s1
         # Running log-sum after each term (log-cumsum-exp), for the stopping rule only.
@@ -372,8 +397,9 @@ def _log_a_frac(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
         m = np.maximum(running[active], pair.max(axis=1))
         m = np.where(np.isfinite(m), m, 0.0)[:, None]
         with np.errstate(divide="ignore"):
-            totals = m + np.log(np.exp(running[active][:, None] - m)
-                                + np.cumsum(np.exp(pair - m), axis=1))
+            totals = m + np.log(
+                np.exp(running[active][:, None] - m) + np.cumsum(np.exp(pair - m), axis=1)
+            )
         prev0 = np.concatenate((last0[active][:, None], s0[:, :-1]), axis=1)
         prev1 = np.concatenate((last1[active][:, None], s1[:, :-1]), axis=1)
         done = (s0 < prev0) & (s1 < prev1) & (np.maximum(s0, s1) < totals - 30.0)
@@ -404,8 +430,9 @@ def _rdp_one_step(q: float, sigma: float, orders: np.ndarray) -> np.ndarray:
     return log_a / (orders - 1.0)
 
 
-def _epsilons(rdp_total: np.ndarray, orders: np.ndarray, delta: float,
-              conversion: str) -> np.ndarray:
+def _epsilons(
+    rdp_total: np.ndarray, orders: np.ndarray, delta: float, conversion: str
+) -> np.ndarray:
     """ε at every order (before the minimum), clipped at 0; inf where RDP is inf."""
     log_delta = math.log(delta)
     am1 = orders - 1.0
@@ -425,8 +452,7 @@ def _epsilons(rdp_total: np.ndarray, orders: np.ndarray, delta: float,
 # ---------------------------------------------------------------------------------------
 
 
-def rdp(noise_multiplier, sample_rate, steps, orders: Sequence[float] | None = None
-        ) -> np.ndarray:
+def rdp(noise_multiplier, sample_rate, steps, orders: Sequence[float] | None = None) -> np.ndarray:
     """Rényi DP of ``steps`` Poisson-subsampled Gaussian steps, at every order.
 
     Args:
@@ -458,8 +484,9 @@ def _rdp_total(q: float, sigma: float, steps: int, orders: np.ndarray) -> np.nda
     return steps * _rdp_one_step(q, sigma, orders)
 
 
-def rdp_to_epsilon(rdp_values, orders, delta, *, conversion: str = "balle2020"
-                   ) -> tuple[float, float]:
+def rdp_to_epsilon(
+    rdp_values, orders, delta, *, conversion: str = "balle2020"
+) -> tuple[float, float]:
     """Convert an RDP curve (e.g. a sum of :func:`rdp` curves) to ``(ε, best order)``.
 
     Args:
@@ -488,8 +515,15 @@ def rdp_to_epsilon(rdp_values, orders, delta, *, conversion: str = "balle2020"
     return float(eps[k]), float(alphas[k])
 
 
-def epsilon(noise_multiplier, sample_rate, steps, delta, *,
-            orders: Sequence[float] | None = None, conversion: str = "balle2020") -> float:
+def epsilon(
+    noise_multiplier,
+    sample_rate,
+    steps,
+    delta,
+    *,
+    orders: Sequence[float] | None = None,
+    conversion: str = "balle2020",
+) -> float:
     """ε of ``steps`` DP-SGD steps (Poisson rate q, noise multiplier σ) at a given δ.
 
     Args:
@@ -522,14 +556,20 @@ def epsilon(noise_multiplier, sample_rate, steps, delta, *,
 def _epsilon(sigma, q, steps, delta, orders, conversion) -> float:
     if steps == 0:
         return 0.0
-    return float(np.min(_epsilons(_rdp_total(q, sigma, steps, orders), orders, delta,
-                                  conversion)))
+    return float(np.min(_epsilons(_rdp_total(q, sigma, steps, orders), orders, delta, conversion)))
 
 
-def noise_multiplier_for(target_epsilon, sample_rate, steps, delta, *,
-                         orders: Sequence[float] | None = None,
-                         conversion: str = "balle2020", rtol: float = 1e-6,
-                         max_noise_multiplier: float = 1e6) -> float:
+def noise_multiplier_for(
+    target_epsilon,
+    sample_rate,
+    steps,
+    delta,
+    *,
+    orders: Sequence[float] | None = None,
+    conversion: str = "balle2020",
+    rtol: float = 1e-6,
+    max_noise_multiplier: float = 1e6,
+) -> float:
     """The smallest noise multiplier σ whose :func:`epsilon` is at most ``target_epsilon``.
 
     The search brackets the answer (doubling or halving σ from 1), then bisects until
@@ -579,7 +619,8 @@ def noise_multiplier_for(target_epsilon, sample_rate, steps, delta, *,
             f"max_noise_multiplier={cap!r} gives epsilon={eps_cap!r} (sample_rate={q!r}, "
             f"steps={n}, delta={d!r}, conversion={conv!r}, largest order "
             f"{float(alphas.max())!r}); raise target_epsilon or max_noise_multiplier, or use "
-            f"larger orders")
+            f"larger orders"
+        )
     # Bracket: ε(lo) > target >= ε(hi); σ = 0 always fails (ε = inf for steps > 0).
     lo, hi = 0.0, min(1.0, cap)
     if meets(hi):

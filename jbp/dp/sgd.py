@@ -57,6 +57,7 @@ References:
     H. B. McMahan, D. Ramage, K. Talwar, L. Zhang. Learning Differentially Private
     Recurrent Language Models. ICLR 2018, arXiv:1710.06963 (per-layer clipping).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,20 +77,30 @@ from jbp.extensions.firstorder import BatchL2, ClippedGrad, global_sq_norms
 from jbp.metrics import get_metrics
 from jbp.train.step import apply_updates
 
-__all__ = ["DPConfig", "CLIPPINGS", "PerLayerClippedGrad", "private_grad", "make_private_step", "poisson_batch",
-           "make_private_epoch", "default_max_batch_size", "check_fit_privacy"]
+__all__ = [
+    "DPConfig",
+    "CLIPPINGS",
+    "PerLayerClippedGrad",
+    "private_grad",
+    "make_private_step",
+    "poisson_batch",
+    "make_private_epoch",
+    "default_max_batch_size",
+    "check_fit_privacy",
+]
 
 #: Clipping schemes: ``"flat"`` (one global norm per example) or ``"per_layer"``
 #: (``C / √L`` per parameterised leaf layer).
 CLIPPINGS = ("flat", "per_layer")
 
-_NOISE_SALT = 0x4450   # "DP"
+_NOISE_SALT = 0x4450  # "DP"
 _SAMPLE_SALT = 0x5053  # "PS"
 
 
 # ---------------------------------------------------------------------------------------
 # Validation (concrete values, before anything is traced)
 # ---------------------------------------------------------------------------------------
+
 
 def _check_clipping(where, clipping):
     if clipping not in CLIPPINGS:
@@ -103,7 +114,8 @@ def _check_private_model(where, model):
             f"{where}: DP-SGD clips every example's own gradient, but the model mixes the "
             f"examples of a batch in training mode (BatchNorm normalises with batch "
             f"statistics, so one example's gradient depends on the others and the clipped "
-            f"sum has no per-example sensitivity); replace BatchNorm by LayerNorm, or drop it")
+            f"sum has no per-example sensitivity); replace BatchNorm by LayerNorm, or drop it"
+        )
 
 
 def _check_int(where, name, value, low):
@@ -161,8 +173,9 @@ class DPConfig:
         if self.max_batch_size is None:
             return default_max_batch_size(n, float(self.sample_rate))
         if self.max_batch_size > n:
-            raise ValueError(f"DPConfig: max_batch_size={self.max_batch_size} exceeds the "
-                             f"{n} training examples")
+            raise ValueError(
+                f"DPConfig: max_batch_size={self.max_batch_size} exceeds the {n} training examples"
+            )
         return int(self.max_batch_size)
 
     def steps_for(self) -> int:
@@ -173,8 +186,9 @@ class DPConfig:
 
     def epsilon_after(self, epochs: int) -> float:
         """ε after ``epochs`` epochs (``epochs · steps_per_epoch`` steps) at ``delta``."""
-        return epsilon(self.noise_multiplier, self.sample_rate, epochs * self.steps_for(),
-                       self.delta)
+        return epsilon(
+            self.noise_multiplier, self.sample_rate, epochs * self.steps_for(), self.delta
+        )
 
     def overflow_probability(self, n: int) -> float:
         """``P[Binomial(n, q) > B_max]``: the chance that one step drops sampled examples."""
@@ -182,9 +196,11 @@ class DPConfig:
         if b >= n:
             return 0.0
         k = np.arange(b + 1, n + 1)
-        logp = (np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-                          for i in k]) + k * math.log(q)
-                + ((n - k) * math.log1p(-q) if q < 1 else 0.0))
+        logp = (
+            np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in k])
+            + k * math.log(q)
+            + ((n - k) * math.log1p(-q) if q < 1 else 0.0)
+        )
         mx = logp.max()
         return float(min(1.0, math.exp(mx) * np.exp(logp - mx).sum()))
 
@@ -192,6 +208,7 @@ class DPConfig:
 # ---------------------------------------------------------------------------------------
 # Row weights: padded rows contribute nothing
 # ---------------------------------------------------------------------------------------
+
 
 class _RowWeighted:
     """A loss whose gradient rows are multiplied by ``weights`` (0 for padded rows) and
@@ -224,6 +241,7 @@ def _weighted_metric(m, loss, pred, y, w):
 # Per-layer clipping: a (non-seeded) extension
 # ---------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class PerLayerClippedGrad(Extension):
     """``"per_layer_clipped_grad"``: ``(1/n) Σᵢ min(1, C_l/‖gᵢˡ‖) gᵢˡ`` for each layer ``l``.
@@ -247,8 +265,9 @@ class PerLayerClippedGrad(Extension):
         values = dy.values if hasattr(dy, "values") and hasattr(dy, "mask") else dy
         scaled = values * scale.astype(values.dtype).reshape((-1,) + (1,) * (values.ndim - 1))
         if values is not dy:
-            scaled = dy._replace(values=scaled) if hasattr(dy, "_replace") else type(dy)(
-                scaled, dy.mask)
+            scaled = (
+                dy._replace(values=scaled) if hasattr(dy, "_replace") else type(dy)(scaled, dy.mask)
+            )
         return call.layer.backward(call.params, call.cache, scaled)[0]
 
 
@@ -262,8 +281,9 @@ class _CountLayers(Extension):
 
 def _count_param_layers(model, loss, params, x, y, state) -> int:
     run = backprop(model, loss, extensions=(_CountLayers(),))
-    shapes = jax.eval_shape(lambda p, a, b, s: run(p, a, b, state=s, train=False).extras,
-                            params, x, y, state)
+    shapes = jax.eval_shape(
+        lambda p, a, b, s: run(p, a, b, state=s, train=False).extras, params, x, y, state
+    )
     return len(jax.tree.leaves(shapes["_dp_count_layers"]))
 
 
@@ -271,8 +291,10 @@ def _count_param_layers(model, loss, params, x, y, state) -> int:
 # The private gradient and the private step
 # ---------------------------------------------------------------------------------------
 
-def private_grad(model, loss, *, max_norm, noise_multiplier, expected_batch_size,
-                 clipping: str = "flat") -> Callable:
+
+def private_grad(
+    model, loss, *, max_norm, noise_multiplier, expected_batch_size, clipping: str = "flat"
+) -> Callable:
     """The DP-SGD gradient ``g̃ = (Σᵢ wᵢ-rows clipped gᵢ + σ C ξ) / (q N)``.
 
     Args:
@@ -313,13 +335,16 @@ def private_grad(model, loss, *, max_norm, noise_multiplier, expected_batch_size
         else:
             layers = _count_param_layers(model, wl, params, x, y, state)
             ext, bound = PerLayerClippedGrad(c / math.sqrt(layers)), c
-        out = backprop(model, wl, extensions=(ext, BatchL2()))(params, x, y, key=k_fwd, state=state,
-                                                     train=True)
+        out = backprop(model, wl, extensions=(ext, BatchL2()))(
+            params, x, y, key=k_fwd, state=state, train=True
+        )
         mean_clipped = out.extras[ext.name]
         leaves, tree = jax.tree.flatten(mean_clipped)
         noise_keys = jax.random.split(jax.random.fold_in(key, _NOISE_SALT), max(1, len(leaves)))
-        noisy = [(a * n + (sigma * c) * jax.random.normal(k, a.shape, a.dtype)) / denom
-                 for a, k in zip(leaves, noise_keys)]
+        noisy = [
+            (a * n + (sigma * c) * jax.random.normal(k, a.shape, a.dtype)) / denom
+            for a, k in zip(leaves, noise_keys)
+        ]
         rows = jnp.sum((w > 0).astype(jnp.result_type(float)))
         hit = jnp.sqrt(global_sq_norms(out.extras["batch_l2"])) > bound
         clipped = jnp.sum(jnp.where(w > 0, hit, False)) / jnp.maximum(rows, 1.0)
@@ -328,9 +353,19 @@ def private_grad(model, loss, *, max_norm, noise_multiplier, expected_batch_size
     return g
 
 
-def make_private_step(model, loss, optimizer, *, max_norm, noise_multiplier,
-                      expected_batch_size, clipping: str = "flat", regularizer=None,
-                      metrics=("loss",), augment: Callable | None = None) -> Callable:
+def make_private_step(
+    model,
+    loss,
+    optimizer,
+    *,
+    max_norm,
+    noise_multiplier,
+    expected_batch_size,
+    clipping: str = "flat",
+    regularizer=None,
+    metrics=("loss",),
+    augment: Callable | None = None,
+) -> Callable:
     """The DP-SGD training step, with :func:`jbp.train.make_train_step`'s signature.
 
     Returns ``step(params, opt_state, x, y, key, state=(), weights=None) -> (params,
@@ -352,8 +387,14 @@ def make_private_step(model, loss, optimizer, *, max_norm, noise_multiplier,
     check_augment(augment)
     _check_private_model("make_private_step", model)
     metric_objs = get_metrics(metrics)
-    grad = private_grad(model, loss, max_norm=max_norm, noise_multiplier=noise_multiplier,
-                        expected_batch_size=expected_batch_size, clipping=clipping)
+    grad = private_grad(
+        model,
+        loss,
+        max_norm=max_norm,
+        noise_multiplier=noise_multiplier,
+        expected_batch_size=expected_batch_size,
+        clipping=clipping,
+    )
 
     def step(params, opt_state, x, y, key, state=(), weights=None):
         k_aug, _ = jax.random.split(key)
@@ -383,6 +424,7 @@ def make_private_step(model, loss, optimizer, *, max_norm, noise_multiplier,
 # Poisson sampling inside one compiled epoch
 # ---------------------------------------------------------------------------------------
 
+
 def poisson_batch(key, n: int, sample_rate, max_batch_size: int):
     """Indices and weights of one Poisson-sampled batch, padded to ``max_batch_size``.
 
@@ -401,23 +443,39 @@ def poisson_batch(key, n: int, sample_rate, max_batch_size: int):
 def check_fit_privacy(config, *, batch_size, n: int, grad_fn: str, drop_last: bool) -> None:
     """``fit(..., privacy=config)``'s checks, before anything is compiled."""
     if not isinstance(config, DPConfig):
-        raise TypeError(f"privacy: expected a jbp.dp.DPConfig(noise_multiplier=..., "
-                        f"max_norm=..., sample_rate=..., delta=...), got "
-                        f"{type(config).__name__}")
+        raise TypeError(
+            f"privacy: expected a jbp.dp.DPConfig(noise_multiplier=..., "
+            f"max_norm=..., sample_rate=..., delta=...), got "
+            f"{type(config).__name__}"
+        )
     if batch_size is not None and batch_size != n:
-        raise ValueError(f"privacy: DP-SGD draws its batches by Poisson sampling (expected "
-                         f"size sample_rate·N = {config.sample_rate * n:g}); leave "
-                         f"batch_size=None, got batch_size={batch_size}")
+        raise ValueError(
+            f"privacy: DP-SGD draws its batches by Poisson sampling (expected "
+            f"size sample_rate·N = {config.sample_rate * n:g}); leave "
+            f"batch_size=None, got batch_size={batch_size}"
+        )
     if grad_fn != "manual":
-        raise ValueError(f"privacy: DP-SGD reads per-example norms from the hand-written "
-                         f"backward; it needs grad_fn='manual', got {grad_fn!r}")
+        raise ValueError(
+            f"privacy: DP-SGD reads per-example norms from the hand-written "
+            f"backward; it needs grad_fn='manual', got {grad_fn!r}"
+        )
     if drop_last:
         raise ValueError("privacy: drop_last has no meaning with Poisson sampling; leave it False")
     config.batch_size_for(n)
 
 
-def make_private_epoch(config: DPConfig, model, loss, optimizer, *, n: int, regularizer=None,
-                       metrics=("loss",), augment=None, finalizers=None) -> Callable:
+def make_private_epoch(
+    config: DPConfig,
+    model,
+    loss,
+    optimizer,
+    *,
+    n: int,
+    regularizer=None,
+    metrics=("loss",),
+    augment=None,
+    finalizers=None,
+) -> Callable:
     """``epoch(carry, x, y, key) -> (carry, means)``: ``steps_per_epoch`` Poisson steps in
     one ``lax.scan`` (the contract of ``fit``'s epoch). Step ``j`` gets key
     ``split(key, steps)[j]``; its batch comes from ``fold_in(that key, 0x5053)``. Means are
@@ -428,10 +486,18 @@ def make_private_epoch(config: DPConfig, model, loss, optimizer, *, n: int, regu
     bmax = config.batch_size_for(n)
     steps = config.steps_for()
     q = float(config.sample_rate)
-    step = make_private_step(model, loss, optimizer, max_norm=config.max_norm,
-                             noise_multiplier=config.noise_multiplier,
-                             expected_batch_size=q * n, clipping=config.clipping,
-                             regularizer=regularizer, metrics=metrics, augment=augment)
+    step = make_private_step(
+        model,
+        loss,
+        optimizer,
+        max_norm=config.max_norm,
+        noise_multiplier=config.noise_multiplier,
+        expected_batch_size=q * n,
+        clipping=config.clipping,
+        regularizer=regularizer,
+        metrics=metrics,
+        augment=augment,
+    )
     finalizers = finalizers or {}
 
     def body(carry, k, x, y):
@@ -447,8 +513,11 @@ def make_private_epoch(config: DPConfig, model, loss, optimizer, *, n: int, regu
         carry, ms = jax.lax.scan(lambda c, k: body(c, k, x, y), carry, keys)
         rows = ms["dp_rows"]
         total = jnp.maximum(jnp.sum(rows), 1.0)
-        means = {k: jnp.sum(v * rows) / total for k, v in ms.items()
-                 if k not in ("dp_rows", "dp_dropped")}
+        means = {
+            k: jnp.sum(v * rows) / total
+            for k, v in ms.items()
+            if k not in ("dp_rows", "dp_dropped")
+        }
         means["dp_rows"] = jnp.mean(rows)
         means["dp_dropped"] = jnp.sum(ms["dp_dropped"])
         return carry, {k: finalizers.get(k, _same)(v) for k, v in means.items()}

@@ -19,25 +19,40 @@ Curvature (:mod:`jbp.extensions.curvature`): ``DiagGGN``, ``DiagGGNMC``, ``Batch
 
 Write your own by subclassing :class:`Extension` (see its docstring).
 """
+
 from jbp.extensions.base import Extension, generic_batch_grad
 from jbp.extensions.curvature import (
-                                       KFAC,
-                                       KFLR,
-                                       BatchDiagGGN,
-                                       DiagGGN,
-                                       DiagGGNMC,
-                                       DiagHessian,
-                                       KronFactors,
+    KFAC,
+    KFLR,
+    BatchDiagGGN,
+    DiagGGN,
+    DiagGGNMC,
+    DiagHessian,
+    KronFactors,
 )
 from jbp.extensions.firstorder import (
-                                       BatchGrad,
-                                       BatchL2,
-                                       ClippedGrad,
-                                       SumGradSquared,
-                                       Variance,
-                                       global_sq_norms,
+    BatchGrad,
+    BatchL2,
+    ClippedGrad,
+    SumGradSquared,
+    Variance,
+    global_sq_norms,
 )
 
-__all__ = ["Extension", "BatchGrad", "BatchL2", "SumGradSquared", "Variance", "ClippedGrad",
-           "generic_batch_grad", "global_sq_norms",
-           "DiagGGN", "DiagGGNMC", "BatchDiagGGN", "DiagHessian", "KFLR", "KFAC", "KronFactors"]
+__all__ = [
+    "Extension",
+    "BatchGrad",
+    "BatchL2",
+    "SumGradSquared",
+    "Variance",
+    "ClippedGrad",
+    "generic_batch_grad",
+    "global_sq_norms",
+    "DiagGGN",
+    "DiagGGNMC",
+    "BatchDiagGGN",
+    "DiagHessian",
+    "KFLR",
+    "KFAC",
+    "KronFactors",
+]

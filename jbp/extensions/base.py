@@ -39,6 +39,7 @@ columns with ``reduce`` (default: the sum). ``requires`` names extensions whose 
 seed reads from ``ctx.extras`` (computed first, in the main walk). ``finalize(result, n)``
 post-processes the assembled tree (default: unchanged).
 """
+
 from __future__ import annotations
 
 import jax
@@ -83,8 +84,10 @@ class Extension:
 
     def default(self, call):
         """The generic computation for a layer without a closed form."""
-        raise NotImplementedError(f"{type(self).__name__}: layer {call.layer!r} has no method "
-                                  f"{self.name!r} and the extension has no generic default")
+        raise NotImplementedError(
+            f"{type(self).__name__}: layer {call.layer!r} has no method "
+            f"{self.name!r} and the extension has no generic default"
+        )
 
     # -- seeded walks ----------------------------------------------------------------
     def seed(self, ctx):
@@ -122,8 +125,10 @@ def generic_batch_grad(layer, params, cache, dy):
     dy = _values(dy)
     n = dy.shape[0]
     axes = layer.cache_axes(cache)
-    for (path, leaf), ax in zip(jax.tree_util.tree_flatten_with_path(cache)[0],
-                                jax.tree.leaves(axes, is_leaf=lambda a: a is None)):
+    for (path, leaf), ax in zip(
+        jax.tree_util.tree_flatten_with_path(cache)[0],
+        jax.tree.leaves(axes, is_leaf=lambda a: a is None),
+    ):
         shape = getattr(leaf, "shape", None)
         if ax == 0 and (shape is None or len(shape) == 0 or shape[0] != n):
             where = jax.tree_util.keystr(path) or "<root>"
@@ -131,11 +136,13 @@ def generic_batch_grad(layer, params, cache, dy):
                 f"{layer!r}: the generic per-example extensions vmap the layer's backward over "
                 f"the batch axis of its cache, but cache leaf {where} has shape {shape} (batch "
                 f"size {n}); declare it shared with the layer's cache_axes (None), or give the "
-                f"layer closed-form methods (batch_grad, batch_l2, sum_grad_squared)")
+                f"layer closed-form methods (batch_grad, batch_l2, sum_grad_squared)"
+            )
 
     def one(c, d):
-        c1 = jax.tree.map(lambda a, ax: a if ax is None else a[None], c, axes,
-                          is_leaf=lambda a: a is None)
+        c1 = jax.tree.map(
+            lambda a, ax: a if ax is None else a[None], c, axes, is_leaf=lambda a: a is None
+        )
         return layer.backward(params, c1, d[None])[0]
 
     return jax.vmap(one, in_axes=(axes, 0))(cache, dy)

@@ -72,6 +72,7 @@ cache, dy)`` (KFAC, KFLR) and, on element-wise activations, ``second_derivative(
 (DiagHessian). Without them the generic ``vmap`` of the layer's own ``backward`` runs
 (Conv2D, Embedding and the recurrent layers get their Kronecker factors from this module).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -84,8 +85,16 @@ import jax.numpy as jnp
 from jbp.extensions.base import Extension, _values, generic_batch_grad
 from jbp.losses import _check_samples
 
-__all__ = ["DiagGGN", "DiagGGNMC", "BatchDiagGGN", "DiagHessian", "KFAC", "KFLR",
-           "KronFactors", "kron_factor_shapes"]
+__all__ = [
+    "DiagGGN",
+    "DiagGGNMC",
+    "BatchDiagGGN",
+    "DiagHessian",
+    "KFAC",
+    "KFLR",
+    "KronFactors",
+    "kron_factor_shapes",
+]
 
 
 class KronFactors(NamedTuple):
@@ -107,9 +116,11 @@ def kron_factor_shapes(shape) -> tuple:
 def _loss_method(loss, method, who):
     fn = getattr(loss, method, None)
     if not callable(fn):
-        raise TypeError(f"{who}: the loss {loss!r} has no {method}(...); the curvature "
-                        f"extensions need it (jbp.losses.mse, binary_cross_entropy and "
-                        f"softmax_cross_entropy have it)")
+        raise TypeError(
+            f"{who}: the loss {loss!r} has no {method}(...); the curvature "
+            f"extensions need it (jbp.losses.mse, binary_cross_entropy and "
+            f"softmax_cross_entropy have it)"
+        )
     return fn
 
 
@@ -128,6 +139,7 @@ def _sampled_columns(ctx, who, samples):
 # ------------------------------------------------------------------------------------------
 # One layer, one column: per-example gradients and their squares from (cache, δ_c)
 # ------------------------------------------------------------------------------------------
+
 
 def _column_batch_grad(layer, params, cache, dy):
     """Per-example parameter gradients ``(n, *leaf)`` of one column ``dy``."""
@@ -161,6 +173,7 @@ def _mean_over_examples(result, n):
 # ------------------------------------------------------------------------------------------
 # Diagonals of the GGN
 # ------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class DiagGGN(_Columns):
@@ -237,15 +250,18 @@ class BatchDiagGGN(_Columns):
 # The exact Hessian diagonal
 # ------------------------------------------------------------------------------------------
 
+
 def _linear_layers():
     """Layers whose output is linear in their input and in their parameters (a.e.): they add
     no second-order term of their own, ``∇²_in = Jᵀ ∇²_out J``."""
     from jbp.layers import AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D  # noqa: PLC0415
+
     return (Dense, Conv2D, Flatten, Dropout, AvgPool2D, MaxPool2D, GlobalAvgPool2D)
 
 
 def _piecewise_linear():
     from jbp.layers import Identity, LeakyReLU, ReLU  # noqa: PLC0415
+
     return (Identity, ReLU, LeakyReLU)
 
 
@@ -275,8 +291,15 @@ def _hessian_walk(layer, params, cache, dy, pos, neg, n, where):
         results = [None] * len(layer.layers)
         for i in reversed(range(len(layer.layers))):
             results[i], dy, pos, neg = _hessian_walk(
-                layer.layers[i], params[i], cache[i], dy, pos, neg, n,
-                f"{where}layers[{i}]" if not where else f"{where}.layers[{i}]")
+                layer.layers[i],
+                params[i],
+                cache[i],
+                dy,
+                pos,
+                neg,
+                n,
+                f"{where}layers[{i}]" if not where else f"{where}.layers[{i}]",
+            )
         return tuple(results), dy, pos, neg
 
     second = getattr(layer, "second_derivative", None)
@@ -286,12 +309,17 @@ def _hessian_walk(layer, params, cache, dy, pos, neg, n, where):
             f"DiagHessian: {at}({layer!r}) is not supported: the exact diagonal Hessian is "
             f"implemented for Dense, Conv2D, Flatten, Dropout, the 2-D poolings and element-wise "
             f"activations with a second_derivative(z, a) method; got {type(layer).__name__} "
-            f"(DiagGGN is defined for every layer)")
+            f"(DiagGGN is defined for every layer)"
+        )
     _, dx = layer.backward(params, cache, dy)
     if jax.tree.leaves(params):
+
         def sq(cols):
-            return jax.tree.map(lambda a: jnp.sum(a, axis=0), jax.vmap(
-                lambda s: _column_sum_squares(layer, params, cache, s))(cols))
+            return jax.tree.map(
+                lambda a: jnp.sum(a, axis=0),
+                jax.vmap(lambda s: _column_sum_squares(layer, params, cache, s))(cols),
+            )
+
         result = sq(pos)
         if neg is not None:
             result = jax.tree.map(jnp.subtract, result, sq(neg))
@@ -341,8 +369,9 @@ class DiagHessian(_Columns):
         return _exact_columns(ctx, "DiagHessian")
 
     def walk(self, model, params, cache, ctx):
-        result, _, _, _ = _hessian_walk(model, params, cache, ctx.dpred, self.seed(ctx), None,
-                                        ctx.n, "")
+        result, _, _, _ = _hessian_walk(
+            model, params, cache, ctx.dpred, self.seed(ctx), None, ctx.n, ""
+        )
         return result
 
     def finalize(self, result, n):
@@ -352,6 +381,7 @@ class DiagHessian(_Columns):
 # ------------------------------------------------------------------------------------------
 # Kronecker factors
 # ------------------------------------------------------------------------------------------
+
 
 def _outer_sum(v):
     """``Σ_rows v vᵀ`` of ``v`` reshaped to ``(-1, last)``."""
@@ -376,9 +406,19 @@ def _conv2d_factors(layer, params, cache, dy):
     _, pads = layer._geometry(x.shape[1:3])
     xp = jnp.pad(x, ((0, 0),) + tuple(tuple(p) for p in pads) + ((0, 0),))
     (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation
-    patches = jnp.stack([xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh,
-                            j * dw:j * dw + (wo - 1) * sw + 1:sw, :]
-                         for i in range(kh) for j in range(kw)], axis=3)  # (n, ho, wo, kh·kw, C)
+    patches = jnp.stack(
+        [
+            xp[
+                :,
+                i * dh : i * dh + (ho - 1) * sh + 1 : sh,
+                j * dw : j * dw + (wo - 1) * sw + 1 : sw,
+                :,
+            ]
+            for i in range(kh)
+            for j in range(kw)
+        ],
+        axis=3,
+    )  # (n, ho, wo, kh·kw, C)
     patches = patches.reshape(n * ho * wo, kh * kw * x.shape[3]).astype(dy.dtype)
     out = {"W": (jnp.matmul(patches.T, patches) / (n * ho * wo), _rows(dy))}
     if layer.use_bias:
@@ -393,8 +433,11 @@ def _embedding_factors(layer, params, cache, dy):
 
     ids = cache["x"].reshape(-1)
     d = cotangent_values(dy)
-    real = (jnp.ones(ids.shape, d.dtype) if layer.pad_id is None
-            else (ids != layer.pad_id).astype(d.dtype))
+    real = (
+        jnp.ones(ids.shape, d.dtype)
+        if layer.pad_id is None
+        else (ids != layer.pad_id).astype(d.dtype)
+    )
     counts = jnp.zeros((layer.vocab_size,), d.dtype).at[ids].add(real, mode="clip")
     A = jnp.diag(counts / jnp.maximum(jnp.sum(real), 1))
     return {"W": (A, _rows(d))}
@@ -414,15 +457,22 @@ def _recurrent_factors(layer, params, cache, dy):
     h_prev = jnp.concatenate([jnp.zeros_like(hs[:, :1]), hs[:, :-1]], axis=1)
     xs = xs.astype(hs.dtype)
     rows = _rows(delta)
-    return {"W_x": (_outer_sum(xs * m) / steps, rows),
-            "W_h": (_outer_sum(h_prev * m) / steps, rows),
-            "b": (_one(hs.dtype), jnp.sum(delta, axis=1))}
+    return {
+        "W_x": (_outer_sum(xs * m) / steps, rows),
+        "W_h": (_outer_sum(h_prev * m) / steps, rows),
+        "b": (_one(hs.dtype), jnp.sum(delta, axis=1)),
+    }
 
 
 def _kron_rules():
     from jbp.layers import LSTM, Conv2D, Embedding, SimpleRNN  # noqa: PLC0415
-    return ((Conv2D, _conv2d_factors), (Embedding, _embedding_factors),
-            (SimpleRNN, _recurrent_factors), (LSTM, _recurrent_factors))
+
+    return (
+        (Conv2D, _conv2d_factors),
+        (Embedding, _embedding_factors),
+        (SimpleRNN, _recurrent_factors),
+        (LSTM, _recurrent_factors),
+    )
 
 
 def _layer_kron_factors(layer, params, cache, dy):
@@ -444,17 +494,21 @@ def _layer_kron_factors(layer, params, cache, dy):
                 f"KFAC/KFLR: layer {layer!r} has parameters of rank ≥ 2 ({', '.join(big)}) and no "
                 f"Kronecker factors: supported are Dense, Conv2D, Embedding, SimpleRNN and LSTM "
                 f"(1-D parameters of any layer get their exact block); give the layer a "
-                f"kron_factors(params, cache, dy) method (see Dense.kron_factors)")
+                f"kron_factors(params, cache, dy) method (see Dense.kron_factors)"
+            )
         grads = _column_batch_grad(layer, params, cache, dy)
-        return jax.tree.map(lambda gr: KronFactors(_one(gr.dtype), gr.reshape(gr.shape[0], -1)),
-                            grads)
+        return jax.tree.map(
+            lambda gr: KronFactors(_one(gr.dtype), gr.reshape(gr.shape[0], -1)), grads
+        )
     treedef = jax.tree.structure(params)
     try:
         flat = treedef.flatten_up_to(pairs)
     except (ValueError, TypeError) as e:
         shapes = jax.tree.map(jnp.shape, pairs)
-        raise ValueError(f"KFAC/KFLR: {layer!r}: Kronecker factors {shapes} do not have the "
-                         f"structure of its params {treedef}: {e}") from e
+        raise ValueError(
+            f"KFAC/KFLR: {layer!r}: Kronecker factors {shapes} do not have the "
+            f"structure of its params {treedef}: {e}"
+        ) from e
     return treedef.unflatten([KronFactors(*pair) for pair in flat])
 
 
@@ -473,8 +527,9 @@ class _Kron(_Columns):
     def reduce(self, stacked):
         # (C, m, k) rows -> (C·m, k), one GEMM (an einsum contracting two axes is ~10× slower
         # on CPU)
-        return jax.tree.map(lambda f: KronFactors(f.A[0], _outer_sum(f.B)), stacked,
-                            is_leaf=_is_factors)
+        return jax.tree.map(
+            lambda f: KronFactors(f.A[0], _outer_sum(f.B)), stacked, is_leaf=_is_factors
+        )
 
     def finalize(self, result, n):
         return jax.tree.map(lambda f: KronFactors(f.A, f.B / n), result, is_leaf=_is_factors)

@@ -6,6 +6,7 @@ gradient of the mean loss is ``ḡ = (1/n) Σᵢ gᵢ``. Layers provide closed f
 ``batch_grad``, ``batch_l2`` and ``sum_grad_squared`` taking ``(params, cache, dy)`` with
 ``dy`` per example (row ``i`` = ``∂ℓᵢ/∂y``); without them the generic ``vmap`` default runs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,8 +78,9 @@ class Variance(Extension):
         if callable(method):
             return method(call.params, call.cache, self.cotangent(call))
         sgs = SumGradSquared().compute(call)
-        return jax.tree.map(lambda s, g: jnp.maximum(s / call.n - jnp.square(g), 0),
-                            sgs, call.grads)
+        return jax.tree.map(
+            lambda s, g: jnp.maximum(s / call.n - jnp.square(g), 0), sgs, call.grads
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ the docstring: ``dense``, ``activations``, ``reshape`` (Flatten), ``dropout``, `
 ``attention`` (MultiHeadAttention, transformer_block), ``positional``, ``residual``
 (Residual, PositionWise).
 """
+
 from jbp.core import Layer, Sequential
 from jbp.layers.activations import (
     ELU,
@@ -34,10 +35,36 @@ from jbp.layers.reshape import Flatten
 from jbp.layers.residual import PositionWise, Residual
 
 __all__ = [
-    "Layer", "Sequential", "Dense", "Flatten", "Dropout",
-    "Activation", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "Softplus", "GELU",
+    "Layer",
+    "Sequential",
+    "Dense",
+    "Flatten",
+    "Dropout",
+    "Activation",
+    "Identity",
+    "Sigmoid",
+    "Tanh",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "Softplus",
+    "GELU",
     "Softmax",
-    "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm", "LayerNorm",
-    "Embedding", "Masked", "Masking", "MeanPool1D", "SimpleRNN", "LSTM",
-    "MultiHeadAttention", "PositionalEmbedding", "Residual", "PositionWise", "transformer_block",
+    "Conv2D",
+    "MaxPool2D",
+    "AvgPool2D",
+    "GlobalAvgPool2D",
+    "BatchNorm",
+    "LayerNorm",
+    "Embedding",
+    "Masked",
+    "Masking",
+    "MeanPool1D",
+    "SimpleRNN",
+    "LSTM",
+    "MultiHeadAttention",
+    "PositionalEmbedding",
+    "Residual",
+    "PositionWise",
+    "transformer_block",
 ]

@@ -43,6 +43,7 @@ the *same* ``B`` from ``feedback_seed`` (from a constant key, inside the compile
 Default layers (``rule="bp"``) keep their repr, their hash and their behaviour: the two new
 fields are left out of both (they still take part in ``==``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,12 +106,16 @@ class RuleLayer(Layer):
     def check_rule(self) -> None:
         """Raise ``ValueError`` for an unknown ``rule`` or a bad ``feedback_seed``."""
         if self.rule not in RULES:
-            raise ValueError(f"{type(self).__name__}: unknown rule {self.rule!r}; expected one of "
-                             f"{', '.join(repr(r) for r in RULES)}")
+            raise ValueError(
+                f"{type(self).__name__}: unknown rule {self.rule!r}; expected one of "
+                f"{', '.join(repr(r) for r in RULES)}"
+            )
         seed = self.feedback_seed
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
-            raise ValueError(f"{type(self).__name__}: feedback_seed must be an integer in "
-                             f"[0, 2**32), got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(
+                f"{type(self).__name__}: feedback_seed must be an integer in "
+                f"[0, 2**32), got {seed!r}"
+            )
 
     def __repr__(self) -> str:
         parts = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr]
@@ -186,7 +191,8 @@ class RuleLayer(Layer):
         for j, (name, (weight, init)) in enumerate(self._feedback_of.items()):
             W = params[weight]
             params[name] = initializers.get(getattr(self, init))(
-                feedback_key(key, j), W.shape, W.dtype)
+                feedback_key(key, j), W.shape, W.dtype
+            )
         return params
 
     # --- feedback alignment's state ---------------------------------------------------
@@ -200,8 +206,9 @@ class RuleLayer(Layer):
             return ()
         params = jax.eval_shape(lambda k: self.init(k, tuple(in_shape))[0], jax.random.key(0))
         shapes = {w: params[w].shape for w, _ in self._feedback_of.values()}
-        return {name: self.draw_feedback(name, shapes[w])
-                for name, (w, _) in self._feedback_of.items()}
+        return {
+            name: self.draw_feedback(name, shapes[w]) for name, (w, _) in self._feedback_of.items()
+        }
 
     def forward_with_state(self, params, state, x, *, key=None, train=False):
         """``forward``, with feedback alignment's ``B`` from ``state`` put into the cache."""
@@ -210,8 +217,10 @@ class RuleLayer(Layer):
             names = tuple(self._feedback_of)
             if not isinstance(state, dict) or set(state) != set(names):
                 got = sorted(state) if isinstance(state, dict) else type(state).__name__
-                raise ValueError(f"{self!r}: expected the state {{{', '.join(names)}}} made by "
-                                 f"init_state, got {got}")
+                raise ValueError(
+                    f"{self!r}: expected the state {{{', '.join(names)}}} made by "
+                    f"init_state, got {got}"
+                )
             cache = {**cache, **{name: state[name] for name in names}}
         return y, cache, state
 

@@ -21,6 +21,7 @@ use these functions as they are; ``Conv2D`` and ``Embedding`` use the same switc
 (:func:`use_gram`) and :func:`gram`, with ``Gᵢ`` formed their own way (a grouped
 correlation; a scatter by id).
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp

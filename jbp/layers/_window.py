@@ -12,6 +12,7 @@ Hyperparameters are normalised once, at construction, to hashable tuples:
 XLA/TensorFlow: ``out = ceil(n / s)``, total padding ``max((out−1)·s + k_eff − n, 0)``,
 the odd pixel at the end (bottom/right).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -31,9 +32,15 @@ def pair(value, name: str, who: str) -> tuple[int, int]:
     """``int`` or ``(h, w)`` of positive ints -> ``(h, w)``."""
     if _positive_int(value):
         return (int(value), int(value))
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(_positive_int(v) for v in value):
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(_positive_int(v) for v in value)
+    ):
         return (int(value[0]), int(value[1]))
-    raise ValueError(f"{who}: {name} must be a positive int or a pair of positive ints, got {value!r}")
+    raise ValueError(
+        f"{who}: {name} must be a positive int or a pair of positive ints, got {value!r}"
+    )
 
 
 def padding_spec(padding, who: str):
@@ -48,11 +55,15 @@ def padding_spec(padding, who: str):
     elif isinstance(padding, (tuple, list)) and len(padding) == 2:
         if all(_nonneg_int(v) for v in padding):
             return ((int(padding[0]),) * 2, (int(padding[1]),) * 2)
-        if all(isinstance(v, (tuple, list)) and len(v) == 2 and all(_nonneg_int(u) for u in v)
-               for v in padding):
+        if all(
+            isinstance(v, (tuple, list)) and len(v) == 2 and all(_nonneg_int(u) for u in v)
+            for v in padding
+        ):
             return tuple((int(v[0]), int(v[1])) for v in padding)
-    raise ValueError(f"{who}: padding must be 'SAME', 'VALID', an int ≥ 0, a pair (ph, pw) "
-                     f"or ((top, bottom), (left, right)), got {padding!r}")
+    raise ValueError(
+        f"{who}: padding must be 'SAME', 'VALID', an int ≥ 0, a pair (ph, pw) "
+        f"or ((top, bottom), (left, right)), got {padding!r}"
+    )
 
 
 def effective(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:
@@ -61,8 +72,9 @@ def effective(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, 
     return ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
 
 
-def explicit_pads(padding, size: tuple[int, int], k_eff: tuple[int, int],
-                  strides: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+def explicit_pads(
+    padding, size: tuple[int, int], k_eff: tuple[int, int], strides: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """``((top, bottom), (left, right))`` for an input of spatial ``size``."""
     if padding == "VALID":
         return ((0, 0), (0, 0))
@@ -78,23 +90,30 @@ def explicit_pads(padding, size: tuple[int, int], k_eff: tuple[int, int],
 
 def out_size(size, pads, k_eff, strides) -> tuple[int, int]:
     """``floor((n + lo + hi − k_eff) / s) + 1`` per axis (assumes the window fits)."""
-    return tuple((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(size, pads, k_eff, strides))
+    return tuple(
+        (n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(size, pads, k_eff, strides)
+    )
 
 
 def check_fits(layer, what: str, size, pads, k_eff) -> None:
     """Raise ``ValueError`` naming the layer when the window exceeds the padded input."""
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(size, pads))
     if any(k > p for k, p in zip(k_eff, padded)):
-        raise ValueError(f"{layer!r}: the {what} ({k_eff[0]}×{k_eff[1]}, after dilation) is larger "
-                         f"than the padded input ({padded[0]}×{padded[1]}, from an input of "
-                         f"height×width {size[0]}×{size[1]}); use a smaller {what}, "
-                         f"padding='SAME', or a larger input")
+        raise ValueError(
+            f"{layer!r}: the {what} ({k_eff[0]}×{k_eff[1]}, after dilation) is larger "
+            f"than the padded input ({padded[0]}×{padded[1]}, from an input of "
+            f"height×width {size[0]}×{size[1]}); use a smaller {what}, "
+            f"padding='SAME', or a larger input"
+        )
 
 
 def strided_window(xp, offset: tuple[int, int], strides: tuple[int, int], out: tuple[int, int]):
     """``xp[:, i + p·sh, j + q·sw, :]`` for every output ``(p, q)``: the input pixel that
     window offset ``(i, j)`` sees at every output position, ``(n, Ho, Wo, C)``."""
     (i, j), (sh, sw), (ho, wo) = offset, strides, out
-    return lax.slice(xp, (0, i, j, 0),
-                     (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, xp.shape[3]),
-                     (1, sh, sw, 1))
+    return lax.slice(
+        xp,
+        (0, i, j, 0),
+        (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, xp.shape[3]),
+        (1, sh, sw, 1),
+    )

@@ -14,6 +14,7 @@ by :mod:`jbp.diagnostics` (any layer with a ``unit_stats`` method gets the same 
 Thresholds come by keyword; each layer reads its own (``sigmoid_eps``, ``tanh_eps``) and
 ignores the others.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -148,7 +149,7 @@ class ReLU(Activation):
           **thresholds: other layers' thresholds (``sigmoid_eps``, ...), ignored.
         """
         z = cache["x"]
-        units = z.shape[-1] if z.ndim > 1 else 1     # (batch,) alone: one unit
+        units = z.shape[-1] if z.ndim > 1 else 1  # (batch,) alone: one unit
         return {"dead": jnp.mean(jnp.all(z.reshape(-1, units) <= 0, axis=0))}
 
     def second_derivative(self, z, a):
@@ -164,7 +165,9 @@ class LeakyReLU(Activation):
 
     def __post_init__(self):
         if not math.isfinite(self.negative_slope):
-            raise ValueError(f"LeakyReLU: negative_slope must be finite, got {self.negative_slope!r}")
+            raise ValueError(
+                f"LeakyReLU: negative_slope must be finite, got {self.negative_slope!r}"
+            )
 
     def fn(self, z):
         return jnp.where(z >= 0, z, self.negative_slope * z)
@@ -184,7 +187,10 @@ class ELU(Activation):
     alpha: float = 1.0
 
     def __post_init__(self):
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)) or self.alpha < 0:
+        if (
+            not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha))
+            or self.alpha < 0
+        ):
             raise ValueError(f"ELU: alpha must be a finite number ≥ 0, got {self.alpha!r}")
 
     def fn(self, z):
@@ -234,7 +240,7 @@ class GELU(Activation):
 
     def derivative(self, z, a):
         if self.approximate:
-            t = jnp.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z ** 3))
+            t = jnp.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z**3))
             du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z * z)
             return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du
         cdf = 0.5 * (1 + jax.lax.erf(z / math.sqrt(2.0)))
@@ -246,7 +252,7 @@ class GELU(Activation):
         ``t = tanh u``, ``u' = √(2/π)(1 + 3·0.044715 z²)``, ``u'' = 6·0.044715 √(2/π) z``:
         ``f''(z) = (1 − t²)u' + ½ z (1 − t²)(u'' − 2 t u'²)``."""
         if self.approximate:
-            t = jnp.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z ** 3))
+            t = jnp.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z**3))
             du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z * z)
             d2u = _SQRT_2_OVER_PI * 6 * 0.044715 * z
             return (1 - t * t) * du + 0.5 * z * (1 - t * t) * (d2u - 2 * t * du * du)

@@ -40,6 +40,7 @@ the output is ``Masked`` again with the same mask. ``causal=True`` lets position
 attend to keys ``≤ t`` only. A row with no key left (a padded query) gets ``P = 0``, never
 NaN; its output and its gradients are zero.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -129,18 +130,24 @@ class MultiHeadAttention(Layer):
 
     def __post_init__(self):
         if not _positive_int(self.num_heads):
-            raise ValueError(f"MultiHeadAttention: num_heads must be a positive integer, "
-                             f"got {self.num_heads!r}")
+            raise ValueError(
+                f"MultiHeadAttention: num_heads must be a positive integer, got {self.num_heads!r}"
+            )
         if self.head_dim is not None and not _positive_int(self.head_dim):
-            raise ValueError(f"MultiHeadAttention: head_dim must be None or a positive integer, "
-                             f"got {self.head_dim!r}")
+            raise ValueError(
+                f"MultiHeadAttention: head_dim must be None or a positive integer, "
+                f"got {self.head_dim!r}"
+            )
         if self.block_size is not None and not _positive_int(self.block_size):
-            raise ValueError(f"MultiHeadAttention: block_size must be None or a positive integer, "
-                             f"got {self.block_size!r}")
+            raise ValueError(
+                f"MultiHeadAttention: block_size must be None or a positive integer, "
+                f"got {self.block_size!r}"
+            )
         for name in ("causal", "use_bias"):
             if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"MultiHeadAttention: {name} must be a bool, "
-                                f"got {getattr(self, name)!r}")
+                raise TypeError(
+                    f"MultiHeadAttention: {name} must be a bool, got {getattr(self, name)!r}"
+                )
         initializers.get(self.w_init)
         initializers.get(self.b_init)
 
@@ -149,15 +156,20 @@ class MultiHeadAttention(Layer):
         if self.head_dim is not None:
             return self.head_dim
         if features % self.num_heads:
-            raise layer_error(self, f"features = {features} is not divisible by num_heads = "
-                              f"{self.num_heads}; pass head_dim explicitly")
+            raise layer_error(
+                self,
+                f"features = {features} is not divisible by num_heads = "
+                f"{self.num_heads}; pass head_dim explicitly",
+            )
         return features // self.num_heads
 
     def init(self, key, in_shape):
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) != 2 or min(in_shape) <= 0:
-            raise layer_error(self, f"expected an input shape (time, features) without the batch "
-                              f"axis, got {in_shape}")
+            raise layer_error(
+                self,
+                f"expected an input shape (time, features) without the batch axis, got {in_shape}",
+            )
         f = in_shape[1]
         hd = self.num_heads * self._head_dim(f)
         w, b = initializers.get(self.w_init), initializers.get(self.b_init)
@@ -173,29 +185,50 @@ class MultiHeadAttention(Layer):
         want = {"Wq", "Wk", "Wv", "Wo"} | ({"bq", "bk", "bv", "bo"} if self.use_bias else set())
         if not isinstance(params, dict) or set(params) != want:
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise layer_error(self, f"expected params with keys {sorted(want)}, got {got}; were "
-                              f"they made by this layer's init?")
+            raise layer_error(
+                self,
+                f"expected params with keys {sorted(want)}, got {got}; were "
+                f"they made by this layer's init?",
+            )
         f, hd = params["Wq"].shape
         if self.head_dim is not None and hd != self.num_heads * self.head_dim:
-            raise layer_error(self, f"params['Wq'] has {hd} columns, expected num_heads · head_dim "
-                              f"= {self.num_heads * self.head_dim}")
+            raise layer_error(
+                self,
+                f"params['Wq'] has {hd} columns, expected num_heads · head_dim "
+                f"= {self.num_heads * self.head_dim}",
+            )
         if hd % self.num_heads:
-            raise layer_error(self, f"params['Wq'] has {hd} columns, not divisible by num_heads = "
-                              f"{self.num_heads}")
-        shapes = {"Wk": (f, hd), "Wv": (f, hd), "Wo": (hd, f), "bq": (hd,), "bk": (hd,),
-                  "bv": (hd,), "bo": (f,)}
+            raise layer_error(
+                self,
+                f"params['Wq'] has {hd} columns, not divisible by num_heads = {self.num_heads}",
+            )
+        shapes = {
+            "Wk": (f, hd),
+            "Wv": (f, hd),
+            "Wo": (hd, f),
+            "bq": (hd,),
+            "bk": (hd,),
+            "bv": (hd,),
+            "bo": (f,),
+        }
         for name, shape in shapes.items():
             if name in params and params[name].shape != shape:
-                raise layer_error(self, f"params['{name}'] has shape {params[name].shape}, expected "
-                                  f"{shape} to match params['Wq'] {(f, hd)}")
+                raise layer_error(
+                    self,
+                    f"params['{name}'] has shape {params[name].shape}, expected "
+                    f"{shape} to match params['Wq'] {(f, hd)}",
+                )
 
     def _inputs(self, params, x):
         xs, mask = split_masked(self, x, rank=3)
         self._check_params(params)
         f = params["Wq"].shape[0]
         if xs.shape[2] != f or xs.shape[1] == 0:
-            raise layer_error(self, f"expected input of shape (batch, time ≥ 1, {f}) (features from "
-                              f"params['Wq'] of shape {params['Wq'].shape}), got {xs.shape}")
+            raise layer_error(
+                self,
+                f"expected input of shape (batch, time ≥ 1, {f}) (features from "
+                f"params['Wq'] of shape {params['Wq'].shape}), got {xs.shape}",
+            )
         return xs, mask
 
     # --- forward ----------------------------------------------------------------------
@@ -271,11 +304,14 @@ class MultiHeadAttention(Layer):
             acc = alpha[..., None] * acc + jnp.einsum("bhts,bshd->bhtd", p, vj)
             return (m_new, l, acc), None
 
-        init = (jnp.full((B, H, T), -jnp.inf, q.dtype), jnp.zeros((B, H, T), q.dtype),
-                jnp.zeros((B, H, T, d), q.dtype))
+        init = (
+            jnp.full((B, H, T), -jnp.inf, q.dtype),
+            jnp.zeros((B, H, T), q.dtype),
+            jnp.zeros((B, H, T, d), q.dtype),
+        )
         (m, l, acc), _ = lax.scan(step, init, (kb, vb, kmb, posb))
         has = l > 0
-        o = jnp.swapaxes(acc / jnp.where(has, l, 1)[..., None], 1, 2)    # (B, T, H, d)
+        o = jnp.swapaxes(acc / jnp.where(has, l, 1)[..., None], 1, 2)  # (B, T, H, d)
         lse = jnp.where(has, _finite(m) + jnp.log(jnp.where(has, l, 1)), 0)
         return o, {"L": lse}
 
@@ -340,13 +376,15 @@ class MultiHeadAttention(Layer):
         """``‖∂ℓᵢ/∂W‖²`` per example and projection without forming ``∂ℓᵢ/∂W`` when the Gram
         form ``Σₜₛ (aᵢₜ·aᵢₛ)(δᵢₜ·δᵢₛ)`` is cheaper (``2T² ≤ in·out``,
         :func:`jbp.layers._per_example.use_gram`); ``‖Σₜ δᵢₜ‖²`` for the biases."""
-        return self._closed_form(params, cache, dy, _pe.outer_sq_norms,
-                                 lambda g: jnp.sum(jnp.square(g), axis=1))
+        return self._closed_form(
+            params, cache, dy, _pe.outer_sq_norms, lambda g: jnp.sum(jnp.square(g), axis=1)
+        )
 
     def sum_grad_squared(self, params, cache, dy):
         """``Σᵢ (∂ℓᵢ/∂W)²`` and ``Σᵢ (∂ℓᵢ/∂b)²`` elementwise, per projection."""
-        return self._closed_form(params, cache, dy, _pe.outer_sum_sq,
-                                 lambda g: jnp.sum(jnp.square(g), axis=0))
+        return self._closed_form(
+            params, cache, dy, _pe.outer_sum_sq, lambda g: jnp.sum(jnp.square(g), axis=0)
+        )
 
     @staticmethod
     def _dense_backward(cache, do):
@@ -387,8 +425,14 @@ class MultiHeadAttention(Layer):
         return dq, unblock(dkb), unblock(dvb)
 
 
-def transformer_block(features: int, num_heads: int, mlp_hidden: int, *, causal: bool = False,
-                      block_size: int | None = None) -> Sequential:
+def transformer_block(
+    features: int,
+    num_heads: int,
+    mlp_hidden: int,
+    *,
+    causal: bool = False,
+    block_size: int | None = None,
+) -> Sequential:
     """A pre-LayerNorm Transformer block, ``(batch, T, features) → (batch, T, features)``::
 
         x = x + MultiHeadAttention(LayerNorm(x))
@@ -419,11 +463,14 @@ def transformer_block(features: int, num_heads: int, mlp_hidden: int, *, causal:
         if not _positive_int(v):
             raise ValueError(f"transformer_block: {name} must be a positive integer, got {v!r}")
     if features % num_heads:
-        raise ValueError(f"transformer_block: features = {features} is not divisible by "
-                         f"num_heads = {num_heads}")
+        raise ValueError(
+            f"transformer_block: features = {features} is not divisible by num_heads = {num_heads}"
+        )
     attention = MultiHeadAttention(num_heads, causal=causal, block_size=block_size)
     mlp = Sequential([LayerNorm(), Dense(mlp_hidden), GELU(), Dense(features)])
-    return Sequential([
-        Residual(Sequential([PositionWise(LayerNorm()), attention])),
-        Residual(PositionWise(mlp)),
-    ])
+    return Sequential(
+        [
+            Residual(Sequential([PositionWise(LayerNorm()), attention])),
+            Residual(PositionWise(mlp)),
+        ]
+    )

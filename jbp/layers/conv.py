@@ -1,4 +1,5 @@
 """The 2-D convolution, with its backward written as two more convolutions."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -103,7 +104,9 @@ class Conv2D(RuleLayer):
     def __post_init__(self):
         if not _window._positive_int(self.features):
             raise ValueError(f"Conv2D: features must be a positive integer, got {self.features!r}")
-        object.__setattr__(self, "kernel_size", _window.pair(self.kernel_size, "kernel_size", "Conv2D"))
+        object.__setattr__(
+            self, "kernel_size", _window.pair(self.kernel_size, "kernel_size", "Conv2D")
+        )
         object.__setattr__(self, "strides", _window.pair(self.strides, "strides", "Conv2D"))
         object.__setattr__(self, "dilation", _window.pair(self.dilation, "dilation", "Conv2D"))
         object.__setattr__(self, "padding", _window.padding_spec(self.padding, "Conv2D"))
@@ -121,8 +124,11 @@ class Conv2D(RuleLayer):
     def init(self, key, in_shape):
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) != 3 or min(in_shape) <= 0:
-            raise layer_error(self, f"expected an input shape (height, width, channels) without the "
-                              f"batch axis, got {in_shape}")
+            raise layer_error(
+                self,
+                f"expected an input shape (height, width, channels) without the "
+                f"batch axis, got {in_shape}",
+            )
         k_eff, pads = self._geometry(in_shape[:2])
         ho, wo = _window.out_size(in_shape[:2], pads, k_eff, self.strides)
         kh, kw = self.kernel_size
@@ -136,15 +142,27 @@ class Conv2D(RuleLayer):
         check_floating("x", x)
         W = params["W"]
         if x.ndim != 4:
-            raise layer_error(self, f"expected NHWC input of rank 4 (batch, height, width, channels), "
-                              f"got shape {x.shape} (rank {x.ndim})")
+            raise layer_error(
+                self,
+                f"expected NHWC input of rank 4 (batch, height, width, channels), "
+                f"got shape {x.shape} (rank {x.ndim})",
+            )
         if x.shape[-1] != W.shape[2]:
-            raise layer_error(self, f"expected {W.shape[2]} input channels (kernel {W.shape}), got input "
-                              f"of shape {x.shape}")
+            raise layer_error(
+                self,
+                f"expected {W.shape[2]} input channels (kernel {W.shape}), got input "
+                f"of shape {x.shape}",
+            )
         _, pads = self._geometry(x.shape[1:3])
         dtype = jnp.result_type(x.dtype, W.dtype)
-        z = lax.conv_general_dilated(x.astype(dtype), W.astype(dtype), self.strides, pads,
-                                     rhs_dilation=self.dilation, dimension_numbers=_FORWARD_DN)
+        z = lax.conv_general_dilated(
+            x.astype(dtype),
+            W.astype(dtype),
+            self.strides,
+            pads,
+            rhs_dilation=self.dilation,
+            dimension_numbers=_FORWARD_DN,
+        )
         if self.use_bias:
             z = z + params["b"]
         return z, {"x": x}
@@ -158,14 +176,18 @@ class Conv2D(RuleLayer):
         rem = [(n + lo + hi - k) % s for n, (lo, hi), k, s in zip(size, pads, k_eff, self.strides)]
         dtype = jnp.result_type(x.dtype, W.dtype, dy.dtype)
         xd, dyd = x.astype(dtype), dy.astype(dtype)
-        Fd = self.feedback(params, cache, "W").astype(dtype)   # the kernel K itself for rule="bp"
+        Fd = self.feedback(params, cache, "W").astype(dtype)  # the kernel K itself for rule="bp"
 
         dW = self._kernel_correlation(xd, dyd)
         dx = lax.conv_general_dilated(
-            dyd, Fd[::-1, ::-1], window_strides=(1, 1),
+            dyd,
+            Fd[::-1, ::-1],
+            window_strides=(1, 1),
             padding=[(k - 1 - lo, k - 1 - hi + r) for k, (lo, hi), r in zip(k_eff, pads, rem)],
-            lhs_dilation=self.strides, rhs_dilation=self.dilation,
-            dimension_numbers=_INPUT_GRAD_DN)
+            lhs_dilation=self.strides,
+            rhs_dilation=self.dilation,
+            dimension_numbers=_INPUT_GRAD_DN,
+        )
 
         grads = {"W": dW.astype(W.dtype)}
         if self.use_bias:
@@ -190,10 +212,14 @@ class Conv2D(RuleLayer):
         if per_example:
             rhs, groups = jnp.transpose(dy, (1, 2, 0, 3)).reshape(1, ho, wo, n * f), n
         g = lax.conv_general_dilated(
-            x, rhs, window_strides=self.dilation,
+            x,
+            rhs,
+            window_strides=self.dilation,
             padding=[(lo, hi - r) for (lo, hi), r in zip(pads, rem)],
-            rhs_dilation=self.strides, dimension_numbers=_KERNEL_GRAD_DN,
-            feature_group_count=groups)
+            rhs_dilation=self.strides,
+            dimension_numbers=_KERNEL_GRAD_DN,
+            feature_group_count=groups,
+        )
         if not per_example:
             return g
         kh, kw, c = g.shape[:3]
@@ -215,9 +241,15 @@ class Conv2D(RuleLayer):
         _, pads = self._geometry(x.shape[1:3])
         xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
         (kh, kw), (dh, dw), n = self.kernel_size, self.dilation, x.shape[0]
-        return sum(_pe.gram(_window.strided_window(xp, (i * dh, j * dw), self.strides, out)
-                            .reshape(n, out[0] * out[1], x.shape[3]))
-                   for i in range(kh) for j in range(kw))
+        return sum(
+            _pe.gram(
+                _window.strided_window(xp, (i * dh, j * dw), self.strides, out).reshape(
+                    n, out[0] * out[1], x.shape[3]
+                )
+            )
+            for i in range(kh)
+            for j in range(kw)
+        )
 
     def _bias_rows(self, params, d):
         """``∂ℓᵢ/∂b = Σ_t δᵢₜ``, ``(n, F)``."""
@@ -240,8 +272,9 @@ class Conv2D(RuleLayer):
         n, ho, wo, f = d.shape
         kh, kw, c, _ = params["W"].shape
         if _pe.use_gram(ho * wo, kh * kw * c, f):
-            sq = jnp.sum(self._patch_gram(x, (ho, wo)) * _pe.gram(d.reshape(n, ho * wo, f)),
-                         axis=(1, 2))
+            sq = jnp.sum(
+                self._patch_gram(x, (ho, wo)) * _pe.gram(d.reshape(n, ho * wo, f)), axis=(1, 2)
+            )
         else:
             g = self._kernel_correlation(x, d, per_example=True)
             sq = jnp.sum(jnp.square(g), axis=(1, 2, 3, 4))
@@ -252,5 +285,6 @@ class Conv2D(RuleLayer):
 
     def sum_grad_squared(self, params, cache, dy):
         """``Σᵢ (∂ℓᵢ/∂K)²`` and ``Σᵢ (∂ℓᵢ/∂b)²`` elementwise, from the per-example gradients."""
-        return jax.tree.map(lambda g: jnp.sum(jnp.square(g), axis=0),
-                            self.batch_grad(params, cache, dy))
+        return jax.tree.map(
+            lambda g: jnp.sum(jnp.square(g), axis=0), self.batch_grad(params, cache, dy)
+        )

@@ -1,4 +1,5 @@
 """The fully connected layer."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,10 @@ class Dense(RuleLayer):
 
     def init(self, key, in_shape):
         if len(in_shape) < 1 or in_shape[-1] <= 0:
-            raise layer_error(self, f"expected an input shape (..., features) with features > 0, "
-                              f"got {tuple(in_shape)}")
+            raise layer_error(
+                self,
+                f"expected an input shape (..., features) with features > 0, got {tuple(in_shape)}",
+            )
         n_in = int(in_shape[-1])
         params = {"W": initializers.get(self.w_init)(key, (n_in, self.units))}
         if self.use_bias:
@@ -68,7 +71,9 @@ class Dense(RuleLayer):
         self._check_params(params)
         W = params["W"]
         if x.ndim < 2 or x.shape[-1] != W.shape[0]:
-            raise layer_error(self, f"expected input of shape (batch, ..., {W.shape[0]}), got {x.shape}")
+            raise layer_error(
+                self, f"expected input of shape (batch, ..., {W.shape[0]}), got {x.shape}"
+            )
         z = jnp.matmul(x, W)
         if self.use_bias:
             z = z + params["b"]
@@ -80,17 +85,24 @@ class Dense(RuleLayer):
         missing = [k for k in names if not (isinstance(params, dict) and k in params)]
         if missing:
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise layer_error(self, f"params must be a dict with {list(names)}, missing "
-                              f"{missing} (got {got})")
+            raise layer_error(
+                self, f"params must be a dict with {list(names)}, missing {missing} (got {got})"
+            )
         W = params["W"]
         if jnp.ndim(W) != 2 or jnp.shape(W)[1] != self.units:
-            hint = ("; it looks transposed (W is stored as (in, units))"
-                    if jnp.ndim(W) == 2 and jnp.shape(W)[0] == self.units else "")
-            raise layer_error(self, f"params['W'] has shape {jnp.shape(W)}, expected "
-                              f"(in_features, {self.units}){hint}")
+            hint = (
+                "; it looks transposed (W is stored as (in, units))"
+                if jnp.ndim(W) == 2 and jnp.shape(W)[0] == self.units
+                else ""
+            )
+            raise layer_error(
+                self,
+                f"params['W'] has shape {jnp.shape(W)}, expected (in_features, {self.units}){hint}",
+            )
         if self.use_bias and jnp.shape(params["b"]) != (self.units,):
-            raise layer_error(self, f"params['b'] has shape {jnp.shape(params['b'])}, expected "
-                              f"({self.units},)")
+            raise layer_error(
+                self, f"params['b'] has shape {jnp.shape(params['b'])}, expected ({self.units},)"
+            )
 
     def backward(self, params, cache, dy):
         x = cache["x"]
@@ -99,7 +111,7 @@ class Dense(RuleLayer):
         grads = {"W": jnp.matmul(x2.T, d2)}
         if self.use_bias:
             grads["b"] = jnp.sum(d2, axis=0)
-        dx = jnp.matmul(dy, self.feedback(params, cache, "W").T)   # W itself for rule="bp"
+        dx = jnp.matmul(dy, self.feedback(params, cache, "W").T)  # W itself for rule="bp"
         return self.rule_grads(grads), dx
 
     # --- closed forms for the per-example extensions (jbp.extensions) ------------------

@@ -1,4 +1,5 @@
 """Dropout: inverted dropout with an explicit key and a cached mask."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,12 +50,16 @@ class Dropout(Layer):
     def __post_init__(self):
         r = self.rate
         if isinstance(r, bool) or not isinstance(r, numbers.Real):
-            raise TypeError(f"Dropout: rate must be a number in [0, 1) (the probability of "
-                            f"dropping a unit), got {r!r} of type {type(r).__name__}")
+            raise TypeError(
+                f"Dropout: rate must be a number in [0, 1) (the probability of "
+                f"dropping a unit), got {r!r} of type {type(r).__name__}"
+            )
         r = float(r)
         if not (math.isfinite(r) and 0.0 <= r < 1.0):
-            raise ValueError(f"Dropout: rate must lie in [0, 1) (the probability of dropping a "
-                             f"unit; rate=1 would drop everything), got {r!r}")
+            raise ValueError(
+                f"Dropout: rate must lie in [0, 1) (the probability of dropping a "
+                f"unit; rate=1 would drop everything), got {r!r}"
+            )
         object.__setattr__(self, "rate", r)
 
     @property
@@ -70,12 +75,17 @@ class Dropout(Layer):
         check_floating("x", x)
         if key is None and (isinstance(train, jax.core.Tracer) or bool(train)):
             raise layer_error(
-                self, "train=True needs a PRNG key to draw the dropout mask: call "
-                      "forward(params, x, key=jax.random.key(seed), train=True) with a fresh key "
-                      "per step (jbp.fit does this for you), or pass train=False to evaluate"
-                      + (" (train is a traced value here, e.g. a keyword argument of a jitted "
-                         "function: mark it static with static_argnames='train', or pass a key)"
-                         if isinstance(train, jax.core.Tracer) else ""))
+                self,
+                "train=True needs a PRNG key to draw the dropout mask: call "
+                "forward(params, x, key=jax.random.key(seed), train=True) with a fresh key "
+                "per step (jbp.fit does this for you), or pass train=False to evaluate"
+                + (
+                    " (train is a traced value here, e.g. a keyword argument of a jitted "
+                    "function: mark it static with static_argnames='train', or pass a key)"
+                    if isinstance(train, jax.core.Tracer)
+                    else ""
+                ),
+            )
         if isinstance(train, jax.core.Tracer):
             # train only known at run time (a jitted function's argument): both paths in one
             # graph; when train is False the mask is all ones and the scale is 1.

@@ -1,4 +1,5 @@
 """Token embeddings: a table lookup whose backward is a scatter-add."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,38 +80,58 @@ class Embedding(Layer):
 
     def __post_init__(self):
         if not _positive_int(self.vocab_size):
-            raise ValueError(f"Embedding: vocab_size must be a positive integer, got {self.vocab_size!r}")
+            raise ValueError(
+                f"Embedding: vocab_size must be a positive integer, got {self.vocab_size!r}"
+            )
         if not _positive_int(self.features):
-            raise ValueError(f"Embedding: features must be a positive integer, got {self.features!r}")
-        if self.pad_id is not None and not (_nonneg_int(self.pad_id) and self.pad_id < self.vocab_size):
-            raise ValueError(f"Embedding: pad_id must be None or an id in [0, {self.vocab_size}), "
-                             f"got {self.pad_id!r}")
+            raise ValueError(
+                f"Embedding: features must be a positive integer, got {self.features!r}"
+            )
+        if self.pad_id is not None and not (
+            _nonneg_int(self.pad_id) and self.pad_id < self.vocab_size
+        ):
+            raise ValueError(
+                f"Embedding: pad_id must be None or an id in [0, {self.vocab_size}), "
+                f"got {self.pad_id!r}"
+            )
         if self.w_init is not None:
             initializers.get(self.w_init)
 
     def init(self, key, in_shape):
         in_shape = tuple(int(d) for d in in_shape)
-        w_init = (initializers.normal(1.0 / math.sqrt(self.features)) if self.w_init is None
-                  else initializers.get(self.w_init))
+        w_init = (
+            initializers.normal(1.0 / math.sqrt(self.features))
+            if self.w_init is None
+            else initializers.get(self.w_init)
+        )
         return ({"W": w_init(key, (self.vocab_size, self.features))}, in_shape + (self.features,))
 
     def forward(self, params, x, *, key=None, train=False):
         ids = check_array("x", x)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise layer_error(self, f"expected integer token ids of shape (batch, T), got dtype "
-                              f"{ids.dtype} (shape {ids.shape})", TypeError)
+            raise layer_error(
+                self,
+                f"expected integer token ids of shape (batch, T), got dtype "
+                f"{ids.dtype} (shape {ids.shape})",
+                TypeError,
+            )
         if ids.ndim < 1:
             raise layer_error(self, "expected token ids with a batch axis, got a scalar")
         W = params["W"]
         if W.shape != (self.vocab_size, self.features):
-            raise layer_error(self, f"expected params['W'] of shape {(self.vocab_size, self.features)}, "
-                              f"got {W.shape}")
+            raise layer_error(
+                self,
+                f"expected params['W'] of shape {(self.vocab_size, self.features)}, got {W.shape}",
+            )
         concrete = _concrete(ids)
         if concrete is not None and concrete.size:
             lo, hi = int(concrete.min()), int(concrete.max())
             if lo < 0 or hi >= self.vocab_size:
-                raise layer_error(self, f"token ids must be in [0, {self.vocab_size}), got ids in "
-                                  f"[{lo}, {hi}] (input shape {ids.shape})")
+                raise layer_error(
+                    self,
+                    f"token ids must be in [0, {self.vocab_size}), got ids in "
+                    f"[{lo}, {hi}] (input shape {ids.shape})",
+                )
         y = jnp.take(W, ids, axis=0, mode="clip")
         if self.pad_id is not None:
             if ids.ndim != 2:
@@ -134,8 +155,11 @@ class Embedding(Layer):
         """
         ids = check_array("x", x)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise layer_error(self, f"expected integer token ids, got dtype {ids.dtype} "
-                              f"(shape {ids.shape})", TypeError)
+            raise layer_error(
+                self,
+                f"expected integer token ids, got dtype {ids.dtype} (shape {ids.shape})",
+                TypeError,
+            )
         try:
             check_index_range("token ids", ids, self.vocab_size)
         except ValueError as e:
@@ -145,8 +169,11 @@ class Embedding(Layer):
         ids = cache["x"]
         dy = cotangent_values(dy)
         W = params["W"]
-        dW = jnp.zeros(W.shape, dy.dtype).at[ids.reshape(-1)].add(
-            dy.reshape(-1, W.shape[1]), mode="clip")
+        dW = (
+            jnp.zeros(W.shape, dy.dtype)
+            .at[ids.reshape(-1)]
+            .add(dy.reshape(-1, W.shape[1]), mode="clip")
+        )
         return {"W": dW.astype(W.dtype)}, np.zeros(ids.shape, jax.dtypes.float0)
 
     # --- closed forms for the per-example extensions (jbp.extensions) ------------------
@@ -194,9 +221,12 @@ class Embedding(Layer):
         if not self._gram_is_cheaper(ids.shape[1]):
             return {"W": jnp.sum(jnp.square(self.batch_grad(params, cache, dy)["W"]), axis=0)}
         same = self._same_id(ids, d.dtype)
-        rows = jnp.einsum("nts,nsf->ntf", same, d)                       # Sᵢₜ
-        earlier = jnp.tril(same, k=-1)                                   # s < t with the same id
+        rows = jnp.einsum("nts,nsf->ntf", same, d)  # Sᵢₜ
+        earlier = jnp.tril(same, k=-1)  # s < t with the same id
         first = (jnp.sum(earlier, axis=2) == 0).astype(d.dtype)[:, :, None]
-        sgs = jnp.zeros(W.shape, d.dtype).at[ids.reshape(-1)].add(
-            (first * jnp.square(rows)).reshape(-1, self.features))
+        sgs = (
+            jnp.zeros(W.shape, d.dtype)
+            .at[ids.reshape(-1)]
+            .add((first * jnp.square(rows)).reshape(-1, self.features))
+        )
         return {"W": sgs.astype(W.dtype)}

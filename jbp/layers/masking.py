@@ -23,6 +23,7 @@ handed to the backward of a layer whose output is ``Masked`` is a plain array sh
 ``values`` (a ``Masked`` is accepted too; its mask part is ignored), and a layer whose
 input was ``Masked`` returns ``dx`` shaped like the input's ``values``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,14 +60,19 @@ def split_masked(layer, x, *, rank: int | None = None, floating: bool = True):
         check_floating("x", x)
     if rank is not None and x.ndim != rank:
         want = "(batch, time, features)" if rank == 3 else f"rank {rank}"
-        raise layer_error(layer, f"expected input of shape {want}, got shape {x.shape} (rank {x.ndim})")
+        raise layer_error(
+            layer, f"expected input of shape {want}, got shape {x.shape} (rank {x.ndim})"
+        )
     if x.ndim < 2:
         raise layer_error(layer, f"expected input of shape (batch, time, ...), got shape {x.shape}")
     if mask is not None:
         mask = check_array("mask", mask)
         if mask.shape != x.shape[:2]:
-            raise layer_error(layer, f"mask of shape {mask.shape} does not match the input of shape "
-                              f"{x.shape}: expected (batch, time) = {x.shape[:2]}")
+            raise layer_error(
+                layer,
+                f"mask of shape {mask.shape} does not match the input of shape "
+                f"{x.shape}: expected (batch, time) = {x.shape[:2]}",
+            )
         if mask.dtype != jnp.bool_:
             mask = mask != 0
     return x, mask
@@ -101,14 +107,19 @@ class Masking(Layer):
 
     def init(self, key, in_shape):
         if len(in_shape) < 2:
-            raise layer_error(self, f"expected an input shape (time, features, ...) without the "
-                              f"batch axis, got {tuple(in_shape)}")
+            raise layer_error(
+                self,
+                f"expected an input shape (time, features, ...) without the "
+                f"batch axis, got {tuple(in_shape)}",
+            )
         return (), tuple(in_shape)
 
     def forward(self, params, x, *, key=None, train=False):
         x, _ = split_masked(self, x)
         if x.ndim < 3:
-            raise layer_error(self, f"expected input of shape (batch, time, features), got {x.shape}")
+            raise layer_error(
+                self, f"expected input of shape (batch, time, features), got {x.shape}"
+            )
         mask = jnp.any(x != self.mask_value, axis=tuple(range(2, x.ndim)))
         return Masked(x, mask), {"x": x}
 
@@ -131,8 +142,11 @@ class MeanPool1D(Layer):
 
     def init(self, key, in_shape):
         if len(in_shape) < 2:
-            raise layer_error(self, f"expected an input shape (time, features, ...) without the "
-                              f"batch axis, got {tuple(in_shape)}")
+            raise layer_error(
+                self,
+                f"expected an input shape (time, features, ...) without the "
+                f"batch axis, got {tuple(in_shape)}",
+            )
         return (), tuple(in_shape[1:])
 
     def _weights(self, x, mask):
@@ -146,7 +160,9 @@ class MeanPool1D(Layer):
     def forward(self, params, x, *, key=None, train=False):
         x, mask = split_masked(self, x)
         if x.ndim < 3:
-            raise layer_error(self, f"expected input of shape (batch, time, features), got {x.shape}")
+            raise layer_error(
+                self, f"expected input of shape (batch, time, features), got {x.shape}"
+            )
         w = self._weights(x, mask)
         y = jnp.mean(x, axis=1) if w is None else jnp.sum(w * x, axis=1)
         return y, {"x": x, "mask": mask}
@@ -157,4 +173,3 @@ class MeanPool1D(Layer):
         if w is None:
             w = jnp.full((1, x.shape[1]) + (1,) * (x.ndim - 2), 1 / x.shape[1], x.dtype)
         return (), (w * dy[:, None]).astype(x.dtype)
-

@@ -11,6 +11,7 @@ closed form, summing over those ``m`` values::
 (BatchNorm sums over the batch and any spatial axes, per feature; LayerNorm over the
 features, per example.)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,12 @@ __all__ = ["BatchNorm", "LayerNorm"]
 
 
 def _check_eps(who, eps):
-    if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0):
+    if not (
+        isinstance(eps, (int, float))
+        and not isinstance(eps, bool)
+        and math.isfinite(eps)
+        and eps > 0
+    ):
         raise ValueError(f"{who}: eps must be a finite number > 0, got {eps!r}")
 
 
@@ -37,8 +43,9 @@ class _Norm(Layer):
     def init(self, key, in_shape):
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) < 1 or in_shape[-1] <= 0:
-            raise layer_error(self, f"expected an input shape (..., features) with features > 0, "
-                              f"got {in_shape}")
+            raise layer_error(
+                self, f"expected an input shape (..., features) with features > 0, got {in_shape}"
+            )
         f = in_shape[-1]
         k1, k2 = jax.random.split(key)
         params = {}
@@ -88,13 +95,15 @@ class _Norm(Layer):
 
     def batch_l2(self, params, cache, dy):
         """``‖∂ℓᵢ/∂γ‖²`` and ``‖∂ℓᵢ/∂β‖²``, ``(n,)``, from the ``(n, F)`` rows of ``batch_grad``."""
-        return jax.tree.map(lambda g: jnp.sum(jnp.square(g), axis=1),
-                            self.batch_grad(params, cache, dy))
+        return jax.tree.map(
+            lambda g: jnp.sum(jnp.square(g), axis=1), self.batch_grad(params, cache, dy)
+        )
 
     def sum_grad_squared(self, params, cache, dy):
         """``Σᵢ (∂ℓᵢ/∂γ)²`` and ``Σᵢ (∂ℓᵢ/∂β)²``, ``(F,)``, from the rows of ``batch_grad``."""
-        return jax.tree.map(lambda g: jnp.sum(jnp.square(g), axis=0),
-                            self.batch_grad(params, cache, dy))
+        return jax.tree.map(
+            lambda g: jnp.sum(jnp.square(g), axis=0), self.batch_grad(params, cache, dy)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +171,14 @@ class BatchNorm(_Norm):
         return bool(train)
 
     def __post_init__(self):
-        if not (isinstance(self.momentum, (int, float)) and not isinstance(self.momentum, bool)
-                and 0 <= self.momentum <= 1):
-            raise ValueError(f"BatchNorm: momentum must be a number in [0, 1], got {self.momentum!r}")
+        if not (
+            isinstance(self.momentum, (int, float))
+            and not isinstance(self.momentum, bool)
+            and 0 <= self.momentum <= 1
+        ):
+            raise ValueError(
+                f"BatchNorm: momentum must be a number in [0, 1], got {self.momentum!r}"
+            )
         _check_eps("BatchNorm", self.eps)
         initializers.get(self.scale_init)
         initializers.get(self.bias_init)
@@ -172,17 +186,21 @@ class BatchNorm(_Norm):
     def init_state(self, in_shape):
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) < 1 or in_shape[-1] <= 0:
-            raise layer_error(self, f"expected an input shape (..., features) with features > 0, "
-                              f"got {in_shape}")
+            raise layer_error(
+                self, f"expected an input shape (..., features) with features > 0, got {in_shape}"
+            )
         f = in_shape[-1]
         return {"mean": jnp.zeros((f,), jnp.float32), "var": jnp.ones((f,), jnp.float32)}
 
     def _check_per_example(self, cache):
         if "running" not in cache:
-            raise layer_error(self, "per-example gradients need the running statistics "
-                              "(evaluation mode): the cache comes from train=True, where the "
-                              "batch statistics mix the examples; call with train=False and the "
-                              "model's state")
+            raise layer_error(
+                self,
+                "per-example gradients need the running statistics "
+                "(evaluation mode): the cache comes from train=True, where the "
+                "batch statistics mix the examples; call with train=False and the "
+                "model's state",
+            )
 
     def _batch_forward(self, params, x):
         axes = tuple(range(x.ndim - 1))
@@ -195,21 +213,30 @@ class BatchNorm(_Norm):
     def forward(self, params, x, *, key=None, train=False):
         x = self._check_input(params, x)
         if not train:
-            raise layer_error(self, "forward(train=False) needs the running statistics, which are "
-                              "non-trainable state: call model.forward_with_state(params, state, x, "
-                              "train=False) with state from model.init_state(in_shape) (or "
-                              "history.state after fit)")
+            raise layer_error(
+                self,
+                "forward(train=False) needs the running statistics, which are "
+                "non-trainable state: call model.forward_with_state(params, state, x, "
+                "train=False) with state from model.init_state(in_shape) (or "
+                "history.state after fit)",
+            )
         y, cache, _, _ = self._batch_forward(params, x)
         return y, cache
 
     def forward_with_state(self, params, state, x, *, key=None, train=False):
         x = self._check_input(params, x)
         if not (isinstance(state, dict) and set(state) == {"mean", "var"}):
-            raise layer_error(self, f"expected state {{'mean': (F,), 'var': (F,)}} from init_state, "
-                              f"got {jax.tree.map(jnp.shape, state)}")
+            raise layer_error(
+                self,
+                f"expected state {{'mean': (F,), 'var': (F,)}} from init_state, "
+                f"got {jax.tree.map(jnp.shape, state)}",
+            )
         if state["mean"].shape != (x.shape[-1],) or state["var"].shape != (x.shape[-1],):
-            raise layer_error(self, f"state has mean {state['mean'].shape} and var {state['var'].shape}, "
-                              f"expected ({x.shape[-1]},) for input {x.shape}")
+            raise layer_error(
+                self,
+                f"state has mean {state['mean'].shape} and var {state['var'].shape}, "
+                f"expected ({x.shape[-1]},) for input {x.shape}",
+            )
         if train:
             y, cache, mean, var = self._batch_forward(params, x)
             m = self.momentum
@@ -229,7 +256,7 @@ class BatchNorm(_Norm):
         axes = tuple(range(dy.ndim - 1))
         grads = self._param_grads(params, dy, xhat, axes)
         g = self._scaled(params, dy)
-        if "running" in cache:                    # eval mode: fixed statistics
+        if "running" in cache:  # eval mode: fixed statistics
             return grads, (g * inv_std).astype(cache["x"].dtype)
         m = math.prod(dy.shape[:-1])
         dx = (inv_std / m) * (m * g - jnp.sum(g, axis=axes) - xhat * jnp.sum(g * xhat, axis=axes))
@@ -275,6 +302,9 @@ class LayerNorm(_Norm):
         grads = self._param_grads(params, dy, xhat, tuple(range(dy.ndim - 1)))
         g = self._scaled(params, dy)
         f = dy.shape[-1]
-        dx = (inv_std / f) * (f * g - jnp.sum(g, axis=-1, keepdims=True)
-                              - xhat * jnp.sum(g * xhat, axis=-1, keepdims=True))
+        dx = (inv_std / f) * (
+            f * g
+            - jnp.sum(g, axis=-1, keepdims=True)
+            - xhat * jnp.sum(g * xhat, axis=-1, keepdims=True)
+        )
         return grads, dx.astype(cache["x"].dtype)

@@ -1,4 +1,5 @@
 """Pooling layers on NHWC input: max, average, global average."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +25,12 @@ class _Pool2D(Layer):
         object.__setattr__(self, "strides", _window.pair(strides, "strides", name))
         object.__setattr__(self, "padding", _window.padding_spec(self.padding, name))
         if not isinstance(self.padding, str) and any(
-                max(lo, hi) >= k for (lo, hi), k in zip(self.padding, self.window)):
-            raise ValueError(f"{name}: explicit padding {self.padding} must be smaller than the "
-                             f"window {self.window} (a window of padding only has no input)")
+            max(lo, hi) >= k for (lo, hi), k in zip(self.padding, self.window)
+        ):
+            raise ValueError(
+                f"{name}: explicit padding {self.padding} must be smaller than the "
+                f"window {self.window} (a window of padding only has no input)"
+            )
 
     def _geometry(self, size):
         pads = _window.explicit_pads(self.padding, size, self.window, self.strides)
@@ -37,15 +41,21 @@ class _Pool2D(Layer):
         x = check_array("x", x)
         check_floating("x", x)
         if x.ndim != 4:
-            raise layer_error(self, f"expected NHWC input of rank 4 (batch, height, width, channels), "
-                              f"got shape {x.shape} (rank {x.ndim})")
+            raise layer_error(
+                self,
+                f"expected NHWC input of rank 4 (batch, height, width, channels), "
+                f"got shape {x.shape} (rank {x.ndim})",
+            )
         return x
 
     def init(self, key, in_shape):
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) != 3 or min(in_shape) <= 0:
-            raise layer_error(self, f"expected an input shape (height, width, channels) without the "
-                              f"batch axis, got {in_shape}")
+            raise layer_error(
+                self,
+                f"expected an input shape (height, width, channels) without the "
+                f"batch axis, got {in_shape}",
+            )
         _, (ho, wo) = self._geometry(in_shape[:2])
         return (), (ho, wo, in_shape[2])
 
@@ -58,10 +68,16 @@ class _Pool2D(Layer):
         (sh, sw) = self.strides
         ho, wo = v.shape[1:3]
         zero = jnp.zeros((), v.dtype)
-        return lax.pad(v, zero, ((0, 0, 0),
-                                 (i, padded[0] - i - (ho - 1) * sh - 1, sh - 1),
-                                 (j, padded[1] - j - (wo - 1) * sw - 1, sw - 1),
-                                 (0, 0, 0)))
+        return lax.pad(
+            v,
+            zero,
+            (
+                (0, 0, 0),
+                (i, padded[0] - i - (ho - 1) * sh - 1, sh - 1),
+                (j, padded[1] - j - (wo - 1) * sw - 1, sw - 1),
+                (0, 0, 0),
+            ),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,15 +121,15 @@ class MaxPool2D(_Pool2D):
         (kh, kw), n, c = self.window, x.shape[0], x.shape[3]
         if self._tiled(pads):
             # (n, ho·kh, wo·kw, c) -> (n, ho, kh, wo, kw, c); rows/columns beyond are unused
-            xr = x[:, :ho * kh, :wo * kw].reshape(n, ho, kh, wo, kw, c)
+            xr = x[:, : ho * kh, : wo * kw].reshape(n, ho, kh, wo, kw, c)
             patch = lambda i, j: xr[:, :, i, :, j, :]  # noqa: E731
         else:
             xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),), constant_values=-jnp.inf)
             patch = lambda i, j: self._strided_patch(xp, i, j, (ho, wo))  # noqa: E731
         y, idx = patch(0, 0), jnp.zeros((n, ho, wo, c), jnp.int32)
-        for k in range(1, kh * kw):                           # row-major window order
+        for k in range(1, kh * kw):  # row-major window order
             v = patch(k // kw, k % kw)
-            better = v > y                                    # strict: the first max wins
+            better = v > y  # strict: the first max wins
             y, idx = jnp.where(better, v, y), jnp.where(better, k, idx)
         return y, {"x": x, "argmax": idx}
 
@@ -126,13 +142,15 @@ class MaxPool2D(_Pool2D):
             offsets = jnp.arange(kh * kw, dtype=jnp.int32).reshape(1, 1, kh, 1, kw, 1)
             d = jnp.where(idx[:, :, None, :, None, :] == offsets, dy[:, :, None, :, None, :], 0)
             dx = d.reshape(n, ho * kh, wo * kw, c)
-            return (), jnp.pad(dx, ((0, 0), (0, h - ho * kh), (0, w - wo * kw), (0, 0))).astype(x.dtype)
+            return (), jnp.pad(dx, ((0, 0), (0, h - ho * kh), (0, w - wo * kw), (0, 0))).astype(
+                x.dtype
+            )
         padded = (h + pads[0][0] + pads[0][1], w + pads[1][0] + pads[1][1])
         dxp = jnp.zeros((n,) + padded + (c,), dy.dtype)
         for k in range(kh * kw):
             dxp = dxp + self._unpatch(jnp.where(idx == k, dy, 0), k // kw, k % kw, padded)
         (top, _), (left, _) = pads
-        return (), dxp[:, top:top + h, left:left + w, :].astype(x.dtype)
+        return (), dxp[:, top : top + h, left : left + w, :].astype(x.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,9 +187,14 @@ class AvgPool2D(_Pool2D):
     def forward(self, params, x, *, key=None, train=False):
         x = self._check_input(x)
         pads, out = self._geometry(x.shape[1:3])
-        s = lax.reduce_window(x, 0.0, lax.add,
-                              (1,) + self.window + (1,), (1,) + self.strides + (1,),
-                              ((0, 0),) + tuple(pads) + ((0, 0),))
+        s = lax.reduce_window(
+            x,
+            0.0,
+            lax.add,
+            (1,) + self.window + (1,),
+            (1,) + self.strides + (1,),
+            ((0, 0),) + tuple(pads) + ((0, 0),),
+        )
         counts = self._counts(x.shape[1:3], pads, out)
         return s / jnp.asarray(counts[None, :, :, None], x.dtype), {"x": x}
 
@@ -183,14 +206,16 @@ class AvgPool2D(_Pool2D):
         (kh, kw), (sh, sw) = self.window, self.strides
         # g dilated by the strides and padded by k − 1: a stride-1 window sum of it gives,
         # at every padded-input pixel, the sum of δ/N over the windows that contain it.
-        gd = lax.pad(g, jnp.zeros((), g.dtype),
-                     ((0, 0, 0), (kh - 1, kh - 1, sh - 1), (kw - 1, kw - 1, sw - 1), (0, 0, 0)))
-        dxp = lax.reduce_window(gd, 0.0, lax.add, (1, kh, kw, 1),
-                                (1, 1, 1, 1), "VALID")
+        gd = lax.pad(
+            g,
+            jnp.zeros((), g.dtype),
+            ((0, 0, 0), (kh - 1, kh - 1, sh - 1), (kw - 1, kw - 1, sw - 1), (0, 0, 0)),
+        )
+        dxp = lax.reduce_window(gd, 0.0, lax.add, (1, kh, kw, 1), (1, 1, 1, 1), "VALID")
         # dxp covers the padded input up to the last window; crop the padding, and pad
         # with zeros the bottom/right rows no window reached.
         (top, _), (left, _) = pads
-        dx = dxp[:, top:top + size[0], left:left + size[1], :]
+        dx = dxp[:, top : top + size[0], left : left + size[1], :]
         dx = jnp.pad(dx, ((0, 0), (0, size[0] - dx.shape[1]), (0, size[1] - dx.shape[2]), (0, 0)))
         return (), dx.astype(x.dtype)
 
@@ -206,16 +231,22 @@ class GlobalAvgPool2D(Layer):
     def init(self, key, in_shape):
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) != 3 or min(in_shape) <= 0:
-            raise layer_error(self, f"expected an input shape (height, width, channels) without the "
-                              f"batch axis, got {in_shape}")
+            raise layer_error(
+                self,
+                f"expected an input shape (height, width, channels) without the "
+                f"batch axis, got {in_shape}",
+            )
         return (), (in_shape[2],)
 
     def forward(self, params, x, *, key=None, train=False):
         x = check_array("x", x)
         check_floating("x", x)
         if x.ndim != 4:
-            raise layer_error(self, f"expected NHWC input of rank 4 (batch, height, width, channels), "
-                              f"got shape {x.shape} (rank {x.ndim})")
+            raise layer_error(
+                self,
+                f"expected NHWC input of rank 4 (batch, height, width, channels), "
+                f"got shape {x.shape} (rank {x.ndim})",
+            )
         return jnp.mean(x, axis=(1, 2)), {"x": x}
 
     def backward(self, params, cache, dy):

@@ -1,4 +1,5 @@
 """Position embeddings added to a sequence: a learned table or the fixed sinusoidal one."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,23 +57,30 @@ class PositionalEmbedding(Layer):
 
     def __post_init__(self):
         if not _positive_int(self.max_len):
-            raise ValueError(f"PositionalEmbedding: max_len must be a positive integer, "
-                             f"got {self.max_len!r}")
+            raise ValueError(
+                f"PositionalEmbedding: max_len must be a positive integer, got {self.max_len!r}"
+            )
         if not isinstance(self.sinusoidal, bool):
-            raise TypeError(f"PositionalEmbedding: sinusoidal must be a bool, got {self.sinusoidal!r}")
+            raise TypeError(
+                f"PositionalEmbedding: sinusoidal must be a bool, got {self.sinusoidal!r}"
+            )
         if self.p_init is not None:
             initializers.get(self.p_init)
 
     def _check_length(self, t, shape):
         if t > self.max_len:
-            raise layer_error(self, f"sequence length T = {t} exceeds max_len = {self.max_len} "
-                              f"(input shape {shape})")
+            raise layer_error(
+                self,
+                f"sequence length T = {t} exceeds max_len = {self.max_len} (input shape {shape})",
+            )
 
     def init(self, key, in_shape):
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) != 2 or min(in_shape) <= 0:
-            raise layer_error(self, f"expected an input shape (time, features) without the batch "
-                              f"axis, got {in_shape}")
+            raise layer_error(
+                self,
+                f"expected an input shape (time, features) without the batch axis, got {in_shape}",
+            )
         self._check_length(in_shape[0], in_shape)
         if self.sinusoidal:
             return (), in_shape
@@ -87,12 +95,18 @@ class PositionalEmbedding(Layer):
             table = jnp.asarray(sinusoidal_table(t, f), xs.dtype)
         else:
             if not (isinstance(params, dict) and set(params) == {"P"}):
-                raise layer_error(self, f"expected params {{'P': ({self.max_len}, features)}}, got "
-                                  f"{params if not isinstance(params, dict) else sorted(params)}")
+                raise layer_error(
+                    self,
+                    f"expected params {{'P': ({self.max_len}, features)}}, got "
+                    f"{params if not isinstance(params, dict) else sorted(params)}",
+                )
             if params["P"].shape != (self.max_len, f):
-                raise layer_error(self, f"expected input of shape (batch, T, {params['P'].shape[-1]}) "
-                                  f"to match params['P'] of shape {params['P'].shape} "
-                                  f"(max_len = {self.max_len}), got {xs.shape}")
+                raise layer_error(
+                    self,
+                    f"expected input of shape (batch, T, {params['P'].shape[-1]}) "
+                    f"to match params['P'] of shape {params['P'].shape} "
+                    f"(max_len = {self.max_len}), got {xs.shape}",
+                )
             table = params["P"][:t]
         y = xs + table
         return (y if mask is None else Masked(y, mask)), {"x": xs}

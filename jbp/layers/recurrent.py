@@ -15,6 +15,7 @@ right- and left-padding both work). With ``return_sequences=True`` the output is
 ``(batch, T, features)`` — ``Masked`` again when the input was — its padded rows
 repeating the previous state.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,13 +58,17 @@ class _Recurrent(RuleLayer):
     def _init_weights(self, key, in_shape):
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) != 2 or min(in_shape) <= 0:
-            raise layer_error(self, f"expected an input shape (time, features) without the batch "
-                              f"axis, got {in_shape}")
+            raise layer_error(
+                self,
+                f"expected an input shape (time, features) without the batch axis, got {in_shape}",
+            )
         k1, k2, k3 = jax.random.split(key, 3)
         n, g = self.features, self.gates * self.features
-        params = {"W_x": initializers.get(self.w_init)(k1, (in_shape[1], g)),
-                  "W_h": initializers.get(self.recurrent_init)(k2, (n, g)),
-                  "b": initializers.get(self.b_init)(k3, (g,))}
+        params = {
+            "W_x": initializers.get(self.w_init)(k1, (in_shape[1], g)),
+            "W_h": initializers.get(self.recurrent_init)(k2, (n, g)),
+            "b": initializers.get(self.b_init)(k3, (g,)),
+        }
         out = (in_shape[0], n) if self.return_sequences else (n,)
         return self.rule_params(key, params), out
 
@@ -71,7 +76,9 @@ class _Recurrent(RuleLayer):
         xs, mask = split_masked(self, x, rank=3)
         f_in = params["W_x"].shape[0]
         if xs.shape[2] != f_in or xs.shape[1] == 0:
-            raise layer_error(self, f"expected input of shape (batch, time ≥ 1, {f_in}), got {xs.shape}")
+            raise layer_error(
+                self, f"expected input of shape (batch, time ≥ 1, {f_in}), got {xs.shape}"
+            )
         dtype = jnp.result_type(xs.dtype, params["W_x"].dtype, params["W_h"].dtype)
         return xs, mask, dtype
 
@@ -97,9 +104,11 @@ class _Recurrent(RuleLayer):
         h_prev = self._previous(hs, h0)
         Wx = params["W_x"]
         xs_t = jnp.swapaxes(xs, 0, 1).astype(dz.dtype)
-        grads = {"W_x": jnp.einsum("tbf,tbg->fg", xs_t, dz).astype(Wx.dtype),
-                 "W_h": jnp.einsum("tbh,tbg->hg", h_prev, dz).astype(params["W_h"].dtype),
-                 "b": jnp.sum(dz, axis=(0, 1)).astype(params["b"].dtype)}
+        grads = {
+            "W_x": jnp.einsum("tbf,tbg->fg", xs_t, dz).astype(Wx.dtype),
+            "W_h": jnp.einsum("tbh,tbg->hg", h_prev, dz).astype(params["W_h"].dtype),
+            "b": jnp.sum(dz, axis=(0, 1)).astype(params["b"].dtype),
+        }
         Fx = self.feedback(params, cache, "W_x")
         dx = jnp.swapaxes(jnp.matmul(dz, Fx.T.astype(dz.dtype)), 0, 1).astype(xs.dtype)
         return self.rule_grads(grads), dx
@@ -202,15 +211,19 @@ class SimpleRNN(_Recurrent):
         h0 = jnp.zeros((xs.shape[0], self.features), dtype)
 
         if mask is None:
+
             def step(h, z):
                 h = jnp.tanh(z + h @ Wh)
                 return h, h
+
             _, hs = lax.scan(step, h0, zx)
         else:
+
             def step(h, inp):
                 z, m = inp
                 h = jnp.where(m, jnp.tanh(z + h @ Wh), h)
                 return h, h
+
             _, hs = lax.scan(step, h0, (zx, jnp.swapaxes(mask, 0, 1)[:, :, None]))
         hs_b = jnp.swapaxes(hs, 0, 1)
         return self._output(hs_b, mask), {"x": xs, "mask": mask, "h": hs_b}
@@ -220,14 +233,14 @@ class SimpleRNN(_Recurrent):
         deltas ``δ_t = ∂L/∂z_t`` time-major ``(T, batch, features)`` (zero at padding)."""
         xs, mask, hs_b = cache["x"], cache["mask"], cache["h"]
         dtype = hs_b.dtype
-        WhT = self.feedback(params, cache, "W_h").T.astype(dtype)   # W_hᵀ for rule="bp"
+        WhT = self.feedback(params, cache, "W_h").T.astype(dtype)  # W_hᵀ for rule="bp"
         g_T, dys = self._seed(dy, hs_b, dtype)
         ms = None if mask is None else jnp.swapaxes(mask, 0, 1)[:, :, None]
 
         def step(g_next, inp):
             h, dy_t, m = inp
-            g = g_next if dy_t is None else g_next + dy_t      # ∂L/∂h_t
-            dz = g * (1 - h * h)                              # δ_t
+            g = g_next if dy_t is None else g_next + dy_t  # ∂L/∂h_t
+            dz = g * (1 - h * h)  # δ_t
             if m is None:
                 return dz @ WhT, dz
             dz = jnp.where(m, dz, 0)
@@ -278,7 +291,7 @@ class LSTM(_Recurrent):
     def init(self, key, in_shape):
         params, out = self._init_weights(key, in_shape)
         n = self.features
-        params["b"] = params["b"].at[n:2 * n].add(self.forget_bias)
+        params["b"] = params["b"].at[n : 2 * n].add(self.forget_bias)
         return params, out
 
     def forward(self, params, x, *, key=None, train=False):
@@ -290,32 +303,44 @@ class LSTM(_Recurrent):
 
         def cell(h, c, z):
             z = z + h @ Wh
-            i, f, o = (jax.nn.sigmoid(z[:, k * n:(k + 1) * n]) for k in (0, 1, 3))
-            g = jnp.tanh(z[:, 2 * n:3 * n])
+            i, f, o = (jax.nn.sigmoid(z[:, k * n : (k + 1) * n]) for k in (0, 1, 3))
+            g = jnp.tanh(z[:, 2 * n : 3 * n])
             c_new = f * c + i * g
             return o * jnp.tanh(c_new), c_new, jnp.concatenate([i, f, g, o], axis=1)
 
         if mask is None:
+
             def step(carry, z):
                 h, c, gates = cell(*carry, z)
                 return (h, c), (h, c, gates)
+
             _, (hs, cs, gs) = lax.scan(step, (zeros, zeros), zx)
         else:
+
             def step(carry, inp):
                 z, m = inp
                 h, c, gates = cell(*carry, z)
                 h, c = jnp.where(m, h, carry[0]), jnp.where(m, c, carry[1])
                 return (h, c), (h, c, gates)
-            _, (hs, cs, gs) = lax.scan(step, (zeros, zeros), (zx, jnp.swapaxes(mask, 0, 1)[:, :, None]))
+
+            _, (hs, cs, gs) = lax.scan(
+                step, (zeros, zeros), (zx, jnp.swapaxes(mask, 0, 1)[:, :, None])
+            )
         hs_b, cs_b, gs_b = (jnp.swapaxes(a, 0, 1) for a in (hs, cs, gs))
-        return self._output(hs_b, mask), {"x": xs, "mask": mask, "h": hs_b, "c": cs_b, "gates": gs_b}
+        return self._output(hs_b, mask), {
+            "x": xs,
+            "mask": mask,
+            "h": hs_b,
+            "c": cs_b,
+            "gates": gs_b,
+        }
 
     def _deltas(self, params, cache, dy):
         """Backpropagation through time: ``(xs, hs, δ, h_0)`` with ``hs`` and the per-step
         gate deltas ``δ_t = ∂L/∂z_t`` time-major (``(T, batch, 4·features)``; zero at padding)."""
         xs, mask, hs_b = cache["x"], cache["mask"], cache["h"]
         dtype, n = hs_b.dtype, self.features
-        WhT = self.feedback(params, cache, "W_h").T.astype(dtype)   # W_hᵀ for rule="bp"
+        WhT = self.feedback(params, cache, "W_h").T.astype(dtype)  # W_hᵀ for rule="bp"
         g_T, dys = self._seed(dy, hs_b, dtype)
         zeros = jnp.zeros(hs_b[:, 0].shape, dtype)
         cs = jnp.swapaxes(cache["c"], 0, 1)
@@ -325,17 +350,28 @@ class LSTM(_Recurrent):
         def step(carry, inp):
             dh_next, dc_next = carry
             gates, c, cp, dy_t, m = inp
-            i, f, g, o = (gates[:, k * n:(k + 1) * n] for k in range(4))
-            gh = dh_next if dy_t is None else dh_next + dy_t   # ∂L/∂h_t
+            i, f, g, o = (gates[:, k * n : (k + 1) * n] for k in range(4))
+            gh = dh_next if dy_t is None else dh_next + dy_t  # ∂L/∂h_t
             tc = jnp.tanh(c)
-            gc = dc_next + gh * o * (1 - tc * tc)               # ∂L/∂c_t
-            dz = jnp.concatenate([gc * g * i * (1 - i), gc * cp * f * (1 - f),
-                                  gc * i * (1 - g * g), gh * tc * o * (1 - o)], axis=1)
+            gc = dc_next + gh * o * (1 - tc * tc)  # ∂L/∂c_t
+            dz = jnp.concatenate(
+                [
+                    gc * g * i * (1 - i),
+                    gc * cp * f * (1 - f),
+                    gc * i * (1 - g * g),
+                    gh * tc * o * (1 - o),
+                ],
+                axis=1,
+            )
             if m is None:
                 return (dz @ WhT, gc * f), dz
             dz = jnp.where(m, dz, 0)
             return (dz @ WhT + jnp.where(m, 0, gh), jnp.where(m, gc * f, dc_next)), dz
 
-        _, dzs = lax.scan(step, (g_T, zeros), (jnp.swapaxes(cache["gates"], 0, 1), cs, c_prev, dys, ms),
-                          reverse=True)
+        _, dzs = lax.scan(
+            step,
+            (g_T, zeros),
+            (jnp.swapaxes(cache["gates"], 0, 1), cs, c_prev, dys, ms),
+            reverse=True,
+        )
         return xs, jnp.swapaxes(hs_b, 0, 1), dzs, zeros

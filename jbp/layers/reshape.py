@@ -1,4 +1,5 @@
 """Shape-only layers."""
+
 from __future__ import annotations
 
 import dataclasses

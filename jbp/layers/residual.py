@@ -14,6 +14,7 @@ drops a mask silently; wrapping them says "this layer is position-wise, pass the
 Both are transparent wrappers: their parameters, state and cache are exactly the wrapped
 block's (so parameter names do not change), and their backward is one short method.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,10 @@ class _Wrapper(Layer):
 
     def _check_block(self):
         if not isinstance(self.block, Layer):
-            raise TypeError(f"{type(self).__name__}: block must be a jbp Layer (e.g. "
-                            f"Sequential([LayerNorm(), Dense(16)])), got {type(self.block).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}: block must be a jbp Layer (e.g. "
+                f"Sequential([LayerNorm(), Dense(16)])), got {type(self.block).__name__}"
+            )
 
     def _context(self, err: Exception) -> Exception:
         return type(err)(f"{type(self).__name__}.block ({type(self.block).__name__}): {err}")
@@ -54,9 +57,11 @@ class _Wrapper(Layer):
         except (ValueError, TypeError) as e:
             err = self._context(e)
             if masked and isinstance(e, TypeError):
-                err = TypeError(f"{err} (the input is Masked: wrap position-wise layers such as "
-                                f"LayerNorm, Dense and activations in PositionWise(...) so that "
-                                f"the mask is handed on)")
+                err = TypeError(
+                    f"{err} (the input is Masked: wrap position-wise layers such as "
+                    f"LayerNorm, Dense and activations in PositionWise(...) so that "
+                    f"the mask is handed on)"
+                )
             raise err from e
 
     @property
@@ -118,28 +123,42 @@ class Residual(_Wrapper):
         in_shape = tuple(int(d) for d in in_shape)
         params, out_shape = self._call_block(self.block.init, key, in_shape)
         if tuple(out_shape) != in_shape:
-            raise layer_error(self, f"the block maps input shape {in_shape} to output shape "
-                              f"{tuple(out_shape)}; a residual connection x + block(x) needs "
-                              f"them equal")
+            raise layer_error(
+                self,
+                f"the block maps input shape {in_shape} to output shape "
+                f"{tuple(out_shape)}; a residual connection x + block(x) needs "
+                f"them equal",
+            )
         return params, in_shape
 
     def _add(self, x, y_block):
         xv, mask = _values_and_mask(x)
         yv, _ = _values_and_mask(y_block)
         if yv.shape != xv.shape:
-            raise layer_error(self, f"the block maps an input of shape {xv.shape} to an output of "
-                              f"shape {yv.shape}; a residual connection needs them equal")
+            raise layer_error(
+                self,
+                f"the block maps an input of shape {xv.shape} to an output of "
+                f"shape {yv.shape}; a residual connection needs them equal",
+            )
         y = xv + yv
         return y if mask is None else Masked(y, mask)
 
     def forward(self, params, x, *, key=None, train=False):
-        y, cache = self._call_block(self.block.forward, params, x, key=key, train=train,
-                                    masked=isinstance(x, Masked))
+        y, cache = self._call_block(
+            self.block.forward, params, x, key=key, train=train, masked=isinstance(x, Masked)
+        )
         return self._add(x, y), cache
 
     def forward_with_state(self, params, state, x, *, key=None, train=False):
-        y, cache, state = self._call_block(self.block.forward_with_state, params, state, x,
-                                           key=key, train=train, masked=isinstance(x, Masked))
+        y, cache, state = self._call_block(
+            self.block.forward_with_state,
+            params,
+            state,
+            x,
+            key=key,
+            train=train,
+            masked=isinstance(x, Masked),
+        )
         return self._add(x, y), cache, state
 
     def _dx(self, dy, dx_block):
@@ -182,7 +201,7 @@ class PositionWise(_Wrapper):
 
     def forward_with_state(self, params, state, x, *, key=None, train=False):
         xv, mask = _values_and_mask(x)
-        y, cache, state = self._call_block(self.block.forward_with_state, params, state, xv,
-                                           key=key, train=train)
+        y, cache, state = self._call_block(
+            self.block.forward_with_state, params, state, xv, key=key, train=train
+        )
         return self._wrap(y, mask), cache, state
-

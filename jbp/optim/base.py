@@ -69,6 +69,7 @@ class ChainState(NamedTuple):
 # small helpers shared by the transformations
 # ----------------------------------------------------------------------------
 
+
 def zero_count() -> jax.Array:
     return jnp.zeros([], jnp.int32)
 
@@ -121,8 +122,9 @@ def _concrete_float(value):
     return float(arr)
 
 
-def check_real(name: str, value, *, low=None, high=None, low_open=False,
-               high_open=False, where: str = "") -> None:
+def check_real(
+    name: str, value, *, low=None, high=None, low_open=False, high_open=False, where: str = ""
+) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` lies in the interval.
 
     ``low``/``high`` are bounds (None = unbounded); ``*_open`` makes a bound strict.
@@ -161,8 +163,9 @@ def check_learning_rate(learning_rate, where: str = "") -> None:
 
 #: Steps at which :func:`check_schedule` evaluates a schedule: every step up to 4096, then
 #: 256 steps spread geometrically up to 2**20 (about a million updates).
-_PROBE_STEPS = np.unique(np.concatenate([
-    np.arange(4096), np.round(np.geomspace(4096, 2 ** 20, 256))])).astype(np.int32)
+_PROBE_STEPS = np.unique(
+    np.concatenate([np.arange(4096), np.round(np.geomspace(4096, 2**20, 256))])
+).astype(np.int32)
 _PROBED: dict = {}
 
 
@@ -193,7 +196,7 @@ def check_schedule(name: str, schedule, *, where: str = "") -> None:
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
         return
     except Exception:  # noqa: BLE001 - not vectorised: evaluate step by step
-        steps = np.concatenate([np.arange(64), [100, 1000, 10 ** 4, 10 ** 5, 10 ** 6]])
+        steps = np.concatenate([np.arange(64), [100, 1000, 10**4, 10**5, 10**6]])
         try:
             values = np.array([np.asarray(schedule(jnp.asarray(t, jnp.int32))) for t in steps])
         except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
@@ -201,15 +204,18 @@ def check_schedule(name: str, schedule, *, where: str = "") -> None:
         except Exception as e:
             raise type(e)(f"{where}{name}: the schedule fails at a concrete step: {e}") from e
     if values.dtype.kind not in "biuf":
-        raise TypeError(f"{where}{name}: a schedule must return real numbers, got dtype "
-                        f"{values.dtype}")
+        raise TypeError(
+            f"{where}{name}: a schedule must return real numbers, got dtype {values.dtype}"
+        )
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"{where}{name}: the schedule yields {values[i].item():g} at step "
-                         f"{int(steps[i])}; a learning rate must be finite and >= 0 at every "
-                         f"step (bound a growing schedule, e.g. with end_value=)")
+        raise ValueError(
+            f"{where}{name}: the schedule yields {values[i].item():g} at step "
+            f"{int(steps[i])}; a learning rate must be finite and >= 0 at every "
+            f"step (bound a growing schedule, e.g. with end_value=)"
+        )
     if key is not None:
         if len(_PROBED) > 256:
             _PROBED.clear()
@@ -221,9 +227,14 @@ def _fmt_path(path) -> str:
     return s if s else "<root>"
 
 
-def check_tree_match(tree, reference, *, name: str = "grads",
-                     reference_name: str = "the optimizer state (built by init(params))",
-                     where: str = "") -> None:
+def check_tree_match(
+    tree,
+    reference,
+    *,
+    name: str = "grads",
+    reference_name: str = "the optimizer state (built by init(params))",
+    where: str = "",
+) -> None:
     """Raise ``ValueError`` unless ``tree`` has ``reference``'s structure and leaf shapes.
 
     The message names the first path at which the two trees differ. Runs on
@@ -243,33 +254,43 @@ def check_tree_match(tree, reference, *, name: str = "grads",
                 break
         if first is None and len(paths_a) != len(paths_b):
             if len(paths_a) > len(paths_b):
-                first = (f"{name} has an extra leaf at {_fmt_path(paths_a[len(paths_b)])} "
-                         f"that {reference_name} lacks")
+                first = (
+                    f"{name} has an extra leaf at {_fmt_path(paths_a[len(paths_b)])} "
+                    f"that {reference_name} lacks"
+                )
             else:
-                first = (f"{name} lacks the leaf at {_fmt_path(paths_b[len(paths_a)])} "
-                         f"that {reference_name} has")
+                first = (
+                    f"{name} lacks the leaf at {_fmt_path(paths_b[len(paths_a)])} "
+                    f"that {reference_name} has"
+                )
         if first is None:  # same key paths, different node types (e.g. tuple vs list)
             first = f"same leaf paths but different containers: {tdef_a} vs {tdef_b}"
         raise ValueError(
-            f"{where}{name} tree does not match {reference_name}: first difference: {first}")
+            f"{where}{name} tree does not match {reference_name}: first difference: {first}"
+        )
     for (path, a), (_, b) in zip(leaves_a, leaves_b):
         sa, sb = np.shape(a), np.shape(b)
         if sa != sb:
             raise ValueError(
                 f"{where}{name} leaf at {_fmt_path(path)} has shape {sa}, "
-                f"but {reference_name} has shape {sb} there")
+                f"but {reference_name} has shape {sb} there"
+            )
 
 
 def _check_transform(t, position: int) -> None:
-    if not (hasattr(t, "init") and hasattr(t, "update") and callable(t.init) and callable(t.update)):
+    if not (
+        hasattr(t, "init") and hasattr(t, "update") and callable(t.init) and callable(t.update)
+    ):
         raise TypeError(
             f"chain: argument {position} must be an Optimizer/GradientTransformation "
-            f"(with callable .init and .update), got {type(t).__name__}")
+            f"(with callable .init and .update), got {type(t).__name__}"
+        )
 
 
 # ----------------------------------------------------------------------------
 # identity, chain, apply_updates
 # ----------------------------------------------------------------------------
+
 
 def identity() -> Optimizer:
     """The transformation that returns the updates unchanged: ``u = g``."""
@@ -307,7 +328,8 @@ def chain(*transforms) -> Optimizer:
         if not isinstance(state, ChainState) or len(state.states) != len(transforms):
             raise ValueError(
                 f"chain.update: state must be the ChainState with {len(transforms)} inner states "
-                f"that this chain's init returned, got {type(state).__name__}")
+                f"that this chain's init returned, got {type(state).__name__}"
+            )
         if params is not None:
             check_tree_match(grads, params, reference_name="params", where="update: ")
         new_states = []
@@ -326,7 +348,7 @@ def apply_updates(params, updates):
     Raises ``ValueError`` naming the first differing path when ``updates``
     does not have the structure (and leaf shapes) of ``params``.
     """
-    check_tree_match(updates, params, name="updates", reference_name="params",
-                     where="apply_updates: ")
-    return jax.tree.map(
-        lambda p, u: jnp.asarray(p + u).astype(jnp.result_type(p)), params, updates)
+    check_tree_match(
+        updates, params, name="updates", reference_name="params", where="apply_updates: "
+    )
+    return jax.tree.map(lambda p, u: jnp.asarray(p + u).astype(jnp.result_type(p)), params, updates)

@@ -39,7 +39,8 @@ def clip(max_abs: float) -> Optimizer:
     def update(grads, state, params=None):
         del params
         updates = jax.tree.map(
-            lambda g: jnp.clip(g, -scalar_like(max_abs, g), scalar_like(max_abs, g)), grads)
+            lambda g: jnp.clip(g, -scalar_like(max_abs, g), scalar_like(max_abs, g)), grads
+        )
         return updates, CountState(count=increment(state.count))
 
     return Optimizer(init, update)

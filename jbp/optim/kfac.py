@@ -31,6 +31,7 @@ engine's pass and hands ``extras`` to ``update``. By hand::
 
 It cannot sit inside ``chain`` (whose ``update`` has no ``extras``).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -94,13 +95,22 @@ def _damped_inverses(f: KronFactors, damping) -> KronFactors:
     pi = jnp.where(ok, jnp.sqrt(jnp.where(ok, ta, 1) / jnp.where(ok, tb, 1)), 1)
     pi = jnp.clip(pi, 1e-6, 1e6)
     root = jnp.sqrt(jnp.asarray(damping, f.A.dtype))
-    return KronFactors(_spd_inverse(f.A + pi * root * jnp.eye(p, dtype=f.A.dtype)),
-                       _spd_inverse(f.B + root / pi * jnp.eye(q, dtype=f.B.dtype)))
+    return KronFactors(
+        _spd_inverse(f.A + pi * root * jnp.eye(p, dtype=f.A.dtype)),
+        _spd_inverse(f.B + root / pi * jnp.eye(q, dtype=f.B.dtype)),
+    )
 
 
-def kfac(learning_rate, *, damping: float = 1e-3, decay: float = 0.95, inverse_every: int = 10,
-         momentum: float = 0.0, norm_constraint: float | None = None,
-         curvature=None) -> CurvatureOptimizer:
+def kfac(
+    learning_rate,
+    *,
+    damping: float = 1e-3,
+    decay: float = 0.95,
+    inverse_every: int = 10,
+    momentum: float = 0.0,
+    norm_constraint: float | None = None,
+    curvature=None,
+) -> CurvatureOptimizer:
     """K-FAC on the optax protocol (see the module docstring for the equations).
 
     Args:
@@ -126,14 +136,18 @@ def kfac(learning_rate, *, damping: float = 1e-3, decay: float = 0.95, inverse_e
     check_real("momentum", momentum, low=0.0, high=1.0, high_open=True, where=where)
     if norm_constraint is not None:
         check_real("norm_constraint", norm_constraint, low=0.0, low_open=True, where=where)
-    if (isinstance(inverse_every, bool) or not isinstance(inverse_every, numbers.Integral)
-            or inverse_every < 1):
+    if (
+        isinstance(inverse_every, bool)
+        or not isinstance(inverse_every, numbers.Integral)
+        or inverse_every < 1
+    ):
         raise ValueError(f"{where}inverse_every must be a positive integer, got {inverse_every!r}")
     if curvature is None:
         curvature = KFAC()
     if not isinstance(curvature, (KFAC, KFLR)):
-        raise TypeError(f"{where}curvature must be jbp.extensions.KFAC(samples) or KFLR(), "
-                        f"got {curvature!r}")
+        raise TypeError(
+            f"{where}curvature must be jbp.extensions.KFAC(samples) or KFLR(), got {curvature!r}"
+        )
     name = curvature.name
     use_momentum = float(momentum) > 0
 
@@ -150,39 +164,55 @@ def kfac(learning_rate, *, damping: float = 1e-3, decay: float = 0.95, inverse_e
 
     def update(grads, state, params=None, *, extras=None):
         if not isinstance(state, KFACState):
-            raise ValueError(f"{where}state must be the KFACState of this optimizer's init, "
-                             f"got {type(state).__name__}")
+            raise ValueError(
+                f"{where}state must be the KFACState of this optimizer's init, "
+                f"got {type(state).__name__}"
+            )
         if not isinstance(extras, dict) or name not in extras:
-            got = "nothing" if extras is None else (sorted(extras) if isinstance(extras, dict)
-                                                    else type(extras).__name__)
+            got = (
+                "nothing"
+                if extras is None
+                else (sorted(extras) if isinstance(extras, dict) else type(extras).__name__)
+            )
             raise ValueError(
                 f"{where}update needs the Kronecker factors: extras={{'{name}': ...}} from "
                 f"jbp.backprop(model, loss, extensions=opt.extensions); make_train_step and fit "
-                f"pass them (got {got})")
+                f"pass them (got {got})"
+            )
         g_leaves, treedef = jax.tree.flatten(grads)
         try:
             new = treedef.flatten_up_to(extras[name])
             old = treedef.flatten_up_to(state.factors)
             inv = treedef.flatten_up_to(state.inverses)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{where}the factors in extras[{name!r}] or the state do not have "
-                             f"the structure of grads ({treedef}): {e}") from e
+            raise ValueError(
+                f"{where}the factors in extras[{name!r}] or the state do not have "
+                f"the structure of grads ({treedef}): {e}"
+            ) from e
         paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(grads)[0]]
         for path, g, f, o in zip(paths, g_leaves, new, old):
             want = kron_factor_shapes(jnp.shape(g))
             got = (f.A.shape, f.B.shape) if _is_factors(f) else type(f).__name__
             held = (o.A.shape, o.B.shape)
             if got != want or held != want:
-                raise ValueError(f"{where}leaf {path or '<root>'} of shape {jnp.shape(g)} needs "
-                                 f"factors of shapes {want}, got {got} (state {held})")
+                raise ValueError(
+                    f"{where}leaf {path or '<root>'} of shape {jnp.shape(g)} needs "
+                    f"factors of shapes {want}, got {got} (state {held})"
+                )
 
         count = state.count
         eps = jnp.where(count == 0, 0.0, decay)
-        factors = [KronFactors(*(eps * o_ + (1 - eps) * n_.astype(o_.dtype)
-                                 for o_, n_ in zip(o, f))) for o, f in zip(old, new)]
-        inverses = lax.cond(count % inverse_every == 0,
-                            lambda fs, _: [_damped_inverses(f, damping) for f in fs],
-                            lambda _, old_inv: old_inv, factors, inv)
+        factors = [
+            KronFactors(*(eps * o_ + (1 - eps) * n_.astype(o_.dtype) for o_, n_ in zip(o, f)))
+            for o, f in zip(old, new)
+        ]
+        inverses = lax.cond(
+            count % inverse_every == 0,
+            lambda fs, _: [_damped_inverses(f, damping) for f in fs],
+            lambda _, old_inv: old_inv,
+            factors,
+            inv,
+        )
 
         def precondition(g, i):
             G = g.reshape(i.A.shape[0], i.B.shape[0]).astype(i.A.dtype)
@@ -196,14 +226,16 @@ def kfac(learning_rate, *, damping: float = 1e-3, decay: float = 0.95, inverse_e
             v = [a * nu for a in v]
         velocity = state.velocity
         if use_momentum:
-            vel = [momentum * m.astype(a.dtype) + a
-                   for m, a in zip(treedef.flatten_up_to(velocity), v)]
+            vel = [
+                momentum * m.astype(a.dtype) + a for m, a in zip(treedef.flatten_up_to(velocity), v)
+            ]
             velocity = treedef.unflatten([m.astype(g.dtype) for m, g in zip(vel, g_leaves)])
             v = vel
-        updates = treedef.unflatten([(-lr * a).astype(jnp.result_type(g))
-                                     for a, g in zip(v, g_leaves)])
-        return updates, KFACState(increment(count), treedef.unflatten(factors),
-                                  treedef.unflatten(inverses), velocity)
+        updates = treedef.unflatten(
+            [(-lr * a).astype(jnp.result_type(g)) for a, g in zip(v, g_leaves)]
+        )
+        return updates, KFACState(
+            increment(count), treedef.unflatten(factors), treedef.unflatten(inverses), velocity
+        )
 
     return CurvatureOptimizer(init, update, (curvature,))
-

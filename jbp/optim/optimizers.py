@@ -55,8 +55,7 @@ def momentum(learning_rate, beta: float = 0.9, nesterov: bool = False) -> Optimi
     return sgd(learning_rate, momentum=beta, nesterov=nesterov)
 
 
-def adagrad(learning_rate, initial_accumulator_value: float = 0.1, eps: float = 1e-7
-            ) -> Optimizer:
+def adagrad(learning_rate, initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> Optimizer:
     """Adagrad (optax ``adagrad``)::
 
         s ← s + g²                  (s starts at initial_accumulator_value)
@@ -71,9 +70,15 @@ def adagrad(learning_rate, initial_accumulator_value: float = 0.1, eps: float = 
     )
 
 
-def rmsprop(learning_rate, decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0,
-            centered: bool = False, momentum: float | None = None,
-            nesterov: bool = False) -> Optimizer:
+def rmsprop(
+    learning_rate,
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    centered: bool = False,
+    momentum: float | None = None,
+    nesterov: bool = False,
+) -> Optimizer:
     """RMSProp (optax ``rmsprop``; ``eps`` sits *inside* the square root)::
 
         ν ← decay·ν + (1 − decay)·g²                     (ν starts at initial_scale)
@@ -98,8 +103,9 @@ def rmsprop(learning_rate, decay: float = 0.9, eps: float = 1e-8, initial_scale:
     )
 
 
-def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-         eps_root: float = 0.0) -> Optimizer:
+def adam(
+    learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0
+) -> Optimizer:
     """Adam (optax ``adam``), ``t`` counted from 1 in the bias corrections::
 
         m ← b1·m + (1 − b1)·g          v ← b2·v + (1 − b2)·g²
@@ -120,9 +126,15 @@ def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     )
 
 
-def adamw(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-          eps_root: float = 0.0, weight_decay: float = 1e-4, mask: MaskOrFn = None
-          ) -> Optimizer:
+def adamw(
+    learning_rate,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    weight_decay: float = 1e-4,
+    mask: MaskOrFn = None,
+) -> Optimizer:
     """AdamW, Adam with decoupled weight decay (optax ``adamw``)::
 
         m, v, m̂, v̂ as in adam

@@ -59,8 +59,7 @@ def constant_schedule(value) -> Schedule:
     return lambda count: value
 
 
-def piecewise_constant_schedule(init_value, boundaries_and_scales: dict | None = None
-                                ) -> Schedule:
+def piecewise_constant_schedule(init_value, boundaries_and_scales: dict | None = None) -> Schedule:
     """``lr(t) = init_value · Π_{b_i ≤ t} s_i`` for ``{b_i: s_i}`` in ``boundaries_and_scales``.
 
     A scale takes effect *at* its boundary step: with ``{100: 0.1}``,
@@ -72,8 +71,10 @@ def piecewise_constant_schedule(init_value, boundaries_and_scales: dict | None =
     items = []
     if boundaries_and_scales is not None:
         if not isinstance(boundaries_and_scales, dict):
-            raise TypeError(f"{where}boundaries_and_scales must be a dict {{step: scale}}, "
-                            f"got {type(boundaries_and_scales).__name__}")
+            raise TypeError(
+                f"{where}boundaries_and_scales must be a dict {{step: scale}}, "
+                f"got {type(boundaries_and_scales).__name__}"
+            )
         for b, s in boundaries_and_scales.items():
             _check_int("boundaries_and_scales key (a step)", b, low=0, where=where)
             check_real(f"boundaries_and_scales[{b}]", s, low=0.0, where=where)
@@ -97,9 +98,14 @@ def step_decay(init_value, transition_steps: int, decay_rate: float = 0.1) -> Sc
     return exponential_decay(init_value, transition_steps, decay_rate, staircase=True)
 
 
-def exponential_decay(init_value, transition_steps: int, decay_rate: float,
-                      transition_begin: int = 0, staircase: bool = False,
-                      end_value=None) -> Schedule:
+def exponential_decay(
+    init_value,
+    transition_steps: int,
+    decay_rate: float,
+    transition_begin: int = 0,
+    staircase: bool = False,
+    end_value=None,
+) -> Schedule:
     """Exponential decay (optax ``exponential_decay``)::
 
         p = (t − transition_begin) / transition_steps      (floor(p) if staircase)
@@ -152,8 +158,9 @@ def cosine_decay_schedule(init_value, decay_steps: int, alpha: float = 0.0) -> S
     return schedule
 
 
-def linear_schedule(init_value, end_value, transition_steps: int,
-                    transition_begin: int = 0) -> Schedule:
+def linear_schedule(
+    init_value, end_value, transition_steps: int, transition_begin: int = 0
+) -> Schedule:
     """Linear ramp (optax ``linear_schedule``)::
 
         c = clip(t − transition_begin, 0, transition_steps)
@@ -185,19 +192,24 @@ def join_schedules(schedules, boundaries) -> Schedule:
     where = "join_schedules: "
     schedules, boundaries = list(schedules), list(boundaries)
     if len(schedules) != len(boundaries) + 1:
-        raise ValueError("join_schedules: need exactly one more schedule than boundaries, got "
-                         f"{len(schedules)} schedules and {len(boundaries)} boundaries")
+        raise ValueError(
+            "join_schedules: need exactly one more schedule than boundaries, got "
+            f"{len(schedules)} schedules and {len(boundaries)} boundaries"
+        )
     for i, s in enumerate(schedules):
         if not callable(s):
             raise TypeError(f"{where}schedules[{i}] must be a callable step -> value, got {s!r}")
-    boundaries = [_check_int(f"boundaries[{i}]", b, low=0, where=where)
-                  for i, b in enumerate(boundaries)]
+    boundaries = [
+        _check_int(f"boundaries[{i}]", b, low=0, where=where) for i, b in enumerate(boundaries)
+    ]
     for i in range(1, len(boundaries)):
         if boundaries[i] <= boundaries[i - 1]:
-            raise ValueError(f"{where}boundaries must be strictly increasing steps, got "
-                             f"{boundaries} (boundaries[{i}] = {boundaries[i]} <= "
-                             f"boundaries[{i - 1}] = {boundaries[i - 1]}); schedules[{i}] would "
-                             f"never run")
+            raise ValueError(
+                f"{where}boundaries must be strictly increasing steps, got "
+                f"{boundaries} (boundaries[{i}] = {boundaries[i]} <= "
+                f"boundaries[{i - 1}] = {boundaries[i - 1]}); schedules[{i}] would "
+                f"never run"
+            )
 
     def schedule(count):
         out = schedules[0](count)
@@ -208,8 +220,9 @@ def join_schedules(schedules, boundaries) -> Schedule:
     return schedule
 
 
-def warmup_cosine_decay_schedule(init_value, peak_value, warmup_steps: int, decay_steps: int,
-                                 end_value=0.0) -> Schedule:
+def warmup_cosine_decay_schedule(
+    init_value, peak_value, warmup_steps: int, decay_steps: int, end_value=0.0
+) -> Schedule:
     """Linear warmup then cosine decay (optax ``warmup_cosine_decay_schedule``)::
 
         t < W:   lr(t) = init_value + (peak_value − init_value) · t / W
@@ -226,8 +239,10 @@ def warmup_cosine_decay_schedule(init_value, peak_value, warmup_steps: int, deca
     warmup_steps = _check_int("warmup_steps", warmup_steps, low=0, where=where)
     decay_steps = _check_int("decay_steps", decay_steps, low=0, where=where)
     if decay_steps <= warmup_steps:
-        raise ValueError(f"{where}decay_steps (the total length, warmup included) must be > "
-                         f"warmup_steps, got decay_steps={decay_steps}, warmup_steps={warmup_steps}")
+        raise ValueError(
+            f"{where}decay_steps (the total length, warmup included) must be > "
+            f"warmup_steps, got decay_steps={decay_steps}, warmup_steps={warmup_steps}"
+        )
     alpha = 0.0 if peak_value == 0.0 else end_value / peak_value
     # cosine_decay_schedule's alpha range check does not apply here: end_value may exceed peak.
     cos_steps = decay_steps - warmup_steps
@@ -237,7 +252,8 @@ def warmup_cosine_decay_schedule(init_value, peak_value, warmup_steps: int, deca
         return peak_value * ((1 - alpha) * 0.5 * (1 + jnp.cos(jnp.pi * c / cos_steps)) + alpha)
 
     return join_schedules(
-        [linear_schedule(init_value, peak_value, warmup_steps), cosine], [warmup_steps])
+        [linear_schedule(init_value, peak_value, warmup_steps), cosine], [warmup_steps]
+    )
 
 
 # short aliases (the names the issue lists)

@@ -59,6 +59,7 @@ __all__ = [
 # states
 # ----------------------------------------------------------------------------
 
+
 class TraceState(NamedTuple):
     count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
     trace: Any
@@ -112,6 +113,7 @@ def _debias(m, decay, count):
 # scaling by a constant, a schedule, a learning rate
 # ----------------------------------------------------------------------------
 
+
 def scale(step_size) -> Optimizer:
     """``u = step_size · g`` (``step_size`` cast to each leaf's dtype)."""
     check_real("step_size", step_size, where="scale: ")
@@ -162,6 +164,7 @@ def scale_by_learning_rate(learning_rate, *, flip_sign: bool = True) -> Optimize
 # momentum
 # ----------------------------------------------------------------------------
 
+
 def trace(decay: float, nesterov: bool = False) -> Optimizer:
     """Heavy-ball momentum trace (optax ``trace``).
 
@@ -179,8 +182,9 @@ def trace(decay: float, nesterov: bool = False) -> Optimizer:
         f = lambda g, t: widen(g, t) + scalar_like(decay, widen(g, t)) * t
         new_trace = jax.tree.map(f, grads, state.trace)
         updates = jax.tree.map(f, grads, new_trace) if nesterov else new_trace
-        return updates, TraceState(count=increment(state.count),
-                                   trace=cast_like(new_trace, state.trace))
+        return updates, TraceState(
+            count=increment(state.count), trace=cast_like(new_trace, state.trace)
+        )
 
     return Optimizer(init, update)
 
@@ -189,13 +193,15 @@ def trace(decay: float, nesterov: bool = False) -> Optimizer:
 # adaptive scalings
 # ----------------------------------------------------------------------------
 
-def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                  eps_root: float = 0.0) -> Optimizer:
+
+def scale_by_adam(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0
+) -> Optimizer:
     """Adam's rescaling (optax ``scale_by_adam``), with ``t`` counted from 1::
 
-        m ← b1·m + (1 − b1)·g          v ← b2·v + (1 − b2)·g²
-        m̂ = m / (1 − b1ᵗ)              v̂ = v / (1 − b2ᵗ)
-        u = m̂ / (sqrt(v̂ + eps_root) + eps)
+    m ← b1·m + (1 − b1)·g          v ← b2·v + (1 − b2)·g²
+    m̂ = m / (1 − b1ᵗ)              v̂ = v / (1 − b2ᵗ)
+    u = m̂ / (sqrt(v̂ + eps_root) + eps)
     """
     where = "scale_by_adam: "
     check_real("b1", b1, low=0.0, high=1.0, high_open=True, where=where)
@@ -204,8 +210,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     check_real("eps_root", eps_root, low=0.0, where=where)
 
     def init(params):
-        return ScaleByAdamState(count=zero_count(), mu=_zeros_like(params),
-                                nu=_zeros_like(params))
+        return ScaleByAdamState(count=zero_count(), mu=_zeros_like(params), nu=_zeros_like(params))
 
     def update(grads, state, params=None):
         del params
@@ -214,11 +219,16 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
         nu = jax.tree.map(lambda g, v: _ema(jnp.square(widen(g)), v, b2), grads, state.nu)
         count = increment(state.count)
         updates = jax.tree.map(
-            lambda m, v: _debias(m, b1, count)
-            / (jnp.sqrt(_debias(v, b2, count) + scalar_like(eps_root, v)) + scalar_like(eps, v)),
-            mu, nu)
-        return updates, ScaleByAdamState(count=count, mu=cast_like(mu, state.mu),
-                                         nu=cast_like(nu, state.nu))
+            lambda m, v: (
+                _debias(m, b1, count)
+                / (jnp.sqrt(_debias(v, b2, count) + scalar_like(eps_root, v)) + scalar_like(eps, v))
+            ),
+            mu,
+            nu,
+        )
+        return updates, ScaleByAdamState(
+            count=count, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu)
+        )
 
     return Optimizer(init, update)
 
@@ -226,8 +236,8 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0) -> Optimizer:
     """RMSProp's rescaling (optax ``scale_by_rms``, eps inside the root, no bias correction)::
 
-        ν ← decay·ν + (1 − decay)·g²      (ν starts at initial_scale)
-        u = g / sqrt(ν + eps)
+    ν ← decay·ν + (1 − decay)·g²      (ν starts at initial_scale)
+    u = g / sqrt(ν + eps)
     """
     where = "scale_by_rms: "
     check_real("decay", decay, low=0.0, high=1.0, high_open=True, where=where)
@@ -241,20 +251,20 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0
         del params
         check_tree_match(grads, state.nu, where="scale_by_rms.update: ")
         nu = jax.tree.map(lambda g, v: _ema(jnp.square(widen(g)), v, decay), grads, state.nu)
-        updates = jax.tree.map(lambda g, v: widen(g, v) * jax.lax.rsqrt(v + scalar_like(eps, v)),
-                               grads, nu)
+        updates = jax.tree.map(
+            lambda g, v: widen(g, v) * jax.lax.rsqrt(v + scalar_like(eps, v)), grads, nu
+        )
         return updates, ScaleByRmsState(count=increment(state.count), nu=cast_like(nu, state.nu))
 
     return Optimizer(init, update)
 
 
-def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8,
-                    initial_scale: float = 0.0) -> Optimizer:
+def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0) -> Optimizer:
     """Centered RMSProp's rescaling (optax ``scale_by_stddev``)::
 
-        μ ← decay·μ + (1 − decay)·g        (μ starts at 0)
-        ν ← decay·ν + (1 − decay)·g²       (ν starts at initial_scale)
-        u = g / sqrt(ν − μ² + eps)
+    μ ← decay·μ + (1 − decay)·g        (μ starts at 0)
+    ν ← decay·ν + (1 − decay)·g²       (ν starts at initial_scale)
+    u = g / sqrt(ν − μ² + eps)
     """
     where = "scale_by_stddev: "
     check_real("decay", decay, low=0.0, high=1.0, high_open=True, where=where)
@@ -262,8 +272,9 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8,
     check_real("initial_scale", initial_scale, low=0.0, where=where)
 
     def init(params):
-        return ScaleByRStdDevState(count=zero_count(), mu=_zeros_like(params),
-                                   nu=_full_like(params, initial_scale))
+        return ScaleByRStdDevState(
+            count=zero_count(), mu=_zeros_like(params), nu=_full_like(params, initial_scale)
+        )
 
     def update(grads, state, params=None):
         del params
@@ -272,9 +283,13 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8,
         nu = jax.tree.map(lambda g, v: _ema(jnp.square(widen(g)), v, decay), grads, state.nu)
         updates = jax.tree.map(
             lambda g, m, v: widen(g, v) * jax.lax.rsqrt(v - m * m + scalar_like(eps, v)),
-            grads, mu, nu)
-        return updates, ScaleByRStdDevState(count=increment(state.count),
-                                            mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu))
+            grads,
+            mu,
+            nu,
+        )
+        return updates, ScaleByRStdDevState(
+            count=increment(state.count), mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu)
+        )
 
     return Optimizer(init, update)
 
@@ -282,27 +297,33 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8,
 def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> Optimizer:
     """Adagrad's rescaling (optax ``scale_by_rss``)::
 
-        s ← s + g²                         (s starts at initial_accumulator_value)
-        u = g / sqrt(s + eps)   where s > 0,   0 where s = 0
+    s ← s + g²                         (s starts at initial_accumulator_value)
+    u = g / sqrt(s + eps)   where s > 0,   0 where s = 0
     """
     where = "scale_by_rss: "
     check_real("initial_accumulator_value", initial_accumulator_value, low=0.0, where=where)
     check_real("eps", eps, low=0.0, low_open=True, where=where)
 
     def init(params):
-        return ScaleByRssState(count=zero_count(),
-                               sum_of_squares=_full_like(params, initial_accumulator_value))
+        return ScaleByRssState(
+            count=zero_count(), sum_of_squares=_full_like(params, initial_accumulator_value)
+        )
 
     def update(grads, state, params=None):
         del params
         check_tree_match(grads, state.sum_of_squares, where="scale_by_rss.update: ")
         sos = jax.tree.map(lambda g, s: jnp.square(widen(g, s)) + s, grads, state.sum_of_squares)
         updates = jax.tree.map(
-            lambda g, s: widen(g, s) * jnp.where(s > 0, jax.lax.rsqrt(s + scalar_like(eps, s)),
-                                       jnp.zeros_like(s)),
-            grads, sos)
-        return updates, ScaleByRssState(count=increment(state.count),
-                                        sum_of_squares=cast_like(sos, state.sum_of_squares))
+            lambda g, s: (
+                widen(g, s)
+                * jnp.where(s > 0, jax.lax.rsqrt(s + scalar_like(eps, s)), jnp.zeros_like(s))
+            ),
+            grads,
+            sos,
+        )
+        return updates, ScaleByRssState(
+            count=increment(state.count), sum_of_squares=cast_like(sos, state.sum_of_squares)
+        )
 
     return Optimizer(init, update)
 
@@ -339,7 +360,8 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: MaskOrFn = None) -> Opt
         if params is None:
             raise ValueError(
                 f"{where}update needs params (call update(grads, state, params)): "
-                "weight decay adds weight_decay * params")
+                "weight decay adds weight_decay * params"
+            )
         check_tree_match(grads, params, reference_name="params", where=f"{where}update: ")
         if mask is None:
             updates = jax.tree.map(decay, grads, params)
@@ -356,7 +378,8 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: MaskOrFn = None) -> Opt
             except ValueError as e:
                 raise ValueError(
                     f"{where}mask must be a pytree of bools with the structure of params "
-                    f"(or a prefix of it), or a callable params -> such a tree: {e}") from None
+                    f"(or a prefix of it), or a callable params -> such a tree: {e}"
+                ) from None
         return updates, CountState(count=increment(state.count))
 
     return Optimizer(init, update)

@@ -25,17 +25,30 @@ Everything else — ``fit``, ``make_train_step``, ``evaluate``, per-example grad
 as a mismatch, by design: prove the forward and the parameter gradients on
 ``as_backprop(model)``.
 """
+
 from jbp.layers._feedback import RULES
 from jbp.rules.alignment import (
-                                 QUANTITIES,
-                                 Alignment,
-                                 AlignmentHistory,
-                                 AlignmentRecord,
-                                 alignment,
-                                 plot_alignment,
+    QUANTITIES,
+    Alignment,
+    AlignmentHistory,
+    AlignmentRecord,
+    alignment,
+    plot_alignment,
 )
 from jbp.rules.convert import RULE_LAYERS, as_backprop, with_rule
 from jbp.rules.dfa import DFA, dfa
 
-__all__ = ["RULES", "RULE_LAYERS", "with_rule", "as_backprop", "DFA", "dfa", "Alignment", "alignment",
-           "AlignmentHistory", "AlignmentRecord", "QUANTITIES", "plot_alignment"]
+__all__ = [
+    "RULES",
+    "RULE_LAYERS",
+    "with_rule",
+    "as_backprop",
+    "DFA",
+    "dfa",
+    "Alignment",
+    "alignment",
+    "AlignmentHistory",
+    "AlignmentRecord",
+    "QUANTITIES",
+    "plot_alignment",
+]

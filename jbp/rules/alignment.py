@@ -1,4 +1,5 @@
 """How far a learning rule is from backpropagation: per-layer angles and norm ratios."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,14 +17,24 @@ from jbp.layers._feedback import RuleLayer
 from jbp.rules.convert import as_backprop
 from jbp.rules.dfa import DFA
 
-__all__ = ["QUANTITIES", "Alignment", "alignment", "angle", "AlignmentRecord", "AlignmentHistory", "plot_alignment"]
+__all__ = [
+    "QUANTITIES",
+    "Alignment",
+    "alignment",
+    "angle",
+    "AlignmentRecord",
+    "AlignmentHistory",
+    "plot_alignment",
+]
 
 #: the per-layer quantities :func:`alignment` returns
 QUANTITIES = ("grad_angle", "feedback_angle", "norm_ratio")
 
-_LABELS = {"grad_angle": "angle between the rule's ∇W and backprop's (degrees)",
-           "feedback_angle": "angle between B and W (degrees)",
-           "norm_ratio": "‖B‖ / ‖W‖"}
+_LABELS = {
+    "grad_angle": "angle between the rule's ∇W and backprop's (degrees)",
+    "feedback_angle": "angle between B and W (degrees)",
+    "norm_ratio": "‖B‖ / ‖W‖",
+}
 
 
 def _entries(model):
@@ -76,8 +87,10 @@ def angle(a, b) -> jax.Array:
     """The angle in degrees between two arrays (or lists of arrays, concatenated), as
     ``2·atan2(‖â − b̂‖, ‖â + b̂‖)`` with ``â = a/‖a‖`` (exact near 0° and 180°, unlike
     ``arccos``); NaN when either is zero."""
-    a, b = _flat(a if isinstance(a, (list, tuple)) else [a]), \
-        _flat(b if isinstance(b, (list, tuple)) else [b])
+    a, b = (
+        _flat(a if isinstance(a, (list, tuple)) else [a]),
+        _flat(b if isinstance(b, (list, tuple)) else [b]),
+    )
     na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
     ok = (na > 0) & (nb > 0)
     ua, ub = a / jnp.where(ok, na, 1), b / jnp.where(ok, nb, 1)
@@ -156,8 +169,10 @@ class Alignment(Extension):
     def walk(self, model, params, cache, ctx):
         entries = _entries(model)
         if not entries:
-            raise ValueError(f"alignment: the model has no layer with a learning rule other than "
-                             f"'bp' and is not a DFA, so it is backpropagation already: {model!r}")
+            raise ValueError(
+                f"alignment: the model has no layer with a learning rule other than "
+                f"'bp' and is not a DFA, so it is backpropagation already: {model!r}"
+            )
         grads = ctx.extras[_RuleGrads.name]
         bp_grads, _ = as_backprop(model).backward(params, _bp_cache(model, cache), ctx.dpred)
         layers = {}
@@ -197,8 +212,10 @@ def alignment(model: Layer, loss):
     _check_model_and_loss(model, loss)
     entries = _entries(model)
     if not entries:
-        raise ValueError(f"alignment: the model has no layer with a learning rule other than "
-                         f"'bp' and is not a DFA, so it is backpropagation already: {model!r}")
+        raise ValueError(
+            f"alignment: the model has no layer with a learning rule other than "
+            f"'bp' and is not a DFA, so it is backpropagation already: {model!r}"
+        )
     run = backprop(model, loss, extensions=[Alignment()])
 
     def f(params, x, y, *, state=None, key=None, train=False):
@@ -229,6 +246,7 @@ class AlignmentRecord:
     def append(self, epoch: int, stats: dict) -> None:
         """Add one epoch from the (host) output of :func:`alignment`."""
         from jbp.diagnostics._model import in_model_order
+
         layers = list(in_model_order(stats["layers"]))
         if not self.layers:
             self.layers = layers
@@ -243,16 +261,21 @@ class AlignmentRecord:
 
     def quantity(self, quantity: str) -> dict:
         if quantity not in QUANTITIES:
-            raise ValueError(f"AlignmentRecord: unknown quantity {quantity!r}; recorded: "
-                             f"{', '.join(QUANTITIES)}")
+            raise ValueError(
+                f"AlignmentRecord: unknown quantity {quantity!r}; recorded: {', '.join(QUANTITIES)}"
+            )
         return {name: list(v) for name, v in self.values.get(quantity, {}).items()}
 
     def __len__(self):
         return len(self.epochs)
 
     def to_dict(self) -> dict:
-        return {"layers": list(self.layers), "epochs": list(self.epochs), "loss": list(self.loss),
-                "values": {q: {k: list(v) for k, v in d.items()} for q, d in self.values.items()}}
+        return {
+            "layers": list(self.layers),
+            "epochs": list(self.epochs),
+            "loss": list(self.loss),
+            "values": {q: {k: list(v) for k, v in d.items()} for q, d in self.values.items()},
+        }
 
     def table(self, quantity: str = "grad_angle") -> str:
         """A text table: one row per recorded epoch, one column per layer."""
@@ -261,8 +284,10 @@ class AlignmentRecord:
         rows = [[str(e)] + [f"{cols[n][k]:.2f}" for n in cols] for k, e in enumerate(self.epochs)]
         widths = [max([len(h)] + [len(r[j]) for r in rows]) for j, h in enumerate(head)]
         fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-        return "\n".join([f"{quantity} per layer", fmt(head), fmt(["-" * w for w in widths])]
-                         + [fmt(r) for r in rows])
+        return "\n".join(
+            [f"{quantity} per layer", fmt(head), fmt(["-" * w for w in widths])]
+            + [fmt(r) for r in rows]
+        )
 
 
 class AlignmentHistory:
@@ -285,8 +310,17 @@ class AlignmentHistory:
       log: quantities from :data:`QUANTITIES` to add to ``fit``'s logs (``()``: none).
     """
 
-    def __init__(self, model, loss, probe_data, *, every: int = 1, key=None, train: bool = False,
-                 log=("grad_angle",)):
+    def __init__(
+        self,
+        model,
+        loss,
+        probe_data,
+        *,
+        every: int = 1,
+        key=None,
+        train: bool = False,
+        log=("grad_angle",),
+    ):
         if not (isinstance(probe_data, (tuple, list)) and len(probe_data) == 2):
             raise TypeError("AlignmentHistory: probe_data must be a pair (x, y) of arrays")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -294,8 +328,10 @@ class AlignmentHistory:
         log = (log,) if isinstance(log, str) else tuple(log)
         bad = [q for q in log if q not in QUANTITIES]
         if bad:
-            raise ValueError(f"AlignmentHistory: log must name quantities from "
-                             f"{', '.join(QUANTITIES)}, got {bad}")
+            raise ValueError(
+                f"AlignmentHistory: log must name quantities from "
+                f"{', '.join(QUANTITIES)}, got {bad}"
+            )
         x, y = _check_batch(jnp.asarray(probe_data[0]), jnp.asarray(probe_data[1]))
         self.model, self.loss, self.x, self.y = model, loss, x, y
         self.every, self.key, self.train, self.log = every, key, bool(train), log
@@ -319,6 +355,7 @@ class AlignmentHistory:
             return None
         if not self._checked:  # clear errors before the first compile
             from jbp.diagnostics._model import check_params_match
+
             try:
                 check_params_match(self.model, params, self.x.shape[1:])
             except ValueError as e:
@@ -365,14 +402,24 @@ def plot_alignment(record, path=None, *, quantity: str = "grad_angle", title=Non
       The matplotlib ``Figure`` (drawn by :func:`jbp.plotting.plot_gradient_norms`).
     """
     from jbp.plotting import plot_gradient_norms, save_figure
+
     if not isinstance(record, AlignmentRecord):
-        raise TypeError(f"plot_alignment: expected an AlignmentRecord (AlignmentHistory.record), "
-                        f"got {type(record).__name__}")
+        raise TypeError(
+            f"plot_alignment: expected an AlignmentRecord (AlignmentHistory.record), "
+            f"got {type(record).__name__}"
+        )
     if quantity not in QUANTITIES:
-        raise ValueError(f"plot_alignment: quantity must be one of {', '.join(QUANTITIES)}, "
-                         f"got {quantity!r}")
-    fig = plot_gradient_norms(record, None, quantity=quantity, ax=ax, log=False,
-                              title=title if title is not None else _LABELS[quantity])
+        raise ValueError(
+            f"plot_alignment: quantity must be one of {', '.join(QUANTITIES)}, got {quantity!r}"
+        )
+    fig = plot_gradient_norms(
+        record,
+        None,
+        quantity=quantity,
+        ax=ax,
+        log=False,
+        title=title if title is not None else _LABELS[quantity],
+    )
     axes = ax if ax is not None else fig.axes[0]
     if quantity != "norm_ratio":
         axes.axhline(90.0, color="grey", linestyle="--", linewidth=1)
@@ -380,4 +427,3 @@ def plot_alignment(record, path=None, *, quantity: str = "grad_angle", title=Non
     if path is not None:
         save_figure(fig, path, close=False)
     return fig
-

@@ -1,4 +1,5 @@
 """Put a learning rule on a model's weight layers, or take every rule back to backprop."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,14 +15,16 @@ __all__ = ["RULE_LAYERS", "with_rule", "as_backprop"]
 #: the layer classes that take a ``rule``
 RULE_LAYERS = (Dense, Conv2D, SimpleRNN, LSTM)
 
-_NO_WEIGHTS = ("has no weights: a learning rule applies to the weight layers "
-               "Dense, Conv2D, SimpleRNN and LSTM")
+_NO_WEIGHTS = (
+    "has no weights: a learning rule applies to the weight layers Dense, Conv2D, SimpleRNN and LSTM"
+)
 
 
 def _check_rule_name(rule):
     if rule not in RULES:
-        raise ValueError(f"with_rule: unknown rule {rule!r}; expected one of "
-                         f"{', '.join(repr(r) for r in RULES)}")
+        raise ValueError(
+            f"with_rule: unknown rule {rule!r}; expected one of {', '.join(repr(r) for r in RULES)}"
+        )
 
 
 def with_rule(model: Layer, rule: str, *, layers=None, seed: int = 0) -> Layer:
@@ -51,11 +54,15 @@ def with_rule(model: Layer, rule: str, *, layers=None, seed: int = 0) -> Layer:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"with_rule: seed must be a non-negative integer, got {seed!r}")
     if not isinstance(model, Layer):
-        raise TypeError(f"with_rule: model must be a jbp Layer (e.g. jbp.Sequential), "
-                        f"got {type(model).__name__}")
+        raise TypeError(
+            f"with_rule: model must be a jbp Layer (e.g. jbp.Sequential), "
+            f"got {type(model).__name__}"
+        )
     if isinstance(model, DFA):
-        raise TypeError("with_rule: the model is a DFA (direct feedback alignment); change the "
-                        "rule of the Sequential inside it (DFA(...).model) instead")
+        raise TypeError(
+            "with_rule: the model is a DFA (direct feedback alignment); change the "
+            "rule of the Sequential inside it (DFA(...).model) instead"
+        )
     counter = [int(seed)]
 
     def convert(m, selected: bool):
@@ -71,15 +78,18 @@ def with_rule(model: Layer, rule: str, *, layers=None, seed: int = 0) -> Layer:
 
     if isinstance(model, RuleLayer):
         if layers is not None:
-            raise ValueError(f"with_rule: layers= selects layers of a Sequential; got a single "
-                             f"layer {model!r}")
+            raise ValueError(
+                f"with_rule: layers= selects layers of a Sequential; got a single layer {model!r}"
+            )
         return convert(model, True)
     if not isinstance(model, Sequential):
         raise ValueError(f"with_rule: {model!r} {_NO_WEIGHTS}")
     if not _has_weight_layer(model):
         kinds = ", ".join(type(l).__name__ for l in model.layers) or "no layers"
-        raise ValueError(f"with_rule: the model ({kinds}) has no weight layer: a learning "
-                         f"rule applies to Dense, Conv2D, SimpleRNN and LSTM layers")
+        raise ValueError(
+            f"with_rule: the model ({kinds}) has no weight layer: a learning "
+            f"rule applies to Dense, Conv2D, SimpleRNN and LSTM layers"
+        )
     n = len(model.layers)
     if layers is None:
         chosen = set(range(n))
@@ -87,12 +97,15 @@ def with_rule(model: Layer, rule: str, *, layers=None, seed: int = 0) -> Layer:
         chosen = set()
         for i in layers:
             if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not -n <= i < n:
-                raise ValueError(f"with_rule: layers must be indices in [0, {n}) of the "
-                                 f"model's layers, got {i!r}")
+                raise ValueError(
+                    f"with_rule: layers must be indices in [0, {n}) of the "
+                    f"model's layers, got {i!r}"
+                )
             i = int(i) % n
             if not _has_weight_layer(model.layers[i]):
-                raise ValueError(f"with_rule: layers[{i}] ({type(model.layers[i]).__name__}) "
-                                 f"{_NO_WEIGHTS}")
+                raise ValueError(
+                    f"with_rule: layers[{i}] ({type(model.layers[i]).__name__}) {_NO_WEIGHTS}"
+                )
             chosen.add(i)
     return Sequential([convert(l, i in chosen) for i, l in enumerate(model.layers)])
 

@@ -1,5 +1,6 @@
 """Direct feedback alignment (Nøkland 2016): the output error sent to every hidden layer
 through its own fixed random matrix."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,20 +76,26 @@ class DFA(Layer):
 
     def __post_init__(self):
         if not isinstance(self.model, Sequential):
-            raise TypeError(f"dfa: expected a jbp.Sequential model, got {type(self.model).__name__}")
+            raise TypeError(
+                f"dfa: expected a jbp.Sequential model, got {type(self.model).__name__}"
+            )
         layers = self.model.layers
         if not layers or not isinstance(layers[-1], Dense):
             last = type(layers[-1]).__name__ if layers else "no layers"
-            raise ValueError(f"dfa: the model's last layer must be a Dense layer (the output "
-                             f"layer, which receives the output error e itself), got {last} in "
-                             f"{self.model!r}")
+            raise ValueError(
+                f"dfa: the model's last layer must be a Dense layer (the output "
+                f"layer, which receives the output error e itself), got {last} in "
+                f"{self.model!r}"
+            )
         if not self.targets:
             kinds = ", ".join(type(l).__name__ for l in layers)
-            raise ValueError(f"dfa: nothing to train by direct feedback — the model ({kinds}) has "
-                             f"no hidden Dense or Conv2D layer before its output layer, so DFA "
-                             f"would be backpropagation")
+            raise ValueError(
+                f"dfa: nothing to train by direct feedback — the model ({kinds}) has "
+                f"no hidden Dense or Conv2D layer before its output layer, so DFA "
+                f"would be backpropagation"
+            )
         seed = self.feedback_seed
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise ValueError(f"dfa: feedback_seed must be an integer in [0, 2**32), got {seed!r}")
         initializers.get(self.feedback_init)
 
@@ -107,8 +114,9 @@ class DFA(Layer):
 
     def _draw(self, k: int, out_shape, inj_shape) -> jax.Array:
         m, d = math.prod(out_shape), math.prod(inj_shape)
-        B = initializers.get(self.feedback_init)(feedback_key(self.feedback_seed, k), (m, d),
-                                                 jnp.float32)
+        B = initializers.get(self.feedback_init)(
+            feedback_key(self.feedback_seed, k), (m, d), jnp.float32
+        )
         return B.reshape(tuple(out_shape) + tuple(inj_shape))
 
     # --- the layer protocol -------------------------------------------------------------
@@ -122,8 +130,10 @@ class DFA(Layer):
         shapes = [in_shape]
         for layer in self.model.layers:
             shapes.append(_out_shape(layer, shapes[-1]))
-        B = tuple(self._draw(k, shapes[-1], shapes[j]) for j, k in sorted(self._injections().items(),
-                                                                       key=lambda jk: jk[1]))
+        B = tuple(
+            self._draw(k, shapes[-1], shapes[j])
+            for j, k in sorted(self._injections().items(), key=lambda jk: jk[1])
+        )
         return {"model": self.model.init_state(in_shape), "B": B}
 
     def forward(self, params, x, *, key=None, train=False):
@@ -131,13 +141,20 @@ class DFA(Layer):
         return y, {"layers": caches}
 
     def forward_with_state(self, params, state, x, *, key=None, train=False):
-        if not (isinstance(state, dict) and set(state) == {"model", "B"}
-                and isinstance(state["B"], tuple) and len(state["B"]) == len(self.targets)):
-            raise ValueError(f"dfa: expected the state {{'model', 'B'}} made by init_state, with "
-                             f"{len(self.targets)} feedback matrices, got "
-                             f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
-        y, caches, inner = self.model.forward_with_state(params, state["model"], x, key=key,
-                                                         train=train)
+        if not (
+            isinstance(state, dict)
+            and set(state) == {"model", "B"}
+            and isinstance(state["B"], tuple)
+            and len(state["B"]) == len(self.targets)
+        ):
+            raise ValueError(
+                f"dfa: expected the state {{'model', 'B'}} made by init_state, with "
+                f"{len(self.targets)} feedback matrices, got "
+                f"{sorted(state) if isinstance(state, dict) else type(state).__name__}"
+            )
+        y, caches, inner = self.model.forward_with_state(
+            params, state["model"], x, key=key, train=train
+        )
         return y, {"layers": caches, "B": state["B"]}, {"model": inner, "B": state["B"]}
 
     def backward(self, params, cache, dy):
@@ -172,13 +189,15 @@ class DFA(Layer):
         for i in reversed(range(len(layers))):
             if i + 1 in inject:
                 k = inject[i + 1]
-                inj_shape = d.shape[1:]      # d = ∂/∂(input of layer i+1): the injection shape
+                inj_shape = d.shape[1:]  # d = ∂/∂(input of layer i+1): the injection shape
                 B = self._draw(k, e.shape[1:], inj_shape) if Bs is None else Bs[k]
                 if B.shape != e.shape[1:] + inj_shape:
-                    raise ValueError(f"dfa: feedback matrix B[{k}] has shape {B.shape}, expected "
-                                     f"{e.shape[1:] + inj_shape} (output {e.shape[1:]}, input of "
-                                     f"layers[{i + 1}] {inj_shape}); was the state made by "
-                                     f"init_state for this input shape?")
+                    raise ValueError(
+                        f"dfa: feedback matrix B[{k}] has shape {B.shape}, expected "
+                        f"{e.shape[1:] + inj_shape} (output {e.shape[1:]}, input of "
+                        f"layers[{i + 1}] {inj_shape}); was the state made by "
+                        f"init_state for this input shape?"
+                    )
                 d = jnp.tensordot(e, B.astype(e.dtype), axes=e.ndim - 1)
             deltas[i] = d
             if visit is None:

@@ -13,6 +13,7 @@ order, or in order) with ``lax.scan``, then once more on the ``r = n mod k`` rem
 examples at their true size — no padding, no masks — and returns the example-weighted means
 of what the function reports.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,16 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-__all__ = ["parse_batch_size", "batch_plan", "scan_batches", "data_sharding", "replicate",
-           "shard_data", "mesh_shardings", "auto_mesh"]
+__all__ = [
+    "parse_batch_size",
+    "batch_plan",
+    "scan_batches",
+    "data_sharding",
+    "replicate",
+    "shard_data",
+    "mesh_shardings",
+    "auto_mesh",
+]
 
 
 def parse_batch_size(text) -> int | None:
@@ -40,8 +49,9 @@ def parse_batch_size(text) -> int | None:
     try:
         return int(word)
     except ValueError:
-        raise ValueError(f"batch_size: expected 'gd' (full batch), 'sgd' (1) or a positive "
-                         f"integer, got {text!r}") from None
+        raise ValueError(
+            f"batch_size: expected 'gd' (full batch), 'sgd' (1) or a positive integer, got {text!r}"
+        ) from None
 
 
 def batch_plan(n: int, batch_size: int | None, drop_last: bool = False) -> tuple[int, int, int]:
@@ -63,8 +73,7 @@ def _chunk_batches(bs, nb, x, y):
     return max(1, min(nb, _CHUNK_BYTES // max(1, bs * row)))
 
 
-def scan_batches(fn, carry, x, y, keys, *, bs: int, nb: int, rem: int, order=None,
-                 sharding=None):
+def scan_batches(fn, carry, x, y, keys, *, bs: int, nb: int, rem: int, order=None, sharding=None):
     """Run ``fn(carry, xb, yb, k) -> (carry, metrics)`` over the batches of ``(x, y)``.
 
     Batch ``j`` is rows ``order[j·bs:(j+1)·bs]`` (``order=None``: consecutive rows), with
@@ -98,36 +107,40 @@ def scan_batches(fn, carry, x, y, keys, *, bs: int, nb: int, rem: int, order=Non
         q, s = divmod(nb, chunk)
         parts = []
         if q:
+
             def outer(c, inp):
                 i, ks = inp
                 return scan_slices(c, gather(x, i, chunk), gather(y, i, chunk), ks)
 
-            ks = None if keys is None else keys[:q * chunk].reshape((q, chunk) + keys.shape[1:])
-            carry, m = jax.lax.scan(outer, carry,
-                                    (order[:q * chunk * bs].reshape(q, chunk * bs), ks))
+            ks = None if keys is None else keys[: q * chunk].reshape((q, chunk) + keys.shape[1:])
+            carry, m = jax.lax.scan(
+                outer, carry, (order[: q * chunk * bs].reshape(q, chunk * bs), ks)
+            )
             parts.append(jax.tree.map(lambda v: v.reshape((q * chunk,) + v.shape[2:]), m))
         if s:
-            i = order[q * chunk * bs:nb * bs]
-            carry, m = scan_slices(carry, gather(x, i, s), gather(y, i, s),
-                                   keys_of(q * chunk, nb))
+            i = order[q * chunk * bs : nb * bs]
+            carry, m = scan_slices(carry, gather(x, i, s), gather(y, i, s), keys_of(q * chunk, nb))
             parts.append(m)
         ms = jax.tree.map(lambda *v: jnp.concatenate(v), *parts) if parts else None
         if rem:
-            tail = order[nb * bs:]
+            tail = order[nb * bs :]
             xt, yt = jnp.take(x, tail, axis=0), jnp.take(y, tail, axis=0)
     else:
         ms = None
         if nb:
-            xs = x[:nb * bs].reshape((nb, bs) + x.shape[1:])
-            ys = y[:nb * bs].reshape((nb, bs) + y.shape[1:])
+            xs = x[: nb * bs].reshape((nb, bs) + x.shape[1:])
+            ys = y[: nb * bs].reshape((nb, bs) + y.shape[1:])
             carry, ms = scan_slices(carry, xs, ys, keys_of(0, nb))
         if rem:
-            xt, yt = x[nb * bs:], y[nb * bs:]
+            xt, yt = x[nb * bs :], y[nb * bs :]
     sums = {k: jnp.sum(v) * bs for k, v in ms.items()} if ms is not None else None
     if rem:
         carry, mt = fn(carry, xt, yt, None if keys is None else keys[nb])
-        sums = ({k: v * rem for k, v in mt.items()} if sums is None
-                else {k: sums[k] + mt[k] * rem for k in sums})
+        sums = (
+            {k: v * rem for k, v in mt.items()}
+            if sums is None
+            else {k: sums[k] + mt[k] * rem for k in sums}
+        )
     assert sums is not None  # nb + rem >= 1: the data were checked to hold an example
     count = nb * bs + rem
     return carry, {k: v / count for k, v in sums.items()}
@@ -137,14 +150,18 @@ def scan_batches(fn, carry, x, y, keys, *, bs: int, nb: int, rem: int, order=Non
 # data parallelism over a device mesh (``fit(..., mesh=)``, ``evaluate(..., mesh=)``)
 # --------------------------------------------------------------------------------------
 
+
 def auto_mesh(mesh):
     """``mesh`` with every axis of type ``Auto`` (GSPMD decides the layout of intermediate
     values; ``jax.make_mesh`` makes ``Explicit`` axes by default, where a gather from
     example-sharded data would need an explicit output sharding). Same devices, same names."""
     if mesh is None or all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types):
         return mesh
-    return jax.sharding.Mesh(mesh.devices, mesh.axis_names,
-                             axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+    return jax.sharding.Mesh(
+        mesh.devices,
+        mesh.axis_names,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names),
+    )
 
 
 def data_sharding(mesh):
@@ -175,8 +192,7 @@ def shard_data(arrays, mesh):
     mesh = auto_mesh(mesh)
     out = []
     for a in arrays:
-        if isinstance(a, jax.Array) and set(a.sharding.device_set) == devices \
-                and len(devices) > 1:
+        if isinstance(a, jax.Array) and set(a.sharding.device_set) == devices and len(devices) > 1:
             out.append(a)
         elif a.shape[0] % n_dev == 0:
             out.append(jax.device_put(a, data_sharding(mesh)))

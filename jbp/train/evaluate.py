@@ -1,4 +1,5 @@
 """Evaluation: loss and metrics on a data set, in compiled chunks."""
+
 from __future__ import annotations
 
 import jax
@@ -39,11 +40,14 @@ def make_eval(model, loss, metric_objs, *, n, batch_size, mesh=None):
     def run(params, state, x, y):
         def on_batch(carry, xb, yb, _):
             pred = model.apply(params, xb, train=False, state=state)
-            return carry, {m.name: jnp.asarray(m.fn(pred, yb, loss), dtype=jnp.result_type(float))
-                           for m in metric_objs}
+            return carry, {
+                m.name: jnp.asarray(m.fn(pred, yb, loss), dtype=jnp.result_type(float))
+                for m in metric_objs
+            }
 
-        _, means = scan_batches(on_batch, None, x, y, None, bs=bs, nb=nb, rem=rem,
-                                sharding=data_sharding(mesh))
+        _, means = scan_batches(
+            on_batch, None, x, y, None, bs=bs, nb=nb, rem=rem, sharding=data_sharding(mesh)
+        )
         return {m.name: m.finalize(means[m.name]) for m in metric_objs}
 
     return run
@@ -52,8 +56,17 @@ def make_eval(model, loss, metric_objs, *, n, batch_size, mesh=None):
 _EVAL_CACHE: dict = {}
 
 
-def evaluate(model, params, loss, data, *, metrics=("loss", "accuracy"),
-             batch_size: int | None = 1024, state=None, mesh=None) -> dict[str, float]:
+def evaluate(
+    model,
+    params,
+    loss,
+    data,
+    *,
+    metrics=("loss", "accuracy"),
+    batch_size: int | None = 1024,
+    state=None,
+    mesh=None,
+) -> dict[str, float]:
     """Loss and metrics of ``model`` on ``data = (x, y)`` (``train=False``), as floats.
 
     Args:
@@ -96,13 +109,14 @@ def evaluate(model, params, loss, data, *, metrics=("loss", "accuracy"),
         state = model.init_state(in_shape)
     else:
         check_state(model, state, in_shape)
+
     def build():
         run = make_eval(model, loss, metric_objs, n=n, batch_size=batch_size, mesh=mesh)
         return jax.jit(run) if mesh is None else jax.jit(run, **mesh_shardings(mesh))
 
     fn = cached_if_hashable(
-        _EVAL_CACHE, (model, loss, tuple(m.name for m in metric_objs), n, batch_size, mesh),
-        build)
+        _EVAL_CACHE, (model, loss, tuple(m.name for m in metric_objs), n, batch_size, mesh), build
+    )
     if mesh is not None:
         params, state = replicate((params, state), mesh)
         x, y = shard_data((x, y), mesh)

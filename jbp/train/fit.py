@@ -7,6 +7,7 @@ on the remaining ``r = n mod k`` examples, inside the same compiled function. Th
 sees a batch of its true size ``r``, so its gradient (and the mean-reduced loss) is averaged
 over ``r`` exactly. ``drop_last=True`` skips it instead. There is no Python per step.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,9 @@ def _make_epoch(step, *, n, batch_size, shuffle, drop_last, finalizers, mesh=Non
         k_perm, k_steps = jax.random.split(key)
         keys = jax.random.split(k_steps, n_steps)
         order = jax.random.permutation(k_perm, n) if permute else None
-        carry, means = scan_batches(run, carry, x, y, keys, bs=bs, nb=nb, rem=rem, order=order,
-                                    sharding=data_sharding(mesh))
+        carry, means = scan_batches(
+            run, carry, x, y, keys, bs=bs, nb=nb, rem=rem, order=order, sharding=data_sharding(mesh)
+        )
         return carry, {k: finalizers.get(k, _same)(v) for k, v in means.items()}
 
     return epoch
@@ -107,8 +109,12 @@ class _Compiled:
 
     def __call__(self, *args):
         leaves, tree = jax.tree.flatten(args)
-        sig = (tree, tuple((np.shape(a), jnp.result_type(a), getattr(a, "weak_type", False))
-                           for a in leaves))
+        sig = (
+            tree,
+            tuple(
+                (np.shape(a), jnp.result_type(a), getattr(a, "weak_type", False)) for a in leaves
+            ),
+        )
         fn = self.cache.get(sig)
         if fn is None:
             t0 = time.perf_counter()
@@ -139,8 +145,11 @@ class DivergenceError(FloatingPointError):
 
 @jax.jit
 def _tree_finite(tree):
-    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)
-              if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
+    leaves = [
+        jnp.all(jnp.isfinite(a))
+        for a in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(a), jnp.inexact)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
@@ -165,11 +174,19 @@ _CKPT_VERSION = 1
 def _fingerprint(x, y, key, *, batch_size, shuffle, drop_last, grad_fn, privacy) -> dict:
     """What must not change between a run and its resumption for the result to be identical
     (the model's structure and shapes are checked by ``restore(like=...)``)."""
-    data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    return {"x": [list(x.shape), str(x.dtype)], "y": [list(y.shape), str(y.dtype)],
-            "key": np.asarray(data).astype(np.int64).ravel().tolist(),
-            "batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last,
-            "grad_fn": grad_fn, "privacy": None if privacy is None else repr(privacy)}
+    data = (
+        jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    )
+    return {
+        "x": [list(x.shape), str(x.dtype)],
+        "y": [list(y.shape), str(y.dtype)],
+        "key": np.asarray(data).astype(np.int64).ravel().tolist(),
+        "batch_size": batch_size,
+        "shuffle": shuffle,
+        "drop_last": drop_last,
+        "grad_fn": grad_fn,
+        "privacy": None if privacy is None else repr(privacy),
+    }
 
 
 def _callback_states(cbs):
@@ -187,10 +204,17 @@ def _save_checkpoint(directory, epoch, carry, history, cbs, fingerprint, keep, f
     metas, arrays = _callback_states(cbs)
     params, opt_state, state = carry
     tree = {"params": params, "opt_state": opt_state, "state": state, "callbacks": arrays}
-    meta = {"format": _CKPT_FORMAT, "version": _CKPT_VERSION, "epoch": epoch,
-            "history": history.records, "stopped_epoch": history.stopped_epoch,
-            "diverged": history.diverged, "finished": finished,
-            "fingerprint": fingerprint, "callbacks": metas}
+    meta = {
+        "format": _CKPT_FORMAT,
+        "version": _CKPT_VERSION,
+        "epoch": epoch,
+        "history": history.records,
+        "stopped_epoch": history.stopped_epoch,
+        "diverged": history.diverged,
+        "finished": finished,
+        "fingerprint": fingerprint,
+        "callbacks": metas,
+    }
     return ckpt.save_step(directory, epoch, tree, metadata=meta, keep=keep)
 
 
@@ -206,26 +230,42 @@ def _load_checkpoint(directory, carry, cbs, fingerprint):
     path = ckpt.step_path(directory, step)
     meta = ckpt.read_metadata(path)
     if not (isinstance(meta, dict) and meta.get("format") == _CKPT_FORMAT):
-        raise ckpt.CheckpointError(f"{path}: not a checkpoint written by jbp.fit (no "
-                                   f"'{_CKPT_FORMAT}' metadata); use another checkpoint_dir")
+        raise ckpt.CheckpointError(
+            f"{path}: not a checkpoint written by jbp.fit (no "
+            f"'{_CKPT_FORMAT}' metadata); use another checkpoint_dir"
+        )
     if meta.get("version") != _CKPT_VERSION:
-        raise ckpt.CheckpointError(f"{path}: jbp.fit checkpoint version {meta.get('version')}, "
-                                   f"this jbp reads version {_CKPT_VERSION}")
+        raise ckpt.CheckpointError(
+            f"{path}: jbp.fit checkpoint version {meta.get('version')}, "
+            f"this jbp reads version {_CKPT_VERSION}"
+        )
     saved = meta["fingerprint"]
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in fingerprint.items()
-            if saved.get(k) != v]
+    diff = [
+        f"{k}: checkpoint {saved.get(k)!r}, now {v!r}"
+        for k, v in fingerprint.items()
+        if saved.get(k) != v
+    ]
     if diff:
-        raise ValueError(f"resume: {path} was written by a different run ({'; '.join(diff)}); "
-                         f"pass the same data, key and batching, or another checkpoint_dir")
+        raise ValueError(
+            f"resume: {path} was written by a different run ({'; '.join(diff)}); "
+            f"pass the same data, key and batching, or another checkpoint_dir"
+        )
     metas, _ = _callback_states(cbs)
     if [m["type"] for m in metas] != [m["type"] for m in meta["callbacks"]]:
-        raise ValueError(f"resume: {path} holds the progress of the callbacks "
-                         f"{[m['type'] for m in meta['callbacks']]}, this run has "
-                         f"{[m['type'] for m in metas]} (early_stopping must match)")
+        raise ValueError(
+            f"resume: {path} holds the progress of the callbacks "
+            f"{[m['type'] for m in meta['callbacks']]}, this run has "
+            f"{[m['type'] for m in metas]} (early_stopping must match)"
+        )
     params, opt_state, state = carry
-    like = {"params": params, "opt_state": opt_state, "state": state,
-            "callbacks": [{"params": params, "state": state} if m["arrays"] else None
-                          for m in meta["callbacks"]]}
+    like = {
+        "params": params,
+        "opt_state": opt_state,
+        "state": state,
+        "callbacks": [
+            {"params": params, "state": state} if m["arrays"] else None for m in meta["callbacks"]
+        ],
+    }
     tree = ckpt.restore(path, like=like)  # verifies checksums, structure, shapes, dtypes
     stateful = [c for c in cbs if hasattr(c, "state_dict")]
     for c, m, a in zip(stateful, meta["callbacks"], tree["callbacks"]):
@@ -240,23 +280,33 @@ def _existing_steps(directory) -> list:
 
 def _check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume):
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-        raise TypeError(f"checkpoint_dir: expected a directory path (str or os.PathLike), got "
-                        f"{type(checkpoint_dir).__name__}")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, numbers.Integral) \
-            or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every: expected an integer >= 1 (epochs between "
-                         f"checkpoints), got {checkpoint_every!r}")
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, numbers.Integral)
-                             or keep < 1):
+        raise TypeError(
+            f"checkpoint_dir: expected a directory path (str or os.PathLike), got "
+            f"{type(checkpoint_dir).__name__}"
+        )
+    if (
+        isinstance(checkpoint_every, bool)
+        or not isinstance(checkpoint_every, numbers.Integral)
+        or checkpoint_every < 1
+    ):
+        raise ValueError(
+            f"checkpoint_every: expected an integer >= 1 (epochs between "
+            f"checkpoints), got {checkpoint_every!r}"
+        )
+    if keep is not None and (
+        isinstance(keep, bool) or not isinstance(keep, numbers.Integral) or keep < 1
+    ):
         raise ValueError(f"keep: expected an integer >= 1 or None (keep all), got {keep!r}")
     resume = check_bool("resume", resume)
     if resume and checkpoint_dir is None:
         raise ValueError("resume: resume=True needs checkpoint_dir (where the checkpoints are)")
     found = [] if checkpoint_dir is None or resume else _existing_steps(checkpoint_dir)
     if found:
-        raise ValueError(f"checkpoint_dir: {os.fspath(checkpoint_dir)} already holds checkpoints "
-                         f"(epochs {found}); pass resume=True to continue that run, or use an "
-                         f"empty directory")
+        raise ValueError(
+            f"checkpoint_dir: {os.fspath(checkpoint_dir)} already holds checkpoints "
+            f"(epochs {found}); pass resume=True to continue that run, or use an "
+            f"empty directory"
+        )
     return resume
 
 
@@ -264,14 +314,38 @@ def _check_checkpoint_args(checkpoint_dir, checkpoint_every, keep, resume):
 # fit
 # --------------------------------------------------------------------------------------
 
-def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = None,
-        epochs: int, key, validation_data=None, metrics=("loss", "accuracy"),
-        early_stopping: EarlyStopping | int | None = None, shuffle: bool = True,
-        drop_last: bool = False, augment: Callable | None = None, regularizer=None,
-        callbacks=(), verbose: int = 1, grad_fn: str = "manual", state=None,
-        opt_state=None, eval_batch_size: int | None = 1024, privacy=None,
-        on_nonfinite: str = "stop", checkpoint_dir=None, checkpoint_every: int = 1,
-        keep: int | None = 3, resume: bool = False, mesh=None):
+
+def fit(
+    model,
+    params,
+    loss,
+    optimizer,
+    train_data,
+    *,
+    batch_size: int | None = None,
+    epochs: int,
+    key,
+    validation_data=None,
+    metrics=("loss", "accuracy"),
+    early_stopping: EarlyStopping | int | None = None,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    augment: Callable | None = None,
+    regularizer=None,
+    callbacks=(),
+    verbose: int = 1,
+    grad_fn: str = "manual",
+    state=None,
+    opt_state=None,
+    eval_batch_size: int | None = 1024,
+    privacy=None,
+    on_nonfinite: str = "stop",
+    checkpoint_dir=None,
+    checkpoint_every: int = 1,
+    keep: int | None = 3,
+    resume: bool = False,
+    mesh=None,
+):
     """Train ``model`` from ``params``; return ``(params, history)``.
 
     ``batch_size``: ``None`` (or n) = full-batch gradient descent, ``1`` = SGD (the data
@@ -377,8 +451,10 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
     mesh = auto_mesh(mesh)
     if n_dev is not None:
         if privacy is not None:
-            raise ValueError("mesh: data-parallel training over a mesh is not combined with "
-                             "privacy (DP-SGD) yet; pass mesh=None")
+            raise ValueError(
+                "mesh: data-parallel training over a mesh is not combined with "
+                "privacy (DP-SGD) yet; pass mesh=None"
+            )
         check_mesh_batches(n_dev, *batch_plan(n, batch_size, drop_last)[::2])
     out_shape = check_params(model, params, in_shape)
     check_targets(loss, y, out_shape, name="train_data: y")
@@ -387,8 +463,10 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
     if validation_data is not None:
         val = check_data("validation_data", validation_data)
         if val[0].shape[1:] != x.shape[1:]:
-            raise ValueError(f"validation_data: x has example shape {tuple(val[0].shape[1:])}, "
-                             f"train_data's x has {tuple(x.shape[1:])}")
+            raise ValueError(
+                f"validation_data: x has example shape {tuple(val[0].shape[1:])}, "
+                f"train_data's x has {tuple(x.shape[1:])}"
+            )
         check_targets(loss, val[1], out_shape, name="validation_data: y")
         check_model_input(model, val[0], name="validation_data: x")
         eval_bs = check_eval_batch_size(eval_batch_size, val[0].shape[0], "eval_batch_size")
@@ -406,11 +484,14 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
     cbs = [as_callback(c, f"callbacks[{i}]") for i, c in enumerate(callbacks)]
     if early_stopping is not None:
         if isinstance(early_stopping, numbers.Integral) and not isinstance(early_stopping, bool):
-            early_stopping = EarlyStopping("val_loss" if val is not None else "loss",
-                                           patience=int(early_stopping))
+            early_stopping = EarlyStopping(
+                "val_loss" if val is not None else "loss", patience=int(early_stopping)
+            )
         if not isinstance(early_stopping, EarlyStopping):
-            raise TypeError(f"early_stopping: expected jbp.EarlyStopping(...) or an integer "
-                            f"patience, got {type(early_stopping).__name__}")
+            raise TypeError(
+                f"early_stopping: expected jbp.EarlyStopping(...) or an integer "
+                f"patience, got {type(early_stopping).__name__}"
+            )
         cbs.append(early_stopping)  # last: it sees what the other callbacks added
     columns = [m.name for m in metric_objs] + (["penalty"] if regularizer is not None else [])
     if val is not None:
@@ -418,10 +499,15 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
     for c in cbs:
         mon = getattr(c, "monitor", None)
         if isinstance(c, EarlyStopping) and mon not in columns:
-            hint = (" (val_* columns need validation_data)"
-                    if mon.startswith("val_") and val is None else "")
-            raise ValueError(f"early_stopping: monitor {mon!r} is not a column of this run; "
-                             f"columns: {', '.join(columns)}{hint}")
+            hint = (
+                " (val_* columns need validation_data)"
+                if mon.startswith("val_") and val is None
+                else ""
+            )
+            raise ValueError(
+                f"early_stopping: monitor {mon!r} is not a column of this run; "
+                f"columns: {', '.join(columns)}{hint}"
+            )
 
     if state is None:
         state = model.init_state(in_shape)
@@ -437,23 +523,47 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
     if privacy is not None:  # DP-SGD: jbp.dp.sgd builds the whole epoch
         from jbp.dp.sgd import check_fit_privacy, make_private_epoch  # noqa: PLC0415
 
-        check_fit_privacy(privacy, batch_size=batch_size, n=n, grad_fn=grad_fn,
-                          drop_last=drop_last)
+        check_fit_privacy(privacy, batch_size=batch_size, n=n, grad_fn=grad_fn, drop_last=drop_last)
         columns += ["dp_clipped", "dp_rows", "dp_dropped"]
-        epoch_fn = _Compiled(make_private_epoch(
-            privacy, model, loss, optimizer, n=n, regularizer=regularizer,
-            metrics=[m.name for m in metric_objs], augment=augment, finalizers=finalizers))
+        epoch_fn = _Compiled(
+            make_private_epoch(
+                privacy,
+                model,
+                loss,
+                optimizer,
+                n=n,
+                regularizer=regularizer,
+                metrics=[m.name for m in metric_objs],
+                augment=augment,
+                finalizers=finalizers,
+            )
+        )
     else:
-        step = make_train_step(model, loss, optimizer, regularizer=regularizer,
-                               grad_fn=grad_fn, metrics=[m.name for m in metric_objs],
-                               augment=augment)
-        epoch = _make_epoch(step, n=n, batch_size=batch_size, shuffle=shuffle,
-                            drop_last=drop_last, finalizers=finalizers, mesh=mesh)
+        step = make_train_step(
+            model,
+            loss,
+            optimizer,
+            regularizer=regularizer,
+            grad_fn=grad_fn,
+            metrics=[m.name for m in metric_objs],
+            augment=augment,
+        )
+        epoch = _make_epoch(
+            step,
+            n=n,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            finalizers=finalizers,
+            mesh=mesh,
+        )
         epoch_fn = _Compiled(epoch, mesh=mesh)
     eval_fn = None
     if val is not None:
-        eval_fn = _Compiled(make_eval(model, loss, metric_objs, n=val[0].shape[0],
-                                      batch_size=eval_bs, mesh=mesh), mesh=mesh)
+        eval_fn = _Compiled(
+            make_eval(model, loss, metric_objs, n=val[0].shape[0], batch_size=eval_bs, mesh=mesh),
+            mesh=mesh,
+        )
 
     history = History(epochs=epochs)
     for c in cbs:
@@ -470,8 +580,16 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
     start, finished, saved_epoch = 0, None, None
     fingerprint = None
     if checkpoint_dir is not None:
-        fingerprint = _fingerprint(x, y, key, batch_size=batch_size, shuffle=shuffle,
-                                   drop_last=drop_last, grad_fn=grad_fn, privacy=privacy)
+        fingerprint = _fingerprint(
+            x,
+            y,
+            key,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            grad_fn=grad_fn,
+            privacy=privacy,
+        )
     if resume:
         loaded = _load_checkpoint(checkpoint_dir, carry, cbs, fingerprint)
         if loaded is not None:
@@ -494,7 +612,9 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
     in_epoch = False  # Ctrl-C inside the compiled epoch leaves carry, history, callbacks in step
     try:
         for e in range(start, epochs if finished is None else start):
-            compile_before = epoch_fn.compile_seconds + (eval_fn.compile_seconds if eval_fn else 0.0)
+            compile_before = epoch_fn.compile_seconds + (
+                eval_fn.compile_seconds if eval_fn else 0.0
+            )
             k_epoch = _epoch_key(key, e)
             t0 = time.perf_counter()
             in_epoch = True
@@ -504,14 +624,19 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
             # ---- non-finite loss or parameters: stop (keep the last finite), raise, ignore ----
             why = None if on_nonfinite == "ignore" else _nonfinite(train_m, new_carry[0])
             if why is not None and on_nonfinite == "raise":
-                raise DivergenceError(f"fit: training diverged at epoch {e + 1}: {why}; the "
-                                      f"parameters after epoch {e} were the last finite ones "
-                                      f"(on_nonfinite='stop' returns them)")
+                raise DivergenceError(
+                    f"fit: training diverged at epoch {e + 1}: {why}; the "
+                    f"parameters after epoch {e} were the last finite ones "
+                    f"(on_nonfinite='stop' returns them)"
+                )
             val_m = {}
             if eval_fn is not None:  # also for a diverged epoch: its record keeps every column
                 val_m = jax.device_get(eval_fn(new_carry[0], new_carry[2], *val))
-            compile_now = (epoch_fn.compile_seconds + (eval_fn.compile_seconds if eval_fn else 0.0)
-                           - compile_before)
+            compile_now = (
+                epoch_fn.compile_seconds
+                + (eval_fn.compile_seconds if eval_fn else 0.0)
+                - compile_before
+            )
             seconds = time.perf_counter() - t0 - compile_now
             logs = {"epoch": e + 1}
             logs.update({k: float(train_m[k]) for k in columns if k in train_m})
@@ -525,8 +650,9 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
                 if verbose:
                     print(format_epoch(e + 1, epochs, logs, compile_now), flush=True)
                     kept = f"the parameters after epoch {e}" if e else "the initial parameters"
-                    print(f"diverged at epoch {e + 1}: {why}; stopped, returning {kept}",
-                          flush=True)
+                    print(
+                        f"diverged at epoch {e + 1}: {why}; stopped, returning {kept}", flush=True
+                    )
                 if checkpoint_dir is not None:
                     save(e, "diverged")
                 break
@@ -542,8 +668,9 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
             if stop:
                 history.stopped_epoch = e + 1
             # ---- checkpoint ----
-            if checkpoint_dir is not None and (stop or (e + 1) % checkpoint_every == 0
-                                               or e + 1 == epochs):
+            if checkpoint_dir is not None and (
+                stop or (e + 1) % checkpoint_every == 0 or e + 1 == epochs
+            ):
                 save(e + 1, "stopped" if stop else None)
             if stop:
                 break
@@ -563,12 +690,20 @@ def fit(model, params, loss, optimizer, train_data, *, batch_size: int | None = 
     if early_stopping is not None:
         history.best_epoch = early_stopping.best_epoch
         if verbose and early_stopping.stopped_epoch is not None:
-            restored = (f"; restored epoch {early_stopping.best_epoch}"
-                        if early_stopping.restore_best and early_stopping.best_epoch else "")
-            print(f"early stopping at epoch {early_stopping.stopped_epoch}: "
-                  f"{early_stopping.monitor} did not improve for {early_stopping.patience} "
-                  f"epoch(s){restored}", flush=True)
-    history.compile_seconds = epoch_fn.compile_seconds + (eval_fn.compile_seconds if eval_fn else 0.0)
+            restored = (
+                f"; restored epoch {early_stopping.best_epoch}"
+                if early_stopping.restore_best and early_stopping.best_epoch
+                else ""
+            )
+            print(
+                f"early stopping at epoch {early_stopping.stopped_epoch}: "
+                f"{early_stopping.monitor} did not improve for {early_stopping.patience} "
+                f"epoch(s){restored}",
+                flush=True,
+            )
+    history.compile_seconds = epoch_fn.compile_seconds + (
+        eval_fn.compile_seconds if eval_fn else 0.0
+    )
     history.state = state
     history.opt_state = opt_state
     return params, history

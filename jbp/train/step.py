@@ -1,4 +1,5 @@
 """The training step: one reader of :func:`jbp.backprop`, then the optimizer."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,9 +21,17 @@ def apply_updates(params, updates):
     return _apply(params, updates)
 
 
-def make_train_step(model, loss, optimizer, *, regularizer=None, grad_fn: str = "manual",
-                    metrics=("loss",), augment: Callable | None = None,
-                    extensions=()) -> Callable:
+def make_train_step(
+    model,
+    loss,
+    optimizer,
+    *,
+    regularizer=None,
+    grad_fn: str = "manual",
+    metrics=("loss",),
+    augment: Callable | None = None,
+    extensions=(),
+) -> Callable:
     """The pure, jit-able training step, one signature for every model.
 
     Returns ``step(params, opt_state, x, y, key, state=()) -> (params, opt_state, metrics,
