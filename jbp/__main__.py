@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -288,7 +290,7 @@ def build_optimizer(args):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    was_x64 = bool(jax.config.jax_enable_x64)
+    was_x64 = bool(jax.config.jax_enable_x64)  # type: ignore[attr-defined]  # set dynamically
     if args.x64:  # before any array is made
         jax.config.update("jax_enable_x64", True)
     try:
@@ -297,7 +299,7 @@ def main(argv=None) -> int:
         jax.config.update("jax_enable_x64", was_x64)
 
 
-def _main(parser, args) -> int:
+def _main(parser: argparse.ArgumentParser, args) -> int:
     if args.dataset != "digits" and args.path is None:
         parser.error(f"--dataset {args.dataset} needs --path (a directory of IDX files)")
     if args.resume and args.checkpoint_dir is None:
@@ -368,7 +370,7 @@ def run(args) -> int:
 
     # Many short epochs (full-batch GD): print every stride-th line instead of all of them.
     stride = 1 if args.epochs <= 100 or args.early_stopping is not None else -(-args.epochs // 30)
-    callbacks = [
+    callbacks: list[Callable[..., Any]] = [  # fit callbacks (jbp.callbacks.as_callback)
         _TestAccuracy(
             model, (x_test, y_test), print_every=stride if stride > 1 else 0, epochs=args.epochs
         )

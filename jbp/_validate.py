@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import PyTreeDef
 
 __all__ = [
     "check_array",
@@ -258,7 +259,9 @@ def check_key(key, name="key"):
 def check_same_structure(name_a: str, a, name_b: str, b) -> None:
     """Raise ``ValueError`` unless two pytrees have the same structure, naming every leaf
     path present in one and missing in the other."""
-    ta, tb = jax.tree.structure(a), jax.tree.structure(b)
+    # annotated: mypy does not resolve jax's own PyTreeDef annotation
+    ta: PyTreeDef = jax.tree.structure(a)
+    tb: PyTreeDef = jax.tree.structure(b)
     if ta == tb:
         return
     missing, extra = _leaf_name_diff(a, b, _param_name)
@@ -396,6 +399,7 @@ def check_tree(
     array, ``ValueError`` for the rest.
     """
     namer = namer or _param_name
+    got_def: PyTreeDef  # mypy does not resolve jax's own annotation of it
     got, got_def = jax.tree_util.tree_flatten_with_path(tree)
     exp, exp_def = jax.tree_util.tree_flatten_with_path(expected)
     suffix = f"; {hint}" if hint else ""

@@ -98,7 +98,7 @@ def _nonneg_real(value, name: str, who: str) -> float:
     return value
 
 
-def _int_pair(value, name: str, who: str, allow_none: bool = False) -> tuple[int, int]:
+def _int_pair(value, name: str, who: str, allow_none: bool = False) -> tuple[int, int] | None:
     """An int or a pair of ints (rows, columns), each >= 0."""
     if allow_none and value is None:
         return None
@@ -400,8 +400,9 @@ class RandomCrop(_Augmentation):
     (or ``None``, meaning "the input's size") this is the classic pad-and-crop,
     a random translation by up to ``padding`` pixels."""
 
-    size: tuple[int, int] = None
-    padding: tuple[int, int] = 0
+    # the field types after __post_init__ normalizes them (the constructor also takes an int)
+    size: tuple[int, int] | None = None
+    padding: tuple[int, int] = 0  # type: ignore[assignment]  # normalized in __post_init__
     _name = "random_crop"
 
     def __post_init__(self):

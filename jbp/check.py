@@ -269,7 +269,7 @@ def check_gradients(
         scale = float(np.max(np.abs(ga))) if ga.size else 0.0
         rel = abs_err / scale if scale > 0 else (0.0 if abs_err == 0 else float("inf"))
         bounds = {"atol": atol, "leaf": rtol * scale, "others": rtol * FLOOR * top}
-        decided = max(bounds, key=bounds.get)
+        decided = max(bounds, key=bounds.__getitem__)
         ok = bool(np.isfinite(abs_err) and abs_err <= bounds[decided])
         rows.append(LeafCheck(name, tuple(ga.shape), abs_err, rel, ok, bound=decided))
 

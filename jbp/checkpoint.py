@@ -483,7 +483,7 @@ def _check_header(path, header) -> None:
                 if kind == "int"
                 else isinstance(v, str)
             )
-            if kind == "float" and ok:
+            if kind == "float" and ok and isinstance(v, str):  # (ok implies str here)
                 try:
                     float.fromhex(v)
                 except ValueError:
@@ -625,6 +625,7 @@ def _host_array(rec, buf) -> np.ndarray:
     """The stored array of an array or key record: a numpy view of ``buf``, no copy."""
     key = rec["kind"] == "key"
     dt = _dtype_from_name(rec["data_dtype"] if key else rec["dtype"])
+    assert dt is not None  # _check_header rejected records of unknown dtype
     shape = rec["data_shape"] if key else rec["shape"]
     raw = np.frombuffer(memoryview(buf)[rec["offset"] : rec["offset"] + rec["nbytes"]], np.uint8)
     arr = raw.view(dt).reshape(shape)

@@ -280,7 +280,7 @@ class Sequential(Layer):
 
     # --- state: a tuple of the children's states -----------------------------------
     @property
-    def stateful(self):  # type: ignore[override]
+    def stateful(self):
         return any(layer.stateful for layer in self.layers)
 
     def init_state(self, in_shape):

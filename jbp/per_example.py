@@ -55,10 +55,10 @@ def per_example_grads(model, loss, *, grad_fn: str = "manual") -> Callable:
     if grad_fn == "manual":
         run = backprop(model, loss, extensions=(BatchGrad(),))
 
-        def f(params, x, y, *, key=None, train=True, state=None):
+        def manual(params, x, y, *, key=None, train=True, state=None):
             return run(params, x, y, key=key, train=train, state=state).extras["batch_grad"]
 
-        return f
+        return manual
 
     def one(params, xi, yi, k, train, state):
         xb, yb = xi[None], yi[None]

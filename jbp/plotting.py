@@ -79,7 +79,7 @@ def plot_gradient_norms(
     epochs = list(record.epochs)
     n = len(series)
     cmap = plt.get_cmap("viridis")
-    bad_epochs = set()
+    bad_epochs: set[int] = set()
     for k, (name, values) in enumerate(series.items()):
         if all(math.isnan(v) for v in values):
             continue

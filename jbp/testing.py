@@ -229,7 +229,8 @@ def check_layer(
     exts = (BatchGrad(), BatchL2(), SumGradSquared(), Variance(), ClippedGrad(1.0))
     run = backprop(layer, _Linear(), extensions=exts) if do_ext else None
     for dtype in dtypes:
-        if dtype == "float64" and not jax.config.jax_enable_x64:
+        # config options are attributes that jax sets dynamically
+        if dtype == "float64" and not jax.config.jax_enable_x64:  # type: ignore[attr-defined]
             raise ValueError(
                 "check_layer: dtype float64 needs jax.config.update('jax_enable_x64', True)"
             )

@@ -97,6 +97,7 @@ def download_file(urls, dest, *, sha256=None, md5=None, quiet=False) -> Path:
     for url in urls:
         if not quiet:
             print(f"jbp.datasets: downloading {url} -> {dest}", file=sys.stderr)
+        tmp: str | None
         fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".", suffix=".part", dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as f:

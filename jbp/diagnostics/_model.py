@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.tree_util import PyTreeDef
 
 from jbp.core import leaf_name
 
@@ -19,6 +20,7 @@ def check_params_match(model, params, in_shape) -> None:
             f"diagnostics: the model cannot take inputs of shape {tuple(in_shape)} "
             f"(without the batch axis): {e}"
         ) from e
+    exp_def: PyTreeDef  # mypy does not resolve jax's own annotation of it
     exp_leaves, exp_def = jax.tree_util.tree_flatten_with_path(expected)
     try:
         got_leaves, got_def = jax.tree_util.tree_flatten_with_path(params)
@@ -32,13 +34,13 @@ def check_params_match(model, params, in_shape) -> None:
             f"diagnostics: params do not match the model's structure ({hint}): "
             f"the model {model!r} expects leaves {exp_names}, got {got_names}"
         )
-    for (path, e), (_, g) in zip(exp_leaves, got_leaves):
+    for (path, want), (_, g) in zip(exp_leaves, got_leaves):
         gshape = tuple(g.shape) if hasattr(g, "shape") else tuple(np.shape(g))
-        if tuple(e.shape) != gshape:
+        if tuple(want.shape) != gshape:
             raise ValueError(
                 f"diagnostics: params do not match the model ({hint}): "
                 f"{leaf_name(path)} has shape {gshape}, the model expects "
-                f"{tuple(e.shape)} for inputs of shape {tuple(in_shape)}"
+                f"{tuple(want.shape)} for inputs of shape {tuple(in_shape)}"
             )
 
 

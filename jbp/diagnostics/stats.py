@@ -47,6 +47,7 @@ give your own layer one and its statistics appear here.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 
@@ -393,12 +394,13 @@ def _row_stats(name, row) -> LayerStats:
     )
     extra = {k: float(v) for k, v in row.items() if k not in _SCALARS and k != "leaves"}
     out_shape = row.out_shape
+    scalars: dict[str, Any] = {k: get(k) for k in _SCALARS}  # delta_norm: every layer
     return LayerStats(
         name=name,
         layer=type(layer).__name__,
         activation=type(layer).__name__.lower() if has_units else None,
         units=(out_shape[-1] if out_shape else 1) if out_shape is not None else None,
-        **{k: get(k) for k in _SCALARS},
+        **scalars,
         out_shape=out_shape,
         leaves=leaves,
         extra=extra or None,

@@ -10,6 +10,8 @@ gradient of the mean loss is ``ḡ = (1/n) Σᵢ gᵢ``. Layers provide closed f
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -119,4 +121,4 @@ def global_sq_norms(batch_l2) -> jax.Array:
     leaves = jax.tree.leaves(batch_l2)
     if not leaves:
         raise ValueError("batch_l2: the model has no parameters, so no per-example gradient")
-    return sum(leaves[1:], leaves[0])
+    return functools.reduce(operator.add, leaves[1:], leaves[0])

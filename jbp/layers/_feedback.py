@@ -47,6 +47,7 @@ fields are left out of both (they still take part in ``==``).
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -95,6 +96,11 @@ class RuleLayer(Layer):
     """
 
     _feedback_of: dict = {"B": ("W", "w_init")}
+
+    if TYPE_CHECKING:  # dataclass fields of every subclass (rule_field, seed_field)
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+        rule: str
+        feedback_seed: int
 
     # --- construction ---------------------------------------------------------------
     def check_rule(self) -> None:
@@ -191,7 +197,7 @@ class RuleLayer(Layer):
 
     # --- feedback alignment's state ---------------------------------------------------
     @property
-    def stateful(self):  # type: ignore[override]
+    def stateful(self):
         return self.rule == "fa"
 
     def init_state(self, in_shape):

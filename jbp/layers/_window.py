@@ -21,11 +21,11 @@ from jax import lax
 
 
 def _positive_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) > 0
 
 
 def _nonneg_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 0
 
 
 def pair(value, name: str, who: str) -> tuple[int, int]:
@@ -50,8 +50,8 @@ def padding_spec(padding, who: str):
         if p in ("SAME", "VALID"):
             return p
     elif _nonneg_int(padding):
-        p = int(padding)
-        return ((p, p), (p, p))
+        n = int(padding)
+        return ((n, n), (n, n))
     elif isinstance(padding, (tuple, list)) and len(padding) == 2:
         if all(_nonneg_int(v) for v in padding):
             return ((int(padding[0]),) * 2, (int(padding[1]),) * 2)
@@ -68,7 +68,8 @@ def padding_spec(padding, who: str):
 
 def effective(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:
     """Extent of a dilated window: ``k_eff = (k − 1)·d + 1``."""
-    return tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+    (kh, kw), (dh, dw) = kernel, dilation
+    return ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
 
 
 def explicit_pads(
@@ -83,7 +84,7 @@ def explicit_pads(
             out = -(-n // s)
             total = max((out - 1) * s + k - n, 0)
             pads.append((total // 2, total - total // 2))
-        return tuple(pads)
+        return (pads[0], pads[1])
     return padding
 
 

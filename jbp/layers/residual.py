@@ -18,6 +18,7 @@ block's (so parameter names do not change), and their backward is one short meth
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from jbp.core import Layer, layer_error
 from jbp.layers.masking import Masked, cotangent_values
@@ -36,6 +37,9 @@ def _shape(y):
 class _Wrapper(Layer):
     """Shared plumbing of a composite around one child ``self.block``: state is the child's,
     and the child's errors come back prefixed with ``block (ChildType): ``."""
+
+    if TYPE_CHECKING:  # a dataclass field of every subclass
+        block: Layer
 
     def _check_block(self):
         if not isinstance(self.block, Layer):
@@ -61,7 +65,7 @@ class _Wrapper(Layer):
             raise err from e
 
     @property
-    def stateful(self):  # type: ignore[override]
+    def stateful(self):
         return self.block.stateful
 
     def init_state(self, in_shape):

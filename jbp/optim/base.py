@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import keystr, tree_flatten_with_path
+from jax.tree_util import PyTreeDef, keystr, tree_flatten_with_path
 
 __all__ = [
     "Optimizer",
@@ -55,13 +55,13 @@ GradientTransformation = Optimizer
 class CountState(NamedTuple):
     """State of a transformation that keeps nothing but its step count."""
 
-    count: jax.Array  # shape (), int32
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count; shape (), int32
 
 
 class ChainState(NamedTuple):
     """State of :func:`chain`: its own step count and the inner states, in order."""
 
-    count: jax.Array  # shape (), int32
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count; shape (), int32
     states: tuple
 
 
@@ -241,6 +241,7 @@ def check_tree_match(
     static information only (tree structure, shapes), so under ``jit`` it fires
     at trace time, before anything is compiled.
     """
+    tdef_a: PyTreeDef  # mypy does not resolve jax's own annotation of it
     leaves_a, tdef_a = tree_flatten_with_path(tree)
     leaves_b, tdef_b = tree_flatten_with_path(reference)
     if tdef_a != tdef_b:

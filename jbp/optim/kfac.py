@@ -64,7 +64,7 @@ class KFACState(NamedTuple):
     :class:`KronFactors` per leaf, in the structure of params), and the momentum buffer
     ``velocity`` (params' structure; ``()`` without momentum)."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
     factors: Any
     inverses: Any
     velocity: Any

@@ -61,29 +61,29 @@ __all__ = [
 
 
 class TraceState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
     trace: Any
 
 
 class ScaleByAdamState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
     mu: Any
     nu: Any
 
 
 class ScaleByRmsState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
     nu: Any
 
 
 class ScaleByRStdDevState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
     mu: Any
     nu: Any
 
 
 class ScaleByRssState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
     sum_of_squares: Any
 
 

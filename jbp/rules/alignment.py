@@ -224,7 +224,7 @@ def alignment(model: Layer, loss):
         out = run(params, x, y, key=key, state=state, train=train)
         return {"loss": out.loss, "layers": out.extras["alignment"]}
 
-    f.layer_names = tuple(name for name, *_ in entries)
+    f.layer_names = tuple(name for name, *_ in entries)  # type: ignore[attr-defined]  # fn attr
     return f
 
 

@@ -141,6 +141,7 @@ def scan_batches(fn, carry, x, y, keys, *, bs: int, nb: int, rem: int, order=Non
             if sums is None
             else {k: sums[k] + mt[k] * rem for k in sums}
         )
+    assert sums is not None  # nb + rem >= 1: the data were checked to hold an example
     count = nb * bs + rem
     return carry, {k: v / count for k, v in sums.items()}
 
