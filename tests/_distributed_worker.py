@@ -137,6 +137,29 @@ def mesh_cases() -> dict:
             b = jbp.evaluate(model, ref, LOSS, (x, y), mesh=meshes[8], **kw)
             out["evaluate"][name] = {k: abs(a[k] - b[k]) for k in a}
     model, shape = models()["mlp"]
+    # jbp.backprop's per-example extensions on a batch sharded over 8 devices: equal to one
+    # device, and they stay sharded by example (the batch axis keeps the "data" sharding)
+    x, y = data(shape, np.float64, n=BS)
+    params, _ = model.init(jax.random.key(0), shape)
+    params = jax.tree.map(lambda a: a.astype(np.float64), params)
+    exts = [jbp.extensions.BatchGrad(), jbp.extensions.BatchL2()]
+    f = jax.jit(jbp.backprop(model, LOSS, extensions=exts))
+    one = f(params, x, y)
+    # a mesh with Auto axes (data_mesh): GSPMD picks the gradient's reduction by itself
+    auto8 = jbp.distributed.data_mesh()
+    shard = jax.sharding.NamedSharding(auto8, jax.sharding.PartitionSpec("data"))
+    many = f(params, jax.device_put(x, shard), jax.device_put(y, shard))
+    out["extensions"] = {
+        k: max_diff(one.extras[k], many.extras[k]) for k in ("batch_grad", "batch_l2")
+    }
+    out["extensions"]["grads"] = max_diff(one.grads, many.grads)
+    out["extension_specs"] = sorted(
+        {
+            str(a.sharding.spec[0])
+            for k in ("batch_grad", "batch_l2")
+            for a in jax.tree.leaves(many.extras[k])
+        }
+    )
     # drop_last with a remainder that does not split: trains on the full batches only
     ref, _ = train(model, shape, np.float64, n=52, drop_last=True)
     p, _ = train(model, shape, np.float64, meshes[8], n=52, drop_last=True)

@@ -170,3 +170,13 @@ def test_shard_batch_one_process():
     mesh = jbp.distributed.data_mesh()
     xg, yg = jbp.distributed.shard_batch((np.ones((4, 2)), np.arange(4)), mesh)
     assert xg.shape == (4, 2) and yg.tolist() == [0, 1, 2, 3]
+
+
+def test_backprop_extensions_on_a_sharded_batch_equal_one_device_and_stay_sharded(results):
+    diffs = results["mesh"]["extensions"]
+    assert set(diffs) == {"batch_grad", "batch_l2", "grads"}
+    for k, diff in diffs.items():
+        assert diff <= F64_ATOL, (k, diff)
+    # every per-example leaf is split over "data" along its example axis
+    specs = results["mesh"]["extension_specs"]
+    assert specs == ["data"], specs
