@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
 
     model = jbp.Sequential([Dense(64), ReLU(), Dense(64), ReLU(), Dense(10)])
     params, _ = model.init(jax.random.key(0), (x.shape[1],))
-    params = jax.tree.map(lambda a: a.astype(np.float64), params)
+    params = jbp.cast(params, np.float64)
     loss = jbp.losses.softmax_cross_entropy
 
     def train(m):

@@ -58,10 +58,15 @@ def data(shape, dtype, n=N, seed=0):
     return x, rng.integers(0, 3, n)
 
 
-def train(model, shape, dtype, mesh=None, n=N, batch_size=BS, drop_last=False):
+def init(model, shape, dtype):
     params, _ = model.init(jax.random.key(0), shape)
-    params = jax.tree.map(lambda a: a.astype(dtype), params)
-    x, y = data(shape, dtype, n)
+    return jbp.cast(params, dtype)
+
+
+def train(model, shape, dtype, mesh=None, n=N, batch_size=BS, drop_last=False, xy=None):
+    """One epoch of ``fit``; ``xy`` (default: :func:`data`) may be global sharded arrays."""
+    params = init(model, shape, dtype)
+    x, y = data(shape, dtype, n) if xy is None else xy
     p, hist = jbp.fit(
         model,
         params,
@@ -140,8 +145,7 @@ def mesh_cases() -> dict:
     # jbp.backprop's per-example extensions on a batch sharded over 8 devices: equal to one
     # device, and they stay sharded by example (the batch axis keeps the "data" sharding)
     x, y = data(shape, np.float64, n=BS)
-    params, _ = model.init(jax.random.key(0), shape)
-    params = jax.tree.map(lambda a: a.astype(np.float64), params)
+    params = init(model, shape, np.float64)
     exts = [jbp.extensions.BatchGrad(), jbp.extensions.BatchL2()]
     f = jax.jit(jbp.backprop(model, LOSS, extensions=exts))
     one = f(params, x, y)
@@ -195,20 +199,7 @@ def mp_case(pid: int, nproc: int, port: int) -> dict:
     x, y = data(shape, np.float64)  # stands for "load my block": only the block is used
     xl, yl = (jbp.distributed.process_local_shard(a) for a in (x, y))
     xg, yg = jbp.distributed.shard_batch((xl, yl), mesh)
-    params, _ = model.init(jax.random.key(0), shape)
-    params = jax.tree.map(lambda a: a.astype(np.float64), params)
-    p, hist = jbp.fit(
-        model,
-        params,
-        LOSS,
-        jbp.optim.momentum(0.1),
-        (xg, yg),
-        batch_size=BS,
-        epochs=1,
-        key=jax.random.key(1),
-        verbose=0,
-        mesh=mesh,
-    )
+    p, hist = train(model, shape, np.float64, mesh, xy=(xg, yg))
     return {
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
