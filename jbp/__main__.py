@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="minibatch size; 'gd' = full batch (gradient descent), 'sgd' = 1 (default: 32)",
     )
     p.add_argument(
+        "--progress-every",
+        type=_nonnegative_int,
+        default=None,
+        metavar="STEPS",
+        help="also print a line every STEPS steps inside an epoch (default: five lines per "
+        "epoch when an epoch has 10,000 steps or more, as with --batch-size sgd; 0: never)",
+    )
+    p.add_argument(
         "--early-stopping",
         type=_positive(int),
         default=None,
@@ -398,6 +406,7 @@ def run(args) -> int:
         callbacks=callbacks,
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
+        progress_every=_progress_every(args.progress_every, len(x_train), bs),
     )
     test = jbp.evaluate(model, params, loss, (x_test, y_test), metrics=("loss", "accuracy"))
     _warn_if_loss_rose(history)
@@ -435,6 +444,25 @@ def run(args) -> int:
         )
         return EXIT_DIVERGED
     return 0
+
+
+def _progress_every(flag: int | None, n: int, batch_size: int | None) -> int | None:
+    """``--progress-every``: 0 → never; unset → five lines per epoch for epochs of 10,000
+    steps or more (SGD on the training set), none for shorter epochs."""
+    if flag is not None:
+        return flag or None
+    steps = 1 if batch_size is None else -(-n // batch_size)
+    return -(-steps // 5) if steps >= 10_000 else None
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive number, got {value}")
+    return value
 
 
 def _warn_if_loss_rose(history) -> bool:

@@ -79,6 +79,7 @@ def test_early_stopping_and_history(tmp_path, capsys):
         (["--optimizer", "lbfgs"], "invalid choice"),
         (["--dataset", "mnist"], "needs --path"),
         (["--hidden", "0"], "must be > 0"),
+        (["--progress-every", "-1"], "expected 0 or a positive number"),
     ],
 )
 def test_bad_flags_exit_with_a_message(argv, msg, capsys):
@@ -212,3 +213,20 @@ def test_rising_loss_warns(capsys):
         History([{"epoch": i + 1, "loss": 1.0 + i % 2 * 0.5 + 0.01 * i} for i in range(8)])
     )
     assert "training loss rose" in capsys.readouterr().err
+
+
+def test_progress_lines_inside_an_epoch(capsys):
+    """--batch-size sgd on the digits: a line every 200 steps inside the epoch."""
+    assert main(["--batch-size", "sgd", "--epochs", "1", "--no-check", "--progress-every", "200",
+                 "--hidden", "8"]) == 0  # fmt: skip
+    lines = [s for s in capsys.readouterr().out.splitlines() if s.startswith("  epoch 1/1  step")]
+    assert lines and lines[0].split()[3].startswith("200/")
+
+
+def test_progress_default_is_five_lines_for_long_epochs():
+    from jbp.__main__ import _progress_every  # noqa: PLC0415
+
+    assert _progress_every(None, 60_000, 1) == 12_000  # sgd on Fashion-MNIST
+    assert _progress_every(None, 60_000, 32) is None  # 1,875 steps: the epoch line suffices
+    assert _progress_every(None, 60_000, None) is None  # gd: one step
+    assert _progress_every(0, 60_000, 1) is None and _progress_every(7, 10, 1) == 7

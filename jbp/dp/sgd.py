@@ -475,12 +475,14 @@ def make_private_epoch(
     metrics=("loss",),
     augment=None,
     finalizers=None,
+    progress=None,
 ) -> Callable:
     """``epoch(carry, x, y, key) -> (carry, means)``: ``steps_per_epoch`` Poisson steps in
     one ``lax.scan`` (the contract of ``fit``'s epoch). Step ``j`` gets key
     ``split(key, steps)[j]``; its batch comes from ``fold_in(that key, 0x5053)``. Means are
     weighted by the real rows of each step; ``dp_dropped`` is the total overflow of the
-    epoch and ``dp_rows`` the mean batch size."""
+    epoch and ``dp_rows`` the mean batch size. ``progress``: a
+    :class:`jbp.train.progress.Progress` (lines from inside the epoch)."""
     if not isinstance(config, DPConfig):
         raise TypeError(f"privacy: expected a jbp.dp.DPConfig, got {type(config).__name__}")
     bmax = config.batch_size_for(n)
@@ -510,7 +512,16 @@ def make_private_epoch(
 
     def epoch(carry, x, y, key):
         keys = jax.random.split(key, steps)
-        carry, ms = jax.lax.scan(lambda c, k: body(c, k, x, y), carry, keys)
+        fn = (
+            (lambda c, k: body(c, k, x, y))
+            if progress is None
+            else progress.wrap(lambda c, k: body(c, k, x, y))
+        )
+        if progress is not None:
+            carry = progress.begin(carry)
+        carry, ms = jax.lax.scan(fn, carry, keys)
+        if progress is not None:
+            carry = progress.end(carry)
         rows = ms["dp_rows"]
         total = jnp.maximum(jnp.sum(rows), 1.0)
         means = {
