@@ -49,6 +49,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jbp import initializers
@@ -91,6 +92,48 @@ def _scores(q, k, scale, allowed):
 def _finite(m):
     """A row max of ``−∞`` (nothing allowed yet) becomes 0, so ``exp(S − m)`` stays 0, not NaN."""
     return jnp.where(m == -jnp.inf, 0, m)
+
+
+def _to_blocks(a, blk, nb):
+    """``(batch, T, H, d) → (n, batch, H, b, d)``, zero-padded to ``n·b`` positions."""
+    B, T = a.shape[:2]
+    a = jnp.pad(a, ((0, 0), (0, nb * blk - T), (0, 0), (0, 0)))
+    return jnp.transpose(a.reshape(B, nb, blk, *a.shape[2:]), (1, 0, 3, 2, 4))
+
+
+def _from_blocks(a, T):
+    """``(n, batch, H, b, d) → (batch, T, H, d)``, the padding dropped."""
+    nb, B, H, blk, d = a.shape
+    return jnp.transpose(a, (1, 0, 3, 2, 4)).reshape(B, nb * blk, H, d)[:, :T]
+
+
+def _stats_to_blocks(a, blk, nb):
+    """Per-row statistics ``(batch, H, T) → (n, batch, H, b)``, zero-padded."""
+    B, H, T = a.shape
+    a = jnp.pad(a, ((0, 0), (0, 0), (0, nb * blk - T)))
+    return jnp.moveaxis(a.reshape(B, H, nb, blk), 2, 0)
+
+
+def _stats_from_blocks(a, T):
+    """``(n, batch, H, b) → (batch, H, T)``."""
+    nb, B, H, blk = a.shape
+    return jnp.moveaxis(a, 0, 2).reshape(B, H, nb * blk)[..., :T]
+
+
+def _at(blocks, i):
+    """Block ``i`` (traced) of blocks stacked on the leading axis."""
+    return lax.dynamic_index_in_dim(blocks, i, 0, keepdims=False)
+
+
+def _block_scores(qb, kb, mb, i, j, blk, pos, scale, causal):
+    """``S_ij = s Q_i K_jᵀ``, ``(batch, H, b, b)``, −∞ where not allowed (padding, and the
+    future within a diagonal block when ``causal``)."""
+    s = jnp.einsum("bhtd,bhsd->bhts", _at(qb, i), _at(kb, j)) * scale
+    qm = km = None
+    if mb is not None:
+        qm, km = _at(mb, i), _at(mb, j)
+    allowed = _allowed(qm, km, i * blk + pos, j * blk + pos, causal)
+    return s if allowed is None else jnp.where(allowed, s, -jnp.inf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,51 +312,76 @@ class MultiHeadAttention(Layer):
         p = e / jnp.where(l > 0, l, 1)
         return jnp.einsum("bhts,bshd->bthd", p, v), {"P": p}
 
-    def _key_blocks(self, k, v, mask):
-        """Keys and values cut into blocks, leading axis = block: ``(nb, batch, blk, H, d)``,
-        key mask ``(nb, batch, blk)`` (``None`` when nothing is masked) and positions
-        ``(nb, blk)``. Keys past ``T`` (when ``blk`` does not divide ``T``) are masked."""
-        B, T, H, d = k.shape
+    def _block_layout(self, q, mask):
+        """The blocking of a sequence of ``T``: block size ``b = min(k, T)``, ``n = ⌈T/b⌉``
+        blocks, and the padding mask cut into blocks, ``(n, batch, b)`` (``None`` when no
+        position is masked: no padding mask and ``b`` divides ``T``)."""
+        B, T = q.shape[:2]
         blk = min(self.block_size, T)
         nb = -(-T // blk)
         pad = nb * blk - T
-        if pad:
-            k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (k, v))
-            base = jnp.ones((B, T), bool) if mask is None else mask
-            mask = jnp.pad(base, ((0, 0), (0, pad)), constant_values=False)
-        split = lambda a: jnp.moveaxis(a.reshape((B, nb, blk) + a.shape[2:]), 1, 0)
-        km = None if mask is None else split(mask)
-        return split(k), split(v), km, jnp.arange(nb * blk).reshape(nb, blk), blk, nb
+        if mask is None and not pad:
+            return blk, nb, None
+        base = jnp.ones((B, T), bool) if mask is None else mask
+        mb = jnp.pad(base, ((0, 0), (0, pad)), constant_values=False)
+        return blk, nb, jnp.moveaxis(mb.reshape(B, nb, blk), 1, 0)
+
+    def _block_pairs(self, nb, key_major):
+        """The visited ``(i, j)`` = (query block, key block) pairs in visiting order, as
+        int32 arrays ``i, j`` and a bool ``new`` (the step starts a new accumulator: a new
+        query block in the forward, ``key_major=False``; a new key block in the backward).
+        With ``causal`` only ``j ≤ i`` is listed: the ``n(n−1)/2`` blocks wholly in the
+        future are never visited."""
+        if key_major:
+            pairs = [(i, j) for j in range(nb) for i in range(j if self.causal else 0, nb)]
+        else:
+            pairs = [(i, j) for i in range(nb) for j in range(i + 1 if self.causal else nb)]
+        ij = np.array(pairs, np.int32)
+        outer = ij[:, 1] if key_major else ij[:, 0]
+        new = np.concatenate([[True], outer[1:] != outer[:-1]])
+        return jnp.asarray(ij[:, 0]), jnp.asarray(ij[:, 1]), jnp.asarray(new)
 
     def _block_forward(self, q, k, v, mask):
-        """Online softmax over key blocks (module docstring); caches ``L``, not ``P``."""
+        """Online softmax over ``(query block, key block)`` pairs (module docstring);
+        caches ``L``, not ``P``."""
         B, T, H, d = q.shape
         scale = 1 / math.sqrt(d)
-        kb, vb, kmb, posb, _, _ = self._key_blocks(k, v, mask)
-        q_pos = jnp.arange(T)
+        blk, nb, mb = self._block_layout(q, mask)
+        qb, kb, vb = (_to_blocks(a, blk, nb) for a in (q, k, v))  # (n, B, H, b, d)
+        ii, jj, new = self._block_pairs(nb, key_major=False)
+        pos = jnp.arange(blk)
+        row = jnp.zeros((B, H, blk), q.dtype)
 
-        def step(carry, blk):
-            m, l, acc = carry
-            kj, vj, kmj, pj = blk
-            s = _scores(q, kj, scale, _allowed(mask, kmj, q_pos, pj, self.causal))
+        def step(carry, pair):
+            m, l, acc, ob, lb = carry
+            i, j, first = pair
+            m = jnp.where(first, -jnp.inf, m)  # a new query block: m = −∞, ℓ = 0, A = 0
+            l = jnp.where(first, 0, l)
+            acc = jnp.where(first, 0, acc)
+            s = _block_scores(qb, kb, mb, i, j, blk, pos, scale, self.causal)
             m_new = jnp.maximum(m, lax.stop_gradient(jnp.max(s, axis=-1)))
             m_fin = _finite(m_new)
             p = jnp.exp(s - m_fin[..., None])
             alpha = jnp.exp(m - m_fin)
             l = alpha * l + jnp.sum(p, axis=-1)
-            acc = alpha[..., None] * acc + jnp.einsum("bhts,bshd->bhtd", p, vj)
-            return (m_new, l, acc), None
+            acc = alpha[..., None] * acc + jnp.einsum("bhts,bhsd->bhtd", p, _at(vb, j))
+            # O_i and L_i as they stand; the write at block i's last pair is the final one
+            has = l > 0
+            l1 = jnp.where(has, l, 1)
+            ob = lax.dynamic_update_index_in_dim(ob, acc / l1[..., None], i, 0)
+            lse = jnp.where(has, m_fin + jnp.log(l1), 0)
+            lb = lax.dynamic_update_index_in_dim(lb, lse, i, 0)
+            return (m_new, l, acc, ob, lb), None
 
         init = (
-            jnp.full((B, H, T), -jnp.inf, q.dtype),
-            jnp.zeros((B, H, T), q.dtype),
-            jnp.zeros((B, H, T, d), q.dtype),
+            row - jnp.inf,
+            row,
+            jnp.zeros_like(qb[0]),
+            jnp.zeros_like(qb),
+            jnp.zeros((nb,) + row.shape, q.dtype),
         )
-        (m, l, acc), _ = lax.scan(step, init, (kb, vb, kmb, posb))
-        has = l > 0
-        o = jnp.swapaxes(acc / jnp.where(has, l, 1)[..., None], 1, 2)  # (B, T, H, d)
-        lse = jnp.where(has, _finite(m) + jnp.log(jnp.where(has, l, 1)), 0)
-        return o, {"L": lse}
+        (_, _, _, ob, lb), _ = lax.scan(step, init, (ii, jj, new))
+        return _from_blocks(ob, T), {"L": _stats_from_blocks(lb, T)}
 
     # --- backward ---------------------------------------------------------------------
     def _projection_deltas(self, params, cache, dy):
@@ -400,29 +468,45 @@ class MultiHeadAttention(Layer):
         return dq, dk, dv
 
     def _block_backward(self, cache, do):
-        """Per key block ``j``: ``P_j = exp(S_j − L)``, ``dV_j = P_jᵀ dO``,
-        ``dS_j = P_j ⊙ (dO V_jᵀ − D)`` with ``D = rowsum(dO ⊙ O)``, ``dQ += s dS_j K_j``,
-        ``dK_j = s dS_jᵀ Q``."""
+        """Over the same ``(i, j)`` pairs, key block by key block: ``P_ij = exp(S_ij − L_i)``,
+        ``dV_j += P_ijᵀ dO_i``, ``dS_ij = P_ij ⊙ (dO_i V_jᵀ − D_i)`` with
+        ``D = rowsum(dO ⊙ O)``, ``dK_j += s dS_ijᵀ Q_i``, ``dQ_i += s dS_ij K_j``."""
         q, k, v, o, lse, mask = (cache[n] for n in ("q", "k", "v", "o", "L", "mask"))
         B, T, H, d = q.shape
         scale = 1 / math.sqrt(d)
-        kb, vb, kmb, posb, blk, nb = self._key_blocks(k, v, mask)
-        big_d = jnp.einsum("bthd,bthd->bht", do, o)[..., None]
-        q_pos = jnp.arange(T)
+        blk, nb, mb = self._block_layout(q, mask)
+        qb, kb, vb, dob = (_to_blocks(a, blk, nb) for a in (q, k, v, do))
+        lb = _stats_to_blocks(lse, blk, nb)
+        db = _stats_to_blocks(jnp.einsum("bthd,bthd->bht", do, o), blk, nb)
+        ii, jj, new = self._block_pairs(nb, key_major=True)
+        pos = jnp.arange(blk)
 
-        def step(dq, blk_in):
-            kj, vj, kmj, pj = blk_in
-            s = _scores(q, kj, scale, _allowed(mask, kmj, q_pos, pj, self.causal))
-            p = jnp.exp(s - lse[..., None])
-            dvj = jnp.einsum("bhts,bthd->bshd", p, do)
-            ds = p * (jnp.einsum("bthd,bshd->bhts", do, vj) - big_d)
-            dq = dq + jnp.einsum("bhts,bshd->bthd", ds, kj) * scale
-            dkj = jnp.einsum("bhts,bthd->bshd", ds, q) * scale
-            return dq, (dkj, dvj)
+        def step(carry, pair):
+            dk, dv, dkb, dvb, dqb = carry
+            i, j, first = pair
+            dk = jnp.where(first, 0, dk)  # a new key block: dK_j = dV_j = 0
+            dv = jnp.where(first, 0, dv)
+            s = _block_scores(qb, kb, mb, i, j, blk, pos, scale, self.causal)
+            p = jnp.exp(s - _at(lb, i)[..., None])
+            do_i = _at(dob, i)
+            dv = dv + jnp.einsum("bhts,bhtd->bhsd", p, do_i)
+            ds = p * (jnp.einsum("bhtd,bhsd->bhts", do_i, _at(vb, j)) - _at(db, i)[..., None])
+            dk = dk + jnp.einsum("bhts,bhtd->bhsd", ds, _at(qb, i))
+            dq_i = _at(dqb, i) + jnp.einsum("bhts,bhsd->bhtd", ds, _at(kb, j))
+            dqb = lax.dynamic_update_index_in_dim(dqb, dq_i, i, 0)
+            # dK_j, dV_j as they stand; the write at key block j's last pair is the final one
+            dkb = lax.dynamic_update_index_in_dim(dkb, dk, j, 0)
+            dvb = lax.dynamic_update_index_in_dim(dvb, dv, j, 0)
+            return (dk, dv, dkb, dvb, dqb), None
 
-        dq, (dkb, dvb) = lax.scan(step, jnp.zeros_like(q), (kb, vb, kmb, posb))
-        unblock = lambda a: jnp.moveaxis(a, 0, 1).reshape(B, nb * blk, H, d)[:, :T]
-        return dq, unblock(dkb), unblock(dvb)
+        zb = jnp.zeros_like(qb)
+        init = (zb[0], zb[0], zb, zb, zb)
+        (_, _, dkb, dvb, dqb), _ = lax.scan(step, init, (ii, jj, new))
+        return (
+            _from_blocks(dqb, T) * scale,
+            _from_blocks(dkb, T) * scale,
+            _from_blocks(dvb, T),
+        )
 
 
 def transformer_block(
