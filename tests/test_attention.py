@@ -8,6 +8,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import jax.extend  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -217,6 +218,109 @@ def test_blockwise_cache_holds_no_T_by_T_matrix():
     }
     _, dense_cache = MultiHeadAttention(2).forward(params, x)
     assert dense_cache["P"].shape == (2, 2, 16, 16)
+
+
+# --- blockwise: query blocking and causal block skipping ----------------------------------
+# (num_heads, head_dim, causal, block_size, (batch, T, features), mask rows or None);
+# test_blockwise_equals_dense covers the other block sizes (2 … 11) with masks on T = 8
+EDGE = [
+    (3, 5, True, 2, (4, 7, 4), MASK),  # head_dim ≠ features / heads, 2 ∤ 7, padding
+    (1, None, True, 1, (2, 5, 3), None),  # one head, blocks of one position: 15 of 25 pairs
+    (2, None, False, 3, (3, 7, 6), None),  # no mask: only the internal padding of 3 ∤ 7
+    (2, 2, True, 3, (2, 1, 3), MASK[:2, :1]),  # T = 1 (one block of one position)
+]
+
+
+@pytest.fixture(scope="module")
+def edge_results():
+    """Blockwise and dense ``(y, grads, dx)`` for every EDGE case in float64 (and the
+    first in float32 too), from ONE compiled function."""
+    rng = np.random.default_rng(7)
+    data = []
+    for H, hd, _, _, shape, mask in EDGE:
+        params = random_params(MultiHeadAttention(H, head_dim=hd), shape[1:], rng)
+        x, dy = rand(rng, shape), rand(rng, shape)
+        data.append((params, x, dy, None if mask is None else jnp.asarray(mask)))
+
+    def run(layer, params, x, dy, m):
+        y, cache = layer.forward(params, x if m is None else Masked(x, m))
+        return (y if m is None else y.values,) + layer.backward(params, cache, dy)
+
+    @jax.jit
+    def everything(data):
+        out = []
+        for n, ((H, hd, causal, bs, _, _), (params, x, dy, m)) in enumerate(zip(EDGE, data)):
+            per_dtype = []
+            for dt in (jnp.float64, jnp.float32)[: 2 if n == 0 else 1]:
+                p, xc, dyc = jbp.cast((params, x, dy), dt)
+                per_dtype.append(
+                    [run(MultiHeadAttention(H, hd, causal, b), p, xc, dyc, m) for b in (None, bs)]
+                )
+            out.append(per_dtype)
+        return out
+
+    return everything(data)
+
+
+@pytest.mark.parametrize("case", range(len(EDGE)))
+def test_blockwise_equals_dense_edge_cases(edge_results, case):
+    """Forward and hand-written backward, blockwise == dense: float64 to 1e-12, float32 to
+    rounding, for one head, head_dim ≠ features / heads, T = 1, block sizes that do and do
+    not divide T, causal or not, with and without padding masks."""
+    (d64, b64), *f32 = edge_results[case]
+    assert_close(b64, d64, 1e-12, 1e-14, f"EDGE[{case}] float64")
+    for d32, b32 in f32:
+        # atol: ∂L/∂b_k is zero in exact arithmetic, float32 noise ~1e-6 on both sides
+        assert_close(b32, d32, 1e-5, 1e-5, f"EDGE[{case}] float32")
+        assert b32[0].dtype == b32[2].dtype == jnp.float32
+    mask = EDGE[case][5]
+    if mask is not None:  # padded query rows output zeros and padded keys get no gradient
+        np.testing.assert_array_equal(np.asarray(b64[0])[~mask], 0.0)
+        np.testing.assert_array_equal(np.asarray(b64[2])[~mask], 0.0)
+
+
+def _scans(jaxpr):
+    """Every ``scan`` equation in a jaxpr, nested ones included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            out.append(eqn)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            out.extend(_scans(sub))
+    return out
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_blockwise_visits_only_the_needed_block_pairs(causal):
+    """T = 16, blocks of 4 → n = 4 query × 4 key blocks. The forward and the backward are
+    each ONE scan over (query block, key block) pairs: all n² = 16 of them, or with
+    ``causal`` only the n(n+1)/2 = 10 with j ≤ i (the 6 wholly in the future are skipped,
+    not masked). Inside, no temporary is bigger than one (batch, H, k, k) block of scores
+    (k = 4 ≥ d = 3), except the O(T) buffers the blocks are written into."""
+    B, T, H, k = 2, 16, 2, 4
+    layer = MultiHeadAttention(H, causal=causal, block_size=k)
+    _, params, x = _setup(layer, (B, T, 6), jnp.float64)
+    _, cache = layer.forward(params, x)
+    fwd = jax.make_jaxpr(lambda p, v: layer.forward(p, v)[0])(params, x)
+    bwd = jax.make_jaxpr(lambda p, c, g: layer.backward(p, c, g))(params, cache, x)
+    pairs = 10 if causal else 16
+    for jaxpr in (fwd.jaxpr, bwd.jaxpr):
+        (scan,) = _scans(jaxpr)
+        assert scan.params["length"] == pairs
+        body = scan.params["jaxpr"].jaxpr
+        for eqn in body.eqns:
+            if str(eqn.params.get("name", "")).startswith("dynamic_update"):
+                continue  # the write of a finished block into its O(T) buffer
+            for v in eqn.outvars:
+                assert math.prod(v.aval.shape) <= B * H * k * k, (eqn.primitive, v.aval)
+    ii, jj, new = layer._block_pairs(4, key_major=False)
+    assert np.all(np.asarray(jj) <= np.asarray(ii)) == causal
+    assert list(np.flatnonzero(np.asarray(new))) == ([0, 1, 3, 6] if causal else [0, 4, 8, 12])
+    ii, jj, new = layer._block_pairs(4, key_major=True)  # the backward: key block by key block
+    assert sorted(zip(np.asarray(ii), np.asarray(jj))) == sorted(
+        zip(*(np.asarray(a) for a in layer._block_pairs(4, key_major=False)[:2]))
+    )
+    assert np.all(np.diff(np.asarray(jj)) >= 0)
 
 
 def test_positional_embedding_matches_autodiff():
