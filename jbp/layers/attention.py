@@ -125,6 +125,11 @@ def _at(blocks, i):
     return lax.dynamic_index_in_dim(blocks, i, 0, keepdims=False)
 
 
+def _put(blocks, value, i):
+    """``blocks`` with block ``i`` (traced) replaced by ``value`` (in place under jit)."""
+    return lax.dynamic_update_index_in_dim(blocks, value, i, 0)
+
+
 def _block_scores(qb, kb, mb, i, j, blk, pos, scale, causal):
     """``S_ij = s Q_i K_jᵀ``, ``(batch, H, b, b)``, −∞ where not allowed (padding, and the
     future within a diagonal block when ``causal``)."""
@@ -327,19 +332,16 @@ class MultiHeadAttention(Layer):
         return blk, nb, jnp.moveaxis(mb.reshape(B, nb, blk), 1, 0)
 
     def _block_pairs(self, nb, key_major):
-        """The visited ``(i, j)`` = (query block, key block) pairs in visiting order, as
-        int32 arrays ``i, j`` and a bool ``new`` (the step starts a new accumulator: a new
-        query block in the forward, ``key_major=False``; a new key block in the backward).
-        With ``causal`` only ``j ≤ i`` is listed: the ``n(n−1)/2`` blocks wholly in the
-        future are never visited."""
+        """The visited ``(i, j)`` = (query block, key block) pairs in visiting order, as two
+        int32 arrays: query block by query block (the forward) or, with ``key_major``, key
+        block by key block (the backward). With ``causal`` only ``j ≤ i`` is listed: the
+        ``n(n−1)/2`` pairs wholly in the future are never visited."""
         if key_major:
             pairs = [(i, j) for j in range(nb) for i in range(j if self.causal else 0, nb)]
         else:
             pairs = [(i, j) for i in range(nb) for j in range(i + 1 if self.causal else nb)]
         ij = np.array(pairs, np.int32)
-        outer = ij[:, 1] if key_major else ij[:, 0]
-        new = np.concatenate([[True], outer[1:] != outer[:-1]])
-        return jnp.asarray(ij[:, 0]), jnp.asarray(ij[:, 1]), jnp.asarray(new)
+        return jnp.asarray(ij[:, 0]), jnp.asarray(ij[:, 1])
 
     def _block_forward(self, q, k, v, mask):
         """Online softmax over ``(query block, key block)`` pairs (module docstring);
@@ -348,16 +350,12 @@ class MultiHeadAttention(Layer):
         scale = 1 / math.sqrt(d)
         blk, nb, mb = self._block_layout(q, mask)
         qb, kb, vb = (_to_blocks(a, blk, nb) for a in (q, k, v))  # (n, B, H, b, d)
-        ii, jj, new = self._block_pairs(nb, key_major=False)
         pos = jnp.arange(blk)
-        row = jnp.zeros((B, H, blk), q.dtype)
 
-        def step(carry, pair):
-            m, l, acc, ob, lb = carry
-            i, j, first = pair
-            m = jnp.where(first, -jnp.inf, m)  # a new query block: m = −∞, ℓ = 0, A = 0
-            l = jnp.where(first, 0, l)
-            acc = jnp.where(first, 0, acc)
+        def step(state, ij):
+            i, j = ij
+            m_all, l_all, a_all = state  # the running m, ℓ, A of every query row
+            m, l, acc = _at(m_all, i), _at(l_all, i), _at(a_all, i)
             s = _block_scores(qb, kb, mb, i, j, blk, pos, scale, self.causal)
             m_new = jnp.maximum(m, lax.stop_gradient(jnp.max(s, axis=-1)))
             m_fin = _finite(m_new)
@@ -365,23 +363,16 @@ class MultiHeadAttention(Layer):
             alpha = jnp.exp(m - m_fin)
             l = alpha * l + jnp.sum(p, axis=-1)
             acc = alpha[..., None] * acc + jnp.einsum("bhts,bhsd->bhtd", p, _at(vb, j))
-            # O_i and L_i as they stand; the write at block i's last pair is the final one
-            has = l > 0
-            l1 = jnp.where(has, l, 1)
-            ob = lax.dynamic_update_index_in_dim(ob, acc / l1[..., None], i, 0)
-            lse = jnp.where(has, m_fin + jnp.log(l1), 0)
-            lb = lax.dynamic_update_index_in_dim(lb, lse, i, 0)
-            return (m_new, l, acc, ob, lb), None
+            return (_put(m_all, m_new, i), _put(l_all, l, i), _put(a_all, acc, i)), None
 
-        init = (
-            row - jnp.inf,
-            row,
-            jnp.zeros_like(qb[0]),
-            jnp.zeros_like(qb),
-            jnp.zeros((nb,) + row.shape, q.dtype),
-        )
-        (_, _, _, ob, lb), _ = lax.scan(step, init, (ii, jj, new))
-        return _from_blocks(ob, T), {"L": _stats_from_blocks(lb, T)}
+        rows = jnp.zeros((nb, B, H, blk), q.dtype)
+        init = (rows - jnp.inf, rows, jnp.zeros_like(qb))
+        (m, l, acc), _ = lax.scan(step, init, self._block_pairs(nb, key_major=False))
+        has = l > 0
+        l1 = jnp.where(has, l, 1)
+        o = _from_blocks(acc / l1[..., None], T)
+        lse = jnp.where(has, _finite(m) + jnp.log(l1), 0)
+        return o, {"L": _stats_from_blocks(lse, T)}
 
     # --- backward ---------------------------------------------------------------------
     def _projection_deltas(self, params, cache, dy):
@@ -470,43 +461,34 @@ class MultiHeadAttention(Layer):
     def _block_backward(self, cache, do):
         """Over the same ``(i, j)`` pairs, key block by key block: ``P_ij = exp(S_ij − L_i)``,
         ``dV_j += P_ijᵀ dO_i``, ``dS_ij = P_ij ⊙ (dO_i V_jᵀ − D_i)`` with
-        ``D = rowsum(dO ⊙ O)``, ``dK_j += s dS_ijᵀ Q_i``, ``dQ_i += s dS_ij K_j``."""
+        ``D = rowsum(dO ⊙ O)``, ``dK_j += dS_ijᵀ Q_i``, ``dQ_i += dS_ij K_j`` (then the
+        factor ``s`` on ``dQ`` and ``dK``)."""
         q, k, v, o, lse, mask = (cache[n] for n in ("q", "k", "v", "o", "L", "mask"))
         B, T, H, d = q.shape
-        scale = 1 / math.sqrt(d)
         blk, nb, mb = self._block_layout(q, mask)
         qb, kb, vb, dob = (_to_blocks(a, blk, nb) for a in (q, k, v, do))
         lb = _stats_to_blocks(lse, blk, nb)
         db = _stats_to_blocks(jnp.einsum("bthd,bthd->bht", do, o), blk, nb)
-        ii, jj, new = self._block_pairs(nb, key_major=True)
         pos = jnp.arange(blk)
 
-        def step(carry, pair):
-            dk, dv, dkb, dvb, dqb = carry
-            i, j, first = pair
-            dk = jnp.where(first, 0, dk)  # a new key block: dK_j = dV_j = 0
-            dv = jnp.where(first, 0, dv)
-            s = _block_scores(qb, kb, mb, i, j, blk, pos, scale, self.causal)
+        def step(grads, ij):
+            i, j = ij
+            dqb, dkb, dvb = grads
+            s = _block_scores(qb, kb, mb, i, j, blk, pos, 1 / math.sqrt(d), self.causal)
             p = jnp.exp(s - _at(lb, i)[..., None])
             do_i = _at(dob, i)
-            dv = dv + jnp.einsum("bhts,bhtd->bhsd", p, do_i)
             ds = p * (jnp.einsum("bhtd,bhsd->bhts", do_i, _at(vb, j)) - _at(db, i)[..., None])
-            dk = dk + jnp.einsum("bhts,bhtd->bhsd", ds, _at(qb, i))
-            dq_i = _at(dqb, i) + jnp.einsum("bhts,bhsd->bhtd", ds, _at(kb, j))
-            dqb = lax.dynamic_update_index_in_dim(dqb, dq_i, i, 0)
-            # dK_j, dV_j as they stand; the write at key block j's last pair is the final one
-            dkb = lax.dynamic_update_index_in_dim(dkb, dk, j, 0)
-            dvb = lax.dynamic_update_index_in_dim(dvb, dv, j, 0)
-            return (dk, dv, dkb, dvb, dqb), None
+            dv = _at(dvb, j) + jnp.einsum("bhts,bhtd->bhsd", p, do_i)
+            dk = _at(dkb, j) + jnp.einsum("bhts,bhtd->bhsd", ds, _at(qb, i))
+            dq = _at(dqb, i) + jnp.einsum("bhts,bhsd->bhtd", ds, _at(kb, j))
+            return (_put(dqb, dq, i), _put(dkb, dk, j), _put(dvb, dv, j)), None
 
-        zb = jnp.zeros_like(qb)
-        init = (zb[0], zb[0], zb, zb, zb)
-        (_, _, dkb, dvb, dqb), _ = lax.scan(step, init, (ii, jj, new))
-        return (
-            _from_blocks(dqb, T) * scale,
-            _from_blocks(dkb, T) * scale,
-            _from_blocks(dvb, T),
+        zeros = jnp.zeros_like(qb)
+        (dqb, dkb, dvb), _ = lax.scan(
+            step, (zeros, zeros, zeros), self._block_pairs(nb, key_major=True)
         )
+        scale = 1 / math.sqrt(d)
+        return _from_blocks(dqb, T) * scale, _from_blocks(dkb, T) * scale, _from_blocks(dvb, T)
 
 
 def transformer_block(
