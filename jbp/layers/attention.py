@@ -1,5 +1,5 @@
-"""Multi-head self-attention with a hand-written backward (dense, or blockwise over keys in
-the FlashAttention style), and the pre-LayerNorm Transformer block.
+"""Multi-head self-attention with a hand-written backward (dense, or blockwise over query and
+key blocks in the FlashAttention style), and the pre-LayerNorm Transformer block.
 
 Notation, per example and head (``T`` positions, head size ``d``, ``s = 1/√d``)::
 
@@ -16,23 +16,35 @@ then the projections, which are ``Dense`` layers on the extra axes ``(batch, T)`
 ``∂L/∂W_q = Σ_{batch,T} xᵀ dQ``, ``∂L/∂b_q = Σ dQ``, and
 ``∂L/∂x = dQ W_qᵀ + dK W_kᵀ + dV W_vᵀ`` (likewise ``∂L/∂W_o = Σ Oᵀ dy``, ``∂L/∂b_o = Σ dy``).
 
-**Blockwise** (``block_size=k``): the keys are cut into blocks of ``k`` and a ``lax.scan``
-walks them, so no ``T × T`` matrix is ever formed (memory ``O(T·k)`` per head). The forward
-keeps, per query row, a running max ``m``, normaliser ``ℓ`` and unnormalised output ``A``
-(the online softmax)::
+**Blockwise** (``block_size=k``): queries and keys are both cut into ``n = ⌈T/k⌉`` blocks
+of ``k`` positions (``Q_i``, ``K_j``, ``V_j``; ``k`` is capped at ``T``, and when it does
+not divide ``T`` the last block is padded with masked positions), and one ``lax.scan``
+walks the ``(query block i, key block j)`` pairs, so no ``T × T`` matrix is ever formed:
+each step works on one ``k × k`` block ``S_ij = s Q_i K_jᵀ`` per head, and the memory is
+``O(T)`` (the per-row state below and the outputs). With ``causal=True`` only the pairs
+``j ≤ i`` are visited, ``n(n+1)/2`` of the ``n²``: key blocks wholly in query block ``i``'s
+future are skipped, not masked, so causal attention does about half the work (among the
+visited blocks the causal mask removes entries only on the diagonal, ``j = i``).
 
-    m' = max(m, rowmax S_j)      P̃_j = exp(S_j − m')      α = exp(m − m')
-    ℓ' = α ℓ + rowsum P̃_j        A' = α A + P̃_j V_j
+The forward keeps, per query row, a running max ``m``, normaliser ``ℓ`` and unnormalised
+output ``A`` (the online softmax; ``m = −∞, ℓ = 0, A = 0`` at the start), and updates the
+rows of block ``i`` at pair ``(i, j)``::
+
+    m' = max(m, rowmax S_ij)     P̃_ij = exp(S_ij − m')     α = exp(m − m')
+    ℓ' = α ℓ + rowsum P̃_ij       A' = α A + P̃_ij V_j
     O = A / ℓ                    L = m + log ℓ               (the row's log-sum-exp)
 
 and caches only ``O`` and ``L`` (with the projected ``Q, K, V`` and the input). The
-backward recomputes each block of probabilities from ``L`` and uses
-``D = rowsum(dO ⊙ O)``, which equals ``rowsum(dP ⊙ P)`` because ``O = P V``::
+backward walks the same pairs key block by key block, recomputes each block of
+probabilities from ``L`` and uses ``D = rowsum(dO ⊙ O)``, which equals ``rowsum(dP ⊙ P)``
+because ``O = P V``::
 
-    P_j = exp(S_j − L)     dV_j = P_jᵀ dO     dS_j = P_j ⊙ (dO V_jᵀ − D)
-    dQ += s dS_j K_j       dK_j = s dS_jᵀ Q
+    P_ij = exp(S_ij − L_i)       dV_j += P_ijᵀ dO_i       dS_ij = P_ij ⊙ (dO_i V_jᵀ − D_i)
+    dQ_i += s dS_ij K_j          dK_j += s dS_ijᵀ Q_i
 
-When ``k`` does not divide ``T`` the keys are padded internally with masked positions.
+so ``dK_j``, ``dV_j`` sum over the query blocks that see key block ``j`` (``i ≥ j`` when
+causal), and ``dQ_i`` over the key blocks query block ``i`` sees. Rows with no allowed key
+(padding) keep ``ℓ = 0``: ``O = 0``, ``L = 0``, and ``P_ij = exp(−∞ − 0) = 0``.
 
 **Masks.** Input ``(batch, T, features)`` or ``Masked(values, mask)`` (see
 :mod:`jbp.layers.masking`): padded keys get no weight, padded query rows output zeros, and
@@ -156,8 +168,9 @@ class MultiHeadAttention(Layer):
         ``features`` must be divisible by ``num_heads``).
       causal: position ``t`` attends to keys ``≤ t`` only.
       block_size: ``None`` for the dense path (caches ``P``, ``(batch, H, T, T)``), or a
-        positive ``k``: blockwise over keys (caches ``O`` and the log-sum-exp ``L`` only);
-        ``k`` need not divide ``T``.
+        positive ``k``: blockwise over ``k × k`` blocks of (queries, keys), caching ``O``
+        and the log-sum-exp ``L`` only, in ``O(T)`` memory; with ``causal`` the key blocks
+        wholly in the future are skipped. ``k`` need not divide ``T``.
       use_bias: add ``b_q, b_k, b_v, b_o``.
       w_init, b_init: initializers (objects or names) of the weights and biases; defaults
         Glorot-uniform and zeros.
@@ -523,7 +536,8 @@ def transformer_block(
       num_heads: attention heads; ``features`` must be divisible by it.
       mlp_hidden: hidden width of the position-wise MLP.
       causal: causal attention (each position sees itself and the past).
-      block_size: blockwise attention over key blocks of this size (``None``: dense).
+      block_size: blockwise attention over (query, key) blocks of this size (``None``:
+        dense).
     """
     for name, v in (("features", features), ("num_heads", num_heads), ("mlp_hidden", mlp_hidden)):
         if not _positive_int(v):
