@@ -349,12 +349,12 @@ class MultiHeadAttention(Layer):
         int32 arrays: query block by query block (the forward) or, with ``key_major``, key
         block by key block (the backward). With ``causal`` only ``j ≤ i`` is listed: the
         ``n(n−1)/2`` pairs wholly in the future are never visited."""
-        if key_major:
-            pairs = [(i, j) for j in range(nb) for i in range(j if self.causal else 0, nb)]
+        if self.causal:  # row-major (outer, inner) with j ≤ i
+            outer, inner = np.triu_indices(nb) if key_major else np.tril_indices(nb)
         else:
-            pairs = [(i, j) for i in range(nb) for j in range(i + 1 if self.causal else nb)]
-        ij = np.array(pairs, np.int32)
-        return jnp.asarray(ij[:, 0]), jnp.asarray(ij[:, 1])
+            outer, inner = np.divmod(np.arange(nb * nb), nb)
+        i, j = (inner, outer) if key_major else (outer, inner)
+        return jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32)
 
     def _block_forward(self, q, k, v, mask):
         """Online softmax over ``(query block, key block)`` pairs (module docstring);
