@@ -12,6 +12,11 @@
    the full score matrix). Reported: the compiled temporary memory,
    ``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes`` (what XLA
    allocates besides arguments and outputs), and the time per call.
+3. **Causal block skipping** (``--causal-lengths 1024 2048``, ``--causal-batch 2``): the
+   blockwise path with and without ``causal=True``. The causal one visits only the key
+   blocks ``j ≤ i`` of each query block ``i`` (``n(n+1)/2`` of the ``n²`` block pairs, so
+   about half the work); both keep ``(batch, H, k, k)`` temporaries per step, so the
+   compiled temporary memory per position (``temp/T``) stays flat as ``T`` doubles.
 
 Contenders run side by side in this process: compile and warm up, then ``--repeats``
 rounds, alternating between contenders round by round so drifting machine load hits all
@@ -19,6 +24,7 @@ alike; each round times ``--iters`` calls; the median is reported with ratios.
 
     python bench/attention.py                             # full run
     python bench/attention.py --iters 2 --repeats 3       # a quick look
+    python bench/attention.py --skip-step --skip-long     # only causal vs not (3)
 """
 
 from __future__ import annotations
@@ -112,15 +118,18 @@ def naive_attention(params, x, num_heads):
     return o.reshape(B, T, -1) @ params["Wo"] + params["bo"]
 
 
+def manual(layer):
+    """Forward + hand-written backward of one layer: ``(params, x, dy) → (grads, dx)``."""
+
+    def f(params, x, dy):
+        _, cache = layer.forward(params, x)
+        return layer.backward(params, cache, dy)
+
+    return f
+
+
 def attention_contenders(heads, block):
     blockwise, dense = MultiHeadAttention(heads, block_size=block), MultiHeadAttention(heads)
-
-    def manual(layer):
-        def f(params, x, dy):
-            _, cache = layer.forward(params, x)
-            return layer.backward(params, cache, dy)
-
-        return f
 
     def autodiff(params, x, dy):
         return jax.grad(lambda p, v: jnp.sum(naive_attention(p, v, heads) * dy), argnums=(0, 1))(
@@ -176,6 +185,57 @@ def bench_long(args):
         )
 
 
+# --- 3. causal block skipping -------------------------------------------------------------
+
+
+def bench_causal(args):
+    print(
+        f"\n3. Blockwise forward + backward, causal (key blocks j ≤ i only) vs not: batch "
+        f"{args.causal_batch}, {args.heads} heads, {args.features} features, block "
+        f"{args.block}; float32. pairs = (query block, key block) pairs visited; "
+        f"temp/T = compiled temporary memory per position"
+    )
+    print(
+        f"{'T':>6} {'pairs':>11} {'pairs c/n':>10} {'temp':>10} {'temp causal':>12} "
+        f"{'temp/T':>10} {'time':>9} {'time causal':>12} {'time c/n':>9}"
+    )
+    layers = {
+        "full": MultiHeadAttention(args.heads, block_size=args.block),
+        "causal": MultiHeadAttention(args.heads, causal=True, block_size=args.block),
+    }
+    rng = np.random.default_rng(2)
+    for T in args.causal_lengths:
+        params, _ = layers["full"].init(jax.random.key(0), (T, args.features))
+        shape = (args.causal_batch, T, args.features)
+        x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        dy = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        fns, temp = {}, {}
+        for name, layer in layers.items():
+            compiled = jax.jit(manual(layer)).lower(params, x, dy).compile()
+            temp[name] = compiled.memory_analysis().temp_size_in_bytes
+            fns[name] = compiled
+            jax.block_until_ready(compiled(params, x, dy))  # warm up
+
+        def run_round(k):
+            t0 = time.perf_counter()
+            for _ in range(args.long_iters):
+                out = fns[k](params, x, dy)
+            jax.block_until_ready(out)
+            return (time.perf_counter() - t0) / args.long_iters
+
+        t = interleaved(fns, run_round, args.repeats)
+        nb = -(-T // min(args.block, T))
+        pairs = {"full": nb * nb, "causal": nb * (nb + 1) // 2}
+        print(
+            f"{T:>6} {pairs['causal']:>5}/{pairs['full']:<5} "
+            f"{pairs['causal'] / pairs['full']:>10.2f} {temp['full'] / 2**20:>6.1f} MiB "
+            f"{temp['causal'] / 2**20:>8.1f} MiB {temp['full'] / T / 2**10:>6.1f} KiB "
+            f"{t['full'] * 1e3:>6.0f} ms {t['causal'] * 1e3:>9.0f} ms "
+            f"{t['causal'] / t['full']:>8.2f}x",
+            flush=True,
+        )
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -192,8 +252,13 @@ def main(argv=None):
     ap.add_argument(
         "--repeats", type=int, default=7, help="timed rounds per contender; median kept"
     )
-    ap.add_argument("--skip-step", action="store_true", help="only the long-T part")
-    ap.add_argument("--skip-long", action="store_true", help="only the training step")
+    ap.add_argument(
+        "--causal-lengths", type=int, nargs="+", default=[1024, 2048], help="T of part 3"
+    )
+    ap.add_argument("--causal-batch", type=int, default=2, help="batch of part 3")
+    ap.add_argument("--skip-step", action="store_true", help="skip the training step (1)")
+    ap.add_argument("--skip-long", action="store_true", help="skip attention at long T (2)")
+    ap.add_argument("--skip-causal", action="store_true", help="skip causal vs not (3)")
     args = ap.parse_args(argv)
     print(
         f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
@@ -204,6 +269,8 @@ def main(argv=None):
         bench_step(args)
     if not args.skip_long:
         bench_long(args)
+    if not args.skip_causal:
+        bench_causal(args)
 
 
 if __name__ == "__main__":

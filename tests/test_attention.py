@@ -8,6 +8,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import jax.extend  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -205,7 +206,7 @@ def test_blockwise_equals_dense(causal, sizes):
 def test_blockwise_cache_holds_no_T_by_T_matrix():
     layer = MultiHeadAttention(2, block_size=4)
     _, params, x = _setup(layer, (2, 16, 6), jnp.float64)
-    _, cache = layer.forward(params, x)
+    _, cache = jax.eval_shape(layer.forward, params, x)  # shapes only: nothing compiled
     assert "P" not in cache and cache["L"].shape == (2, 2, 16)
     assert {k: v.shape for k, v in cache.items() if v is not None} == {
         "x": (2, 16, 6),
@@ -215,8 +216,110 @@ def test_blockwise_cache_holds_no_T_by_T_matrix():
         "o": (2, 16, 2, 3),
         "L": (2, 2, 16),
     }
-    _, dense_cache = MultiHeadAttention(2).forward(params, x)
+    _, dense_cache = jax.eval_shape(MultiHeadAttention(2).forward, params, x)
     assert dense_cache["P"].shape == (2, 2, 16, 16)
+
+
+# --- blockwise: query blocking and causal block skipping ----------------------------------
+# (num_heads, head_dim, causal, block_size, (batch, T, features), mask rows or None);
+# test_blockwise_equals_dense covers the other block sizes (2 … 11) with masks on T = 8
+EDGE = [
+    (3, 5, True, 2, (4, 7, 4), MASK),  # head_dim ≠ features / heads, 2 ∤ 7, padding
+    (1, None, True, 1, (2, 5, 3), None),  # one head, blocks of one position: 15 of 25 pairs
+    (2, None, False, 3, (3, 7, 6), None),  # no mask: only the internal padding of 3 ∤ 7
+    (2, 2, True, 3, (2, 1, 3), MASK[:2, :1]),  # T = 1 (one block of one position)
+]
+
+
+@pytest.fixture(scope="module")
+def edge_results():
+    """Blockwise and dense ``(y, grads, dx)`` for every EDGE case in float64 (and the
+    first in float32 too), from ONE compiled function."""
+    rng = np.random.default_rng(7)
+    data = []
+    for H, hd, _, _, shape, mask in EDGE:
+        params = random_params(MultiHeadAttention(H, head_dim=hd), shape[1:], rng)
+        x, dy = rand(rng, shape), rand(rng, shape)
+        data.append((params, x, dy, None if mask is None else jnp.asarray(mask)))
+
+    def run(layer, params, x, dy, m):
+        y, cache = layer.forward(params, x if m is None else Masked(x, m))
+        return (y if m is None else y.values,) + layer.backward(params, cache, dy)
+
+    @jax.jit
+    def everything(data):
+        out = []
+        for n, ((H, hd, causal, bs, _, _), (params, x, dy, m)) in enumerate(zip(EDGE, data)):
+            per_dtype = []
+            for dt in (jnp.float64, jnp.float32)[: 2 if n == 0 else 1]:
+                p, xc, dyc = jbp.cast((params, x, dy), dt)
+                per_dtype.append(
+                    [run(MultiHeadAttention(H, hd, causal, b), p, xc, dyc, m) for b in (None, bs)]
+                )
+            out.append(per_dtype)
+        return out
+
+    return everything(data)
+
+
+@pytest.mark.parametrize("case", range(len(EDGE)))
+def test_blockwise_equals_dense_edge_cases(edge_results, case):
+    """Forward and hand-written backward, blockwise == dense: float64 to 1e-12, float32 to
+    rounding, for one head, head_dim ≠ features / heads, T = 1, block sizes that do and do
+    not divide T, causal or not, with and without padding masks."""
+    (d64, b64), *f32 = edge_results[case]
+    assert_close(b64, d64, 1e-12, 1e-14, f"EDGE[{case}] float64")
+    for d32, b32 in f32:
+        # atol: ∂L/∂b_k is zero in exact arithmetic, float32 noise ~1e-6 on both sides
+        assert_close(b32, d32, 1e-5, 1e-5, f"EDGE[{case}] float32")
+        assert b32[0].dtype == b32[2].dtype == jnp.float32
+    mask = EDGE[case][5]
+    if mask is not None:  # padded query rows output zeros and padded keys get no gradient
+        np.testing.assert_array_equal(np.asarray(b64[0])[~mask], 0.0)
+        np.testing.assert_array_equal(np.asarray(b64[2])[~mask], 0.0)
+
+
+def _scans(jaxpr):
+    """Every ``scan`` equation in a jaxpr, nested ones included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            out.append(eqn)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            out.extend(_scans(sub))
+    return out
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_blockwise_visits_only_the_needed_block_pairs(causal):
+    """T = 16, blocks of 4 → n = 4 query × 4 key blocks. The forward and the backward are
+    each ONE scan over (query block, key block) pairs: all n² = 16 of them, or with
+    ``causal`` only the n(n+1)/2 = 10 with j ≤ i (the 6 wholly in the future are skipped,
+    not masked). Inside, no temporary is bigger than one (batch, H, k, k) block of scores
+    (k = 4 ≥ d = 3), except the O(T) buffers the blocks are written into."""
+    B, T, H, k = 2, 16, 2, 4
+    layer = MultiHeadAttention(H, causal=causal, block_size=k)
+    _, params, x = _setup(layer, (B, T, 6), jnp.float64)
+    _, cache = layer.forward(params, x)
+    fwd = jax.make_jaxpr(lambda p, v: layer.forward(p, v)[0])(params, x)
+    bwd = jax.make_jaxpr(lambda p, c, g: layer.backward(p, c, g))(params, cache, x)
+    pairs = 10 if causal else 16
+    for jaxpr in (fwd.jaxpr, bwd.jaxpr):
+        (scan,) = _scans(jaxpr)
+        assert scan.params["length"] == pairs
+        body = scan.params["jaxpr"].jaxpr
+        for eqn in body.eqns:
+            if str(eqn.params.get("name", "")).startswith("dynamic_update"):
+                continue  # a block written back into its O(T) buffer
+            for v in eqn.outvars:
+                assert math.prod(v.aval.shape) <= B * H * k * k, (eqn.primitive, v.aval)
+    fwd_pairs = [tuple(map(int, ij)) for ij in zip(*layer._block_pairs(4, key_major=False))]
+    bwd_pairs = [tuple(map(int, ij)) for ij in zip(*layer._block_pairs(4, key_major=True))]
+    every = [(i, j) for i in range(4) for j in range(4)]
+    assert fwd_pairs == [(i, j) for i, j in every if j <= i or not causal]  # query-major
+    assert sorted(bwd_pairs) == fwd_pairs  # the same pairs, key block by key block
+    jj = np.array(bwd_pairs)[:, 1]
+    assert np.all(np.diff(jj) >= 0)
 
 
 def test_positional_embedding_matches_autodiff():
@@ -377,47 +480,76 @@ EXT_CASES = [
     (MultiHeadAttention(2, head_dim=4), (3, 8), "random"),
     (MultiHeadAttention(2, causal=True, block_size=2, use_bias=False), (3, 8), None),
 ]
+# check_layer runs each dtype as its own large program; the blockwise case (the slowest)
+# runs float64 here, and its float32 closed forms are held to the generic default in
+# test_attention_closed_forms_equal_generic_default (its float32 backward: test_attention_float32)
+EXT_DTYPES = [("float64", "float32"), ("float64", "float32"), ("float64",)]
 
 
 @pytest.mark.parametrize(
-    "layer,in_shape,mask", EXT_CASES, ids=["direct-causal-mask", "gram-mask", "gram-block-causal"]
+    "layer,in_shape,mask,dtypes",
+    [c + (d,) for c, d in zip(EXT_CASES, EXT_DTYPES)],
+    ids=["direct-causal-mask", "gram-mask", "gram-block-causal"],
 )
-def test_attention_extensions_check_layer(layer, in_shape, mask):
-    """batch_grad / batch_l2 / sum_grad_squared (closed forms) vs vmap(jax.grad), f64 and f32."""
+def test_attention_extensions_check_layer(layer, in_shape, mask, dtypes):
+    """batch_grad / batch_l2 / sum_grad_squared (closed forms) vs vmap(jax.grad)."""
     from jbp.layers import _per_example as _pe
 
     T, f = in_shape
     hd = layer.num_heads * (layer.head_dim or f // layer.num_heads)
     assert _pe.use_gram(T, f, hd) == (T == 3)
-    report = jbp.testing.check_layer(layer, in_shape, mask=mask, finite_differences=False)
+    report = jbp.testing.check_layer(
+        layer, in_shape, mask=mask, dtypes=dtypes, finite_differences=False
+    )
     assert report.ok, str(report)
     assert any(r.check.startswith("extension batch_l2") for r in report.rows)
 
 
 def test_attention_closed_forms_equal_generic_default():
-    """The closed forms are the layer's methods, and equal the generic vmap-of-backward."""
+    """The closed forms are the layer's methods, and equal the generic vmap-of-backward:
+    float64 (direct form of ‖Gᵢ‖², padding mask) and float32 (the Gram form, blocks that do
+    not divide T: the float32 half of the "gram-block-causal" check_layer case)."""
     from jbp.extensions.base import generic_batch_grad
 
-    layer = MultiHeadAttention(2, causal=True, block_size=3)
-    rng, params, x = _setup(layer, (4, 7, 6), jnp.float64, seed=3)
-    m = jnp.asarray(MASK)
-    dy = rand(rng, x.shape)
+    cases = [  # (layer, (batch, T, features), dtype, mask, rtol)
+        (MultiHeadAttention(2, causal=True, block_size=3), (4, 7, 6), jnp.float64, MASK, 1e-10),
+        (
+            MultiHeadAttention(2, causal=True, block_size=2, use_bias=False),
+            (4, 3, 8),
+            jnp.float32,
+            MASK[:, 2:5],
+            1e-5,
+        ),
+    ]
+    rng = np.random.default_rng(3)
+    data = [
+        (random_params(lay, shape[1:], rng, dt), rand(rng, shape, dt), rand(rng, shape, dt))
+        for lay, shape, dt, _, _ in cases
+    ]
 
     @jax.jit
-    def run(params, x, dy):
-        _, cache = layer.forward(params, Masked(x, m))
-        return (
-            generic_batch_grad(layer, params, cache, dy),
-            layer.batch_grad(params, cache, dy),
-            layer.batch_l2(params, cache, dy),
-            layer.sum_grad_squared(params, cache, dy),
-        )
+    def run(data):
+        out = []
+        for (layer, _, _, m, _), (params, x, dy) in zip(cases, data):
+            _, cache = layer.forward(params, Masked(x, jnp.asarray(m)))
+            out.append(
+                (
+                    generic_batch_grad(layer, params, cache, dy),
+                    layer.batch_grad(params, cache, dy),
+                    layer.batch_l2(params, cache, dy),
+                    layer.sum_grad_squared(params, cache, dy),
+                )
+            )
+        return out
 
-    ref, bg, l2, sgs = run(params, x, dy)
-    for name in ref:
-        np.testing.assert_allclose(bg[name], ref[name], rtol=1e-10, atol=1e-12)
-        sq = jnp.square(ref[name])
-        np.testing.assert_allclose(
-            l2[name], jnp.sum(sq, axis=tuple(range(1, sq.ndim))), rtol=1e-10, atol=1e-12
-        )
-        np.testing.assert_allclose(sgs[name], jnp.sum(sq, axis=0), rtol=1e-10, atol=1e-12)
+    for (layer, _, dt, _, rtol), (ref, bg, l2, sgs) in zip(cases, run(data)):
+        assert all(a.dtype == dt for a in jax.tree.leaves((ref, bg, l2, sgs)))
+        for name in ref:
+            sq = jnp.square(ref[name].astype(jnp.float64))
+            want = {
+                "batch_grad": ref[name],
+                "batch_l2": jnp.sum(sq, axis=tuple(range(1, sq.ndim))),
+                "sum_grad_squared": jnp.sum(sq, axis=0),
+            }
+            for what, got in (("batch_grad", bg), ("batch_l2", l2), ("sum_grad_squared", sgs)):
+                assert_close(got[name], want[what].astype(dt), rtol, 0.0, f"{layer} {what} {name}")

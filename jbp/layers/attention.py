@@ -1,5 +1,5 @@
-"""Multi-head self-attention with a hand-written backward (dense, or blockwise over keys in
-the FlashAttention style), and the pre-LayerNorm Transformer block.
+"""Multi-head self-attention with a hand-written backward (dense, or blockwise over query and
+key blocks in the FlashAttention style), and the pre-LayerNorm Transformer block.
 
 Notation, per example and head (``T`` positions, head size ``d``, ``s = 1/√d``)::
 
@@ -16,23 +16,35 @@ then the projections, which are ``Dense`` layers on the extra axes ``(batch, T)`
 ``∂L/∂W_q = Σ_{batch,T} xᵀ dQ``, ``∂L/∂b_q = Σ dQ``, and
 ``∂L/∂x = dQ W_qᵀ + dK W_kᵀ + dV W_vᵀ`` (likewise ``∂L/∂W_o = Σ Oᵀ dy``, ``∂L/∂b_o = Σ dy``).
 
-**Blockwise** (``block_size=k``): the keys are cut into blocks of ``k`` and a ``lax.scan``
-walks them, so no ``T × T`` matrix is ever formed (memory ``O(T·k)`` per head). The forward
-keeps, per query row, a running max ``m``, normaliser ``ℓ`` and unnormalised output ``A``
-(the online softmax)::
+**Blockwise** (``block_size=k``): queries and keys are both cut into ``n = ⌈T/k⌉`` blocks
+of ``k`` positions (``Q_i``, ``K_j``, ``V_j``; ``k`` is capped at ``T``, and when it does
+not divide ``T`` the last block is padded with masked positions), and one ``lax.scan``
+walks the ``(query block i, key block j)`` pairs, so no ``T × T`` matrix is ever formed:
+each step works on one ``k × k`` block ``S_ij = s Q_i K_jᵀ`` per head, and the memory is
+``O(T)`` (the per-row state below and the outputs). With ``causal=True`` only the pairs
+``j ≤ i`` are visited, ``n(n+1)/2`` of the ``n²``: key blocks wholly in query block ``i``'s
+future are skipped, not masked, so causal attention does about half the work (among the
+visited blocks the causal mask removes entries only on the diagonal, ``j = i``).
 
-    m' = max(m, rowmax S_j)      P̃_j = exp(S_j − m')      α = exp(m − m')
-    ℓ' = α ℓ + rowsum P̃_j        A' = α A + P̃_j V_j
+The forward keeps, per query row, a running max ``m``, normaliser ``ℓ`` and unnormalised
+output ``A`` (the online softmax; ``m = −∞, ℓ = 0, A = 0`` at the start), and updates the
+rows of block ``i`` at pair ``(i, j)``::
+
+    m' = max(m, rowmax S_ij)     P̃_ij = exp(S_ij − m')     α = exp(m − m')
+    ℓ' = α ℓ + rowsum P̃_ij       A' = α A + P̃_ij V_j
     O = A / ℓ                    L = m + log ℓ               (the row's log-sum-exp)
 
 and caches only ``O`` and ``L`` (with the projected ``Q, K, V`` and the input). The
-backward recomputes each block of probabilities from ``L`` and uses
-``D = rowsum(dO ⊙ O)``, which equals ``rowsum(dP ⊙ P)`` because ``O = P V``::
+backward walks the same pairs key block by key block, recomputes each block of
+probabilities from ``L`` and uses ``D = rowsum(dO ⊙ O)``, which equals ``rowsum(dP ⊙ P)``
+because ``O = P V``::
 
-    P_j = exp(S_j − L)     dV_j = P_jᵀ dO     dS_j = P_j ⊙ (dO V_jᵀ − D)
-    dQ += s dS_j K_j       dK_j = s dS_jᵀ Q
+    P_ij = exp(S_ij − L_i)       dV_j += P_ijᵀ dO_i       dS_ij = P_ij ⊙ (dO_i V_jᵀ − D_i)
+    dQ_i += s dS_ij K_j          dK_j += s dS_ijᵀ Q_i
 
-When ``k`` does not divide ``T`` the keys are padded internally with masked positions.
+so ``dK_j``, ``dV_j`` sum over the query blocks that see key block ``j`` (``i ≥ j`` when
+causal), and ``dQ_i`` over the key blocks query block ``i`` sees. Rows with no allowed key
+(padding) keep ``ℓ = 0``: ``O = 0``, ``L = 0``, and ``P_ij = exp(−∞ − 0) = 0``.
 
 **Masks.** Input ``(batch, T, features)`` or ``Masked(values, mask)`` (see
 :mod:`jbp.layers.masking`): padded keys get no weight, padded query rows output zeros, and
@@ -49,6 +61,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jbp import initializers
@@ -93,6 +106,53 @@ def _finite(m):
     return jnp.where(m == -jnp.inf, 0, m)
 
 
+def _to_blocks(a, blk, nb):
+    """``(batch, T, H, d) → (n, batch, H, b, d)``, zero-padded to ``n·b`` positions."""
+    B, T = a.shape[:2]
+    a = jnp.pad(a, ((0, 0), (0, nb * blk - T), (0, 0), (0, 0)))
+    return jnp.transpose(a.reshape(B, nb, blk, *a.shape[2:]), (1, 0, 3, 2, 4))
+
+
+def _from_blocks(a, T):
+    """``(n, batch, H, b, d) → (batch, T, H, d)``, the padding dropped."""
+    nb, B, H, blk, d = a.shape
+    return jnp.transpose(a, (1, 0, 3, 2, 4)).reshape(B, nb * blk, H, d)[:, :T]
+
+
+def _stats_to_blocks(a, blk, nb):
+    """Per-row statistics ``(batch, H, T) → (n, batch, H, b)``, zero-padded."""
+    B, H, T = a.shape
+    a = jnp.pad(a, ((0, 0), (0, 0), (0, nb * blk - T)))
+    return jnp.moveaxis(a.reshape(B, H, nb, blk), 2, 0)
+
+
+def _stats_from_blocks(a, T):
+    """``(n, batch, H, b) → (batch, H, T)``."""
+    nb, B, H, blk = a.shape
+    return jnp.moveaxis(a, 0, 2).reshape(B, H, nb * blk)[..., :T]
+
+
+def _at(blocks, i):
+    """Block ``i`` (traced) of blocks stacked on the leading axis."""
+    return lax.dynamic_index_in_dim(blocks, i, 0, keepdims=False)
+
+
+def _put(blocks, value, i):
+    """``blocks`` with block ``i`` (traced) replaced by ``value`` (in place under jit)."""
+    return lax.dynamic_update_index_in_dim(blocks, value, i, 0)
+
+
+def _block_scores(qb, kb, mb, i, j, blk, pos, scale, causal):
+    """``S_ij = s Q_i K_jᵀ``, ``(batch, H, b, b)``, −∞ where not allowed (padding, and the
+    future within a diagonal block when ``causal``)."""
+    s = jnp.einsum("bhtd,bhsd->bhts", _at(qb, i), _at(kb, j)) * scale
+    qm = km = None
+    if mb is not None:
+        qm, km = _at(mb, i), _at(mb, j)
+    allowed = _allowed(qm, km, i * blk + pos, j * blk + pos, causal)
+    return s if allowed is None else jnp.where(allowed, s, -jnp.inf)
+
+
 @dataclasses.dataclass(frozen=True)
 class MultiHeadAttention(Layer):
     """Multi-head self-attention, ``(batch, T, features) → (batch, T, features)``.
@@ -108,8 +168,9 @@ class MultiHeadAttention(Layer):
         ``features`` must be divisible by ``num_heads``).
       causal: position ``t`` attends to keys ``≤ t`` only.
       block_size: ``None`` for the dense path (caches ``P``, ``(batch, H, T, T)``), or a
-        positive ``k``: blockwise over keys (caches ``O`` and the log-sum-exp ``L`` only);
-        ``k`` need not divide ``T``.
+        positive ``k``: blockwise over ``k × k`` blocks of (queries, keys), caching ``O``
+        and the log-sum-exp ``L`` only, in ``O(T)`` memory; with ``causal`` the key blocks
+        wholly in the future are skipped. ``k`` need not divide ``T``.
       use_bias: add ``b_q, b_k, b_v, b_o``.
       w_init, b_init: initializers (objects or names) of the weights and biases; defaults
         Glorot-uniform and zeros.
@@ -269,51 +330,62 @@ class MultiHeadAttention(Layer):
         p = e / jnp.where(l > 0, l, 1)
         return jnp.einsum("bhts,bshd->bthd", p, v), {"P": p}
 
-    def _key_blocks(self, k, v, mask):
-        """Keys and values cut into blocks, leading axis = block: ``(nb, batch, blk, H, d)``,
-        key mask ``(nb, batch, blk)`` (``None`` when nothing is masked) and positions
-        ``(nb, blk)``. Keys past ``T`` (when ``blk`` does not divide ``T``) are masked."""
-        B, T, H, d = k.shape
+    def _block_layout(self, q, mask):
+        """The blocking of a sequence of ``T``: block size ``b = min(k, T)``, ``n = ⌈T/b⌉``
+        blocks, and the padding mask cut into blocks, ``(n, batch, b)`` (``None`` when no
+        position is masked: no padding mask and ``b`` divides ``T``)."""
+        B, T = q.shape[:2]
         blk = min(self.block_size, T)
         nb = -(-T // blk)
         pad = nb * blk - T
-        if pad:
-            k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (k, v))
-            base = jnp.ones((B, T), bool) if mask is None else mask
-            mask = jnp.pad(base, ((0, 0), (0, pad)), constant_values=False)
-        split = lambda a: jnp.moveaxis(a.reshape((B, nb, blk) + a.shape[2:]), 1, 0)
-        km = None if mask is None else split(mask)
-        return split(k), split(v), km, jnp.arange(nb * blk).reshape(nb, blk), blk, nb
+        if mask is None and not pad:
+            return blk, nb, None
+        base = jnp.ones((B, T), bool) if mask is None else mask
+        mb = jnp.pad(base, ((0, 0), (0, pad)), constant_values=False)
+        return blk, nb, jnp.moveaxis(mb.reshape(B, nb, blk), 1, 0)
+
+    def _block_pairs(self, nb, key_major):
+        """The visited ``(i, j)`` = (query block, key block) pairs in visiting order, as two
+        int32 arrays: query block by query block (the forward) or, with ``key_major``, key
+        block by key block (the backward). With ``causal`` only ``j ≤ i`` is listed: the
+        ``n(n−1)/2`` pairs wholly in the future are never visited."""
+        if self.causal:  # row-major (outer, inner) with j ≤ i
+            outer, inner = np.triu_indices(nb) if key_major else np.tril_indices(nb)
+        else:
+            outer, inner = np.divmod(np.arange(nb * nb), nb)
+        i, j = (inner, outer) if key_major else (outer, inner)
+        return jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32)
 
     def _block_forward(self, q, k, v, mask):
-        """Online softmax over key blocks (module docstring); caches ``L``, not ``P``."""
+        """Online softmax over ``(query block, key block)`` pairs (module docstring);
+        caches ``L``, not ``P``."""
         B, T, H, d = q.shape
         scale = 1 / math.sqrt(d)
-        kb, vb, kmb, posb, _, _ = self._key_blocks(k, v, mask)
-        q_pos = jnp.arange(T)
+        blk, nb, mb = self._block_layout(q, mask)
+        qb, kb, vb = (_to_blocks(a, blk, nb) for a in (q, k, v))  # (n, B, H, b, d)
+        pos = jnp.arange(blk)
 
-        def step(carry, blk):
-            m, l, acc = carry
-            kj, vj, kmj, pj = blk
-            s = _scores(q, kj, scale, _allowed(mask, kmj, q_pos, pj, self.causal))
+        def step(state, ij):
+            i, j = ij
+            m_all, l_all, a_all = state  # the running m, ℓ, A of every query row
+            m, l, acc = _at(m_all, i), _at(l_all, i), _at(a_all, i)
+            s = _block_scores(qb, kb, mb, i, j, blk, pos, scale, self.causal)
             m_new = jnp.maximum(m, lax.stop_gradient(jnp.max(s, axis=-1)))
             m_fin = _finite(m_new)
             p = jnp.exp(s - m_fin[..., None])
             alpha = jnp.exp(m - m_fin)
             l = alpha * l + jnp.sum(p, axis=-1)
-            acc = alpha[..., None] * acc + jnp.einsum("bhts,bshd->bhtd", p, vj)
-            return (m_new, l, acc), None
+            acc = alpha[..., None] * acc + jnp.einsum("bhts,bhsd->bhtd", p, _at(vb, j))
+            return (_put(m_all, m_new, i), _put(l_all, l, i), _put(a_all, acc, i)), None
 
-        init = (
-            jnp.full((B, H, T), -jnp.inf, q.dtype),
-            jnp.zeros((B, H, T), q.dtype),
-            jnp.zeros((B, H, T, d), q.dtype),
-        )
-        (m, l, acc), _ = lax.scan(step, init, (kb, vb, kmb, posb))
+        rows = jnp.zeros((nb, B, H, blk), q.dtype)
+        init = (rows - jnp.inf, rows, jnp.zeros_like(qb))
+        (m, l, acc), _ = lax.scan(step, init, self._block_pairs(nb, key_major=False))
         has = l > 0
-        o = jnp.swapaxes(acc / jnp.where(has, l, 1)[..., None], 1, 2)  # (B, T, H, d)
-        lse = jnp.where(has, _finite(m) + jnp.log(jnp.where(has, l, 1)), 0)
-        return o, {"L": lse}
+        l1 = jnp.where(has, l, 1)
+        o = _from_blocks(acc / l1[..., None], T)
+        lse = jnp.where(has, _finite(m) + jnp.log(l1), 0)
+        return o, {"L": _stats_from_blocks(lse, T)}
 
     # --- backward ---------------------------------------------------------------------
     def _projection_deltas(self, params, cache, dy):
@@ -400,29 +472,36 @@ class MultiHeadAttention(Layer):
         return dq, dk, dv
 
     def _block_backward(self, cache, do):
-        """Per key block ``j``: ``P_j = exp(S_j − L)``, ``dV_j = P_jᵀ dO``,
-        ``dS_j = P_j ⊙ (dO V_jᵀ − D)`` with ``D = rowsum(dO ⊙ O)``, ``dQ += s dS_j K_j``,
-        ``dK_j = s dS_jᵀ Q``."""
+        """Over the same ``(i, j)`` pairs, key block by key block: ``P_ij = exp(S_ij − L_i)``,
+        ``dV_j += P_ijᵀ dO_i``, ``dS_ij = P_ij ⊙ (dO_i V_jᵀ − D_i)`` with
+        ``D = rowsum(dO ⊙ O)``, ``dK_j += dS_ijᵀ Q_i``, ``dQ_i += dS_ij K_j`` (then the
+        factor ``s`` on ``dQ`` and ``dK``)."""
         q, k, v, o, lse, mask = (cache[n] for n in ("q", "k", "v", "o", "L", "mask"))
         B, T, H, d = q.shape
+        blk, nb, mb = self._block_layout(q, mask)
+        qb, kb, vb, dob = (_to_blocks(a, blk, nb) for a in (q, k, v, do))
+        lb = _stats_to_blocks(lse, blk, nb)
+        db = _stats_to_blocks(jnp.einsum("bthd,bthd->bht", do, o), blk, nb)
+        pos = jnp.arange(blk)
+
+        def step(grads, ij):
+            i, j = ij
+            dqb, dkb, dvb = grads
+            s = _block_scores(qb, kb, mb, i, j, blk, pos, 1 / math.sqrt(d), self.causal)
+            p = jnp.exp(s - _at(lb, i)[..., None])
+            do_i = _at(dob, i)
+            ds = p * (jnp.einsum("bhtd,bhsd->bhts", do_i, _at(vb, j)) - _at(db, i)[..., None])
+            dv = _at(dvb, j) + jnp.einsum("bhts,bhtd->bhsd", p, do_i)
+            dk = _at(dkb, j) + jnp.einsum("bhts,bhtd->bhsd", ds, _at(qb, i))
+            dq = _at(dqb, i) + jnp.einsum("bhts,bhsd->bhtd", ds, _at(kb, j))
+            return (_put(dqb, dq, i), _put(dkb, dk, j), _put(dvb, dv, j)), None
+
+        zeros = jnp.zeros_like(qb)
+        (dqb, dkb, dvb), _ = lax.scan(
+            step, (zeros, zeros, zeros), self._block_pairs(nb, key_major=True)
+        )
         scale = 1 / math.sqrt(d)
-        kb, vb, kmb, posb, blk, nb = self._key_blocks(k, v, mask)
-        big_d = jnp.einsum("bthd,bthd->bht", do, o)[..., None]
-        q_pos = jnp.arange(T)
-
-        def step(dq, blk_in):
-            kj, vj, kmj, pj = blk_in
-            s = _scores(q, kj, scale, _allowed(mask, kmj, q_pos, pj, self.causal))
-            p = jnp.exp(s - lse[..., None])
-            dvj = jnp.einsum("bhts,bthd->bshd", p, do)
-            ds = p * (jnp.einsum("bthd,bshd->bhts", do, vj) - big_d)
-            dq = dq + jnp.einsum("bhts,bshd->bthd", ds, kj) * scale
-            dkj = jnp.einsum("bhts,bthd->bshd", ds, q) * scale
-            return dq, (dkj, dvj)
-
-        dq, (dkb, dvb) = lax.scan(step, jnp.zeros_like(q), (kb, vb, kmb, posb))
-        unblock = lambda a: jnp.moveaxis(a, 0, 1).reshape(B, nb * blk, H, d)[:, :T]
-        return dq, unblock(dkb), unblock(dvb)
+        return _from_blocks(dqb, T) * scale, _from_blocks(dkb, T) * scale, _from_blocks(dvb, T)
 
 
 def transformer_block(
@@ -457,7 +536,8 @@ def transformer_block(
       num_heads: attention heads; ``features`` must be divisible by it.
       mlp_hidden: hidden width of the position-wise MLP.
       causal: causal attention (each position sees itself and the past).
-      block_size: blockwise attention over key blocks of this size (``None``: dense).
+      block_size: blockwise attention over (query, key) blocks of this size (``None``:
+        dense).
     """
     for name, v in (("features", features), ("num_heads", num_heads), ("mlp_hidden", mlp_hidden)):
         if not _positive_int(v):
