@@ -57,6 +57,13 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rules", nargs="+", default=["fa", "dfa", "kolen_pollack"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["auto", "direct"],
+        choices=["auto", "gram", "direct"],
+        help="Alignment(method=...) variants to time",
+    )
     a = p.parse_args(argv)
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}; MLP 784-"
@@ -71,15 +78,18 @@ def main(argv=None):
         params, _ = model.init(jax.random.key(0), (784,))
         state = model.init_state((784,))
         fns, _args = {}, None
-        for label, exts in (("step", ()), ("step + Alignment", (Alignment(),))):
+        variants = [("step", ())] + [(f"+{m}", (Alignment(m),)) for m in a.methods]
+        for label, exts in variants:
             f, opt = step_fn(model, exts)
             fns[label] = (lambda f=f, o=opt.init(params): lambda p, s, x, y: f(p, o, s, x, y))()
         med = race(fns, (params, state, x, y), a.iters, a.repeats)
         t0 = med["step"]
         print(
-            f"  {rule:<14} step {t0 * 1e3:7.3f} ms   with Alignment "
-            f"{med['step + Alignment'] * 1e3:7.3f} ms   ratio "
-            f"{med['step + Alignment'] / t0:5.2f}×"
+            f"  {rule:<14} step {t0 * 1e3:7.3f} ms"
+            + "".join(
+                f"   Alignment({m!r}) {med['+' + m] * 1e3:7.3f} ms = {med['+' + m] / t0:4.2f}×"
+                for m in a.methods
+            )
         )
 
 
