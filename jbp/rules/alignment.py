@@ -339,7 +339,7 @@ class Alignment(Extension):
             d_bp, bp_layer = bp[path]
             if d_bp is None:  # δ_bp is the rule's δ: the same gradient
                 rec = {"grad_angle": jnp.zeros((), g[names[0]].dtype)}
-            elif _use_gram(layer, c["x"] if isinstance(c, dict) else None, d_bp, self.method):
+            elif _use_gram(layer, c.get("x") if isinstance(c, dict) else None, d_bp, self.method):
                 rec = {"grad_angle": _gram_angle(c["x"], _at(rule_deltas, path), d_bp, g["W"])}
             else:
                 gb = bp_layer.backward(_at(params, path), c, d_bp)[0]
