@@ -57,7 +57,9 @@ decay does not stop it, clipping the global gradient norm does (FA at wd 1e-4 wi
 momentum needs no clip (its ``B`` and ``W`` receive the same updates, which soon dominate
 their random initial difference: angles 47-61° after 4 epochs) and is slowed by one
 (44.9% vs 20.6% after 300 steps). FA and DFA remain far behind backprop on this CNN in
-short runs (hidden-layer angles stay 70-90°); biotorch's numbers come from long training.
+short runs (hidden-layer angles stay 70-90°); with the recipe FA keeps improving on all
+60k examples (2 epochs, 938 steps: 28.95% on 2k test examples, train loss 0.84); biotorch's
+numbers come from long training.
 """
 
 from __future__ import annotations
