@@ -42,8 +42,8 @@ LeNet CNN (``--model cnn --n-train 10000 --n-test 2000 --epochs 4``, 313 steps):
     KP          SGD+momentum                    20.45%         77.40%
 
 Why AdamW fails there for FA, DFA and KP (short runs on 10k examples): the conv layers'
-FA/DFA updates start 90-130° away from the true gradient and stay near 90° (the layer above a
-6- or 16-channel conv layer has too few weights to come into alignment with its ``B``), and
+FA/DFA updates start 90-130° away from the true gradient and stay near 90° (we did not see
+them align in these runs; the hidden Dense layers align slowly), and
 AdamW moves every coordinate by about ``lr`` whatever its gradient's size, so those random
 directions are taken at full speed: the loss rises even at lr 1e-4 (2.76 → 4-7 within 300
 steps) while the weight norms barely move — it is not weight growth. The scale of ``B``

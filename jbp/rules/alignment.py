@@ -275,12 +275,13 @@ class Alignment(Extension):
 
     **Cost.** The exact angle of a layer needs at least ``min(N·in·out, N²(in + 2·out))``
     multiply-adds on top of the step's ``2·N·in·out`` (forward and ``aᵀδ``) for that
-    layer; for the MLP 784-256-10 of ``bench/rules.py`` at batch 128 that is ≈ 1.4× the
-    step in FLOPs (measured 1.4-1.5× with AdamW on a loaded 2-core CPU; 1.5-2.0× before
-    the Gram form), ≈ 1.1× at batch 32. Per step, 1.1× is therefore out of reach at batch
-    128; for training curves record it on a probe batch every epoch instead
-    (:class:`AlignmentHistory`: a 512-example probe is ~6 steps of work, against 469 steps
-    in a Fashion-MNIST epoch at batch 128).
+    layer (the Gram form reaches the bound); for the MLP 784-256-10 of ``bench/rules.py``
+    at batch 128 that is 1.41× an AdamW step in FLOPs (measured 1.33-1.48× for FA, DFA and
+    Kolen-Pollack on a shared 2-core CPU, 1.52-1.91× before), 1.10× at batch 32 (measured
+    1.18-1.34×: the rest is memory traffic over ``∇W_rule``, ``B`` and ``W``). Per step,
+    1.1× is out of reach at batch 128; for training curves record the angles on a probe
+    batch every epoch instead (:class:`AlignmentHistory`: a 512-example probe is ~6 steps
+    of work, against 469 steps in a Fashion-MNIST epoch at batch 128).
 
     The result is ``{name: {...}}`` with, for every layer whose rule is not ``"bp"`` (named
     like ``layers[2]``, in model order)::
