@@ -88,3 +88,21 @@ def test_learning_rules_example_cnn_and_bad_arguments(capsys):
         example.main(["--epochs", "0"])
     with pytest.raises(SystemExit):
         example.main(["--rules", "backprop"])
+
+
+def test_learning_rules_recipes():
+    example = _load()
+    p = example.argparse.Namespace(
+        optimizer="auto", lr=None, weight_decay=None, momentum=None, clip=None
+    )
+    for rule in ("bp", "sign", "fa", "dfa", "kp"):
+        assert example.recipe(rule, "mlp", p)["optimizer"] == "adamw"
+    assert example.recipe("sign", "cnn", p)["optimizer"] == "adamw"
+    fa = example.recipe("fa", "cnn", p)
+    assert (fa["optimizer"], fa["lr"], fa["momentum"], fa["clip"]) == ("sgd", 1e-2, 0.9, 1.0)
+    assert example.recipe("kp", "cnn", p)["clip"] is None
+    p.lr, p.optimizer = 3e-3, "sgd"
+    r = example.recipe("bp", "mlp", p)
+    assert (r["optimizer"], r["lr"]) == ("sgd", 3e-3)
+    assert "clip 1" in example.describe(fa) and "momentum 0.9" in example.describe(fa)
+    example.make_optimizer(fa).init({"W": example.jnp.zeros(2)})

@@ -688,7 +688,14 @@ def test_with_rule_and_as_backprop_round_trip():
 def _old_alignment(model, loss, params, x, y, state):
     """The former stand-alone implementation of ``alignment`` (its own forward, the rule's
     backward and ``as_backprop``'s backward), kept as a reference for the extension."""
-    from jbp.rules.alignment import _at, _bp_cache, _entries, _flat, _weights, angle
+    from jbp.rules.alignment import _at, _entries, _flat, _weights, angle
+
+    def _bp_cache(model, cache):  # the rule model's cache, seen by as_backprop's model
+        if isinstance(model, DFA):
+            return _bp_cache(model.model, cache["layers"])
+        if isinstance(model, jbp.Sequential):
+            return tuple(_bp_cache(l, c) for l, c in zip(model.layers, cache))
+        return cache
 
     pred, cache, _ = model.forward_with_state(params, state, x)
     e = loss.grad(pred, y)
@@ -780,3 +787,131 @@ def test_alignment_extension_vs_numpy_rule_and_jax_grad(dtype):
         jbp.backprop(jbp.Sequential([Dense(2)]), CE, extensions=[jbp.rules.Alignment()])(
             jbp.Sequential([Dense(2)]).init(jax.random.key(0), (3,))[0], x[:, :3], y % 2
         )
+
+
+# --------------------------------------------------------------------------------------
+# Alignment: the Gram form, the skipped top layers, the one-pass feedback statistics
+# --------------------------------------------------------------------------------------
+
+
+def _angle64(a, b):
+    """The angle in float64, accurate near 0 (not arccos)."""
+    a, b = (np.ravel(np.asarray(v, np.float64)) for v in (a, b))
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    return np.degrees(2 * np.arctan2(np.linalg.norm(a - b), np.linalg.norm(a + b)))
+
+
+_ANGLE_TOL = {jnp.float64: 1e-9, jnp.float32: 2e-2}  # degrees (float32: Gram-form rounding)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_alignment_gram_and_direct_forms_match_jax_grad(dtype):
+    # here "auto" is "gram" (N(in + 2·out) < in·out for both hidden layers)
+    rng = np.random.default_rng(31)
+    net = jbp.Sequential([Dense(24), Tanh(), Dense(20), ReLU(), Dense(3)])
+    x, y = rand(rng, (4, 30), dtype), jnp.asarray(rng.integers(0, 3, 4))
+    tol = _ANGLE_TOL[dtype]
+    for model in (with_rule(net, "fa", seed=1), dfa(net, seed=2)):
+        params = randomize(model.init(jax.random.key(0), (30,))[0], rng, dtype)
+        state = jbp.cast(model.init_state((30,)), dtype)
+
+        @jax.jit
+        def run(p, s, model=model):
+            exts = [jbp.rules.Alignment(m) for m in ("gram", "direct")]
+            outs = [
+                jbp.backprop(model, CE, extensions=[e])(p, x, y, state=s, train=False) for e in exts
+            ]
+            g_true = jax.grad(lambda q: CE.value(as_backprop(model).apply(q, x), y))(p)
+            return [o.extras["alignment"] for o in outs], outs[0].grads, g_true
+
+        exts, g_rule, g_true = run(params, state)
+        names = [f"layers[{i}]" for i in (0, 2)] + ([] if isinstance(model, DFA) else ["layers[4]"])
+        for ext in exts:
+            assert list(ext) == names
+            for name in names:
+                i = int(name[7])
+                ref = _angle64(g_rule[i]["W"], g_true[i]["W"])
+                got = ext[name]["grad_angle"]
+                assert got.dtype == dtype
+                np.testing.assert_allclose(float(got), ref, rtol=tol, atol=tol, err_msg=name)
+            if not isinstance(model, DFA):  # the output layer's delta is e: exactly 0
+                assert float(ext["layers[4]"]["grad_angle"]) == 0.0
+                assert float(ext["layers[0]"]["grad_angle"]) > 1.0
+
+
+def test_alignment_auto_picks_the_gram_form_by_multiply_adds():
+    from jbp.rules.alignment import _use_gram
+
+    d = Dense(256)
+    x, dy = jnp.zeros((128, 784)), jnp.zeros((128, 256))
+    assert _use_gram(d, x, dy, "auto")  # 128²·(784 + 512) < 128·784·256
+    assert not _use_gram(d, jnp.zeros((512, 784)), jnp.zeros((512, 256)), "auto")
+    assert _use_gram(d, jnp.zeros((512, 784)), jnp.zeros((512, 256)), "gram")
+    assert not _use_gram(d, x, dy, "direct")
+    assert not _use_gram(Conv2D(4, 3), x, dy, "gram")  # the Gram form is for Dense only
+    with pytest.raises(ValueError, match="method must be one of"):
+        jbp.rules.Alignment("fast")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_alignment_gram_form_on_sequence_inputs_and_a_single_layer(dtype):
+    rng = np.random.default_rng(32)
+    model = jbp.Sequential([Dense(16, rule="fa", feedback_seed=4), Tanh(), Dense(2, rule="fa")])
+    params = randomize(model.init(jax.random.key(0), (5, 12))[0], rng, dtype)
+    state = jbp.cast(model.init_state((5, 12)), dtype)
+    x, y = rand(rng, (3, 5, 12), dtype), rand(rng, (3, 5, 2), dtype)
+    mse = jbp.losses.mse
+    tol = _ANGLE_TOL[dtype]
+
+    @jax.jit
+    def run(p, s):
+        out = {
+            m: jbp.backprop(model, mse, extensions=[jbp.rules.Alignment(m)])(
+                p, x, y, state=s, train=False
+            )
+            for m in ("gram", "direct")
+        }
+        g_true = jax.grad(lambda q: mse.value(as_backprop(model).apply(q, x), y))(p)
+        return {m: o.extras["alignment"] for m, o in out.items()}, out["gram"].grads, g_true
+
+    ext, g_rule, g_true = run(params, state)
+    ref = _angle64(g_rule[0]["W"], g_true[0]["W"])
+    for m in ("gram", "direct"):
+        np.testing.assert_allclose(
+            float(ext[m]["layers[0]"]["grad_angle"]), ref, rtol=tol, atol=tol
+        )
+        assert float(ext[m]["layers[2]"]["grad_angle"]) == 0.0
+    # a lone rule layer: its gradient is exact, only B vs W differs
+    lone = Dense(3, rule="fa", feedback_seed=7)
+    p1 = randomize(lone.init(jax.random.key(1), (4,))[0], rng, dtype)
+    s1 = jbp.cast(lone.init_state((4,)), dtype)
+    rec = jax.jit(jbp.rules.alignment(lone, CE))(p1, x[:, 0, :4], jnp.asarray([0, 2, 1]), state=s1)
+    rec = rec["layers"]["Dense"]
+    assert float(rec["grad_angle"]) == 0.0
+    np.testing.assert_allclose(
+        float(rec["feedback_angle"]), _angle64(s1["B"], p1["W"]), rtol=10 * tol, atol=tol
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_feedback_angle_is_accurate_near_zero(dtype):
+    from jbp.rules.alignment import _feedback_stats
+
+    rng = np.random.default_rng(33)
+    W = rng.standard_normal((30, 20))
+    for eps in (1e-2, 1e-4):  # Kolen-Pollack late in training: B = W + a small difference
+        B = W + eps * rng.standard_normal(W.shape)
+        ang, ratio = _feedback_stats([jnp.asarray(B, dtype)], [jnp.asarray(W, dtype)])
+        ref = _angle64(B, W)
+        rtol = {jnp.float64: 1e-9, jnp.float32: 1e-3}[dtype]
+        np.testing.assert_allclose(float(ang), ref, rtol=rtol)  # arccos would be off by ~0.02°
+        np.testing.assert_allclose(
+            float(ratio), np.linalg.norm(B) / np.linalg.norm(W), rtol=rtol / 100
+        )
+    same = jnp.asarray(W, dtype)
+    assert float(_feedback_stats([same], [same])[0]) == 0.0
+    two = _feedback_stats([jnp.asarray(W, dtype)[:3], -same[3:]], [same[:3], same[3:]])
+    np.testing.assert_allclose(
+        float(two[0]), _angle64(np.concatenate([W[:3], -W[3:]]), W), rtol=rtol
+    )
+    assert np.isnan(float(_feedback_stats([same * 0], [same])[0]))

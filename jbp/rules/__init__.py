@@ -14,7 +14,8 @@ the delta ``δ`` each layer receives.
   ``Sequential`` in a :class:`DFA` layer whose hidden weight layers receive ``B_l e``.
 - **Alignment metrics**: the engine extension :class:`Alignment`
   (``jbp.backprop(..., extensions=[Alignment()])`` → ``Pass.extras["alignment"]``, computed
-  from the same forward pass plus one backprop walk), its reader :func:`alignment` (jit-able: per layer, the angle between the
+  from the same forward pass plus backprop's deltas below the first layer that differs,
+  and a Gram form for wide ``Dense`` layers), its reader :func:`alignment` (jit-able: per layer, the angle between the
   rule's weight gradient and backprop's, the angle between ``B`` and ``W`` and ``‖B‖/‖W‖``),
   :class:`AlignmentHistory` (a ``jbp.fit`` callback recording them every epoch) and
   :func:`plot_alignment`.

@@ -66,12 +66,12 @@ def _at(tree, path):
     return tree
 
 
-def _bp_cache(model, cache):
-    """The rule model's forward cache seen by :func:`as_backprop`'s model."""
-    if isinstance(model, DFA):
-        return _bp_cache(model.model, cache["layers"])
-    if isinstance(model, Sequential):
-        return tuple(_bp_cache(l, c) for l, c in zip(model.layers, cache))
+def _cache_at(model, cache, path):
+    """The forward cache of the layer at ``path`` (through a :class:`DFA`'s ``"layers"``)."""
+    for i in path:
+        if isinstance(model, DFA):
+            model, cache = model.model, cache["layers"]
+        model, cache = model.layers[i], cache[i]
     return cache
 
 
@@ -120,21 +120,168 @@ class _RuleGrads(Extension):
         return hash(_RuleGrads)
 
 
+class _RuleDeltas(Extension):
+    """The delta ``δ_rule`` each layer receives in the main walk (the ``dy`` of each visit:
+    the same arrays, no extra work); read by :class:`Alignment`'s Gram form."""
+
+    name = "alignment_rule_deltas"
+    params_only = True
+
+    def compute(self, call):
+        return call.dy
+
+    def __eq__(self, other):
+        return type(other) is _RuleDeltas
+
+    def __hash__(self):
+        return hash(_RuleDeltas)
+
+
+#: how :class:`Alignment` forms ``∠(∇W_rule, ∇W_bp)`` of a ``Dense`` layer
+METHODS = ("auto", "gram", "direct")
+
+
+def _diverges(layer) -> bool:
+    """Whether ``layer``'s backward sends a delta other than backprop's (a rule layer, or a
+    ``Sequential`` holding one; a :class:`DFA` always)."""
+    if isinstance(layer, DFA):
+        return True
+    if isinstance(layer, Sequential):
+        return any(_diverges(l) for l in layer.layers)
+    return isinstance(layer, RuleLayer) and layer.rule != "bp"
+
+
+def _bp_deltas(model, params, cache, dy, rule_deltas, wanted, path=(), same=True):
+    """Backpropagation's delta at every layer of ``wanted`` (paths), walked on the rule
+    model's forward cache: ``(dx, same, found)`` with ``found[path] = (δ_bp, bp_layer)``, or
+    ``None`` where ``δ_bp`` is *identically* the rule's ``δ`` (no layer above it changes the
+    delta: e.g. the output layer). While that holds nothing is computed (the main walk's
+    deltas are used); from the first diverging layer down, each layer's ``as_backprop``
+    backward runs once, of which only ``dx`` (and, for a layer of ``wanted``, its weight
+    gradient, if the caller reads it) survives XLA's dead-code elimination."""
+    found = {}
+    if isinstance(model, DFA):
+        layers, caches = model.model.layers, cache["layers"]
+        inner_rd = rule_deltas
+        for i in reversed(range(len(layers))):
+            p = path + (i,)
+            d_here = _at(inner_rd, (i,)) if same else dy
+            if p in wanted:
+                found[p] = (None if same else d_here, as_backprop(layers[i]))
+            if same:  # only the output layer: then every hidden layer gets B e
+                dy = as_backprop(layers[i]).backward(params[i], caches[i], d_here)[1]
+                same = False
+            else:
+                dx, _, sub = _bp_deltas(layers[i], params[i], caches[i], dy, None, wanted, p, False)
+                found.update(sub)
+                dy = dx
+        return dy, False, found
+    if isinstance(model, Sequential):
+        for i in reversed(range(len(model.layers))):
+            rd = None if rule_deltas is None else rule_deltas[i]
+            dy, same, sub = _bp_deltas(
+                model.layers[i], params[i], cache[i], dy, rd, wanted, path + (i,), same
+            )
+            found.update(sub)
+        return dy, same, found
+    if path in wanted:
+        found[path] = (None if same else dy, as_backprop(model))
+    if same and not _diverges(model):
+        return None, True, found  # the main walk's delta continues: nothing to compute
+    d = rule_deltas if same else dy
+    return as_backprop(model).backward(params, cache, d)[1], False, found
+
+
+def _feedback_stats(Bs, Ws):
+    """``(∠(B, W), ‖B‖/‖W‖)`` from three sums ``‖B‖²``, ``‖W‖²``, ``‖B − W‖²`` (no
+    normalised copies): ``‖B̂ − Ŵ‖² = (‖B − W‖² − (‖B‖ − ‖W‖)²) / (‖B‖‖W‖)``
+    and the angle ``2·atan2(‖B̂ − Ŵ‖, ‖B̂ + Ŵ‖)`` with ``‖B̂ + Ŵ‖² = 4 − ‖B̂ − Ŵ‖²``. Exact
+    (0) for ``B = W`` and accurate near 0° while ``‖B‖ ≈ ‖W‖`` (Kolen–Pollack); elsewhere
+    the float32 rounding of the sums is ~1e-3°. NaN when either is zero."""
+    sbb = sum(jnp.sum(jnp.square(B)) for B in Bs)
+    sww = sum(jnp.sum(jnp.square(W)) for W in Ws)
+    sdd = sum(jnp.sum(jnp.square(B - W)) for B, W in zip(Bs, Ws))
+    nb, nw = jnp.sqrt(sbb), jnp.sqrt(sww)
+    ok = (nb > 0) & (nw > 0)
+    dd = jnp.clip((sdd - jnp.square(nb - nw)) / jnp.where(ok, nb * nw, 1), 0, 4)
+    rad = 2 * jnp.arctan2(jnp.sqrt(dd), jnp.sqrt(4 - dd))
+    return jnp.where(ok, jnp.degrees(rad), jnp.nan), nb / nw
+
+
+def _use_gram(layer, x, d, method) -> bool:
+    """Gram form for a ``Dense`` layer when asked, or (``"auto"``) when it needs fewer
+    multiply-adds: ``N²(in + 2·out) < N·in·out`` with ``N`` the rows of ``x``."""
+    from jbp.layers import Dense  # noqa: PLC0415
+
+    if method == "direct" or not isinstance(layer, Dense):
+        return False
+    if not (isinstance(x, jax.Array) and isinstance(d, jax.Array)):
+        return False  # masked sequences and the like: the direct form
+    if method == "gram":
+        return True
+    n_in, n_out = x.shape[-1], d.shape[-1]
+    rows = math.prod(x.shape[:-1])
+    return rows * (n_in + 2 * n_out) < n_in * n_out
+
+
+def _gram_angle(x, d_rule, d_bp, g_rule):
+    """``∠(xᵀδ_rule, xᵀδ_bp)`` without forming ``xᵀδ_bp``: with ``G = x xᵀ`` (N×N),
+    ``‖xᵀδ_bp‖² = ⟨G, δ_bp δ_bpᵀ⟩`` and ``‖ĝ_rule − ĝ_bp‖² = ⟨G, D Dᵀ⟩`` for
+    ``D = δ_rule/‖g_rule‖ − δ_bp/‖g_bp‖``; the angle is ``2·atan2(‖ĝ_r − ĝ_b‖, ‖ĝ_r + ĝ_b‖)``
+    with ``‖ĝ_r + ĝ_b‖² = 4 − ‖ĝ_r − ĝ_b‖²``. ``N²(in + 2·out)`` multiply-adds."""
+    x2 = x.reshape(-1, x.shape[-1])
+    dr = d_rule.reshape(-1, d_rule.shape[-1])
+    db = d_bp.reshape(-1, d_bp.shape[-1])
+    G = x2 @ x2.T
+    nr = jnp.linalg.norm(g_rule)
+    nb = jnp.sqrt(jnp.maximum(jnp.sum(G * (db @ db.T)), 0))
+    ok = (nr > 0) & (nb > 0)
+    D = dr / jnp.where(ok, nr, 1) - db / jnp.where(ok, nb, 1)
+    dd = jnp.clip(jnp.sum(G * (D @ D.T)), 0, 4)
+    rad = 2 * jnp.arctan2(jnp.sqrt(dd), jnp.sqrt(4 - dd))
+    return jnp.where(ok, jnp.degrees(rad), jnp.nan)
+
+
+@dataclasses.dataclass(frozen=True)
 class Alignment(Extension):
     """Engine extension: how far each learning-rule layer is from backpropagation, on the
     batch of the pass (``jbp.backprop(model, loss, extensions=[Alignment()])`` →
     ``Pass.extras["alignment"]``).
 
     The main walk is the rule's own backward: every layer is visited with the delta ``δ``
-    the rule sends it and records its gradient ``∇W_rule = aᵀδ`` (extension
-    ``"alignment_rule_grads"``, required, which appears in ``Pass.extras`` too — it is
+    the rule sends it and records its gradient ``∇W_rule = aᵀδ`` and that ``δ``
+    (extensions ``"alignment_rule_grads"`` and ``"alignment_rule_deltas"``, required, which
+    appear in ``Pass.extras`` too: the same arrays, no extra work; the first is
     ``Pass.grads`` before any regularizer). The *true* gradient needs the true delta
     ``δ_bp``, which no rule computes: at layer ``l`` it is ``e`` carried down through
     ``Wᵀ`` of every layer above, while the rule carries it through ``B``. So ``Alignment``
-    is a seeded extension with its own walk: it backpropagates the same output delta
-    ``e = ∂L/∂ŷ`` through :func:`as_backprop`'s backward on the same forward cache (no
-    second forward pass) and compares, per layer. The cost is one more backward pass (its
-    input deltas and weight gradients), not a forward.
+    is a seeded extension with its own walk on the same forward cache (no second forward
+    pass), which does only what the angles need:
+
+    - Above the first layer whose backward differs from backprop (the output layer, say),
+      ``δ_bp`` *is* the rule's ``δ``: nothing is recomputed and such a layer's
+      ``grad_angle`` is exactly 0. From there down, each layer's :func:`as_backprop`
+      backward runs once for its input delta ``δ_bp Wᵀ`` (one matmul per layer between
+      the first diverging layer and the lowest rule layer; below it nothing).
+    - ``∠(aᵀδ_rule, aᵀδ_bp)`` of a ``Dense`` layer (inputs ``a``: ``N × in``, ``N`` =
+      batch × positions; deltas ``N × out``) is taken in the *Gram form* when that is
+      cheaper (``method="auto"``: ``N(in + 2·out) < in·out``): with ``G = a aᵀ``,
+      ``‖aᵀδ_bp‖² = ⟨G, δ_bp δ_bpᵀ⟩`` and ``‖ĝ_rule − ĝ_bp‖² = ⟨G, DDᵀ⟩`` for
+      ``D = δ_rule/‖g_rule‖ − δ_bp/‖g_bp‖`` — ``N²(in + 2·out)`` multiply-adds instead of
+      the ``N·in·out`` of forming ``aᵀδ_bp``. Otherwise (and for ``Conv2D``, ``SimpleRNN``,
+      ``LSTM``) the direct form: the backprop weight gradient, then :func:`angle`.
+    - ``feedback_angle`` and ``norm_ratio`` come from three sums over ``B`` and ``W``
+      (``‖B‖²``, ``‖W‖²``, ``‖B − W‖²``), no normalised copies.
+
+    **Cost.** The exact angle of a layer needs at least ``min(N·in·out, N²(in + 2·out))``
+    multiply-adds on top of the step's ``2·N·in·out`` (forward and ``aᵀδ``) for that
+    layer (the Gram form reaches the bound); for the MLP 784-256-10 of ``bench/rules.py``
+    at batch 128 that is 1.41× an AdamW step in FLOPs (measured 1.33-1.48× for FA, DFA and
+    Kolen-Pollack on a shared 2-core CPU, 1.52-1.91× before), 1.10× at batch 32 (measured
+    1.18-1.34×: the rest is memory traffic over ``∇W_rule``, ``B`` and ``W``). Per step,
+    1.1× is out of reach at batch 128; for training curves record the angles on a probe
+    batch every epoch instead (:class:`AlignmentHistory`: a 512-example probe is ~6 steps
+    of work, against 469 steps in a Fashion-MNIST epoch at batch 128).
 
     The result is ``{name: {...}}`` with, for every layer whose rule is not ``"bp"`` (named
     like ``layers[2]``, in model order)::
@@ -147,24 +294,33 @@ class Alignment(Extension):
     maps the output error, not this layer's output: no ``W`` to compare it with). Both
     gradients are those of the mean data loss of the batch (no regularizer); ``∇W`` of a
     layer means its weights only (``W``; ``W_x`` and ``W_h`` concatenated), not biases.
-    Angles use :func:`angle` (``2·atan2(‖â−b̂‖, ‖â+b̂‖)``); NaN where a vector is zero.
+    Angles are ``2·atan2(‖â−b̂‖, ‖â+b̂‖)`` (as :func:`angle`); NaN where a vector is zero.
+    In float32 the Gram form is within ~0.01° of the direct one.
     ``grad_angle`` of an output layer is 0 (it receives ``e`` under every rule); below
     90° the rule's update is a descent direction for that layer.
 
-    Raises (when the pass runs):
-      ValueError: the model has no layer with a rule other than ``"bp"`` and is no DFA.
+    Args:
+      method: ``"auto"`` (default: the cheaper form per ``Dense`` layer), ``"gram"``
+        (the Gram form for every ``Dense`` layer) or ``"direct"`` (never).
+
+    Raises:
+      ValueError: an unknown ``method`` (at once); the model has no layer with a rule
+        other than ``"bp"`` and is no DFA (when the pass runs).
     """
 
     name = "alignment"
     seeded = True
     params_only = True
-    requires = (_RuleGrads(),)
+    requires = (_RuleGrads(), _RuleDeltas())
 
-    def __eq__(self, other):
-        return type(other) is Alignment
+    method: str = "auto"
 
-    def __hash__(self):
-        return hash(Alignment)
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(
+                f"Alignment: method must be one of {', '.join(map(repr, METHODS))}, "
+                f"got {self.method!r}"
+            )
 
     def walk(self, model, params, cache, ctx):
         entries = _entries(model)
@@ -174,18 +330,26 @@ class Alignment(Extension):
                 f"'bp' and is not a DFA, so it is backpropagation already: {model!r}"
             )
         grads = ctx.extras[_RuleGrads.name]
-        bp_grads, _ = as_backprop(model).backward(params, _bp_cache(model, cache), ctx.dpred)
+        rule_deltas = ctx.extras[_RuleDeltas.name]
+        wanted = {path for _, path, _, _ in entries}
+        _, _, bp = _bp_deltas(model, params, cache, ctx.dpred, rule_deltas, wanted)
         layers = {}
         for name, path, layer, kind in entries:
             names = _weights(layer)
-            g, gb = _at(grads, path), _at(bp_grads, path)
-            rec = {"grad_angle": angle([g[w] for w in names], [gb[w] for w in names])}
+            g, c = _at(grads, path), _cache_at(model, cache, path)
+            d_bp, bp_layer = bp[path]
+            if d_bp is None:  # δ_bp is the rule's δ: the same gradient
+                rec = {"grad_angle": jnp.zeros((), g[names[0]].dtype)}
+            elif _use_gram(layer, c.get("x") if isinstance(c, dict) else None, d_bp, self.method):
+                rec = {"grad_angle": _gram_angle(c["x"], _at(rule_deltas, path), d_bp, g["W"])}
+            else:
+                gb = bp_layer.backward(_at(params, path), c, d_bp)[0]
+                rec = {"grad_angle": angle([g[w] for w in names], [gb[w] for w in names])}
             if kind == "rule":
-                p, c = _at(params, path), _at(cache, path)
+                p = _at(params, path)
                 Ws = [p[w] for w in names]
                 Bs = [layer.feedback(p, c, w) for w in names]
-                rec["feedback_angle"] = angle(Bs, Ws)
-                rec["norm_ratio"] = jnp.linalg.norm(_flat(Bs)) / jnp.linalg.norm(_flat(Ws))
+                rec["feedback_angle"], rec["norm_ratio"] = _feedback_stats(Bs, Ws)
             layers[name] = rec
         return layers
 
