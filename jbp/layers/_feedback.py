@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from jbp import initializers
-from jbp.core import Layer
+from jbp.core import Array, Layer, PyTree
 
 __all__ = ["RULES", "RuleLayer", "rule_field", "seed_field", "feedback_key"]
 
@@ -165,7 +165,7 @@ class RuleLayer(Layer):
             B = self.draw_feedback(name, W.shape)
         return B.astype(W.dtype)
 
-    def cache_axes(self, cache):
+    def cache_axes(self, cache: PyTree) -> PyTree:
         """Feedback alignment's ``B`` in the cache is shared by the batch (axis ``None``)."""
         axes = super().cache_axes(cache)
         if isinstance(cache, dict):
@@ -200,7 +200,7 @@ class RuleLayer(Layer):
     def stateful(self):
         return self.rule == "fa"
 
-    def init_state(self, in_shape):
+    def init_state(self, in_shape: tuple[int, ...]) -> PyTree:
         """``{"B": ...}`` for ``rule="fa"`` (see the module docstring), else ``()``."""
         if self.rule != "fa":
             return ()
@@ -210,7 +210,15 @@ class RuleLayer(Layer):
             name: self.draw_feedback(name, shapes[w]) for name, (w, _) in self._feedback_of.items()
         }
 
-    def forward_with_state(self, params, state, x, *, key=None, train=False):
+    def forward_with_state(
+        self,
+        params: PyTree,
+        state: PyTree,
+        x: Array,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+    ) -> tuple[Array, PyTree, PyTree]:
         """``forward``, with feedback alignment's ``B`` from ``state`` put into the cache."""
         y, cache = self.forward(params, x, key=key, train=train)
         if self.rule == "fa":
