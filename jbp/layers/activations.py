@@ -81,7 +81,9 @@ class Sigmoid(Activation):
     def derivative(self, z: Array, a: Array) -> Array:
         return a * (1 - a)
 
-    def unit_stats(self, cache, *, sigmoid_eps: float = 0.05, **thresholds) -> dict:
+    def unit_stats(
+        self, cache: PyTree, *, sigmoid_eps: float = 0.05, **thresholds: float
+    ) -> dict[str, Array]:
         """``{"saturated": fraction of the batch's activations with a < ε or a > 1 − ε}``.
 
         With the default ``ε = 0.05`` that is ``|z| > log(19) ≈ 2.944``, where
@@ -110,7 +112,9 @@ class Tanh(Activation):
     def derivative(self, z: Array, a: Array) -> Array:
         return 1 - a * a
 
-    def unit_stats(self, cache, *, tanh_eps: float = 0.05, **thresholds) -> dict:
+    def unit_stats(
+        self, cache: PyTree, *, tanh_eps: float = 0.05, **thresholds: float
+    ) -> dict[str, Array]:
         """``{"saturated": fraction of the batch's activations with |a| > 1 − ε}``.
 
         With the default ``ε = 0.05`` that is ``|z| > atanh(0.95) ≈ 1.832``, where
@@ -138,7 +142,7 @@ class ReLU(Activation):
     def derivative(self, z: Array, a: Array) -> Array:
         return (z > 0).astype(z.dtype)
 
-    def unit_stats(self, cache, **thresholds) -> dict:
+    def unit_stats(self, cache: PyTree, **thresholds: float) -> dict[str, Array]:
         """``{"dead": fraction of units whose input is ≤ 0 for every example of the batch}``.
 
         A unit is one entry of the last (feature) axis: a ``Dense`` unit, a ``Conv2D``

@@ -78,9 +78,11 @@ class Conv2D(RuleLayer):
         ``(ph, pw)`` or ``((top, bottom), (left, right))``.
       dilation: ``d`` or ``(dh, dw)`` (default 1; "atrous" convolution).
       use_bias: add ``b`` (default True).
-      w_init, b_init: initializer or name; defaults Glorot-uniform (fans of an HWIO kernel:
-        ``fan_in = kh·kw·C``, ``fan_out = kh·kw·F``) and zeros, as for ``Dense``. For deep
+      w_init: initializer or name of the kernel; default Glorot-uniform (fans of an HWIO
+        kernel: ``fan_in = kh·kw·C``, ``fan_out = kh·kw·F``), as for ``Dense``. For deep
         ReLU networks ``w_init="he_normal"`` is the usual choice.
+      b_init: initializer or name of the bias; default zeros.
+
       rule: the backward rule (default ``"bp"``): ``"fa"``, ``"sign"`` or
         ``"kolen_pollack"`` put a feedback kernel ``B`` (shape of ``K``) in place of ``K``
         in ``∂L/∂x`` only; ``∂L/∂K`` and ``∂L/∂b`` keep their form. See

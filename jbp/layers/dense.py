@@ -161,7 +161,9 @@ class Dense(RuleLayer):
         return self.rule_grads(out)
 
     # --- closed form for the Kronecker-factored curvature (jbp.extensions.KFAC / KFLR) -------
-    def kron_factors(self, params, cache, dy):
+    def kron_factors(
+        self, params: PyTree, cache: PyTree, dy: Array
+    ) -> dict[str, tuple[Array, Array]]:
         """Kronecker factors of the GGN blocks from one backpropagated column ``dy``.
 
         With ``a`` the input ``(n, T, in)`` and ``δ`` this column's delta ``(n, T, units)``
