@@ -78,7 +78,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-
 from typing import TYPE_CHECKING, NamedTuple
 
 import jax
