@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .split import split_indices
 
@@ -87,12 +88,12 @@ class AmesData:
     def __getitem__(self, i):
         return (self.train, self.test)[i]
 
-    def inverse_features(self, x):
+    def inverse_features(self, x: ArrayLike) -> np.ndarray:
         """Map (standardized) features back to their original units (float64)."""
         x = np.asarray(x, dtype=np.float64)
         return x * self.x_std + self.x_mean if self.standardized else x
 
-    def price_dollars(self, y):
+    def price_dollars(self, y: ArrayLike) -> np.ndarray:
         """Map targets or predictions (any target mode) back to sale prices in dollars."""
         y = np.asarray(y, dtype=np.float64)
         if self.target == "log":

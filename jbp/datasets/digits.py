@@ -30,7 +30,7 @@ def _raw():
     return x, y
 
 
-def load_digits_raw():
+def load_digits_raw() -> tuple[np.ndarray, np.ndarray]:
     """Return all 1,797 digits unsplit: ``(images uint8 (1797, 8, 8) in 0..16, labels int32)``.
 
     Fresh copies, in the original order.

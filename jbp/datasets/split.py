@@ -22,6 +22,7 @@ import math
 import numbers
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 __all__ = ["check_fraction", "check_seed", "split_indices", "one_hot", "select_classes"]
 
@@ -86,7 +87,7 @@ def split_indices(n: int, test_fraction: float, seed: int, labels=None):
     return train[rng.permutation(train.size)], test[rng.permutation(test.size)]
 
 
-def one_hot(labels, num_classes: int, dtype=np.float32) -> np.ndarray:
+def one_hot(labels: ArrayLike, num_classes: int, dtype: DTypeLike = np.float32) -> np.ndarray:
     """One-hot encode integer ``labels`` (any shape) into ``labels.shape + (num_classes,)``.
 
     Works on numpy and JAX arrays (returns numpy). Raises ``ValueError`` when
