@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:
+    from jbp.core import Array, PyTree
 
 __all__ = [
     "parse_batch_size",
@@ -34,7 +39,7 @@ __all__ = [
 ]
 
 
-def parse_batch_size(text) -> int | None:
+def parse_batch_size(text: str | int | None) -> int | None:
     """Command-line spelling of the knob: ``"gd"``/``"full"`` → ``None`` (full batch),
     ``"sgd"`` → ``1``, ``"32"`` → ``32``."""
     if text is None:
@@ -73,7 +78,19 @@ def _chunk_batches(bs, nb, x, y):
     return max(1, min(nb, _CHUNK_BYTES // max(1, bs * row)))
 
 
-def scan_batches(fn, carry, x, y, keys, *, bs: int, nb: int, rem: int, order=None, sharding=None):
+def scan_batches(
+    fn: Callable[[PyTree, Array, Array, Array | None], tuple[PyTree, dict[str, Array]]],
+    carry: PyTree,
+    x: Array,
+    y: Array,
+    keys: Array | None,
+    *,
+    bs: int,
+    nb: int,
+    rem: int,
+    order: Array | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+) -> tuple[PyTree, dict[str, Array]]:
     """Run ``fn(carry, xb, yb, k) -> (carry, metrics)`` over the batches of ``(x, y)``.
 
     Batch ``j`` is rows ``order[j·bs:(j+1)·bs]`` (``order=None``: consecutive rows), with
