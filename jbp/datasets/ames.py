@@ -103,7 +103,13 @@ class AmesData:
         return y
 
 
-def ames(*, test_fraction=0.2, seed=0, standardize=True, target="dollars"):
+def ames(
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    standardize: bool = True,
+    target: str = "dollars",
+) -> AmesData:
     """Load the embedded Ames house-price regression set, split into train and test.
 
     Args:
@@ -117,7 +123,7 @@ def ames(*, test_fraction=0.2, seed=0, standardize=True, target="dollars"):
 
     Returns:
       :class:`AmesData`, which unpacks as ``((x_train, y_train), (x_test, y_test))``:
-      float32 x ``(n, 12)`` with columns :data:`AMES_FEATURES`, float32 y ``(n,)``.
+        float32 x ``(n, 12)`` with columns :data:`AMES_FEATURES`, float32 y ``(n,)``.
 
     Split: a plain permutation of the 2,930 rows by ``np.random.default_rng(seed)``; its
     first ``ceil(test_fraction * 2930)`` rows are test (default: 586 test, 2,344 train),
