@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from jbp.core import Array, PyTree
 
 __all__ = [
@@ -168,7 +170,7 @@ def scan_batches(
 # --------------------------------------------------------------------------------------
 
 
-def auto_mesh(mesh):
+def auto_mesh(mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh | None:
     """``mesh`` with every axis of type ``Auto`` (GSPMD decides the layout of intermediate
     values; ``jax.make_mesh`` makes ``Explicit`` axes by default, where a gather from
     example-sharded data would need an explicit output sharding). Same devices, same names."""
@@ -181,7 +183,7 @@ def auto_mesh(mesh):
     )
 
 
-def data_sharding(mesh):
+def data_sharding(mesh: jax.sharding.Mesh | None) -> jax.sharding.NamedSharding | None:
     """``NamedSharding(mesh, P("data"))`` (split by example), or ``None`` without a mesh."""
     if mesh is None:
         return None
@@ -192,12 +194,12 @@ def _replicated(mesh):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
-def replicate(tree, mesh):
+def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
     """Every leaf of ``tree`` copied whole onto each device of ``mesh`` (``P()``)."""
     return jax.device_put(tree, _replicated(mesh))
 
 
-def shard_data(arrays, mesh):
+def shard_data(arrays: Sequence[Array | np.ndarray], mesh: jax.sharding.Mesh) -> tuple[Array, ...]:
     """``arrays`` (a tuple) laid out for data parallelism on ``mesh``.
 
     A ``jax.Array`` already spread over ``mesh``'s devices (a global array from
@@ -206,7 +208,7 @@ def shard_data(arrays, mesh):
     replicated (each batch is still split inside the compiled epoch)."""
     n_dev = int(mesh.shape["data"])
     devices = set(mesh.devices.flat)
-    mesh = auto_mesh(mesh)
+    mesh = auto_mesh(mesh)  # type: ignore[assignment]  # a Mesh in, a Mesh out
     out = []
     for a in arrays:
         if isinstance(a, jax.Array) and set(a.sharding.device_set) == devices and len(devices) > 1:
@@ -218,7 +220,7 @@ def shard_data(arrays, mesh):
     return tuple(out)
 
 
-def mesh_shardings(mesh):
+def mesh_shardings(mesh: jax.sharding.Mesh) -> dict[str, jax.sharding.NamedSharding]:
     """``jax.jit`` keyword arguments for a data-parallel ``fn``: outputs replicated. The
     inputs keep the shardings they were placed with (:func:`replicate`,
     :func:`shard_data`); batches are constrained inside :func:`scan_batches`."""
