@@ -137,7 +137,9 @@ def plot_gradient_norms(
     return fig
 
 
-def save_figure(fig, path, *, dpi: int = 110, close: bool = True) -> str:
+def save_figure(
+    fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110, close: bool = True
+) -> str:
     """Write ``fig`` to ``path`` (its folder created as needed); close it unless asked not to."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -276,7 +276,7 @@ class LayerDeltas(Extension):
         )
 
 
-def per_example_norms(tree, n) -> jax.Array:
+def per_example_norms(tree: PyTree, n: int) -> jax.Array:
     """``(n,)``: ``‖tree[x]‖``, the norm of example ``x``'s rows of every leaf together.
 
     Args:
@@ -290,7 +290,7 @@ def per_example_norms(tree, n) -> jax.Array:
     return norms[0] if len(norms) == 1 else jax.vmap(safe_norm)(jnp.stack(norms, axis=1))
 
 
-def with_update_ratios(rows, params, updates):
+def with_update_ratios(rows: PyTree, params: PyTree, updates: PyTree) -> PyTree:
     """Add ``update_ratio = ‖ΔWˡ‖/‖Wˡ‖`` (weights, as ``grad_W_norm``) to every row with
     weights, and ``leaves[leaf]["update_ratio"] = ‖Δleaf‖/‖leaf‖`` to every parameter leaf.
 

@@ -466,7 +466,9 @@ def poisson_batch(
     return idx, sampled.astype(jnp.result_type(float)), dropped
 
 
-def check_fit_privacy(config, *, batch_size, n: int, grad_fn: str, drop_last: bool) -> None:
+def check_fit_privacy(
+    config: DPConfig, *, batch_size: int | None, n: int, grad_fn: str, drop_last: bool
+) -> None:
     """``fit(..., privacy=config)``'s checks, before anything is compiled."""
     if not isinstance(config, DPConfig):
         raise TypeError(
