@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import PyTreeDef
+
+if TYPE_CHECKING:
+    from jbp.core import Layer, PyTree
 
 __all__ = [
     "check_array",
@@ -444,7 +448,9 @@ def _few(names, k: int = 6) -> str:
     return ", ".join(names[:k]) + more
 
 
-def check_params(model, params, in_shape, *, name: str = "params") -> tuple:
+def check_params(
+    model: Layer, params: PyTree, in_shape: Sequence[int], *, name: str = "params"
+) -> tuple[int, ...]:
     """Check ``params`` against ``model.init(key, in_shape)``; return the output shape.
 
     The expected structure and shapes come from ``jax.eval_shape`` of ``model.init`` (no

@@ -37,6 +37,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 __all__ = [
     "rotate",
@@ -63,7 +64,7 @@ __all__ = [
 # ----------------------------------------------------------------------------
 
 
-def _check_images(x, who: str, arg: str = "x"):
+def _check_images(x: ArrayLike, who: str, arg: str = "x") -> jax.Array:
     """Return ``x`` as an array of rank 3 (NHW) or 4 (NHWC), or raise."""
     x = jnp.asarray(x)
     if x.ndim not in (3, 4):
@@ -171,19 +172,19 @@ def _with_channels(fn, x):
 # ----------------------------------------------------------------------------
 
 
-def flip_horizontal(x):
+def flip_horizontal(x: ArrayLike) -> jax.Array:
     """Mirror every image left-right (reverse the width axis)."""
     x = _check_images(x, "flip_horizontal")
     return jnp.flip(x, axis=2)
 
 
-def flip_vertical(x):
+def flip_vertical(x: ArrayLike) -> jax.Array:
     """Mirror every image top-bottom (reverse the height axis)."""
     x = _check_images(x, "flip_vertical")
     return jnp.flip(x, axis=1)
 
 
-def translate(x, dy, dx):
+def translate(x: ArrayLike, dy: ArrayLike, dx: ArrayLike) -> jax.Array:
     """Shift each image by integer ``dy`` rows down and ``dx`` columns right.
 
     ``dy`` and ``dx`` are scalars or per-example arrays of shape ``(N,)``
@@ -235,7 +236,7 @@ def _cos_sin_degrees(deg):
     return c.astype(deg.dtype), s.astype(deg.dtype)
 
 
-def rotate(x, degrees):
+def rotate(x: ArrayLike, degrees: ArrayLike) -> jax.Array:
     """Rotate each image counter-clockwise (as displayed) by ``degrees``.
 
     ``degrees`` is a scalar or a per-example array of shape ``(N,)`` (may be
@@ -300,10 +301,14 @@ class _Augmentation:
     under a ``jit`` keyed on the (hashable) augmentation, so that eager calls
     compile once per shape; inside an outer ``jit``/``scan`` it is inlined."""
 
+    # set by every subclass: its name in messages and its (jit-able) implementation
+    _name: str
+    _impl: Callable[[jax.Array, jax.Array], jax.Array]
+
     def _validate(self, x):
         pass
 
-    def __call__(self, key, x):
+    def __call__(self, key: jax.Array, x: ArrayLike) -> jax.Array:
         x = _check_images(x, self._name)
         self._validate(x)
         try:
@@ -500,14 +505,16 @@ def random_rotation(max_degrees: float) -> RandomRotation:
     return RandomRotation(max_degrees)
 
 
-def random_translation(max_pixels) -> RandomTranslation:
+def random_translation(max_pixels: int | tuple[int, int]) -> RandomTranslation:
     """Each example shifted by integers uniform in ``[-max, max]`` per axis (zero fill)."""
-    return RandomTranslation(max_pixels)
+    return RandomTranslation(max_pixels)  # type: ignore[arg-type]  # normalized in __post_init__
 
 
-def random_crop(size=None, padding=0) -> RandomCrop:
+def random_crop(
+    size: tuple[int, int] | None = None, padding: int | tuple[int, int] = 0
+) -> RandomCrop:
     """Zero-pad by ``padding`` then crop ``size = (h, w)`` at a random position."""
-    return RandomCrop(size, padding)
+    return RandomCrop(size, padding)  # type: ignore[arg-type]  # normalized in __post_init__
 
 
 def gaussian_noise(stddev: float) -> GaussianNoise:
@@ -515,6 +522,6 @@ def gaussian_noise(stddev: float) -> GaussianNoise:
     return GaussianNoise(stddev)
 
 
-def compose(*augs) -> Compose:
+def compose(*augs: Callable[[jax.Array, jax.Array], jax.Array]) -> Compose:
     """Chain augmentations: ``compose(a, b)(key, x) = b(k2, a(k1, x))``."""
     return Compose(augs)

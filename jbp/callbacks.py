@@ -18,6 +18,7 @@ the history and the progress line; ``params`` the parameters after the epoch;
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from jbp.history import _fmt
@@ -34,7 +35,7 @@ class Callback:
     def on_epoch_end(self, epoch: int, logs: dict, params: Any, state: Any = ()) -> bool | None:
         return None
 
-    def on_train_end(self, params: Any, state: Any = ()):
+    def on_train_end(self, params: Any, state: Any = ()) -> tuple[Any, Any] | None:
         return None
 
 
@@ -49,10 +50,10 @@ class _FunctionCallback(Callback):
         return f"callback({getattr(self.fn, '__name__', self.fn)!r})"
 
 
-def as_callback(obj, where: str = "callbacks") -> Callback:
+def as_callback(obj: Callback | Callable[..., Any], where: str = "callbacks") -> Callback:
     """A :class:`Callback` from a callback object or a plain function."""
     if hasattr(obj, "on_epoch_end"):
-        return obj
+        return obj  # type: ignore[return-value]  # any object with on_epoch_end
     if callable(obj):
         return _FunctionCallback(obj)
     raise TypeError(
@@ -145,7 +146,7 @@ class EarlyStopping(Callback):
             return value < self.best_value - self.min_delta
         return value > self.best_value + self.min_delta
 
-    def on_epoch_end(self, epoch, logs, params, state=()):
+    def on_epoch_end(self, epoch: int, logs: dict, params: Any, state: Any = ()) -> bool | None:
         if self.monitor not in logs:
             raise ValueError(
                 f"EarlyStopping: monitor {self.monitor!r} is not among the epoch's "
@@ -163,13 +164,13 @@ class EarlyStopping(Callback):
             return True
         return None
 
-    def on_train_end(self, params, state=()):
+    def on_train_end(self, params: Any, state: Any = ()) -> tuple[Any, Any] | None:
         if self.restore_best and self.best_params is not None:
             return self.best_params, self.best_state
         return None
 
     # --- checkpoints (fit's checkpoint_dir / resume) -------------------------------------
-    def state_dict(self):
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """``(metadata, arrays)``: the progress as JSON-able numbers and the best
         parameters/state as a pytree (``None`` when not kept)."""
         meta = {
@@ -185,7 +186,7 @@ class EarlyStopping(Callback):
             arrays = {"params": self.best_params, "state": self.best_state}
         return meta, arrays
 
-    def load_state_dict(self, meta, arrays) -> None:
+    def load_state_dict(self, meta: dict[str, Any], arrays: dict[str, Any] | None) -> None:
         """Restore what :meth:`state_dict` returned.
 
         Args:

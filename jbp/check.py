@@ -15,10 +15,12 @@ Use it whenever you write a new layer::
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from jbp._validate import (
     check_batch,
@@ -31,8 +33,13 @@ from jbp._validate import (
     check_state,
     check_targets,
 )
-from jbp.core import cast, named_leaves
+from jbp.core import Array, Layer, PyTree, cast, named_leaves
 from jbp.engine import backprop, value_and_grad
+
+if TYPE_CHECKING:
+    from jbp.losses import Loss
+    from jbp.regularizers import Regularizer
+
 
 __all__ = [
     "check_gradients",
@@ -146,7 +153,7 @@ class GradientReport:
         return "\n".join(lines)
 
 
-def default_tolerance(dtype) -> tuple[float, float]:
+def default_tolerance(dtype: DTypeLike) -> tuple[float, float]:
     """(rtol, atol) for manual vs autodiff: tight in float64, float32-sized otherwise."""
     if jnp.dtype(dtype) == jnp.float64:
         return 1e-9, 1e-12
@@ -177,16 +184,16 @@ def _param_dtype(params):
 
 
 def check_gradients(
-    model,
-    loss,
-    params,
-    x,
-    y,
+    model: Layer,
+    loss: Loss,
+    params: PyTree,
+    x: Array | np.ndarray,
+    y: Array | np.ndarray,
     *,
-    key=None,
-    train=True,
-    state=None,
-    regularizer=None,
+    key: Array | None = None,
+    train: bool = True,
+    state: PyTree = None,
+    regularizer: Regularizer | None = None,
     finite_differences: bool = True,
     rtol: float | None = None,
     atol: float | None = None,
@@ -199,24 +206,37 @@ def check_gradients(
     """Compare the hand-written gradient with ``jax.grad`` and finite differences.
 
     Args:
-      model, loss, params, x, y, key, train, state, regularizer: as for :func:`jbp.backprop`
-        (the same ``key`` is used by every oracle, so dropout masks agree). The trees of
-        the hand-written and the autodiff gradient must have the structure of ``params``:
-        a backward that omits or adds a leaf fails with an error naming it.
+      model: the model, as for :func:`jbp.backprop`.
+      loss: the loss, as for :func:`jbp.backprop`.
+      params: the parameters to check the gradient at. The trees of the hand-written and
+        the autodiff gradient must have the structure of ``params``: a backward that omits
+        or adds a leaf fails with an error naming it.
+      x: a batch of inputs (leading batch axis).
+      y: the batch's targets.
+      key: the forward pass's PRNG key, as for :func:`jbp.backprop` (the same ``key`` is
+        used by every oracle, so dropout masks agree).
+      train: training behaviour of the forward pass, as for :func:`jbp.backprop`.
+      state: the model's non-trainable state, as for :func:`jbp.backprop`.
+      regularizer: an optional regularizer, as for :func:`jbp.backprop`.
       finite_differences: also check against central differences, in float64.
         Before anything is compiled, ``params`` are checked against ``model.init``'s shapes
         (:func:`jbp.check_params`), ``y`` against the loss (``loss.check_targets``: label
         ranges, shapes) and ``x`` against the input layer (``Embedding`` ids).
-      rtol, atol: manual vs autodiff tolerance on ``max|manual − autodiff|``, passing when
-        ``≤ max(atol, rtol·max|autodiff of the leaf|, rtol·FLOOR·max|autodiff of any leaf|)``
-        with ``FLOOR = 1e-2``: the last term keeps a leaf whose true gradient is 0 (a bias
-        before BatchNorm) from failing on rounding noise. Defaults depend on the params'
-        dtype (float64: 1e-9/1e-12; float32: 2e-4/1e-6).
-      fd_rtol, fd_eps, fd_directions, seed: the finite-difference check's relative
-        tolerance, step, number of random directions per leaf, and their seed. The error
-        along each direction is relative to the largest of the leaf's scale, ``FLOOR`` times
-        the largest leaf gradient norm, and the loss's rounding noise ``16·ε₆₄·|L|/fd_eps``
+      rtol: relative tolerance of manual vs autodiff on ``max|manual − autodiff|``, passing
+        when ``≤ max(atol, rtol·max|autodiff of the leaf|, rtol·FLOOR·max|autodiff of any
+        leaf|)`` with ``FLOOR = 1e-2``: the last term keeps a leaf whose true gradient is 0
+        (a bias before BatchNorm) from failing on rounding noise. The default depends on
+        the params' dtype (float64: 1e-9; float32: 2e-4).
+      atol: absolute tolerance of manual vs autodiff (see ``rtol``); default by dtype
+        (float64: 1e-12; float32: 1e-6).
+      fd_rtol: the finite-difference check's relative tolerance. The error along each
+        direction is relative to the largest of the leaf's scale, ``FLOOR`` times the
+        largest leaf gradient norm, and the loss's rounding noise ``16·ε₆₄·|L|/fd_eps``
         over ``fd_rtol``. Each row of the report says which bound decided (``bound``).
+      fd_eps: the finite-difference step.
+      fd_directions: number of random directions per leaf.
+      seed: seed of the random directions.
+
       raise_on_failure: raise :class:`GradientCheckError` instead of returning a failed report.
 
     Returns:

@@ -18,7 +18,7 @@ layers stay three functions.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -28,6 +28,9 @@ from jbp._validate import check_array, check_floating, check_in_shape, check_key
 
 Array = jax.Array
 PyTree = Any
+#: ``visit(layer, params, cache, dy, grads) -> {extension name: result}``, handed to
+#: :meth:`Layer.backward_ext` by the engine.
+Visit = Callable[..., dict[str, Any]]
 
 __all__ = [
     "Layer",
@@ -95,7 +98,7 @@ class Layer:
         *,
         key: Array | None = None,
         train: bool = False,
-    ):
+    ) -> tuple[Array, PyTree, PyTree]:
         """``(y, cache, new_state)``; stateless layers pass ``state`` through."""
         y, cache = self.forward(params, x, key=key, train=train)
         return y, cache, state
@@ -115,7 +118,9 @@ class Layer:
         shares (a feedback matrix, fixed statistics). Same structure as ``cache``."""
         return jax.tree.map(lambda _: 0, cache)
 
-    def backward_ext(self, params: PyTree, cache: PyTree, dy: Array, visit) -> tuple:
+    def backward_ext(
+        self, params: PyTree, cache: PyTree, dy: Array, visit: Visit
+    ) -> tuple[PyTree, Array, dict[str, Any]]:
         """``backward`` that also evaluates extensions: ``(grads, dx, results)``.
 
         ``visit(layer, params, cache, dy, grads) -> dict`` computes every requested
@@ -184,14 +189,21 @@ class Sequential(Layer):
     def __len__(self) -> int:
         return len(self.layers)
 
-    def summary(self, in_shape, *, params=None, dtype=None, print_fn=None) -> str:
+    def summary(
+        self,
+        in_shape: Sequence[int],
+        *,
+        params: PyTree = None,
+        dtype: Any = None,
+        print_fn: Callable[[str], Any] | None = None,
+    ) -> str:
         """A table of layers, output shapes, parameter counts and dtypes; see :func:`jbp.summary`."""
         from jbp.summary import summary
 
         kw = {} if dtype is None else {"dtype": dtype}
         return summary(self, in_shape, params=params, print_fn=print_fn, **kw)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Layer:
         return self.layers[i]
 
     def _context(self, i: int, layer: Layer, err: Exception) -> Exception:
@@ -201,7 +213,7 @@ class Sequential(Layer):
             return err
         return type(err)(f"layers[{i}] ({type(layer).__name__}): {err}")
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         key = check_key(key)
         in_shape = check_in_shape(in_shape)
         params, shape = [], in_shape
@@ -230,7 +242,9 @@ class Sequential(Layer):
                 f"({len(self.layers)}), got {got}; were they made by this model's init?"
             )
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         self._check_params(params)
         caches = []
         for i, (layer, p, k) in enumerate(
@@ -246,44 +260,50 @@ class Sequential(Layer):
             caches.append(c)
         return x, tuple(caches)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         grads, dx, _ = self.backward_with_deltas(params, cache, dy)
         return grads, dx
 
-    def backward_with_deltas(self, params, cache, dy):
+    def backward_with_deltas(
+        self, params: PyTree, cache: PyTree, dy: Array
+    ) -> tuple[PyTree, Array, tuple[Array, ...]]:
         """``(grads, dx, deltas)`` where ``deltas[i]`` is the ``dy`` handed to layer ``i``.
 
         For a ``Dense`` layer that is its ``δ = ∂L/∂z``; for an activation it is
         ``∂L/∂a``. (The engine's extensions see the same deltas through ``backward_ext``.)
         """
         self._check_params(params)
-        grads = [None] * len(self.layers)
-        deltas = [None] * len(self.layers)
+        grads: list[PyTree] = [None] * len(self.layers)
+        deltas: list[Any] = [None] * len(self.layers)
         for i in reversed(range(len(self.layers))):
             deltas[i] = dy
             grads[i], dy = self.layers[i].backward(params[i], cache[i], dy)
         return tuple(grads), dy, tuple(deltas)
 
-    def backward_ext(self, params, cache, dy, visit):
+    def backward_ext(
+        self, params: PyTree, cache: PyTree, dy: Array, visit: Visit
+    ) -> tuple[PyTree, Array, dict[str, Any]]:
         """The reverse walk of :meth:`backward`, each child visited with its own delta;
         results are tuples with one entry per layer, like ``params``."""
         self._check_params(params)
-        grads = [None] * len(self.layers)
-        results = [None] * len(self.layers)
+        grads: list[PyTree] = [None] * len(self.layers)
+        results: list[Any] = [None] * len(self.layers)
+
         for i in reversed(range(len(self.layers))):
             grads[i], dy, results[i] = self.layers[i].backward_ext(params[i], cache[i], dy, visit)
         names = results[0].keys() if results else ()
         return tuple(grads), dy, {k: tuple(r[k] for r in results) for k in names}
 
-    def mixes_examples(self, train):
+    def mixes_examples(self, train: bool) -> bool:
         return any(layer.mixes_examples(train) for layer in self.layers)
 
     # --- state: a tuple of the children's states -----------------------------------
     @property
-    def stateful(self):
+    def stateful(self) -> bool:  # type: ignore[override]
+
         return any(layer.stateful for layer in self.layers)
 
-    def init_state(self, in_shape):
+    def init_state(self, in_shape: tuple[int, ...]) -> PyTree:
         """A tuple of the children's states, or ``()`` when no layer has state."""
         if not self.stateful:
             return ()
@@ -294,7 +314,15 @@ class Sequential(Layer):
             shape = _out_shape(layer, shape)
         return tuple(states)
 
-    def forward_with_state(self, params, state, x, *, key=None, train=False):
+    def forward_with_state(
+        self,
+        params: PyTree,
+        state: PyTree,
+        x: Array,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+    ) -> tuple[Array, PyTree, PyTree]:
         self._check_params(params)
         if not self.stateful:
             y, caches = self.forward(params, x, key=key, train=train)
@@ -326,7 +354,7 @@ class Sequential(Layer):
 # --------------------------------------------------------------------------------------
 
 
-def cast(tree: PyTree, dtype) -> PyTree:
+def cast(tree: PyTree, dtype: Any) -> PyTree:
     """Cast every floating-point leaf of ``tree`` to ``dtype`` (others untouched)."""
 
     def f(a):
@@ -336,7 +364,7 @@ def cast(tree: PyTree, dtype) -> PyTree:
     return jax.tree.map(f, tree)
 
 
-def leaf_name(path) -> str:
+def leaf_name(path: Sequence[Any]) -> str:
     """A readable name for a pytree path: ``layers[2].W`` for a Sequential's params."""
     parts = []
     for k in path:

@@ -23,11 +23,17 @@ results equal one-device training up to summation order.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
 from jbp._validate import check_mesh
+
+if TYPE_CHECKING:
+    from jbp.core import PyTree
+
 
 __all__ = ["initialize", "data_mesh", "process_local_shard", "shard_batch"]
 
@@ -36,8 +42,8 @@ def initialize(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
-    local_device_ids=None,
-    **kwargs,
+    local_device_ids: int | Sequence[int] | None = None,
+    **kwargs: Any,
 ) -> None:
     """Join a multi-process JAX job (thin wrapper of ``jax.distributed.initialize``).
 
@@ -76,7 +82,7 @@ def initialize(
     )
 
 
-def data_mesh(devices=None) -> jax.sharding.Mesh:
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
     """A 1-D ``jax.sharding.Mesh`` with the single axis ``"data"``.
 
     Args:
@@ -95,7 +101,9 @@ def data_mesh(devices=None) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def process_local_shard(x, process_index: int | None = None, process_count: int | None = None):
+def process_local_shard(
+    x: np.ndarray | jax.Array, process_index: int | None = None, process_count: int | None = None
+) -> np.ndarray | jax.Array:
     """This process's rows of ``x`` under the multi-process data rule.
 
     Rows are split into ``process_count`` equal, consecutive blocks; process ``i`` keeps
@@ -104,7 +112,11 @@ def process_local_shard(x, process_index: int | None = None, process_count: int 
 
     Args:
       x: an array whose leading axis (examples) divides evenly by ``process_count``.
-      process_index, process_count: default ``jax.process_index()``/``jax.process_count()``.
+      process_index: this process's block (default ``jax.process_index()``).
+      process_count: the number of blocks (default ``jax.process_count()``).
+
+    Returns:
+      Rows ``[i·k, (i+1)·k)`` of ``x``, ``k = len(x) // process_count``, as a slice of ``x``.
 
     Raises:
       ValueError: the example count is not a multiple of ``process_count``.
@@ -121,7 +133,7 @@ def process_local_shard(x, process_index: int | None = None, process_count: int 
     return x[i * k : (i + 1) * k]
 
 
-def shard_batch(local, mesh):
+def shard_batch(local: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
     """One global array, split by example over ``mesh``'s ``"data"`` axis, from the rows
     each process holds (``jax.make_array_from_process_local_data``).
 

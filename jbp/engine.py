@@ -30,13 +30,21 @@ layers with those deltas instead. See :class:`jbp.extensions.Extension`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jbp._validate import check_batch, check_grad_fn, check_model_and_loss
+
+if TYPE_CHECKING:
+    from jax.typing import ArrayLike
+
+    from jbp.core import Array, Layer
+    from jbp.extensions.base import Extension
+    from jbp.losses import Loss
+    from jbp.regularizers import Regularizer
 
 __all__ = [
     "Pass",
@@ -83,7 +91,7 @@ class LayerCall(NamedTuple):
     n: int
 
     @property
-    def per_example_dy(self):
+    def per_example_dy(self) -> jax.Array:
         """``n · dy``: row ``i`` is the delta of example ``i``'s own loss ``ℓᵢ``."""
         return _values(self.dy) * self.n
 
@@ -106,7 +114,7 @@ def _values(a):
     return a.values if hasattr(a, "values") and hasattr(a, "mask") else a
 
 
-def loss_value_and_grad(loss, pred, y):
+def loss_value_and_grad(loss: Loss, pred: Array, y: ArrayLike) -> tuple[Array, Array]:
     """``(loss.value, loss.grad)``, in one pass when the loss offers ``value_and_grad``."""
     if hasattr(loss, "value_and_grad"):
         return loss.value_and_grad(pred, y)
@@ -165,7 +173,14 @@ def _visitor(exts, n):
     return visit
 
 
-def backprop(model, loss, *, regularizer=None, extensions=(), grad_fn: str = "manual") -> Callable:
+def backprop(
+    model: Layer,
+    loss: Loss,
+    *,
+    regularizer: Regularizer | None = None,
+    extensions: Extension | Sequence[Extension] = (),
+    grad_fn: str = "manual",
+) -> Callable[..., Pass]:
     """The engine: forward, loss, hand-written backward, and extensions, in one pass.
 
     Args:
@@ -269,7 +284,9 @@ def backprop(model, loss, *, regularizer=None, extensions=(), grad_fn: str = "ma
     return f
 
 
-def value_and_grad(model, loss, *, regularizer=None) -> Callable:
+def value_and_grad(
+    model: Layer, loss: Loss, *, regularizer: Regularizer | None = None
+) -> Callable[..., tuple[Array, PyTree]]:
     """Loss value and hand-written gradient: a reader of :func:`backprop`.
 
     Returns ``f(params, x, y, *, key=None, train=True, state=None) -> (value, grads)``:
@@ -281,7 +298,9 @@ def value_and_grad(model, loss, *, regularizer=None) -> Callable:
     return _value_and_grad(backprop(model, loss, regularizer=regularizer))
 
 
-def autodiff_value_and_grad(model, loss, *, regularizer=None) -> Callable:
+def autodiff_value_and_grad(
+    model: Layer, loss: Loss, *, regularizer: Regularizer | None = None
+) -> Callable[..., tuple[Array, PyTree]]:
     """The reference: ``jax.value_and_grad`` of ``loss(model(params, x), y) + penalty``.
 
     Same signature as :func:`value_and_grad`; used by the gradient checks and as the

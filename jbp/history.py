@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["History"]
 
@@ -33,7 +38,9 @@ class History:
     ``resumed_from`` (epochs restored from a checkpoint) by ``fit(resume=True)``.
     """
 
-    def __init__(self, records=None, *, epochs: int | None = None):
+    def __init__(
+        self, records: Iterable[dict[str, Any]] | None = None, *, epochs: int | None = None
+    ) -> None:
         self.records: list[dict[str, Any]] = list(records or [])
         self.epochs = epochs  # epochs asked for
         self.stopped_epoch: int | None = None
@@ -95,7 +102,7 @@ class History:
             "compile_seconds": self.compile_seconds,
         }
 
-    def to_json(self, path=None, *, indent: int | None = 2) -> str:
+    def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int | None = 2) -> str:
         """``{"history": {column: [...]}, "info": {...}}`` as JSON (NaN/Inf become ``null``);
         written to ``path`` as well when given."""
         cols = {k: [_json_value(v) for v in vs] for k, vs in self.to_dict().items()}
@@ -106,7 +113,7 @@ class History:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path) -> History:
+    def from_json(cls, text_or_path: str | os.PathLike[str]) -> History:
         """Read back what :meth:`to_json` wrote (a JSON string or a file path)."""
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):
@@ -128,7 +135,7 @@ class History:
         h.compile_seconds = float(info.get("compile_seconds") or 0.0)
         return h
 
-    def as_table(self, keys=None, *, precision: int = 4) -> str:
+    def as_table(self, keys: Iterable[str] | None = None, *, precision: int = 4) -> str:
         """A plain-text table, one row per epoch."""
         keys = list(keys) if keys is not None else self.keys()
         rows = [[_fmt(r.get(k, math.nan), k, precision) for k in keys] for r in self.records]
@@ -137,7 +144,7 @@ class History:
         out = [line(keys), line(["-" * w for w in widths])] + [line(r) for r in rows]
         return "\n".join(out)
 
-    def plot(self, keys=None, *, ax=None):
+    def plot(self, keys: Iterable[str] | None = None, *, ax: Axes | None = None) -> Axes:
         """Plot columns against epoch with matplotlib (imported only here).
 
         Default: ``loss`` and ``val_loss``. Returns the axes.

@@ -30,12 +30,13 @@ import dataclasses
 import math
 import numbers
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 __all__ = [
     "Initializer",
@@ -94,7 +95,7 @@ def _check_nonneg(value, name: str, who: str) -> float:
     return value
 
 
-def compute_fans(shape) -> tuple[int, int]:
+def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
     """Return ``(fan_in, fan_out)`` for a weight of the given shape.
 
     - ``()``: ``fan_in = fan_out = 1``.
@@ -122,7 +123,9 @@ def compute_fans(shape) -> tuple[int, int]:
 class Initializer:
     """Base class: validates ``shape`` then calls ``_sample(key, shape, dtype)``."""
 
-    def __call__(self, key, shape, dtype=jnp.float32):
+    def __call__(
+        self, key: jax.Array, shape: Sequence[int], dtype: DTypeLike = jnp.float32
+    ) -> jax.Array:
         who = repr(self)
         shape = _check_shape(shape, who)
         return self._sample(key, shape, jnp.dtype(dtype))
@@ -302,7 +305,7 @@ def ones() -> Initializer:
     return Ones()
 
 
-def constant(value) -> Initializer:
+def constant(value: ArrayLike) -> Initializer:
     """Initializer filling with the scalar ``value``."""
     if isinstance(value, bool):
         pass

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jbp._validate import check_index_range, check_interval
-from jbp.core import check_array
+from jbp.core import Array, check_array
 
 __all__ = ["Loss", "mse", "binary_cross_entropy", "softmax_cross_entropy", "get", "accuracy"]
 
@@ -56,24 +58,24 @@ def _unit_columns(pred, scale=None):
 class Loss:
     name = "loss"
 
-    def value(self, pred, target):
+    def value(self, pred: Array, target: ArrayLike) -> Array:
         raise NotImplementedError
 
-    def grad(self, pred, target):
+    def grad(self, pred: Array, target: ArrayLike) -> Array:
         raise NotImplementedError
 
-    def value_and_grad(self, pred, target):
+    def value_and_grad(self, pred: Array, target: ArrayLike) -> tuple[Array, Array]:
         """``(value, grad)`` in one pass, sharing the work both need (what the engines call)."""
         return self.value(pred, target), self.grad(pred, target)
 
-    def __call__(self, pred, target):
+    def __call__(self, pred: Array, target: ArrayLike) -> Array:
         return self.value(pred, target)
 
     # --- curvature (jbp.extensions.curvature) ---------------------------------------------
     # ``ℓᵢ`` is the loss of example ``i`` alone (a batch of one: no 1/n), ``Hᵢ = ∂²ℓᵢ/∂predᵢ²``
     # its Hessian w.r.t. that example's prediction (flattened to ``m = prod(pred.shape[1:])``).
 
-    def hessian_factor(self, pred, target):
+    def hessian_factor(self, pred: Array, target: ArrayLike) -> Array:
         """A symmetric factor of each example's loss Hessian w.r.t. its prediction.
 
         Returns ``S`` of shape ``(C, *pred.shape)`` with ``Σ_c S[c, i] S[c, i]ᵀ = Hᵢ`` for every
@@ -90,7 +92,7 @@ class Loss:
             f"softmax_cross_entropy have it)"
         )
 
-    def sample_targets(self, key, pred, samples: int = 1):
+    def sample_targets(self, key: Array, pred: Array, samples: int = 1) -> Array:
         """``samples`` targets per example drawn from the model's predictive distribution
         at ``pred``; shape ``(samples, *target_shape)``.
 
@@ -104,7 +106,7 @@ class Loss:
             f"the Monte-Carlo curvature extensions need one"
         )
 
-    def sampled_grads(self, key, pred, target, samples: int = 1):
+    def sampled_grads(self, key: Array, pred: Array, target: ArrayLike, samples: int = 1) -> Array:
         """``∂ℓᵢ(predᵢ, ŷᵢ)/∂predᵢ`` at targets ``ŷ`` drawn by :meth:`sample_targets`, shape
         ``(samples, *pred.shape)``: per example (``n ·`` the mean-loss ``grad``), so that
         ``E[g gᵀ] = Hᵢ`` — the Monte-Carlo columns of ``DiagGGNMC`` and ``KFAC``.
@@ -123,7 +125,7 @@ class Loss:
         ys = self.sample_targets(key, pred, samples)
         return jax.vmap(lambda t: self.grad(pred, t) * pred.shape[0])(ys)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"jbp.losses.{self.name}"
 
     def _check(self, pred, target):
@@ -136,7 +138,7 @@ class Loss:
         return pred, target
 
     # --- boundary checks on concrete targets (fit, evaluate, check_gradients call them) ---
-    def check_targets(self, target, out_shape) -> None:
+    def check_targets(self, target: Array | np.ndarray, out_shape: Sequence[int]) -> None:
         """Check concrete targets for predictions of shape ``(n, *out_shape)``, before jit.
 
         Under ``jit`` a label out of range, a binary target outside ``[0, 1]`` or a target
@@ -188,7 +190,7 @@ class MSE(Loss):
 
     name = "mse"
 
-    def check_targets(self, target, out_shape) -> None:
+    def check_targets(self, target: Array | np.ndarray, out_shape: Sequence[int]) -> None:
         """Targets shaped like the predictions (``(n,)`` for outputs of shape ``(1,)``)."""
         self._target_shape(target, out_shape, "prediction's")
 
@@ -197,26 +199,26 @@ class MSE(Loss):
         target = self._same_shape(pred, target, "prediction's")
         return pred, target.astype(pred.dtype)
 
-    def value(self, pred, target):
+    def value(self, pred: Array, target: ArrayLike) -> Array:
         pred, target = self._check(pred, target)
         return 0.5 * jnp.sum((pred - target) ** 2) / pred.shape[0]
 
-    def grad(self, pred, target):
+    def grad(self, pred: Array, target: ArrayLike) -> Array:
         pred, target = self._check(pred, target)
         return (pred - target) / pred.shape[0]
 
-    def value_and_grad(self, pred, target):
+    def value_and_grad(self, pred: Array, target: ArrayLike) -> tuple[Array, Array]:
         pred, target = self._check(pred, target)
         r = pred - target
         return 0.5 * jnp.sum(r * r) / pred.shape[0], r / pred.shape[0]
 
-    def hessian_factor(self, pred, target):
+    def hessian_factor(self, pred: Array, target: ArrayLike) -> Array:
         """``ℓᵢ = ½‖yᵢ − ŷᵢ‖²`` (the ½ of the 1/(2n) convention), so ``Hᵢ = I``: ``S`` is the
         identity, ``m = prod(pred.shape[1:])`` columns, column ``c`` = ``e_c`` in every example."""
         pred, _ = self._check(pred, target)
         return _unit_columns(pred)
 
-    def sample_targets(self, key, pred, samples: int = 1):
+    def sample_targets(self, key: Array, pred: Array, samples: int = 1) -> Array:
         """``ŷ ~ N(pred, I)`` (the Gaussian whose negative log-likelihood is ``ℓ`` up to a
         constant): ``∂ℓ/∂pred = pred − ŷ = −ε`` with ``E[εεᵀ] = I = Hᵢ``."""
         samples = _check_samples(self.name, samples)
@@ -236,7 +238,7 @@ class BinaryCrossEntropy(Loss):
 
     name = "binary_cross_entropy"
 
-    def check_targets(self, target, out_shape) -> None:
+    def check_targets(self, target: Array | np.ndarray, out_shape: Sequence[int]) -> None:
         """Targets shaped like the logits (``(n,)`` for ``(1,)``), every value in ``[0, 1]``
         (under jit a target of 3 would just scale the gradient)."""
         self._target_shape(target, out_shape, "logits'")
@@ -253,27 +255,27 @@ class BinaryCrossEntropy(Loss):
             )
         return pred, target.astype(pred.dtype)
 
-    def value(self, pred, target):
+    def value(self, pred: Array, target: ArrayLike) -> Array:
         z, t = self._check(pred, target)
         return jnp.sum(jnp.logaddexp(z, 0.0) - t * z) / z.shape[0]
 
-    def grad(self, pred, target):
+    def grad(self, pred: Array, target: ArrayLike) -> Array:
         z, t = self._check(pred, target)
         return (jax.nn.sigmoid(z) - t) / z.shape[0]
 
-    def value_and_grad(self, pred, target):
+    def value_and_grad(self, pred: Array, target: ArrayLike) -> tuple[Array, Array]:
         z, t = self._check(pred, target)
         n = z.shape[0]
         return jnp.sum(jnp.logaddexp(z, 0.0) - t * z) / n, (jax.nn.sigmoid(z) - t) / n
 
-    def hessian_factor(self, pred, target):
+    def hessian_factor(self, pred: Array, target: ArrayLike) -> Array:
         """``∂²ℓ/∂z² = σ(z)(1 − σ(z))``, independently per output: diagonal ``Hᵢ``, so ``S`` has
         one column per output, column ``c`` = ``√(σ(z_c)(1 − σ(z_c))) e_c``."""
         z, _ = self._check(pred, target)
         s = jax.nn.sigmoid(z)
         return _unit_columns(z, jnp.sqrt(s * (1 - s)))
 
-    def sample_targets(self, key, pred, samples: int = 1):
+    def sample_targets(self, key: Array, pred: Array, samples: int = 1) -> Array:
         """``t ~ Bernoulli(σ(z))`` per output: ``∂ℓ/∂z = σ − t`` has ``E[(σ − t)²] = σ(1 − σ)``
         and independent outputs, so ``E[g gᵀ] = Hᵢ``."""
         samples = _check_samples(self.name, samples)
@@ -293,7 +295,7 @@ class SoftmaxCrossEntropy(Loss):
 
     name = "softmax_cross_entropy"
 
-    def check_targets(self, target, out_shape) -> None:
+    def check_targets(self, target: Array | np.ndarray, out_shape: Sequence[int]) -> None:
         """Logits of shape ``(k,)`` per example; integer labels of shape ``(n,)`` in
         ``[0, k)`` (under jit an out-of-range label one-hot encodes to zeros: loss 0, no
         gradient) or non-negative probabilities of shape ``(n, k)``."""
@@ -352,16 +354,16 @@ class SoftmaxCrossEntropy(Loss):
             )
         return pred, target.astype(pred.dtype)
 
-    def value(self, pred, target):
+    def value(self, pred: Array, target: ArrayLike) -> Array:
         z, t = self._targets(pred, target)
         lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
         return jnp.sum(t * (lse - z)) / z.shape[0]
 
-    def grad(self, pred, target):
+    def grad(self, pred: Array, target: ArrayLike) -> Array:
         z, t = self._targets(pred, target)
         return (jax.nn.softmax(z, axis=-1) * jnp.sum(t, axis=-1, keepdims=True) - t) / z.shape[0]
 
-    def value_and_grad(self, pred, target):
+    def value_and_grad(self, pred: Array, target: ArrayLike) -> tuple[Array, Array]:
         """One ``logsumexp`` serves both: ``softmax(z) = exp(z − logsumexp(z))``."""
         z, t = self._targets(pred, target)
         n = z.shape[0]
@@ -372,7 +374,7 @@ class SoftmaxCrossEntropy(Loss):
         t_sum = jnp.sum(t, axis=-1, keepdims=True)
         return -jnp.sum(t * log_p) / n, ((e / s) * t_sum - t) / n
 
-    def hessian_factor(self, pred, target):
+    def hessian_factor(self, pred: Array, target: ArrayLike) -> Array:
         """With ``p = softmax(z)`` and ``τ = Σⱼ tⱼ`` (1 for labels, one-hot or probabilities),
         ``ℓ = τ logsumexp(z) − t·z`` has ``H = τ (diag(p) − p pᵀ)``. Its factor
         ``S = √τ (diag(√p) − p √pᵀ)``: column ``c`` is ``√τ √p_c (e_c − p)`` — ``√p_c`` times
@@ -386,7 +388,7 @@ class SoftmaxCrossEntropy(Loss):
         root = jnp.sqrt(p * jnp.sum(t, axis=-1, keepdims=True))  # √(τ p_c), (n, k)
         return root.T[:, :, None] * (eye - p[None])
 
-    def sample_targets(self, key, pred, samples: int = 1):
+    def sample_targets(self, key: Array, pred: Array, samples: int = 1) -> Array:
         """Labels ``ŷ ~ Categorical(softmax(z))``, integer ``(samples, n)``: ``∂ℓ/∂z = p − e_ŷ``
         has ``E[g gᵀ] = Σ_c p_c (p − e_c)(p − e_c)ᵀ = diag(p) − p pᵀ``."""
         samples = _check_samples(self.name, samples)
@@ -397,7 +399,7 @@ class SoftmaxCrossEntropy(Loss):
             )
         return jax.random.categorical(key, z, axis=-1, shape=(samples, z.shape[0]))
 
-    def sampled_grads(self, key, pred, target, samples: int = 1):
+    def sampled_grads(self, key: Array, pred: Array, target: ArrayLike, samples: int = 1) -> Array:
         """As :meth:`Loss.sampled_grads`, times ``√τ`` (``τ = Σⱼ tᵢⱼ`` of the true targets, 1
         for labels and probabilities) so that ``E[g gᵀ]`` is this loss's ``Hᵢ``."""
         z, t = self._targets(pred, target)
@@ -412,7 +414,7 @@ softmax_cross_entropy = SoftmaxCrossEntropy()
 _BY_NAME = {l.name: l for l in (mse, binary_cross_entropy, softmax_cross_entropy)}
 
 
-def get(spec) -> Loss:
+def get(spec: str | Loss) -> Loss:
     """A loss by object or name (``"mse"``, ``"binary_cross_entropy"``, ``"softmax_cross_entropy"``)."""
     if isinstance(spec, Loss):
         return spec
@@ -421,7 +423,7 @@ def get(spec) -> Loss:
     raise ValueError(f"loss: unknown loss {spec!r}; known: {sorted(_BY_NAME)}")
 
 
-def accuracy(pred, target):
+def accuracy(pred: ArrayLike, target: ArrayLike) -> Array:
     """Fraction of correct predictions.
 
     Logits of shape ``(n, k)``: argmax against integer labels (or the argmax of one-hot

@@ -23,7 +23,7 @@ Note: the ``mse`` *metric* is the plain mean of squares; the ``mse`` *loss*
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
 
@@ -84,7 +84,7 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def get_metrics(names) -> tuple[Metric, ...]:
+def get_metrics(names: str | Sequence[str]) -> tuple[Metric, ...]:
     """The :class:`Metric` objects for ``names`` (``"loss"`` always first, no duplicates).
 
     Raises ``ValueError`` naming ``metrics`` for an unknown name, ``TypeError`` for

@@ -30,6 +30,7 @@ gradient of ``ℓᵢ`` alone). All of this assumes the model's layers do not mix
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -38,10 +39,16 @@ from jbp._validate import check_batch, check_grad_fn, check_model_and_loss, chec
 from jbp.engine import backprop
 from jbp.extensions import BatchGrad, BatchL2, ClippedGrad, global_sq_norms
 
+if TYPE_CHECKING:
+    from jbp.core import Array, Layer, PyTree
+    from jbp.losses import Loss
+
 __all__ = ["per_example_grads", "per_example_grad_norms", "per_example_clipped_grad"]
 
 
-def per_example_grads(model, loss, *, grad_fn: str = "manual") -> Callable:
+def per_example_grads(
+    model: Layer, loss: Loss, *, grad_fn: str = "manual"
+) -> Callable[..., PyTree]:
     """``f(params, x, y, *, key=None, train=True, state=None) -> grads`` with a leading batch
     axis on every leaf: ``grads[...][i] = ∇θ loss(model(params, x[i:i+1]), y[i:i+1])``.
 
@@ -76,7 +83,7 @@ def per_example_grads(model, loss, *, grad_fn: str = "manual") -> Callable:
     return f
 
 
-def per_example_grad_norms(model, loss) -> Callable:
+def per_example_grad_norms(model: Layer, loss: Loss) -> Callable[..., Array]:
     """``f(params, x, y, *, key=None, train=True, state=None) -> (batch,)``: ``‖gᵢ‖₂``.
 
     ``gᵢ`` is the gradient of the loss on example ``i`` alone (see the module docstring).
@@ -96,7 +103,9 @@ def per_example_grad_norms(model, loss) -> Callable:
     return f
 
 
-def per_example_clipped_grad(model, loss, max_norm: float) -> Callable:
+def per_example_clipped_grad(
+    model: Layer, loss: Loss, max_norm: float
+) -> Callable[..., tuple[Array, PyTree]]:
     """``f(params, x, y, *, key=None, train=True, state=None) -> (grads, norms)``.
 
     ``grads = (1/n) Σᵢ min(1, C/‖gᵢ‖) gᵢ`` — the mean of the per-example gradients, each

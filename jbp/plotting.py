@@ -8,8 +8,25 @@ from __future__ import annotations
 
 import math
 import os
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_gradient_norms", "require_matplotlib"]
+
+
+class EpochRecord(Protocol):
+    """What :func:`plot_gradient_norms` draws: a per-epoch, per-layer record such as
+    :class:`jbp.diagnostics.GradientNormRecord` (or ``jbp.rules.AlignmentRecord``)."""
+
+    epochs: list
+    layers: list
+
+    def quantity(self, quantity: str) -> dict: ...
+
 
 _LABELS = {
     "grad_W_norm": "‖∂C/∂Wˡ‖",
@@ -23,7 +40,7 @@ _LABELS = {
 }
 
 
-def require_matplotlib():
+def require_matplotlib() -> ModuleType:
     """Import matplotlib (its own backend choice: inline in notebooks, Agg when headless);
     returns ``matplotlib.pyplot``, or raises ``ImportError`` naming the ``examples`` extra."""
     try:
@@ -40,8 +57,14 @@ def require_matplotlib():
 
 
 def plot_gradient_norms(
-    record, path=None, *, quantity: str = "grad_W_norm", title=None, ax=None, log=None
-):
+    record: EpochRecord,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    quantity: str = "grad_W_norm",
+    title: str | None = None,
+    ax: Axes | None = None,
+    log: bool | None = None,
+) -> Figure:
     """Draw a per-layer quantity over epochs, one line per layer, log scale.
 
     Args:
@@ -56,8 +79,9 @@ def plot_gradient_norms(
       log: log-scale y axis; default True for norms, False for fractions.
 
     Returns:
-      The matplotlib ``Figure``. Non-finite points (an exploded run) are left out of the
-      lines and marked with an ``x`` at the top of the axes.
+      The matplotlib ``Figure``. Non-finite points (an exploded run) are left out of
+        the lines and marked with an ``x`` at the top of the axes.
+
     """
     if not hasattr(record, "epochs") or not hasattr(record, "quantity"):
         raise TypeError(
@@ -113,7 +137,9 @@ def plot_gradient_norms(
     return fig
 
 
-def save_figure(fig, path, *, dpi: int = 110, close: bool = True) -> str:
+def save_figure(
+    fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110, close: bool = True
+) -> str:
     """Write ``fig`` to ``path`` (its folder created as needed); close it unless asked not to."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

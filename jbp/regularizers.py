@@ -245,7 +245,7 @@ class Regularizer:
         return leaves, jax.tree.leaves(selected), treedef
 
     # --- the penalty --------------------------------------------------------------------
-    def value(self, params: PyTree):
+    def value(self, params: PyTree) -> jax.Array:
         """The penalty: a scalar in the params' floating dtype (0 if nothing is selected)."""
         leaves, flags, _ = self._pairs(params)
         terms = [self._leaf_value(jnp.asarray(w)) for w, f in zip(leaves, flags) if f]
@@ -270,7 +270,7 @@ class Regularizer:
         ]
         return jax.tree.unflatten(treedef, out)
 
-    def __call__(self, params: PyTree):
+    def __call__(self, params: PyTree) -> jax.Array:
         return self.value(params)
 
 

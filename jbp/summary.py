@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
-from jbp.core import Layer, Sequential
+from jbp.core import Layer, PyTree, Sequential
 
 __all__ = ["summary", "Row"]
 
@@ -105,7 +108,7 @@ def _walk(layer, params, in_shape, name, depth, rows):
         _walk(child, p, shape, f"{name}.{suffix}" if name else suffix, depth + 1, rows)
 
 
-def rows(model: Layer, in_shape, *, params=None) -> list[Row]:
+def rows(model: Layer, in_shape: Sequence[int], *, params: PyTree = None) -> list[Row]:
     """The table's rows, the whole model first (depth 0), then its layers depth-first."""
     if not isinstance(model, Layer):
         raise TypeError(f"summary: model must be a jbp Layer, got {type(model).__name__}")
@@ -126,7 +129,14 @@ def _fmt_shape(shape) -> str:
     return "(None" + "".join(f", {d}" for d in shape) + ")"
 
 
-def summary(model: Layer, in_shape, *, params=None, dtype=jnp.float32, print_fn=None) -> str:
+def summary(
+    model: Layer,
+    in_shape: Sequence[int],
+    *,
+    params: PyTree = None,
+    dtype: DTypeLike = jnp.float32,
+    print_fn: Callable[[str], Any] | None = None,
+) -> str:
     """A table of ``model``'s layers with output shapes, parameter counts and dtypes.
 
     Layers are named by their path in ``params`` (``layers[2]``, ``layers[0].block.layers[1]``)

@@ -32,10 +32,16 @@ this checks a hand-written backward, its batching, and every quantity derived fr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    from jbp.core import Array, Layer, PyTree
+
 
 __all__ = ["check_layer", "LayerCheckReport", "CheckRow", "TOLERANCES", "assert_trees_close"]
 
@@ -128,10 +134,12 @@ def _row(check, dtype, got, want, detail=""):
     return CheckRow(check, dtype, err, scale, rtol, atol, detail)
 
 
-def assert_trees_close(got, want, *, dtype=None, what=""):
+def assert_trees_close(
+    got: PyTree, want: PyTree, *, dtype: str | None = None, what: str = ""
+) -> None:
     """Assert two pytrees match in structure, shapes, dtypes and values within
     :data:`TOLERANCES` (``dtype``: which row; default from ``want``'s leaves)."""
-    assert jax.tree.structure(got) == jax.tree.structure(want), (
+    assert jax.tree.structure(got) == jax.tree.structure(want), (  # type: ignore[operator]
         f"{what}: structure {jax.tree.structure(got)} != {jax.tree.structure(want)}"
     )
     for i, (g, w) in enumerate(zip(jax.tree.leaves(got), jax.tree.leaves(want))):
@@ -170,17 +178,17 @@ def _values(y):
 
 
 def check_layer(
-    layer,
-    in_shape,
+    layer: Layer,
+    in_shape: Sequence[int],
     *,
     batch: int = 3,
-    params=None,
-    state=None,
+    params: PyTree = None,
+    state: PyTree = None,
     train: bool = False,
-    key=None,
-    mask=None,
+    key: Array | None = None,
+    mask: str | None = None,
     vocab: int | None = None,
-    dtypes=("float64", "float32"),
+    dtypes: Sequence[str] = ("float64", "float32"),
     extensions: bool = True,
     finite_differences: bool = True,
     fd_directions: int = 2,
@@ -227,7 +235,9 @@ def check_layer(
     rows = []
     do_ext = extensions and not layer.mixes_examples(train) and bool(jax.tree.leaves(p0))
     exts = (BatchGrad(), BatchL2(), SumGradSquared(), Variance(), ClippedGrad(1.0))
-    run = backprop(layer, _Linear(), extensions=exts) if do_ext else None
+    # _Linear is a duck-typed loss (value, grad), not a jbp.losses.Loss subclass
+    run = backprop(layer, _Linear(), extensions=exts) if do_ext else None  # type: ignore[arg-type]
+
     for dtype in dtypes:
         # config options are attributes that jax sets dynamically
         if dtype == "float64" and not jax.config.jax_enable_x64:  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .split import split_indices
 
@@ -87,12 +88,12 @@ class AmesData:
     def __getitem__(self, i):
         return (self.train, self.test)[i]
 
-    def inverse_features(self, x):
+    def inverse_features(self, x: ArrayLike) -> np.ndarray:
         """Map (standardized) features back to their original units (float64)."""
         x = np.asarray(x, dtype=np.float64)
         return x * self.x_std + self.x_mean if self.standardized else x
 
-    def price_dollars(self, y):
+    def price_dollars(self, y: ArrayLike) -> np.ndarray:
         """Map targets or predictions (any target mode) back to sale prices in dollars."""
         y = np.asarray(y, dtype=np.float64)
         if self.target == "log":
@@ -102,7 +103,13 @@ class AmesData:
         return y
 
 
-def ames(*, test_fraction=0.2, seed=0, standardize=True, target="dollars"):
+def ames(
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    standardize: bool = True,
+    target: str = "dollars",
+) -> AmesData:
     """Load the embedded Ames house-price regression set, split into train and test.
 
     Args:
@@ -116,7 +123,7 @@ def ames(*, test_fraction=0.2, seed=0, standardize=True, target="dollars"):
 
     Returns:
       :class:`AmesData`, which unpacks as ``((x_train, y_train), (x_test, y_test))``:
-      float32 x ``(n, 12)`` with columns :data:`AMES_FEATURES`, float32 y ``(n,)``.
+        float32 x ``(n, 12)`` with columns :data:`AMES_FEATURES`, float32 y ``(n,)``.
 
     Split: a plain permutation of the 2,930 rows by ``np.random.default_rng(seed)``; its
     first ``ceil(test_fraction * 2930)`` rows are test (default: 586 test, 2,344 train),

@@ -14,9 +14,11 @@ Split: the official one — ``data_batch_1..5`` (50,000 train, in batch order) a
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +89,7 @@ def _unpickle(data: bytes, where: str) -> dict:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
-def _batch(data: bytes, where: str):
+def _batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     d = _unpickle(data, where)
     if "data" not in d or "labels" not in d:
         raise ValueError(f"{where}: missing 'data' or 'labels' (keys: {sorted(d)})")
@@ -103,7 +105,7 @@ def _batch(data: bytes, where: str):
     return np.ascontiguousarray(x), y.astype(np.int32)
 
 
-def _read_tarball(tar_path: Path):
+def _read_tarball(tar_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     batches = {}
     try:
         with tarfile.open(tar_path, "r:gz") as tf:
@@ -123,7 +125,7 @@ def _read_tarball(tar_path: Path):
     return batches
 
 
-def _read_dir(d: Path):
+def _read_dir(d: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     batches = {}
     for name in TRAIN_BATCHES + (TEST_BATCH,):
         p = d / name
@@ -133,7 +135,14 @@ def _read_dir(d: Path):
     return batches
 
 
-def cifar10(path=None, *, download=False, cache_dir=None, classes=None, verify=True):
+def cifar10(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    classes: Sequence[str | int] | None = None,
+    verify: bool = True,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Load CIFAR-10: 60,000 colour images 32×32 in 10 classes.
 
     Args:

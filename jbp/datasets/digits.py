@@ -30,7 +30,7 @@ def _raw():
     return x, y
 
 
-def load_digits_raw():
+def load_digits_raw() -> tuple[np.ndarray, np.ndarray]:
     """Return all 1,797 digits unsplit: ``(images uint8 (1797, 8, 8) in 0..16, labels int32)``.
 
     Fresh copies, in the original order.
@@ -39,7 +39,9 @@ def load_digits_raw():
     return x.copy(), y.astype(np.int32)
 
 
-def digits(*, flatten=True, scale=True, test_fraction=0.2, seed=0):
+def digits(
+    *, flatten: bool = True, scale: bool = True, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Load the embedded UCI handwritten digits, split into train and test.
 
     Args:

@@ -18,8 +18,10 @@ Split: the official one — 60,000 train and 10,000 test images, in file order.
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +172,7 @@ def _parse_idx(data: bytes, name) -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
-def read_idx(path) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read one IDX file (raw or gzipped) into a numpy array (native byte order, a copy).
 
     Supports every IDX element type (ubyte, byte, short, int, float, double).
@@ -267,7 +269,14 @@ def _check_bool(name, v):
         raise ValueError(f"{name} must be a bool, got {v!r}")
 
 
-def mnist(path=None, *, download=False, cache_dir=None, verify=True, classes=None):
+def mnist(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    verify: bool = True,
+    classes: Sequence[str | int] | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Load MNIST (LeCun, Cortes & Burges): 70,000 handwritten digits, 28×28 grey.
 
     Args:
@@ -296,7 +305,14 @@ def mnist(path=None, *, download=False, cache_dir=None, verify=True, classes=Non
     return _public("mnist", path, download, cache_dir, verify, classes, MNIST_CLASSES)
 
 
-def fashion_mnist(path=None, *, download=False, cache_dir=None, verify=True, classes=None):
+def fashion_mnist(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    verify: bool = True,
+    classes: Sequence[str | int] | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Load Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): 70,000 Zalando article images.
 
     Same layout and arguments as :func:`mnist`; cache directory ``<root>/fashion_mnist``;
@@ -327,7 +343,9 @@ def _public(name, path, download, cache_dir, verify, classes, names):
     return train, test
 
 
-def prepare_images(x, *, flatten=True, scale=True, channels_last=False):
+def prepare_images(
+    x: np.ndarray, *, flatten: bool = True, scale: bool = True, channels_last: bool = False
+) -> np.ndarray:
     """Turn uint8 images into network inputs.
 
     Args:

@@ -35,13 +35,15 @@ def _raw():
     return tuple(texts), y
 
 
-def load_rotten_tomatoes_raw():
+def load_rotten_tomatoes_raw() -> tuple[list[str], np.ndarray]:
     """All 12,752 sentences unsplit: ``(texts: list[str], labels: int32 array)``, 1 = fresh."""
     texts, y = _raw()
     return list(texts), y.copy()
 
 
-def rotten_tomatoes(*, test_fraction=0.2, seed=0):
+def rotten_tomatoes(
+    *, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[tuple[list[str], np.ndarray], tuple[list[str], np.ndarray]]:
     """Load the embedded Rotten Tomatoes sentence-polarity corpus, split into train/test.
 
     Args:

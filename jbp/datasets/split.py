@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 __all__ = ["check_fraction", "check_seed", "split_indices", "one_hot", "select_classes"]
 
 
-def check_fraction(test_fraction, n: int, name: str = "test_fraction") -> int:
+def check_fraction(test_fraction: float, n: int, name: str = "test_fraction") -> int:
     """Validate ``test_fraction`` in (0, 1) and return ``n_test = ceil(test_fraction * n)``.
 
     Raises ``ValueError`` naming the argument when the fraction is out of range or gives an
@@ -45,14 +47,16 @@ def check_fraction(test_fraction, n: int, name: str = "test_fraction") -> int:
     return n_test
 
 
-def check_seed(seed, name: str = "seed") -> int:
+def check_seed(seed: int, name: str = "seed") -> int:
     """Validate a non-negative integer seed; raise ``ValueError`` naming the argument."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"{name} must be a non-negative int, got {seed!r}")
     return int(seed)
 
 
-def split_indices(n: int, test_fraction: float, seed: int, labels=None):
+def split_indices(
+    n: int, test_fraction: float, seed: int, labels: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(train_idx, test_idx)`` int64 index arrays following the module's rule.
 
     With ``labels`` (a length-``n`` integer array) the split is stratified by class.
@@ -86,7 +90,7 @@ def split_indices(n: int, test_fraction: float, seed: int, labels=None):
     return train[rng.permutation(train.size)], test[rng.permutation(test.size)]
 
 
-def one_hot(labels, num_classes: int, dtype=np.float32) -> np.ndarray:
+def one_hot(labels: ArrayLike, num_classes: int, dtype: DTypeLike = np.float32) -> np.ndarray:
     """One-hot encode integer ``labels`` (any shape) into ``labels.shape + (num_classes,)``.
 
     Works on numpy and JAX arrays (returns numpy). Raises ``ValueError`` when
@@ -114,7 +118,9 @@ def one_hot(labels, num_classes: int, dtype=np.float32) -> np.ndarray:
     return (labels[..., None] == np.arange(num_classes)).astype(dtype)
 
 
-def select_classes(x, y, classes, names):
+def select_classes(
+    x: np.ndarray, y: np.ndarray, classes: Sequence[str | int], names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """Keep the examples whose label is in ``classes`` and relabel them ``0..k-1``.
 
     ``classes`` is a sequence of class names (entries of ``names``) or integer labels; the

@@ -13,9 +13,11 @@ from __future__ import annotations
 import collections
 import numbers
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["tokenize", "Vocabulary", "PAD", "UNK", "PAD_ID", "UNK_ID"]
 
@@ -38,7 +40,7 @@ def tokenize(text: str) -> list:
     return _WORD.findall(text.lower().replace("\u2019", "'"))
 
 
-def _check_texts(texts, name="texts"):
+def _check_texts(texts: Iterable[str], name: str = "texts") -> list[str]:
     if isinstance(texts, (str, bytes)):
         raise ValueError(
             f"{name} must be a sequence of strings, got a single {type(texts).__name__}"
@@ -76,7 +78,7 @@ class Vocabulary:
         object.__setattr__(self, "token_to_id", {t: i for i, t in enumerate(self.tokens)})
 
     @classmethod
-    def build(cls, texts, max_size, min_count=1):
+    def build(cls, texts: Iterable[str], max_size: int | None, min_count: int = 1) -> Vocabulary:
         """Build from an iterable of strings, keeping the most frequent words.
 
         Args:
@@ -95,7 +97,7 @@ class Vocabulary:
             max_size = _check_positive_int("max_size", max_size, minimum=3)
         min_count = _check_positive_int("min_count", min_count)
         texts = _check_texts(texts)
-        counts = collections.Counter()
+        counts: collections.Counter[str] = collections.Counter()
         for t in texts:
             counts.update(tokenize(t))
         words = sorted(
@@ -105,13 +107,13 @@ class Vocabulary:
             words = words[: max_size - 2]
         return cls((PAD, UNK, *words))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.tokens)
 
-    def __contains__(self, word):
+    def __contains__(self, word: object) -> bool:
         return word in self.token_to_id
 
-    def encode(self, texts, max_len):
+    def encode(self, texts: Iterable[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Tokenize and map ``texts`` to fixed-length id rows.
 
         Each text's first ``max_len`` tokens are kept (longer texts are truncated), unknown
@@ -133,7 +135,7 @@ class Vocabulary:
             ids[i, : len(row)] = row
         return ids, ids != PAD_ID
 
-    def decode(self, ids, mask=None):
+    def decode(self, ids: ArrayLike, mask: ArrayLike | None = None) -> list[str]:
         """Map id rows back to space-joined words, skipping padding (``mask`` False)."""
         ids = np.asarray(ids)
         if ids.ndim != 2:

@@ -3,14 +3,16 @@ layer names in model order."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import numpy as np
 from jax.tree_util import PyTreeDef
 
-from jbp.core import leaf_name
+from jbp.core import Layer, PyTree, leaf_name
 
 
-def check_params_match(model, params, in_shape) -> None:
+def check_params_match(model: Layer, params: PyTree, in_shape: Sequence[int]) -> None:
     """Raise ``ValueError`` when ``params`` do not have the structure and shapes that
     ``model.init`` gives for inputs of shape ``in_shape`` (no batch axis)."""
     try:
@@ -44,7 +46,7 @@ def check_params_match(model, params, in_shape) -> None:
             )
 
 
-def layer_order_key(name: str):
+def layer_order_key(name: str) -> list[int | str]:
     """Sort key putting layer names in model order: ``layers[2]`` before ``layers[10]``,
     ``layers[1].layers[0]`` before ``layers[2]`` (a jitted dict comes back key-sorted)."""
     import re

@@ -5,6 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .history import GradientNormRecord
+    from .stats import LayerReport
 
 __all__ = ["detect_gradient_problems", "GradientProblem"]
 
@@ -96,14 +101,14 @@ def _check_threshold(name, v, allow_none=False):
 
 
 def detect_gradient_problems(
-    report_or_norms,
+    report_or_norms: LayerReport | GradientNormRecord | Mapping[str, Any],
     *,
     vanishing_ratio: float = 1e-3,
     exploding_norm: float = 1e3,
     min_norm: float | None = None,
     quantity: str | None = None,
     epoch: int | None = None,
-) -> list:
+) -> list[GradientProblem]:
     """Find vanishing and exploding gradients; an empty list means nothing was found.
 
     Args:

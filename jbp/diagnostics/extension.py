@@ -30,12 +30,19 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 
 from jbp.core import leaf_name
 from jbp.extensions.base import Extension
+
+if TYPE_CHECKING:
+    from jax.typing import ArrayLike
+
+    from jbp.core import Layer, PyTree
+    from jbp.engine import LayerCall
 
 __all__ = [
     "GradientStats",
@@ -54,7 +61,7 @@ __all__ = [
 BIAS_LEAVES = ("b", "beta")
 
 
-def safe_norm(x) -> jax.Array:
+def safe_norm(x: ArrayLike) -> jax.Array:
     """``‖x‖₂`` of all entries, rescaled by ``max|x|`` so that huge (but finite) values
     do not overflow to ``inf`` when squared; ``nan`` if any entry is ``nan``, ``inf`` if
     any is ``±inf``."""
@@ -83,7 +90,9 @@ class LayerRow(dict):
     ``.out_shape`` its per-example output shape (``None`` for a non-array output). Both
     are static pytree data: a ``LayerRow`` goes through ``jax.jit`` and comes back whole."""
 
-    def __init__(self, layer, out_shape, values):
+    def __init__(
+        self, layer: Layer, out_shape: tuple[int, ...] | None, values: Mapping[str, Any]
+    ) -> None:
         super().__init__(values)
         self.layer = layer
         self.out_shape = out_shape
@@ -188,7 +197,7 @@ class GradientStats(Extension):
         object.__setattr__(self, "sigmoid_eps", _check_eps("sigmoid_eps", self.sigmoid_eps))
         object.__setattr__(self, "tanh_eps", _check_eps("tanh_eps", self.tanh_eps))
 
-    def compute(self, call):
+    def compute(self, call: LayerCall) -> LayerRow:
         """The row of one layer: generic, from ``call`` alone, plus the layer's own
         ``unit_stats`` when it has one (found with ``getattr``, never by type).
 
@@ -200,7 +209,9 @@ class GradientStats(Extension):
         """
         layer, n = call.layer, call.n
         dy = _values(call.dy)
-        values = {"delta_norm": jnp.mean(per_example_norms(jax.tree.map(lambda a: n * a, dy), n))}
+        values: dict[str, Any] = {
+            "delta_norm": jnp.mean(per_example_norms(jax.tree.map(lambda a: n * a, dy), n))
+        }
 
         leaves = _param_leaves(layer, call.params)
         if leaves:
@@ -258,14 +269,14 @@ class LayerDeltas(Extension):
     name = "layer_deltas"
     params_only = False
 
-    def compute(self, call):
+    def compute(self, call: LayerCall) -> LayerRow:
         dy = _values(call.dy)
         return LayerRow(
             call.layer, tuple(dy.shape[1:]) if hasattr(dy, "shape") else None, {"delta": dy}
         )
 
 
-def per_example_norms(tree, n) -> jax.Array:
+def per_example_norms(tree: PyTree, n: int) -> jax.Array:
     """``(n,)``: ``‖tree[x]‖``, the norm of example ``x``'s rows of every leaf together.
 
     Args:
@@ -279,7 +290,7 @@ def per_example_norms(tree, n) -> jax.Array:
     return norms[0] if len(norms) == 1 else jax.vmap(safe_norm)(jnp.stack(norms, axis=1))
 
 
-def with_update_ratios(rows, params, updates):
+def with_update_ratios(rows: PyTree, params: PyTree, updates: PyTree) -> PyTree:
     """Add ``update_ratio = ‖ΔWˡ‖/‖Wˡ‖`` (weights, as ``grad_W_norm``) to every row with
     weights, and ``leaves[leaf]["update_ratio"] = ‖Δleaf‖/‖leaf‖`` to every parameter leaf.
 
@@ -314,7 +325,7 @@ def with_update_ratios(rows, params, updates):
     return jax.tree.map(one, rows, params, updates, is_leaf=_is_row)
 
 
-def rows_by_name(rows) -> dict:
+def rows_by_name(rows: PyTree) -> dict[str, LayerRow]:
     """``{path: row}`` from the engine's result tree, in flattening (model) order.
 
     Paths follow :func:`jbp.core.leaf_name`: ``layers[2]``, nested ``layers[1].layers[0]``;

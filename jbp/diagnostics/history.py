@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import jax
 
 from ._model import in_model_order
 from .stats import _validate, gradient_stats_fn
+
+if TYPE_CHECKING:
+    from jax.typing import ArrayLike
+
+    from jbp.core import Array, Layer, PyTree
+    from jbp.losses import Loss
+
+H = TypeVar("H")  # add_to_history returns the history it was given
 
 __all__ = ["GradientNormRecord", "GradientNormHistory", "QUANTITIES"]
 
@@ -126,27 +136,30 @@ class GradientNormHistory:
     :meth:`record_epoch`) once per epoch.
 
     Args:
-      model, loss: the network and loss being trained.
+      model: the network being trained.
+      loss: the loss being trained.
       probe_data: ``(x, y)``, a fixed batch (a few hundred examples is plenty).
       every: record every ``every``-th epoch (and epoch 0 when called with it).
-      key, train: handed to the probe's forward pass. The default ``train=False`` makes the
-        probe deterministic, so epochs are comparable (dropout off, BatchNorm's running
-        statistics, so a model with state needs ``state`` at every call).
-      sigmoid_eps, tanh_eps: saturation thresholds (see :mod:`jbp.diagnostics.stats`).
+      key: the PRNG key of the probe's forward pass.
+      train: training behaviour of the probe's forward pass. The default ``train=False``
+        makes the probe deterministic, so epochs are comparable (dropout off, BatchNorm's
+        running statistics, so a model with state needs ``state`` at every call).
+      sigmoid_eps: saturation threshold of sigmoid layers (see :mod:`jbp.diagnostics.stats`).
+      tanh_eps: saturation threshold of tanh layers.
     """
 
     def __init__(
         self,
-        model,
-        loss,
-        probe_data,
+        model: Layer,
+        loss: Loss,
+        probe_data: tuple[ArrayLike, ArrayLike],
         *,
         every: int = 1,
-        key=None,
+        key: Array | None = None,
         train: bool = False,
         sigmoid_eps: float = 0.05,
         tanh_eps: float = 0.05,
-    ):
+    ) -> None:
         if not (isinstance(probe_data, (tuple, list)) and len(probe_data) == 2):
             raise TypeError("GradientNormHistory: probe_data must be a pair (x, y)")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -162,7 +175,7 @@ class GradientNormHistory:
         self._checked = False
         self.record = GradientNormRecord()
 
-    def record_epoch(self, epoch: int, params, state=None) -> dict | None:
+    def record_epoch(self, epoch: int, params: PyTree, state: PyTree = None) -> dict | None:
         """Record ``params`` (and the model's non-trainable ``state``, if it has one) at
         ``epoch`` (if ``epoch % every == 0``); returns the host stats dict, or ``None``
         when the epoch is skipped."""
@@ -179,7 +192,7 @@ class GradientNormHistory:
         self.record.append(epoch, stats)
         return stats
 
-    def __call__(self, epoch: int, params, state=None):
+    def __call__(self, epoch: int, params: PyTree, state: PyTree = None) -> None:
         """``hist(epoch, params[, state])``: record one epoch (hand-rolled loops)."""
         self.record_epoch(epoch, params, state)
         return None
@@ -188,14 +201,16 @@ class GradientNormHistory:
     def on_train_begin(self) -> None:
         pass
 
-    def on_epoch_end(self, epoch, logs, params, state=()):
+    def on_epoch_end(self, epoch: int, logs: dict, params: PyTree, state: PyTree = ()) -> None:
         self.record_epoch(epoch, params, state)
         return None  # never stops training
 
-    def on_train_end(self, params, state=()):
+    def on_train_end(self, params: PyTree, state: PyTree = ()) -> None:
         return None
 
-    def columns(self, quantities=("grad_W_norm", "bias_grad_norm")) -> dict:
+    def columns(
+        self, quantities: Sequence[str] = ("grad_W_norm", "bias_grad_norm")
+    ) -> dict[str, dict[int, float]]:
         """``{"<quantity>/<layer>": {epoch: value}}`` for the given quantities."""
         out = {}
         for q in quantities:
@@ -203,7 +218,9 @@ class GradientNormHistory:
                 out[f"{q}/{name}"] = dict(zip(self.record.epochs, vals))
         return out
 
-    def add_to_history(self, history, quantities=("grad_W_norm", "bias_grad_norm")):
+    def add_to_history(
+        self, history: H, quantities: Sequence[str] = ("grad_W_norm", "bias_grad_norm")
+    ) -> H:
         """Add columns ``"grad_W_norm/layers[0]"``, ... to a ``jbp.fit`` ``History`` (or any
         object with ``.records``, a list of dicts with an ``"epoch"`` key), epoch by
         epoch; returns ``history``."""

@@ -47,7 +47,8 @@ give your own layer one and its statistics appear here.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 
@@ -55,6 +56,12 @@ from jbp._validate import cached_if_hashable
 from jbp._validate import check_batch as _check_batch
 from jbp._validate import check_model_and_loss as _check_model_and_loss
 from jbp.engine import backprop
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from jbp.core import Array, Layer, PyTree
+    from jbp.losses import Loss
 
 from ._model import check_params_match, in_model_order
 from .extension import (
@@ -130,27 +137,33 @@ _DELTAS_JITS: dict = {}
 
 
 def gradient_stats_fn(
-    model, loss, *, train: bool = True, sigmoid_eps: float = 0.05, tanh_eps: float = 0.05
-):
+    model: Layer,
+    loss: Loss,
+    *,
+    train: bool = True,
+    sigmoid_eps: float = 0.05,
+    tanh_eps: float = 0.05,
+) -> Callable[..., dict[str, Any]]:
     """The jit-compiled core of the diagnostics.
 
     Args:
       model: any jbp layer (``jbp.Sequential``, nested or not, of any layers).
       loss: a jbp loss.
       train: training behaviour of the forward pass (dropout on, batch statistics).
-      sigmoid_eps, tanh_eps: saturation thresholds, in ``(0, 0.5)`` (see
+      sigmoid_eps: saturation threshold of sigmoid layers, in ``(0, 0.5)`` (see
         :mod:`jbp.diagnostics.stats`).
+      tanh_eps: saturation threshold of tanh layers, in ``(0, 0.5)``.
 
     Returns:
       ``f(params, x, y, key=None, updates=None, state=None) -> {"loss": C, "layers": {name:
-      {quantity: scalar}}}`` — one compiled call computing, for every leaf layer, the
-      quantities of this module's table that it has (``update_ratio`` only when ``updates``
-      is given). Each ``{quantity: scalar}`` is a :class:`~jbp.diagnostics.LayerRow`, whose
-      ``.layer`` is the layer object. A dict from ``jit`` comes back sorted by key: put it
-      in model order with :func:`in_model_order`. ``state`` is the model's non-trainable
-      state (needed with ``train=False`` by a model that has one, e.g. ``BatchNorm``).
-      Arguments are checked when ``f`` is traced: params from another model raise
-      ``ValueError``.
+        {quantity: scalar}}}`` — one compiled call computing, for every leaf layer, the
+        quantities of this module's table that it has (``update_ratio`` only when
+        ``updates`` is given). Each ``{quantity: scalar}`` is a
+        :class:`~jbp.diagnostics.LayerRow`, whose ``.layer`` is the layer object. A dict
+        from ``jit`` comes back sorted by key: put it in model order with
+        :func:`in_model_order`. ``state`` is the model's non-trainable state (needed with
+        ``train=False`` by a model that has one, e.g. ``BatchNorm``). Arguments are checked
+        when ``f`` is traced: params from another model raise ``ValueError``.
     """
     _check_model_and_loss(model, loss)
     sigmoid_eps = _check_eps("sigmoid_eps", sigmoid_eps)
@@ -180,8 +193,16 @@ def gradient_stats_fn(
 
 
 def speed_of_learning(
-    model, loss, params, x, y, *, key=None, train: bool = True, state=None
-) -> dict:
+    model: Layer,
+    loss: Loss,
+    params: PyTree,
+    x: Array | np.ndarray,
+    y: Array | np.ndarray,
+    *,
+    key: Array | None = None,
+    train: bool = True,
+    state: PyTree = None,
+) -> dict[str, float]:
     """Nielsen's *speed of learning*: ``{layer name: ‖∂C/∂bˡ‖}`` for every layer with a
     bias, in order from input to output.
 
@@ -191,8 +212,14 @@ def speed_of_learning(
     chapter 5).
 
     Args:
-      model, loss, params, x, y: as for :func:`jbp.value_and_grad`.
-      key, train, state: handed to the forward pass (see :func:`gradient_stats_fn`).
+      model: the model, as for :func:`jbp.value_and_grad`.
+      loss: the loss, as for :func:`jbp.value_and_grad`.
+      params: the model's parameters.
+      x: a batch of inputs.
+      y: the batch's targets.
+      key: the forward pass's PRNG key (dropout and friends).
+      train: training behaviour of the forward pass (see :func:`gradient_stats_fn`).
+      state: the model's non-trainable state (see :func:`gradient_stats_fn`).
 
     Raises:
       ValueError: no layer of the model has a bias (``b``/``beta``, see
@@ -212,7 +239,17 @@ def speed_of_learning(
     return out
 
 
-def layer_deltas(model, loss, params, x, y, *, key=None, train: bool = True, state=None) -> dict:
+def layer_deltas(
+    model: Layer,
+    loss: Loss,
+    params: PyTree,
+    x: Array | np.ndarray,
+    y: Array | np.ndarray,
+    *,
+    key: Array | None = None,
+    train: bool = True,
+    state: PyTree = None,
+) -> dict[str, Array]:
     """``{layer name: δˡ = ∂C/∂yˡ}`` for every leaf layer: the ``dy`` that the hand-written
     backward hands to the layer's output (shape ``(batch, *out_shape)``, ``C`` the
     batch-mean loss, so row ``x`` is ``1/n`` of example ``x``'s own delta). For a ``Dense``
@@ -220,8 +257,14 @@ def layer_deltas(model, loss, params, x, y, *, key=None, train: bool = True, sta
     the values' delta.
 
     Args:
-      model, loss, params, x, y: as for :func:`jbp.value_and_grad`.
-      key, train, state: handed to the forward pass (see :func:`gradient_stats_fn`).
+      model: the model, as for :func:`jbp.value_and_grad`.
+      loss: the loss, as for :func:`jbp.value_and_grad`.
+      params: the model's parameters.
+      x: a batch of inputs.
+      y: the batch's targets.
+      key: the forward pass's PRNG key (dropout and friends).
+      train: training behaviour of the forward pass (see :func:`gradient_stats_fn`).
+      state: the model's non-trainable state (see :func:`gradient_stats_fn`).
     """
     _check_model_and_loss(model, loss)
     train = bool(train)
@@ -408,28 +451,34 @@ def _row_stats(name, row) -> LayerStats:
 
 
 def layer_report(
-    model,
-    loss,
-    params,
-    x,
-    y,
+    model: Layer,
+    loss: Loss,
+    params: PyTree,
+    x: Array | np.ndarray,
+    y: Array | np.ndarray,
     *,
-    updates=None,
-    key=None,
+    updates: PyTree = None,
+    key: Array | None = None,
     train: bool = True,
     sigmoid_eps: float = 0.05,
     tanh_eps: float = 0.05,
-    state=None,
+    state: PyTree = None,
 ) -> LayerReport:
     """Per-layer gradient statistics of one batch, from the hand-written backward, for every
     leaf layer of any model (one row each, named by its path).
 
     Args:
-      model, loss, params, x, y: as for :func:`jbp.value_and_grad`.
+      model: the model, as for :func:`jbp.value_and_grad`.
+      loss: the loss, as for :func:`jbp.value_and_grad`.
+      params: the model's parameters.
+      x: a batch of inputs.
+      y: the batch's targets.
       updates: optional tree shaped like ``params`` (e.g. the optimizer's updates for this
         batch); gives the update-to-weight ratio ``‖ΔW‖/‖W‖``.
-      key, train: handed to the forward pass (dropout and friends).
-      sigmoid_eps, tanh_eps: saturation thresholds (see :mod:`jbp.diagnostics.stats`).
+      key: the forward pass's PRNG key (dropout and friends).
+      train: training behaviour of the forward pass.
+      sigmoid_eps: saturation threshold of sigmoid layers (see :mod:`jbp.diagnostics.stats`).
+      tanh_eps: saturation threshold of tanh layers.
       state: the model's non-trainable state (BatchNorm's running statistics); required
         with ``train=False`` when the model has some.
 

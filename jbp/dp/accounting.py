@@ -452,7 +452,12 @@ def _epsilons(
 # ---------------------------------------------------------------------------------------
 
 
-def rdp(noise_multiplier, sample_rate, steps, orders: Sequence[float] | None = None) -> np.ndarray:
+def rdp(
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    orders: Sequence[float] | None = None,
+) -> np.ndarray:
     """Rényi DP of ``steps`` Poisson-subsampled Gaussian steps, at every order.
 
     Args:
@@ -485,7 +490,11 @@ def _rdp_total(q: float, sigma: float, steps: int, orders: np.ndarray) -> np.nda
 
 
 def rdp_to_epsilon(
-    rdp_values, orders, delta, *, conversion: str = "balle2020"
+    rdp_values: Sequence[float] | np.ndarray,
+    orders: Sequence[float] | np.ndarray | None,
+    delta: float,
+    *,
+    conversion: str = "balle2020",
 ) -> tuple[float, float]:
     """Convert an RDP curve (e.g. a sum of :func:`rdp` curves) to ``(ε, best order)``.
 
@@ -516,10 +525,10 @@ def rdp_to_epsilon(
 
 
 def epsilon(
-    noise_multiplier,
-    sample_rate,
-    steps,
-    delta,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
     *,
     orders: Sequence[float] | None = None,
     conversion: str = "balle2020",
@@ -560,10 +569,10 @@ def _epsilon(sigma, q, steps, delta, orders, conversion) -> float:
 
 
 def noise_multiplier_for(
-    target_epsilon,
-    sample_rate,
-    steps,
-    delta,
+    target_epsilon: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
     *,
     orders: Sequence[float] | None = None,
     conversion: str = "balle2020",

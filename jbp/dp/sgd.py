@@ -63,7 +63,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +77,14 @@ from jbp.extensions.base import Extension
 from jbp.extensions.firstorder import BatchL2, ClippedGrad, global_sq_norms
 from jbp.metrics import get_metrics
 from jbp.train.step import apply_updates
+
+if TYPE_CHECKING:
+    from jbp.core import Array, Layer, PyTree
+    from jbp.engine import LayerCall
+    from jbp.losses import Loss
+    from jbp.optim.base import Optimizer
+    from jbp.regularizers import Regularizer
+    from jbp.train.progress import Progress
 
 __all__ = [
     "DPConfig",
@@ -257,7 +266,7 @@ class PerLayerClippedGrad(Extension):
     name = "per_layer_clipped_grad"
     per_example = True
 
-    def compute(self, call):
+    def compute(self, call: LayerCall) -> PyTree:
         sq = global_sq_norms(BatchL2().compute(call))
         norms = jnp.sqrt(jnp.maximum(sq, 0.0))
         scale = jnp.minimum(1.0, self.max_norm / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny))
@@ -293,12 +302,19 @@ def _count_param_layers(model, loss, params, x, y, state) -> int:
 
 
 def private_grad(
-    model, loss, *, max_norm, noise_multiplier, expected_batch_size, clipping: str = "flat"
-) -> Callable:
+    model: Layer,
+    loss: Loss,
+    *,
+    max_norm: float,
+    noise_multiplier: float,
+    expected_batch_size: float,
+    clipping: str = "flat",
+) -> Callable[..., tuple[PyTree, Any, dict[str, Array]]]:
     """The DP-SGD gradient ``g̃ = (Σᵢ wᵢ-rows clipped gᵢ + σ C ξ) / (q N)``.
 
     Args:
-      model, loss: as for :func:`jbp.backprop` (no BatchNorm in training mode).
+      model: the model, as for :func:`jbp.backprop` (no BatchNorm in training mode).
+      loss: the loss, as for :func:`jbp.backprop`.
       max_norm: C > 0.
       noise_multiplier: σ ≥ 0 (0: no noise, the clipped sum over ``expected_batch_size``).
       expected_batch_size: ``q N`` > 0, the divisor.
@@ -354,18 +370,18 @@ def private_grad(
 
 
 def make_private_step(
-    model,
-    loss,
-    optimizer,
+    model: Layer,
+    loss: Loss,
+    optimizer: Optimizer,
     *,
-    max_norm,
-    noise_multiplier,
-    expected_batch_size,
+    max_norm: float,
+    noise_multiplier: float,
+    expected_batch_size: float,
     clipping: str = "flat",
-    regularizer=None,
-    metrics=("loss",),
-    augment: Callable | None = None,
-) -> Callable:
+    regularizer: Regularizer | None = None,
+    metrics: Sequence[str] = ("loss",),
+    augment: Callable[[Array, Array], Array] | None = None,
+) -> Callable[..., tuple[PyTree, PyTree, dict[str, Array], PyTree]]:
     """The DP-SGD training step, with :func:`jbp.train.make_train_step`'s signature.
 
     Returns ``step(params, opt_state, x, y, key, state=(), weights=None) -> (params,
@@ -375,8 +391,16 @@ def make_private_step(
     ``"dp_clipped"`` (fraction of real rows clipped) and ``"dp_rows"`` (their number).
 
     Args:
-      model, loss, optimizer, regularizer, metrics, augment: as for ``make_train_step``.
-      max_norm, noise_multiplier, expected_batch_size, clipping: as for :func:`private_grad`.
+      model: the model, as for :func:`jbp.train.make_train_step`.
+      loss: the loss, as for :func:`jbp.train.make_train_step`.
+      optimizer: the optimizer, as for :func:`jbp.train.make_train_step`.
+      max_norm: the clipping bound C > 0, as for :func:`private_grad`.
+      noise_multiplier: σ ≥ 0, as for :func:`private_grad`.
+      expected_batch_size: ``q N`` > 0, as for :func:`private_grad`.
+      clipping: ``"flat"`` or ``"per_layer"``, as for :func:`private_grad`.
+      regularizer: an optional regularizer, as for :func:`jbp.train.make_train_step`.
+      metrics: metric names, as for :func:`jbp.train.make_train_step`.
+      augment: ``augment(key, x) -> x``, as for :func:`jbp.train.make_train_step`.
 
     Raises:
       ValueError: BatchNorm in training mode (per-example clipping is undefined), σ < 0,
@@ -425,7 +449,9 @@ def make_private_step(
 # ---------------------------------------------------------------------------------------
 
 
-def poisson_batch(key, n: int, sample_rate, max_batch_size: int):
+def poisson_batch(
+    key: Array, n: int, sample_rate: float, max_batch_size: int
+) -> tuple[Array, Array, Array]:
     """Indices and weights of one Poisson-sampled batch, padded to ``max_batch_size``.
 
     ``uᵢ ∼ U(0,1)`` for the ``n`` examples; the batch is the ``max_batch_size`` indices of
@@ -440,7 +466,9 @@ def poisson_batch(key, n: int, sample_rate, max_batch_size: int):
     return idx, sampled.astype(jnp.result_type(float)), dropped
 
 
-def check_fit_privacy(config, *, batch_size, n: int, grad_fn: str, drop_last: bool) -> None:
+def check_fit_privacy(
+    config: DPConfig, *, batch_size: int | None, n: int, grad_fn: str, drop_last: bool
+) -> None:
     """``fit(..., privacy=config)``'s checks, before anything is compiled."""
     if not isinstance(config, DPConfig):
         raise TypeError(
@@ -466,17 +494,17 @@ def check_fit_privacy(config, *, batch_size, n: int, grad_fn: str, drop_last: bo
 
 def make_private_epoch(
     config: DPConfig,
-    model,
-    loss,
-    optimizer,
+    model: Layer,
+    loss: Loss,
+    optimizer: Optimizer,
     *,
     n: int,
-    regularizer=None,
-    metrics=("loss",),
-    augment=None,
-    finalizers=None,
-    progress=None,
-) -> Callable:
+    regularizer: Regularizer | None = None,
+    metrics: Sequence[str] = ("loss",),
+    augment: Callable[[Array, Array], Array] | None = None,
+    finalizers: Mapping[str, Callable[[Array], Array]] | None = None,
+    progress: Progress | None = None,
+) -> Callable[..., tuple[Any, dict[str, Array]]]:
     """``epoch(carry, x, y, key) -> (carry, means)``: ``steps_per_epoch`` Poisson steps in
     one ``lax.scan`` (the contract of ``fit``'s epoch). Step ``j`` gets key
     ``split(key, steps)[j]``; its batch comes from ``fold_in(that key, 0x5053)``. Means are

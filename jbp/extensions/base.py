@@ -42,8 +42,15 @@ post-processes the assembled tree (default: unchanged).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:
+    from jbp.core import Array, Layer, PyTree
+    from jbp.engine import LayerCall, SeedContext
+
 
 __all__ = ["Extension", "generic_batch_grad"]
 
@@ -70,19 +77,19 @@ class Extension:
     requires: tuple = ()
 
     # -- one layer ------------------------------------------------------------------
-    def compute(self, call):
+    def compute(self, call: LayerCall) -> PyTree:
         """The result for one layer: its closed-form method when it has one, else ``default``."""
         method = getattr(call.layer, self.name, None)
         if callable(method):
             return method(call.params, call.cache, self.cotangent(call))
         return self.default(call)
 
-    def cotangent(self, call):
+    def cotangent(self, call: LayerCall) -> Array:
         """What the layer's closed-form method receives as ``dy``: ``n · dy`` for per-example
         quantities (row ``i`` = the delta of example ``i``'s loss), else ``dy`` itself."""
         return call.per_example_dy if self.per_example else _values(call.dy)
 
-    def default(self, call):
+    def default(self, call: LayerCall) -> PyTree:
         """The generic computation for a layer without a closed form."""
         raise NotImplementedError(
             f"{type(self).__name__}: layer {call.layer!r} has no method "
@@ -90,15 +97,15 @@ class Extension:
         )
 
     # -- seeded walks ----------------------------------------------------------------
-    def seed(self, ctx):
+    def seed(self, ctx: SeedContext) -> Array:
         """Cotangents ``(C, *pred.shape)`` to backpropagate (seeded extensions only)."""
         raise NotImplementedError
 
-    def reduce(self, stacked):
+    def reduce(self, stacked: PyTree) -> PyTree:
         """Combine the per-column results of a seeded walk (default: sum over columns)."""
         return jax.tree.map(lambda a: jnp.sum(a, axis=0), stacked)
 
-    def finalize(self, result, n):
+    def finalize(self, result: PyTree, n: int) -> PyTree:
         """Post-process the assembled result tree (default: unchanged)."""
         return result
 
@@ -110,7 +117,7 @@ def _values(a):
     return a.values if hasattr(a, "values") and hasattr(a, "mask") else a
 
 
-def generic_batch_grad(layer, params, cache, dy):
+def generic_batch_grad(layer: Layer, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
     """Per-example parameter gradients by ``vmap`` of the layer's own ``backward``.
 
     Example ``i`` runs ``layer.backward(params, cacheᵢ, dyᵢ)`` on its slices, each given a

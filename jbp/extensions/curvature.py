@@ -77,13 +77,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jbp.extensions.base import Extension, _values, generic_batch_grad
 from jbp.losses import _check_samples
+
+if TYPE_CHECKING:
+    from jbp.core import Array, Layer, PyTree
+    from jbp.engine import LayerCall, SeedContext
+
 
 __all__ = [
     "DiagGGN",
@@ -105,7 +111,7 @@ class KronFactors(NamedTuple):
     B: jax.Array
 
 
-def kron_factor_shapes(shape) -> tuple:
+def kron_factor_shapes(shape: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(A.shape, B.shape)`` of the :class:`KronFactors` of a leaf of ``shape``."""
     shape = tuple(shape)
     a = math.prod(shape[:-1]) if len(shape) >= 2 else 1
@@ -186,13 +192,13 @@ class DiagGGN(_Columns):
 
     name = "diag_ggn"
 
-    def seed(self, ctx):
+    def seed(self, ctx: SeedContext) -> Array:
         return _exact_columns(ctx, "DiagGGN")
 
-    def compute(self, call):
+    def compute(self, call: LayerCall) -> PyTree:
         return _column_sum_squares(call.layer, call.params, call.cache, _values(call.dy))
 
-    def finalize(self, result, n):
+    def finalize(self, result: PyTree, n: int) -> PyTree:
         return _mean_over_examples(result, n)
 
 
@@ -217,13 +223,13 @@ class DiagGGNMC(_Columns):
     def __post_init__(self):
         _check_samples("DiagGGNMC", self.samples)
 
-    def seed(self, ctx):
+    def seed(self, ctx: SeedContext) -> Array:
         return _sampled_columns(ctx, "DiagGGNMC", self.samples)
 
-    def compute(self, call):
+    def compute(self, call: LayerCall) -> PyTree:
         return _column_sum_squares(call.layer, call.params, call.cache, _values(call.dy))
 
-    def finalize(self, result, n):
+    def finalize(self, result: PyTree, n: int) -> PyTree:
         return _mean_over_examples(result, n)
 
     def __repr__(self):
@@ -238,10 +244,10 @@ class BatchDiagGGN(_Columns):
 
     name = "batch_diag_ggn"
 
-    def seed(self, ctx):
+    def seed(self, ctx: SeedContext) -> Array:
         return _exact_columns(ctx, "BatchDiagGGN")
 
-    def compute(self, call):
+    def compute(self, call: LayerCall) -> PyTree:
         g = _column_batch_grad(call.layer, call.params, call.cache, _values(call.dy))
         return jax.tree.map(lambda a: a * a, g)
 
@@ -365,16 +371,16 @@ class DiagHessian(_Columns):
 
     name = "diag_hessian"
 
-    def seed(self, ctx):
+    def seed(self, ctx: SeedContext) -> Array:
         return _exact_columns(ctx, "DiagHessian")
 
-    def walk(self, model, params, cache, ctx):
+    def walk(self, model: Layer, params: PyTree, cache: PyTree, ctx: SeedContext) -> PyTree:
         result, _, _, _ = _hessian_walk(
             model, params, cache, ctx.dpred, self.seed(ctx), None, ctx.n, ""
         )
         return result
 
-    def finalize(self, result, n):
+    def finalize(self, result: PyTree, n: int) -> PyTree:
         return _mean_over_examples(result, n)
 
 
@@ -521,17 +527,17 @@ class _Kron(_Columns):
     ``reduce`` keeps ``A`` (the same in every column) and forms ``Σ_c R_cᵀR_c`` in one
     matrix product over all columns' rows; ``finalize`` divides ``B`` by ``n``."""
 
-    def compute(self, call):
+    def compute(self, call: LayerCall) -> PyTree:
         return _layer_kron_factors(call.layer, call.params, call.cache, _values(call.dy))
 
-    def reduce(self, stacked):
+    def reduce(self, stacked: PyTree) -> PyTree:
         # (C, m, k) rows -> (C·m, k), one GEMM (an einsum contracting two axes is ~10× slower
         # on CPU)
         return jax.tree.map(
             lambda f: KronFactors(f.A[0], _outer_sum(f.B)), stacked, is_leaf=_is_factors
         )
 
-    def finalize(self, result, n):
+    def finalize(self, result: PyTree, n: int) -> PyTree:
         return jax.tree.map(lambda f: KronFactors(f.A, f.B / n), result, is_leaf=_is_factors)
 
 
@@ -544,7 +550,7 @@ class KFLR(_Kron):
 
     name = "kflr"
 
-    def seed(self, ctx):
+    def seed(self, ctx: SeedContext) -> Array:
         return _exact_columns(ctx, "KFLR")
 
 
@@ -565,7 +571,7 @@ class KFAC(_Kron):
     def __post_init__(self):
         _check_samples("KFAC", self.samples)
 
-    def seed(self, ctx):
+    def seed(self, ctx: SeedContext) -> Array:
         return _sampled_columns(ctx, "KFAC", self.samples)
 
     def __repr__(self):

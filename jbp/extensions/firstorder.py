@@ -12,12 +12,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
 from jbp._validate import check_positive
 from jbp.extensions.base import Extension, generic_batch_grad
+
+if TYPE_CHECKING:
+    from jbp.core import Array, PyTree
+    from jbp.engine import LayerCall, SeedContext
+
 
 __all__ = ["BatchGrad", "BatchL2", "SumGradSquared", "Variance", "ClippedGrad", "global_sq_norms"]
 
@@ -34,7 +40,7 @@ class BatchGrad(Extension):
     name = "batch_grad"
     per_example = True
 
-    def default(self, call):
+    def default(self, call: LayerCall) -> PyTree:
         return generic_batch_grad(call.layer, call.params, call.cache, call.per_example_dy)
 
 
@@ -46,7 +52,7 @@ class BatchL2(Extension):
     name = "batch_l2"
     per_example = True
 
-    def default(self, call):
+    def default(self, call: LayerCall) -> PyTree:
         g = generic_batch_grad(call.layer, call.params, call.cache, call.per_example_dy)
         return jax.tree.map(_sum_but_first, g)
 
@@ -59,7 +65,7 @@ class SumGradSquared(Extension):
     name = "sum_grad_squared"
     per_example = True
 
-    def default(self, call):
+    def default(self, call: LayerCall) -> PyTree:
         g = generic_batch_grad(call.layer, call.params, call.cache, call.per_example_dy)
         return jax.tree.map(lambda a: jnp.sum(jnp.square(a), axis=0), g)
 
@@ -73,7 +79,7 @@ class Variance(Extension):
     name = "variance"
     per_example = True
 
-    def compute(self, call):
+    def compute(self, call: LayerCall) -> PyTree:
         method = getattr(call.layer, self.name, None)
         if callable(method):
             return method(call.params, call.cache, self.cotangent(call))
@@ -103,20 +109,20 @@ class ClippedGrad(Extension):
     def __post_init__(self):
         check_positive("ClippedGrad: max_norm", self.max_norm)
 
-    def seed(self, ctx):
+    def seed(self, ctx: SeedContext) -> Array:
         norms = jnp.sqrt(jnp.maximum(global_sq_norms(ctx.extras["batch_l2"]), 0.0))
         scale = jnp.minimum(1.0, self.max_norm / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny))
         d = ctx.dpred
         return (d * scale.astype(d.dtype).reshape((ctx.n,) + (1,) * (d.ndim - 1)))[None]
 
-    def compute(self, call):
+    def compute(self, call: LayerCall) -> PyTree:
         return call.grads
 
     def __repr__(self) -> str:
         return f"ClippedGrad(max_norm={self.max_norm})"
 
 
-def global_sq_norms(batch_l2) -> jax.Array:
+def global_sq_norms(batch_l2: PyTree) -> jax.Array:
     """``Σ_leaves`` of a ``batch_l2`` tree: ``‖gᵢ‖²`` over all parameters, shape ``(n,)``."""
     leaves = jax.tree.leaves(batch_l2)
     if not leaves:

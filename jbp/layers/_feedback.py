@@ -47,13 +47,14 @@ fields are left out of both (they still take part in ``==``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from jbp import initializers
-from jbp.core import Layer
+from jbp.core import Array, Layer, PyTree
 
 __all__ = ["RULES", "RuleLayer", "rule_field", "seed_field", "feedback_key"]
 
@@ -66,7 +67,7 @@ RULES = ("bp", "fa", "sign", "kolen_pollack")
 FEEDBACK_TAG = 0x66656564  # "feed"
 
 
-def feedback_key(key, j: int):
+def feedback_key(key: int | jax.Array, j: int) -> jax.Array:
     """The key of feedback matrix ``j`` under ``key``: ``fold_in(fold_in(key, FEEDBACK_TAG), j)``.
     ``key`` is an int seed (``jax.random.key(seed)`` is used) or a key."""
     if isinstance(key, int):
@@ -74,13 +75,13 @@ def feedback_key(key, j: int):
     return jax.random.fold_in(jax.random.fold_in(key, FEEDBACK_TAG), j)
 
 
-def rule_field():
+def rule_field() -> Any:
     """The ``rule`` field: in ``==``, out of ``repr`` (shown by ``RuleLayer.__repr__`` when
     not ``"bp"``) and out of ``hash`` (so default layers hash as before)."""
     return dataclasses.field(default="bp", repr=False, hash=False)
 
 
-def seed_field():
+def seed_field() -> Any:
     """The ``feedback_seed`` field (feedback alignment's ``B``), like :func:`rule_field`."""
     return dataclasses.field(default=0, repr=False, hash=False)
 
@@ -132,14 +133,14 @@ class RuleLayer(Layer):
         raise KeyError(weight)  # pragma: no cover - a programming error in a layer
 
     # --- the feedback matrix ----------------------------------------------------------
-    def draw_feedback(self, name: str, shape) -> jax.Array:
+    def draw_feedback(self, name: str, shape: Sequence[int]) -> jax.Array:
         """Feedback alignment's fixed ``B`` called ``name``: the layer's weight initializer,
         float32, key ``feedback_key(feedback_seed, j)``."""
         j = list(self._feedback_of).index(name)
         init = initializers.get(getattr(self, self._feedback_of[name][1]))
         return init(feedback_key(self.feedback_seed, j), tuple(shape), jnp.float32)
 
-    def feedback(self, params, cache, weight: str = "W") -> jax.Array:
+    def feedback(self, params: PyTree, cache: PyTree, weight: str = "W") -> jax.Array:
         """The matrix the backward pass uses in place of ``params[weight]``, in its dtype.
 
         ``"bp"``: ``W``; ``"sign"``: ``sign(W) · mean|W|`` (the mean over the whole matrix,
@@ -165,7 +166,7 @@ class RuleLayer(Layer):
             B = self.draw_feedback(name, W.shape)
         return B.astype(W.dtype)
 
-    def cache_axes(self, cache):
+    def cache_axes(self, cache: PyTree) -> PyTree:
         """Feedback alignment's ``B`` in the cache is shared by the batch (axis ``None``)."""
         axes = super().cache_axes(cache)
         if isinstance(cache, dict):
@@ -181,7 +182,7 @@ class RuleLayer(Layer):
             grads[name] = grads[weight]
         return grads
 
-    def rule_params(self, key, params: dict) -> dict:
+    def rule_params(self, key: jax.Array, params: dict) -> dict:
         """Kolen–Pollack: add each trainable ``B``, drawn like its weight (same initializer
         and shape) from ``feedback_key(key, j)`` (``key``: the layer's ``init`` key); other
         rules: ``params`` unchanged."""
@@ -197,10 +198,10 @@ class RuleLayer(Layer):
 
     # --- feedback alignment's state ---------------------------------------------------
     @property
-    def stateful(self):
+    def stateful(self) -> bool:  # type: ignore[override]
         return self.rule == "fa"
 
-    def init_state(self, in_shape):
+    def init_state(self, in_shape: tuple[int, ...]) -> PyTree:
         """``{"B": ...}`` for ``rule="fa"`` (see the module docstring), else ``()``."""
         if self.rule != "fa":
             return ()
@@ -210,7 +211,15 @@ class RuleLayer(Layer):
             name: self.draw_feedback(name, shapes[w]) for name, (w, _) in self._feedback_of.items()
         }
 
-    def forward_with_state(self, params, state, x, *, key=None, train=False):
+    def forward_with_state(
+        self,
+        params: PyTree,
+        state: PyTree,
+        x: Array,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+    ) -> tuple[Array, PyTree, PyTree]:
         """``forward``, with feedback alignment's ``B`` from ``state`` put into the cache."""
         y, cache = self.forward(params, x, key=key, train=train)
         if self.rule == "fa":

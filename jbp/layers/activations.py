@@ -23,7 +23,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jbp.core import Layer, check_array, check_floating
+from jbp.core import Array, Layer, PyTree, check_array, check_floating
 
 
 class Activation(Layer):
@@ -32,22 +32,24 @@ class Activation(Layer):
     Subclasses define ``fn(z)`` and ``derivative(z, a) = f'(z)``.
     """
 
-    def fn(self, z):
+    def fn(self, z: Array) -> Array:
         raise NotImplementedError
 
-    def derivative(self, z, a):
+    def derivative(self, z: Array, a: Array) -> Array:
         raise NotImplementedError
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         return (), tuple(in_shape)
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         x = check_array("x", x)
         check_floating("x", x)
         y = self.fn(x)
         return y, {"x": x, "y": y}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         return (), dy * self.derivative(cache["x"], cache["y"])
 
 
@@ -55,16 +57,16 @@ class Activation(Layer):
 class Identity(Activation):
     """``f(z) = z``, ``f'(z) = 1``."""
 
-    def fn(self, z):
+    def fn(self, z: Array) -> Array:
         return z
 
-    def derivative(self, z, a):
+    def derivative(self, z: Array, a: Array) -> Array:
         return jnp.ones_like(z)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         return (), dy
 
-    def second_derivative(self, z, a):
+    def second_derivative(self, z: Array, a: Array) -> Array:
         """``f''(z) = 0``."""
         return jnp.zeros_like(z)
 
@@ -73,13 +75,15 @@ class Identity(Activation):
 class Sigmoid(Activation):
     """``σ(z) = 1 / (1 + e^{-z})``, ``σ'(z) = σ(z)(1 − σ(z))``."""
 
-    def fn(self, z):
+    def fn(self, z: Array) -> Array:
         return jax.nn.sigmoid(z)
 
-    def derivative(self, z, a):
+    def derivative(self, z: Array, a: Array) -> Array:
         return a * (1 - a)
 
-    def unit_stats(self, cache, *, sigmoid_eps: float = 0.05, **thresholds) -> dict:
+    def unit_stats(
+        self, cache: PyTree, *, sigmoid_eps: float = 0.05, **thresholds: float
+    ) -> dict[str, Array]:
         """``{"saturated": fraction of the batch's activations with a < ε or a > 1 − ε}``.
 
         With the default ``ε = 0.05`` that is ``|z| > log(19) ≈ 2.944``, where
@@ -93,7 +97,7 @@ class Sigmoid(Activation):
         a = cache["y"]
         return {"saturated": jnp.mean((a < sigmoid_eps) | (a > 1 - sigmoid_eps))}
 
-    def second_derivative(self, z, a):
+    def second_derivative(self, z: Array, a: Array) -> Array:
         """``σ''(z) = σ(1 − σ)(1 − 2σ)``."""
         return a * (1 - a) * (1 - 2 * a)
 
@@ -102,13 +106,15 @@ class Sigmoid(Activation):
 class Tanh(Activation):
     """``tanh(z)``, ``tanh'(z) = 1 − tanh(z)²``."""
 
-    def fn(self, z):
+    def fn(self, z: Array) -> Array:
         return jnp.tanh(z)
 
-    def derivative(self, z, a):
+    def derivative(self, z: Array, a: Array) -> Array:
         return 1 - a * a
 
-    def unit_stats(self, cache, *, tanh_eps: float = 0.05, **thresholds) -> dict:
+    def unit_stats(
+        self, cache: PyTree, *, tanh_eps: float = 0.05, **thresholds: float
+    ) -> dict[str, Array]:
         """``{"saturated": fraction of the batch's activations with |a| > 1 − ε}``.
 
         With the default ``ε = 0.05`` that is ``|z| > atanh(0.95) ≈ 1.832``, where
@@ -121,7 +127,7 @@ class Tanh(Activation):
         """
         return {"saturated": jnp.mean(jnp.abs(cache["y"]) > 1 - tanh_eps)}
 
-    def second_derivative(self, z, a):
+    def second_derivative(self, z: Array, a: Array) -> Array:
         """``tanh''(z) = −2 tanh(z)(1 − tanh(z)²)``."""
         return -2 * a * (1 - a * a)
 
@@ -130,13 +136,13 @@ class Tanh(Activation):
 class ReLU(Activation):
     """``max(z, 0)``, ``f'(z) = 1 if z > 0 else 0`` (0 at z = 0, as ``jax.nn.relu``)."""
 
-    def fn(self, z):
+    def fn(self, z: Array) -> Array:
         return jax.nn.relu(z)
 
-    def derivative(self, z, a):
+    def derivative(self, z: Array, a: Array) -> Array:
         return (z > 0).astype(z.dtype)
 
-    def unit_stats(self, cache, **thresholds) -> dict:
+    def unit_stats(self, cache: PyTree, **thresholds: float) -> dict[str, Array]:
         """``{"dead": fraction of units whose input is ≤ 0 for every example of the batch}``.
 
         A unit is one entry of the last (feature) axis: a ``Dense`` unit, a ``Conv2D``
@@ -152,7 +158,7 @@ class ReLU(Activation):
         units = z.shape[-1] if z.ndim > 1 else 1  # (batch,) alone: one unit
         return {"dead": jnp.mean(jnp.all(z.reshape(-1, units) <= 0, axis=0))}
 
-    def second_derivative(self, z, a):
+    def second_derivative(self, z: Array, a: Array) -> Array:
         """``f''(z) = 0`` (everywhere but at 0, where it is not defined)."""
         return jnp.zeros_like(z)
 
@@ -169,13 +175,13 @@ class LeakyReLU(Activation):
                 f"LeakyReLU: negative_slope must be finite, got {self.negative_slope!r}"
             )
 
-    def fn(self, z):
+    def fn(self, z: Array) -> Array:
         return jnp.where(z >= 0, z, self.negative_slope * z)
 
-    def derivative(self, z, a):
+    def derivative(self, z: Array, a: Array) -> Array:
         return jnp.where(z >= 0, 1.0, self.negative_slope).astype(z.dtype)
 
-    def second_derivative(self, z, a):
+    def second_derivative(self, z: Array, a: Array) -> Array:
         """``f''(z) = 0`` (everywhere but at 0)."""
         return jnp.zeros_like(z)
 
@@ -193,13 +199,13 @@ class ELU(Activation):
         ):
             raise ValueError(f"ELU: alpha must be a finite number ≥ 0, got {self.alpha!r}")
 
-    def fn(self, z):
+    def fn(self, z: Array) -> Array:
         return jax.nn.elu(z, self.alpha)
 
-    def derivative(self, z, a):
+    def derivative(self, z: Array, a: Array) -> Array:
         return jnp.where(z > 0, 1.0, a + self.alpha).astype(z.dtype)
 
-    def second_derivative(self, z, a):
+    def second_derivative(self, z: Array, a: Array) -> Array:
         """``f''(z) = 0 if z > 0 else αeᶻ = a + α``."""
         return jnp.where(z > 0, 0.0, a + self.alpha).astype(z.dtype)
 
@@ -208,13 +214,13 @@ class ELU(Activation):
 class Softplus(Activation):
     """``log(1 + eᶻ)`` (stable form), ``f'(z) = σ(z)``."""
 
-    def fn(self, z):
+    def fn(self, z: Array) -> Array:
         return jnp.logaddexp(z, 0.0).astype(z.dtype)
 
-    def derivative(self, z, a):
+    def derivative(self, z: Array, a: Array) -> Array:
         return jax.nn.sigmoid(z)
 
-    def second_derivative(self, z, a):
+    def second_derivative(self, z: Array, a: Array) -> Array:
         """``f''(z) = σ(z)(1 − σ(z))``."""
         s = jax.nn.sigmoid(z)
         return s * (1 - s)
@@ -235,10 +241,10 @@ class GELU(Activation):
 
     approximate: bool = False
 
-    def fn(self, z):
+    def fn(self, z: Array) -> Array:
         return jax.nn.gelu(z, approximate=self.approximate)
 
-    def derivative(self, z, a):
+    def derivative(self, z: Array, a: Array) -> Array:
         if self.approximate:
             t = jnp.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z**3))
             du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z * z)
@@ -247,7 +253,7 @@ class GELU(Activation):
         pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
         return cdf + z * pdf
 
-    def second_derivative(self, z, a):
+    def second_derivative(self, z: Array, a: Array) -> Array:
         """Exact: ``f''(z) = 2φ(z) + zφ'(z) = φ(z)(2 − z²)``. ``approximate=True``, with
         ``t = tanh u``, ``u' = √(2/π)(1 + 3·0.044715 z²)``, ``u'' = 6·0.044715 √(2/π) z``:
         ``f''(z) = (1 − t²)u' + ½ z (1 − t²)(u'' − 2 t u'²)``."""
@@ -268,15 +274,17 @@ class Softmax(Layer):
     prefer ``losses.softmax_cross_entropy`` on the logits: same result, stabler.)
     """
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         return (), tuple(in_shape)
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         x = check_array("x", x)
         check_floating("x", x)
         y = jax.nn.softmax(x, axis=-1)
         return y, {"x": x, "y": y}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         a = cache["y"]
         return (), a * (dy - jnp.sum(dy * a, axis=-1, keepdims=True))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jbp import initializers
-from jbp.core import check_array, check_floating, layer_error
+from jbp.core import Array, PyTree, check_array, check_floating, layer_error
 from jbp.layers import _per_example as _pe
 from jbp.layers import _window
 from jbp.layers._feedback import RuleLayer, rule_field, seed_field
@@ -78,9 +78,11 @@ class Conv2D(RuleLayer):
         ``(ph, pw)`` or ``((top, bottom), (left, right))``.
       dilation: ``d`` or ``(dh, dw)`` (default 1; "atrous" convolution).
       use_bias: add ``b`` (default True).
-      w_init, b_init: initializer or name; defaults Glorot-uniform (fans of an HWIO kernel:
-        ``fan_in = kh·kw·C``, ``fan_out = kh·kw·F``) and zeros, as for ``Dense``. For deep
+      w_init: initializer or name of the kernel; default Glorot-uniform (fans of an HWIO
+        kernel: ``fan_in = kh·kw·C``, ``fan_out = kh·kw·F``), as for ``Dense``. For deep
         ReLU networks ``w_init="he_normal"`` is the usual choice.
+      b_init: initializer or name of the bias; default zeros.
+
       rule: the backward rule (default ``"bp"``): ``"fa"``, ``"sign"`` or
         ``"kolen_pollack"`` put a feedback kernel ``B`` (shape of ``K``) in place of ``K``
         in ``∂L/∂x`` only; ``∂L/∂K`` and ``∂L/∂b`` keep their form. See
@@ -121,7 +123,7 @@ class Conv2D(RuleLayer):
         _window.check_fits(self, "kernel", size, pads, k_eff)
         return k_eff, pads
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) != 3 or min(in_shape) <= 0:
             raise layer_error(
@@ -137,7 +139,9 @@ class Conv2D(RuleLayer):
             params["b"] = initializers.get(self.b_init)(key, (self.features,))
         return self.rule_params(key, params), (ho, wo, self.features)
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         x = check_array("x", x)
         check_floating("x", x)
         W = params["W"]
@@ -167,7 +171,7 @@ class Conv2D(RuleLayer):
             z = z + params["b"]
         return z, {"x": x}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         x = cache["x"]
         W = params["W"]
         size = x.shape[1:3]
@@ -255,7 +259,7 @@ class Conv2D(RuleLayer):
         """``∂ℓᵢ/∂b = Σ_t δᵢₜ``, ``(n, F)``."""
         return jnp.sum(d, axis=(1, 2)).astype(params["b"].dtype)
 
-    def batch_grad(self, params, cache, dy):
+    def batch_grad(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``∂ℓᵢ/∂K = Σ_t aᵢₜᵀ δᵢₜ`` ``(n, kh, kw, C, F)`` (one grouped correlation) and
         ``∂ℓᵢ/∂b = Σ_t δᵢₜ`` ``(n, F)``."""
         x, d = self._per_example_inputs(params, cache, dy)
@@ -264,7 +268,7 @@ class Conv2D(RuleLayer):
             out["b"] = self._bias_rows(params, d)
         return self.rule_grads(out)
 
-    def batch_l2(self, params, cache, dy):
+    def batch_l2(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``‖∂ℓᵢ/∂K‖²`` and ``‖∂ℓᵢ/∂b‖²``, ``(n,)`` each: the Gram form
         ``Σ_{t,s} (aᵢₜ·aᵢₛ)(δᵢₜ·δᵢₛ)`` when ``2T² ≤ d·p``, else from ``Gᵢ`` (see the class
         docstring)."""
@@ -283,7 +287,7 @@ class Conv2D(RuleLayer):
             out["b"] = jnp.sum(jnp.square(self._bias_rows(params, d)), axis=1)
         return self.rule_grads(out)
 
-    def sum_grad_squared(self, params, cache, dy):
+    def sum_grad_squared(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``Σᵢ (∂ℓᵢ/∂K)²`` and ``Σᵢ (∂ℓᵢ/∂b)²`` elementwise, from the per-example gradients."""
         return jax.tree.map(
             lambda g: jnp.sum(jnp.square(g), axis=0), self.batch_grad(params, cache, dy)

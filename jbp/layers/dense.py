@@ -8,7 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from jbp import initializers
-from jbp.core import check_array, check_floating, layer_error
+from jbp.core import Array, PyTree, check_array, check_floating, layer_error
 from jbp.layers import _per_example as _pe
 from jbp.layers._feedback import RuleLayer, rule_field, seed_field
 
@@ -53,7 +53,7 @@ class Dense(RuleLayer):
         initializers.get(self.b_init)
         self.check_rule()
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         if len(in_shape) < 1 or in_shape[-1] <= 0:
             raise layer_error(
                 self,
@@ -65,7 +65,9 @@ class Dense(RuleLayer):
             params["b"] = initializers.get(self.b_init)(key, (self.units,))
         return self.rule_params(key, params), tuple(in_shape[:-1]) + (self.units,)
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         x = check_array("x", x)
         check_floating("x", x)
         self._check_params(params)
@@ -104,7 +106,7 @@ class Dense(RuleLayer):
                 self, f"params['b'] has shape {jnp.shape(params['b'])}, expected ({self.units},)"
             )
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         x = cache["x"]
         x2 = x.reshape(-1, x.shape[-1])
         d2 = dy.reshape(-1, dy.shape[-1])
@@ -125,7 +127,7 @@ class Dense(RuleLayer):
         n = x.shape[0]
         return x.reshape(n, -1, x.shape[-1]), dy.reshape(n, -1, dy.shape[-1])
 
-    def batch_grad(self, params, cache, dy):
+    def batch_grad(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``∂ℓᵢ/∂W = Σₜ aᵢₜᵀ δᵢₜ`` ``(n, in, units)`` and ``∂ℓᵢ/∂b = Σₜ δᵢₜ`` ``(n, units)``."""
         a, d = self._per_example_views(cache, dy)
         out = {"W": _pe.outer_grads(a, d)}
@@ -133,7 +135,7 @@ class Dense(RuleLayer):
             out["b"] = _pe.bias_grads(d)
         return self.rule_grads(out)
 
-    def batch_l2(self, params, cache, dy):
+    def batch_l2(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``‖∂ℓᵢ/∂W‖²`` and ``‖∂ℓᵢ/∂b‖²`` per example, without forming ``∂ℓᵢ/∂W``.
 
         Input ``a`` of shape ``(n, in)``, ``δ`` of shape ``(n, units)``: ``∂ℓᵢ/∂W = aᵢᵀδᵢ`` is
@@ -149,7 +151,7 @@ class Dense(RuleLayer):
             out["b"] = jnp.sum(jnp.square(_pe.bias_grads(d)), axis=1)
         return self.rule_grads(out)
 
-    def sum_grad_squared(self, params, cache, dy):
+    def sum_grad_squared(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``Σᵢ (∂ℓᵢ/∂W)²`` elementwise: ``(a²)ᵀ(δ²)`` without extra axes (never forming the
         per-example gradients); with extra axes from the per-example gradients."""
         a, d = self._per_example_views(cache, dy)
@@ -159,7 +161,9 @@ class Dense(RuleLayer):
         return self.rule_grads(out)
 
     # --- closed form for the Kronecker-factored curvature (jbp.extensions.KFAC / KFLR) -------
-    def kron_factors(self, params, cache, dy):
+    def kron_factors(
+        self, params: PyTree, cache: PyTree, dy: Array
+    ) -> dict[str, tuple[Array, Array]]:
         """Kronecker factors of the GGN blocks from one backpropagated column ``dy``.
 
         With ``a`` the input ``(n, T, in)`` and ``δ`` this column's delta ``(n, T, units)``

@@ -9,7 +9,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jbp.core import Layer, check_array, check_floating, layer_error
+from jbp.core import Array, Layer, PyTree, check_array, check_floating, layer_error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +67,12 @@ class Dropout(Layer):
         """``1 − rate``: the probability that a unit is kept."""
         return 1.0 - self.rate
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         return (), tuple(in_shape)
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         x = check_array("x", x)
         check_floating("x", x)
         if key is None and (isinstance(train, jax.core.Tracer) or bool(train)):
@@ -96,12 +98,12 @@ class Dropout(Layer):
             return y, {"x": x, "mask": keep, "scale": scale}
         if not bool(train) or self.rate == 0.0:
             return x, {"x": x}
-        keep = jax.random.bernoulli(key, self.keep_prob, x.shape)
+        keep = jax.random.bernoulli(key, self.keep_prob, x.shape)  # type: ignore[arg-type]
         scale = 1.0 / self.keep_prob
         y = jnp.where(keep, x * scale, jnp.zeros((), x.dtype))
         return y, {"x": x, "mask": keep}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         if "mask" not in cache:  # evaluation mode, or rate = 0: the identity
             return (), dy
         scale = cache.get("scale", 1.0 / self.keep_prob)

@@ -9,10 +9,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jbp import initializers
 from jbp._validate import check_index_range
-from jbp.core import Layer, check_array, layer_error
+from jbp.core import Array, Layer, PyTree, check_array, layer_error
 from jbp.layers import _per_example as _pe
 from jbp.layers._window import _nonneg_int, _positive_int
 from jbp.layers.masking import Masked, cotangent_values
@@ -97,7 +98,7 @@ class Embedding(Layer):
         if self.w_init is not None:
             initializers.get(self.w_init)
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         in_shape = tuple(int(d) for d in in_shape)
         w_init = (
             initializers.normal(1.0 / math.sqrt(self.features))
@@ -106,7 +107,14 @@ class Embedding(Layer):
         )
         return ({"W": w_init(key, (self.vocab_size, self.features))}, in_shape + (self.features,))
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(  # type: ignore[override]  # the output carries the padding mask
+        self,
+        params: PyTree,
+        x: Array | Masked,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+    ) -> tuple[Array | Masked, PyTree]:
         ids = check_array("x", x)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise layer_error(
@@ -132,14 +140,14 @@ class Embedding(Layer):
                     f"token ids must be in [0, {self.vocab_size}), got ids in "
                     f"[{lo}, {hi}] (input shape {ids.shape})",
                 )
-        y = jnp.take(W, ids, axis=0, mode="clip")
+        y: Any = jnp.take(W, ids, axis=0, mode="clip")
         if self.pad_id is not None:
             if ids.ndim != 2:
                 raise layer_error(self, f"pad_id needs ids of shape (batch, T), got {ids.shape}")
             y = Masked(y, ids != self.pad_id)
         return y, {"x": ids}
 
-    def check_input(self, x) -> None:
+    def check_input(self, x: ArrayLike) -> None:
         """Check concrete token ids once, at the boundary, before anything is compiled.
 
         Under ``jit`` (every ``fit`` and ``evaluate``) ``forward`` can no longer see the
@@ -165,7 +173,9 @@ class Embedding(Layer):
         except ValueError as e:
             raise layer_error(self, str(e)) from None
 
-    def backward(self, params, cache, dy):
+    def backward(  # type: ignore[override]  # dx: float0 zeros, ids have no gradient
+        self, params: PyTree, cache: PyTree, dy: Array | Masked
+    ) -> tuple[PyTree, np.ndarray]:
         ids = cache["x"]
         dy = cotangent_values(dy)
         W = params["W"]
@@ -194,7 +204,7 @@ class Embedding(Layer):
         """``[idᵢₜ = idᵢₛ]`` as ``(n, T, T)`` in ``dtype``."""
         return (ids[:, :, None] == ids[:, None, :]).astype(dtype)
 
-    def batch_grad(self, params, cache, dy):
+    def batch_grad(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``Gᵢ = Σ_t onehot(idᵢₜ) δᵢₜᵀ``: one scatter-add, ``(n, vocab, features)``."""
         ids, d = self._per_example_views(cache, dy)
         W = params["W"]
@@ -202,7 +212,7 @@ class Embedding(Layer):
         g = jnp.zeros((ids.shape[0],) + W.shape, d.dtype).at[rows, ids].add(d)
         return {"W": g.astype(W.dtype)}
 
-    def batch_l2(self, params, cache, dy):
+    def batch_l2(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``‖Gᵢ‖² = Σ_{t,s} [idᵢₜ = idᵢₛ] (δᵢₜ·δᵢₛ)``, ``(n,)`` (see the class docstring)."""
         ids, d = self._per_example_views(cache, dy)
         W = params["W"]
@@ -212,7 +222,7 @@ class Embedding(Layer):
             sq = jnp.sum(jnp.square(self.batch_grad(params, cache, dy)["W"]), axis=(1, 2))
         return {"W": sq.astype(W.dtype)}
 
-    def sum_grad_squared(self, params, cache, dy):
+    def sum_grad_squared(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``Σᵢ Gᵢ ⊙ Gᵢ``, ``(vocab, features)``: ``Sᵢₜ = Σ_s [idᵢₛ = idᵢₜ] δᵢₛ`` is row
         ``idᵢₜ`` of ``Gᵢ``; each (example, id) pair adds its ``Sᵢₜ²`` once (at the id's first
         position in the example) in one scatter-add over the table."""

@@ -27,12 +27,12 @@ input was ``Masked`` returns ``dx`` shaped like the input's ``values``.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jbp.core import Layer, check_array, check_floating, layer_error
+from jbp.core import Array, Layer, PyTree, check_array, check_floating, layer_error
 
 __all__ = ["Masked", "Masking", "MeanPool1D", "split_masked", "cotangent_values"]
 
@@ -45,7 +45,9 @@ class Masked(NamedTuple):
     mask: jax.Array
 
 
-def split_masked(layer, x, *, rank: int | None = None, floating: bool = True):
+def split_masked(
+    layer: Layer, x: Any, *, rank: int | None = None, floating: bool = True
+) -> tuple[Array, Array | None]:
     """``(values, mask or None)`` from an array or a ``Masked``, checked for ``layer``.
 
     ``rank``: the required rank of ``values`` (e.g. 3 for ``(batch, T, features)``). The
@@ -78,7 +80,7 @@ def split_masked(layer, x, *, rank: int | None = None, floating: bool = True):
     return x, mask
 
 
-def cotangent_values(dy):
+def cotangent_values(dy: Array | Masked) -> Array:
     """The ``values`` part of a cotangent that may come as a ``Masked``."""
     return dy.values if isinstance(dy, Masked) else dy
 
@@ -105,7 +107,7 @@ class Masking(Layer):
         if not isinstance(self.mask_value, (int, float)) or isinstance(self.mask_value, bool):
             raise ValueError(f"Masking: mask_value must be a number, got {self.mask_value!r}")
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         if len(in_shape) < 2:
             raise layer_error(
                 self,
@@ -114,7 +116,14 @@ class Masking(Layer):
             )
         return (), tuple(in_shape)
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(  # type: ignore[override]  # the output carries the padding mask
+        self,
+        params: PyTree,
+        x: Array | Masked,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+    ) -> tuple[Array | Masked, PyTree]:
         x, _ = split_masked(self, x)
         if x.ndim < 3:
             raise layer_error(
@@ -123,7 +132,7 @@ class Masking(Layer):
         mask = jnp.any(x != self.mask_value, axis=tuple(range(2, x.ndim)))
         return Masked(x, mask), {"x": x}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         return (), cotangent_values(dy)
 
 
@@ -140,7 +149,7 @@ class MeanPool1D(Layer):
     ``cache = {"x": values, "mask": mask}`` (``mask`` is ``None`` without one).
     """
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         if len(in_shape) < 2:
             raise layer_error(
                 self,
@@ -157,7 +166,9 @@ class MeanPool1D(Layer):
         w = w / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1)
         return _broadcast_mask(w, x.ndim, x.dtype)
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         x, mask = split_masked(self, x)
         if x.ndim < 3:
             raise layer_error(
@@ -167,7 +178,7 @@ class MeanPool1D(Layer):
         y = jnp.mean(x, axis=1) if w is None else jnp.sum(w * x, axis=1)
         return y, {"x": x, "mask": mask}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         x, mask = cache["x"], cache["mask"]
         w = self._weights(x, mask)
         if w is None:

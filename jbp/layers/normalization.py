@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jbp import initializers
-from jbp.core import Layer, check_array, check_floating, layer_error
+from jbp.core import Array, Layer, PyTree, check_array, check_floating, layer_error
 
 __all__ = ["BatchNorm", "LayerNorm"]
 
@@ -40,7 +40,13 @@ def _check_eps(who, eps):
 class _Norm(Layer):
     """Shared parameters ``γ`` ("gamma", shape (F,)) and ``β`` ("beta", shape (F,))."""
 
-    def init(self, key, in_shape):
+    # fields of the dataclass subclasses (declared here for the type checker only)
+    use_scale: bool
+    use_bias: bool
+    scale_init: Any
+    bias_init: Any
+
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) < 1 or in_shape[-1] <= 0:
             raise layer_error(
@@ -88,18 +94,18 @@ class _Norm(Layer):
     def _check_per_example(self, cache):
         """Raise when the cache does not allow per-example gradients (BatchNorm in training)."""
 
-    def batch_grad(self, params, cache, dy):
+    def batch_grad(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``∂ℓᵢ/∂γ = Σ δᵢ ⊙ x̂ᵢ`` and ``∂ℓᵢ/∂β = Σ δᵢ`` over the non-batch axes, ``(n, F)``."""
         self._check_per_example(cache)
         return self._param_grads(params, dy, cache["xhat"], tuple(range(1, dy.ndim - 1)))
 
-    def batch_l2(self, params, cache, dy):
+    def batch_l2(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``‖∂ℓᵢ/∂γ‖²`` and ``‖∂ℓᵢ/∂β‖²``, ``(n,)``, from the ``(n, F)`` rows of ``batch_grad``."""
         return jax.tree.map(
             lambda g: jnp.sum(jnp.square(g), axis=1), self.batch_grad(params, cache, dy)
         )
 
-    def sum_grad_squared(self, params, cache, dy):
+    def sum_grad_squared(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``Σᵢ (∂ℓᵢ/∂γ)²`` and ``Σᵢ (∂ℓᵢ/∂β)²``, ``(F,)``, from the rows of ``batch_grad``."""
         return jax.tree.map(
             lambda g: jnp.sum(jnp.square(g), axis=0), self.batch_grad(params, cache, dy)
@@ -183,7 +189,7 @@ class BatchNorm(_Norm):
         initializers.get(self.scale_init)
         initializers.get(self.bias_init)
 
-    def init_state(self, in_shape):
+    def init_state(self, in_shape: tuple[int, ...]) -> PyTree:
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) < 1 or in_shape[-1] <= 0:
             raise layer_error(
@@ -210,7 +216,9 @@ class BatchNorm(_Norm):
         xhat = (x - mean) * inv_std
         return self._affine(params, xhat), {"x": x, "xhat": xhat, "inv_std": inv_std}, mean, var
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         x = self._check_input(params, x)
         if not train:
             raise layer_error(
@@ -223,7 +231,15 @@ class BatchNorm(_Norm):
         y, cache, _, _ = self._batch_forward(params, x)
         return y, cache
 
-    def forward_with_state(self, params, state, x, *, key=None, train=False):
+    def forward_with_state(
+        self,
+        params: PyTree,
+        state: PyTree,
+        x: Array,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+    ) -> tuple[Array, PyTree, PyTree]:
         x = self._check_input(params, x)
         if not (isinstance(state, dict) and set(state) == {"mean", "var"}):
             raise layer_error(
@@ -251,7 +267,7 @@ class BatchNorm(_Norm):
         cache = {"x": x, "xhat": xhat, "inv_std": inv_std, "running": ()}
         return self._affine(params, xhat), cache, state
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         xhat, inv_std = cache["xhat"], cache["inv_std"]
         axes = tuple(range(dy.ndim - 1))
         grads = self._param_grads(params, dy, xhat, axes)
@@ -289,7 +305,9 @@ class LayerNorm(_Norm):
         initializers.get(self.scale_init)
         initializers.get(self.bias_init)
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         x = self._check_input(params, x)
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
@@ -297,7 +315,7 @@ class LayerNorm(_Norm):
         xhat = (x - mean) * inv_std
         return self._affine(params, xhat), {"x": x, "xhat": xhat, "inv_std": inv_std}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         xhat, inv_std = cache["xhat"], cache["inv_std"]
         grads = self._param_grads(params, dy, xhat, tuple(range(dy.ndim - 1)))
         g = self._scaled(params, dy)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jbp.core import Layer, check_array, check_floating, layer_error
+from jbp.core import Array, Layer, PyTree, check_array, check_floating, layer_error
 from jbp.layers import _window
 
 __all__ = ["MaxPool2D", "AvgPool2D", "GlobalAvgPool2D"]
@@ -48,7 +48,7 @@ class _Pool2D(Layer):
             )
         return x
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) != 3 or min(in_shape) <= 0:
             raise layer_error(
@@ -115,7 +115,9 @@ class MaxPool2D(_Pool2D):
         """Non-overlapping windows without padding: a reshape replaces the strided slices."""
         return self.strides == self.window and pads == ((0, 0), (0, 0))
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         x = self._check_input(x)
         pads, (ho, wo) = self._geometry(x.shape[1:3])
         (kh, kw), n, c = self.window, x.shape[0], x.shape[3]
@@ -133,7 +135,7 @@ class MaxPool2D(_Pool2D):
             y, idx = jnp.where(better, v, y), jnp.where(better, k, idx)
         return y, {"x": x, "argmax": idx}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         x, idx = cache["x"], cache["argmax"]
         pads, (ho, wo) = self._geometry(x.shape[1:3])
         (kh, kw), (n, h, w, c) = self.window, x.shape
@@ -184,7 +186,9 @@ class AvgPool2D(_Pool2D):
             per_axis.append(np.minimum(start + k, n) - np.maximum(start, 0))
         return np.outer(per_axis[0], per_axis[1])
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         x = self._check_input(x)
         pads, out = self._geometry(x.shape[1:3])
         s = lax.reduce_window(
@@ -198,7 +202,7 @@ class AvgPool2D(_Pool2D):
         counts = self._counts(x.shape[1:3], pads, out)
         return s / jnp.asarray(counts[None, :, :, None], x.dtype), {"x": x}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         x = cache["x"]
         size = x.shape[1:3]
         pads, out = self._geometry(size)
@@ -228,7 +232,7 @@ class GlobalAvgPool2D(Layer):
     ``∂L/∂x[n, h, w, c] = δ[n, c] / (HW)``. ``cache = {"x": x}``.
     """
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) != 3 or min(in_shape) <= 0:
             raise layer_error(
@@ -238,7 +242,9 @@ class GlobalAvgPool2D(Layer):
             )
         return (), (in_shape[2],)
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         x = check_array("x", x)
         check_floating("x", x)
         if x.ndim != 4:
@@ -249,7 +255,7 @@ class GlobalAvgPool2D(Layer):
             )
         return jnp.mean(x, axis=(1, 2)), {"x": x}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         x = cache["x"]
         n, h, w, c = x.shape
         dx = jnp.broadcast_to((dy / (h * w))[:, None, None, :], x.shape)

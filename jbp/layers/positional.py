@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp import initializers
-from jbp.core import Layer, layer_error
+from jbp.core import Array, Layer, PyTree, layer_error
 from jbp.layers._window import _positive_int
 from jbp.layers.masking import Masked, cotangent_values, split_masked
 
@@ -74,7 +74,7 @@ class PositionalEmbedding(Layer):
                 f"sequence length T = {t} exceeds max_len = {self.max_len} (input shape {shape})",
             )
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) != 2 or min(in_shape) <= 0:
             raise layer_error(
@@ -87,7 +87,14 @@ class PositionalEmbedding(Layer):
         p_init = initializers.normal(0.02) if self.p_init is None else initializers.get(self.p_init)
         return {"P": p_init(key, (self.max_len, in_shape[1]))}, in_shape
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(  # type: ignore[override]  # the output carries the padding mask
+        self,
+        params: PyTree,
+        x: Array | Masked,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+    ) -> tuple[Array | Masked, PyTree]:
         xs, mask = split_masked(self, x, rank=3)
         _, t, f = xs.shape
         self._check_length(t, xs.shape)
@@ -111,7 +118,7 @@ class PositionalEmbedding(Layer):
         y = xs + table
         return (y if mask is None else Masked(y, mask)), {"x": xs}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         dy = cotangent_values(dy)
         if self.sinusoidal:
             return (), dy

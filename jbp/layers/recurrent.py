@@ -19,6 +19,7 @@ repeating the previous state.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jbp import initializers
-from jbp.core import layer_error
+from jbp.core import Array, PyTree, layer_error
 from jbp.layers import _per_example as _pe
 from jbp.layers._feedback import RuleLayer, rule_field, seed_field
 from jbp.layers._window import _positive_int
@@ -46,6 +47,8 @@ class _Recurrent(RuleLayer):
 
     gates = 1
     _feedback_of = {"B_x": ("W_x", "w_init"), "B_h": ("W_h", "recurrent_init")}
+    # each subclass's BPTT: (params, cache, dy) -> (xs, hs, dz, h0)
+    _deltas: Callable[[PyTree, PyTree, Array], tuple[Array, Array, Array, Array]]
 
     def __post_init__(self):
         name = type(self).__name__
@@ -118,7 +121,7 @@ class _Recurrent(RuleLayer):
         """``h_{t−1}`` for every step, time-major: ``[h_0, h_1, …, h_{T−1}]``."""
         return jnp.concatenate([h0[None], hs[:-1]], axis=0)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         """BPTT (the subclass's ``_deltas``: a reverse scan for every ``δ_t``), then the
         weight gradients and ``∂L/∂x`` from all steps at once (``_weight_grads``)."""
         return self._weight_grads(params, *self._deltas(params, cache, dy), cache)
@@ -142,14 +145,14 @@ class _Recurrent(RuleLayer):
         h_prev = jnp.swapaxes(self._previous(hs, h0), 0, 1)
         return {"W_x": xs.astype(d.dtype), "W_h": h_prev}, d
 
-    def batch_grad(self, params, cache, dy):
+    def batch_grad(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``∂ℓᵢ/∂W_x``, ``∂ℓᵢ/∂W_h``, ``∂ℓᵢ/∂b`` with a leading batch axis."""
         a, d = self._per_example_pairs(params, cache, dy)
         out = {k: _pe.outer_grads(v, d).astype(params[k].dtype) for k, v in a.items()}
         out["b"] = _pe.bias_grads(d).astype(params["b"].dtype)
         return self.rule_grads(out)
 
-    def batch_l2(self, params, cache, dy):
+    def batch_l2(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``‖∂ℓᵢ/∂θ‖²`` per leaf, ``(n,)``: the sequence Gram form or the per-example
         gradient, whichever is cheaper (see above)."""
         a, d = self._per_example_pairs(params, cache, dy)
@@ -157,7 +160,7 @@ class _Recurrent(RuleLayer):
         out["b"] = jnp.sum(jnp.square(_pe.bias_grads(d)), axis=1).astype(params["b"].dtype)
         return self.rule_grads(out)
 
-    def sum_grad_squared(self, params, cache, dy):
+    def sum_grad_squared(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``Σᵢ (∂ℓᵢ/∂θ)²`` elementwise, per leaf."""
         a, d = self._per_example_pairs(params, cache, dy)
         out = {k: _pe.outer_sum_sq(v, d).astype(params[k].dtype) for k, v in a.items()}
@@ -201,10 +204,12 @@ class SimpleRNN(_Recurrent):
     rule: str = rule_field()
     feedback_seed: int = seed_field()
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         return self._init_weights(key, in_shape)
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         xs, mask, dtype = self._inputs(params, x)
         Wh = params["W_h"].astype(dtype)
         zx = self._projection(params, xs, dtype)
@@ -288,13 +293,15 @@ class LSTM(_Recurrent):
 
     gates = 4
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         params, out = self._init_weights(key, in_shape)
         n = self.features
         params["b"] = params["b"].at[n : 2 * n].add(self.forget_bias)
         return params, out
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         xs, mask, dtype = self._inputs(params, x)
         n = self.features
         Wh = params["W_h"].astype(dtype)

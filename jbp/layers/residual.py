@@ -18,9 +18,9 @@ block's (so parameter names do not change), and their backward is one short meth
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from jbp.core import Layer, layer_error
+from jbp.core import Array, Layer, PyTree, Visit, layer_error
 from jbp.layers.masking import Masked, cotangent_values
 
 __all__ = ["Residual", "PositionWise"]
@@ -68,22 +68,24 @@ class _Wrapper(Layer):
     def stateful(self):
         return self.block.stateful
 
-    def init_state(self, in_shape):
+    def init_state(self, in_shape: tuple[int, ...]) -> PyTree:
         return self.block.init_state(in_shape)
 
-    def mixes_examples(self, train):
+    def mixes_examples(self, train: bool) -> bool:
         return self.block.mixes_examples(train)
 
     def _dx(self, dy, dx_block):
         """The wrapper's input gradient from the block's (identity for a plain wrapper)."""
         return dx_block
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         dy = cotangent_values(dy)
         grads, dx_block = self.block.backward(params, cache, dy)
         return grads, self._dx(dy, dx_block)
 
-    def backward_ext(self, params, cache, dy, visit):
+    def backward_ext(
+        self, params: PyTree, cache: PyTree, dy: Array, visit: Visit
+    ) -> tuple[PyTree, Array, dict[str, Any]]:
         """The block is walked with the same ``δ`` (extensions see its layers)."""
         dy = cotangent_values(dy)
         grads, dx_block, results = self.block.backward_ext(params, cache, dy, visit)
@@ -119,7 +121,7 @@ class Residual(_Wrapper):
     def __post_init__(self):
         self._check_block()
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         in_shape = tuple(int(d) for d in in_shape)
         params, out_shape = self._call_block(self.block.init, key, in_shape)
         if tuple(out_shape) != in_shape:
@@ -143,13 +145,23 @@ class Residual(_Wrapper):
         y = xv + yv
         return y if mask is None else Masked(y, mask)
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         y, cache = self._call_block(
             self.block.forward, params, x, key=key, train=train, masked=isinstance(x, Masked)
         )
         return self._add(x, y), cache
 
-    def forward_with_state(self, params, state, x, *, key=None, train=False):
+    def forward_with_state(
+        self,
+        params: PyTree,
+        state: PyTree,
+        x: Array,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+    ) -> tuple[Array, PyTree, PyTree]:
         y, cache, state = self._call_block(
             self.block.forward_with_state,
             params,
@@ -187,19 +199,29 @@ class PositionWise(_Wrapper):
     def __post_init__(self):
         self._check_block()
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         return self._call_block(self.block.init, key, in_shape)
 
     @staticmethod
     def _wrap(y, mask):
         return y if mask is None else Masked(y, mask)
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         xv, mask = _values_and_mask(x)
         y, cache = self._call_block(self.block.forward, params, xv, key=key, train=train)
         return self._wrap(y, mask), cache
 
-    def forward_with_state(self, params, state, x, *, key=None, train=False):
+    def forward_with_state(
+        self,
+        params: PyTree,
+        state: PyTree,
+        x: Array,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+    ) -> tuple[Array, PyTree, PyTree]:
         xv, mask = _values_and_mask(x)
         y, cache, state = self._call_block(
             self.block.forward_with_state, params, state, xv, key=key, train=train

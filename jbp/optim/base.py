@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import PyTreeDef, keystr, tree_flatten_with_path
 
+PyTree = Any
+
 __all__ = [
     "Optimizer",
     "GradientTransformation",
@@ -306,7 +308,7 @@ def identity() -> Optimizer:
     return Optimizer(init, update)
 
 
-def chain(*transforms) -> Optimizer:
+def chain(*transforms: Optimizer) -> Optimizer:
     """Compose transformations left to right: ``u = t_k(...t_2(t_1(g)))``.
 
     ``chain(clip_by_global_norm(1.0), adam(1e-3))`` clips the raw gradient and
@@ -342,7 +344,7 @@ def chain(*transforms) -> Optimizer:
     return Optimizer(init, update)
 
 
-def apply_updates(params, updates):
+def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     """``p ← p + u`` leaf by leaf; each result keeps its parameter's dtype.
 
     Raises ``ValueError`` naming the first differing path when ``updates``

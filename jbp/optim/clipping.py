@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:
+    from jbp.core import PyTree
 
 from .base import CountState, Optimizer, check_real, increment, scalar_like, widen, zero_count
 
@@ -17,7 +22,7 @@ def _sq_norm(x):
     return jnp.sum(x * x)
 
 
-def global_norm(tree) -> jax.Array:
+def global_norm(tree: PyTree) -> jax.Array:
     """``‖tree‖ = sqrt(Σ_leaves Σ_i x_i²)`` — the L2 norm of all leaves taken as one vector."""
     leaves = jax.tree.leaves(tree)
     if not leaves:

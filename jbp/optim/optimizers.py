@@ -10,6 +10,7 @@ hyperparameters at construction (``ValueError`` naming the argument).
 from __future__ import annotations
 
 from .base import Optimizer, chain, check_learning_rate, check_real, identity
+from .schedules import ScalarOrSchedule
 from .transforms import (
     MaskOrFn,
     add_decayed_weights,
@@ -29,7 +30,9 @@ def _check_momentum(momentum, where):
         check_real("momentum", momentum, low=0.0, high=1.0, high_open=True, where=where)
 
 
-def sgd(learning_rate, momentum: float | None = None, nesterov: bool = False) -> Optimizer:
+def sgd(
+    learning_rate: ScalarOrSchedule, momentum: float | None = None, nesterov: bool = False
+) -> Optimizer:
     """Stochastic gradient descent, optionally with heavy-ball or Nesterov momentum (optax ``sgd``).
 
     Without momentum:          ``u = −η_t · g``
@@ -47,7 +50,9 @@ def sgd(learning_rate, momentum: float | None = None, nesterov: bool = False) ->
     )
 
 
-def momentum(learning_rate, beta: float = 0.9, nesterov: bool = False) -> Optimizer:
+def momentum(
+    learning_rate: ScalarOrSchedule, beta: float = 0.9, nesterov: bool = False
+) -> Optimizer:
     """``sgd(learning_rate, momentum=beta, nesterov=nesterov)``: ``τ ← g + β·τ``; ``u = −η_t·τ``."""
     where = "momentum: "
     check_learning_rate(learning_rate, where=where)
@@ -55,7 +60,9 @@ def momentum(learning_rate, beta: float = 0.9, nesterov: bool = False) -> Optimi
     return sgd(learning_rate, momentum=beta, nesterov=nesterov)
 
 
-def adagrad(learning_rate, initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> Optimizer:
+def adagrad(
+    learning_rate: ScalarOrSchedule, initial_accumulator_value: float = 0.1, eps: float = 1e-7
+) -> Optimizer:
     """Adagrad (optax ``adagrad``)::
 
         s ← s + g²                  (s starts at initial_accumulator_value)
@@ -71,7 +78,7 @@ def adagrad(learning_rate, initial_accumulator_value: float = 0.1, eps: float = 
 
 
 def rmsprop(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     decay: float = 0.9,
     eps: float = 1e-8,
     initial_scale: float = 0.0,
@@ -104,7 +111,11 @@ def rmsprop(
 
 
 def adam(
-    learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
 ) -> Optimizer:
     """Adam (optax ``adam``), ``t`` counted from 1 in the bias corrections::
 
@@ -127,7 +138,7 @@ def adam(
 
 
 def adamw(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,

@@ -9,10 +9,11 @@ argument "must" be positive but optax itself only logs, jbp raises.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from .base import check_real
 
@@ -33,7 +34,9 @@ __all__ = [
     "linear",
 ]
 
-Schedule = Callable[[object], object]
+Schedule = Callable[[ArrayLike], ArrayLike]
+#: A learning rate: a constant or a schedule ``t -> η_t``.
+ScalarOrSchedule = float | Schedule
 
 
 def _check_int(name, value, *, low, where):
@@ -53,13 +56,15 @@ def _as_float_count(count):
     return jnp.asarray(count).astype(jnp.result_type(float))
 
 
-def constant_schedule(value) -> Schedule:
+def constant_schedule(value: float) -> Schedule:
     """``lr(t) = value`` for every step."""
     check_real("value", value, where="constant_schedule: ")
     return lambda count: value
 
 
-def piecewise_constant_schedule(init_value, boundaries_and_scales: dict | None = None) -> Schedule:
+def piecewise_constant_schedule(
+    init_value: float, boundaries_and_scales: dict[int, float] | None = None
+) -> Schedule:
     """``lr(t) = init_value · Π_{b_i ≤ t} s_i`` for ``{b_i: s_i}`` in ``boundaries_and_scales``.
 
     A scale takes effect *at* its boundary step: with ``{100: 0.1}``,
@@ -89,7 +94,7 @@ def piecewise_constant_schedule(init_value, boundaries_and_scales: dict | None =
     return schedule
 
 
-def step_decay(init_value, transition_steps: int, decay_rate: float = 0.1) -> Schedule:
+def step_decay(init_value: float, transition_steps: int, decay_rate: float = 0.1) -> Schedule:
     """Step decay: ``lr(t) = init_value · decay_rate^floor(t / transition_steps)``.
 
     The same as ``exponential_decay(init_value, transition_steps, decay_rate,
@@ -99,12 +104,12 @@ def step_decay(init_value, transition_steps: int, decay_rate: float = 0.1) -> Sc
 
 
 def exponential_decay(
-    init_value,
+    init_value: float,
     transition_steps: int,
     decay_rate: float,
     transition_begin: int = 0,
     staircase: bool = False,
-    end_value=None,
+    end_value: float | None = None,
 ) -> Schedule:
     """Exponential decay (optax ``exponential_decay``)::
 
@@ -137,7 +142,7 @@ def exponential_decay(
     return schedule
 
 
-def cosine_decay_schedule(init_value, decay_steps: int, alpha: float = 0.0) -> Schedule:
+def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.0) -> Schedule:
     """Cosine decay (optax ``cosine_decay_schedule``)::
 
         lr(t) = init_value · ((1 − alpha) · ½(1 + cos(π · min(t, decay_steps) / decay_steps)) + alpha)
@@ -159,7 +164,7 @@ def cosine_decay_schedule(init_value, decay_steps: int, alpha: float = 0.0) -> S
 
 
 def linear_schedule(
-    init_value, end_value, transition_steps: int, transition_begin: int = 0
+    init_value: float, end_value: float, transition_steps: int, transition_begin: int = 0
 ) -> Schedule:
     """Linear ramp (optax ``linear_schedule``)::
 
@@ -184,7 +189,7 @@ def linear_schedule(
     return schedule
 
 
-def join_schedules(schedules, boundaries) -> Schedule:
+def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """Run ``schedules[i+1](t − boundaries[i])`` from step ``boundaries[i]`` on (optax).
 
     ``boundaries`` must be strictly increasing ints ``>= 0`` (``ValueError`` otherwise).
@@ -221,7 +226,11 @@ def join_schedules(schedules, boundaries) -> Schedule:
 
 
 def warmup_cosine_decay_schedule(
-    init_value, peak_value, warmup_steps: int, decay_steps: int, end_value=0.0
+    init_value: float,
+    peak_value: float,
+    warmup_steps: int,
+    decay_steps: int,
+    end_value: float = 0.0,
 ) -> Schedule:
     """Linear warmup then cosine decay (optax ``warmup_cosine_decay_schedule``)::
 

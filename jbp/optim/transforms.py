@@ -36,6 +36,7 @@ from .base import (
     widen,
     zero_count,
 )
+from .schedules import ScalarOrSchedule, Schedule
 
 __all__ = [
     "scale",
@@ -114,7 +115,7 @@ def _debias(m, decay, count):
 # ----------------------------------------------------------------------------
 
 
-def scale(step_size) -> Optimizer:
+def scale(step_size: float) -> Optimizer:
     """``u = step_size · g`` (``step_size`` cast to each leaf's dtype)."""
     check_real("step_size", step_size, where="scale: ")
 
@@ -130,7 +131,7 @@ def scale(step_size) -> Optimizer:
     return Optimizer(init, update)
 
 
-def scale_by_schedule(step_size_fn: Callable) -> Optimizer:
+def scale_by_schedule(step_size_fn: Schedule) -> Optimizer:
     """``u = step_size_fn(t) · g`` with ``t`` the count before this update (0 first)."""
     if not callable(step_size_fn):
         raise TypeError(f"scale_by_schedule: step_size_fn must be callable, got {step_size_fn!r}")
@@ -148,7 +149,7 @@ def scale_by_schedule(step_size_fn: Callable) -> Optimizer:
     return Optimizer(init, update)
 
 
-def scale_by_learning_rate(learning_rate, *, flip_sign: bool = True) -> Optimizer:
+def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool = True) -> Optimizer:
     """``u = −η_t · g`` where ``η_t`` is ``learning_rate`` or ``learning_rate(t)``.
 
     ``flip_sign=False`` drops the minus sign (gradient *ascent* step sizes).

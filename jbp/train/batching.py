@@ -18,9 +18,16 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from jbp.core import Array, PyTree
 
 __all__ = [
     "parse_batch_size",
@@ -34,7 +41,7 @@ __all__ = [
 ]
 
 
-def parse_batch_size(text) -> int | None:
+def parse_batch_size(text: str | int | None) -> int | None:
     """Command-line spelling of the knob: ``"gd"``/``"full"`` → ``None`` (full batch),
     ``"sgd"`` → ``1``, ``"32"`` → ``32``."""
     if text is None:
@@ -73,7 +80,19 @@ def _chunk_batches(bs, nb, x, y):
     return max(1, min(nb, _CHUNK_BYTES // max(1, bs * row)))
 
 
-def scan_batches(fn, carry, x, y, keys, *, bs: int, nb: int, rem: int, order=None, sharding=None):
+def scan_batches(
+    fn: Callable[[PyTree, Array, Array, Array | None], tuple[PyTree, dict[str, Array]]],
+    carry: PyTree,
+    x: Array,
+    y: Array,
+    keys: Array | None,
+    *,
+    bs: int,
+    nb: int,
+    rem: int,
+    order: Array | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+) -> tuple[PyTree, dict[str, Array]]:
     """Run ``fn(carry, xb, yb, k) -> (carry, metrics)`` over the batches of ``(x, y)``.
 
     Batch ``j`` is rows ``order[j·bs:(j+1)·bs]`` (``order=None``: consecutive rows), with
@@ -151,7 +170,7 @@ def scan_batches(fn, carry, x, y, keys, *, bs: int, nb: int, rem: int, order=Non
 # --------------------------------------------------------------------------------------
 
 
-def auto_mesh(mesh):
+def auto_mesh(mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh | None:
     """``mesh`` with every axis of type ``Auto`` (GSPMD decides the layout of intermediate
     values; ``jax.make_mesh`` makes ``Explicit`` axes by default, where a gather from
     example-sharded data would need an explicit output sharding). Same devices, same names."""
@@ -164,7 +183,7 @@ def auto_mesh(mesh):
     )
 
 
-def data_sharding(mesh):
+def data_sharding(mesh: jax.sharding.Mesh | None) -> jax.sharding.NamedSharding | None:
     """``NamedSharding(mesh, P("data"))`` (split by example), or ``None`` without a mesh."""
     if mesh is None:
         return None
@@ -175,12 +194,12 @@ def _replicated(mesh):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
-def replicate(tree, mesh):
+def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
     """Every leaf of ``tree`` copied whole onto each device of ``mesh`` (``P()``)."""
     return jax.device_put(tree, _replicated(mesh))
 
 
-def shard_data(arrays, mesh):
+def shard_data(arrays: Sequence[Array | np.ndarray], mesh: jax.sharding.Mesh) -> tuple[Array, ...]:
     """``arrays`` (a tuple) laid out for data parallelism on ``mesh``.
 
     A ``jax.Array`` already spread over ``mesh``'s devices (a global array from
@@ -189,7 +208,7 @@ def shard_data(arrays, mesh):
     replicated (each batch is still split inside the compiled epoch)."""
     n_dev = int(mesh.shape["data"])
     devices = set(mesh.devices.flat)
-    mesh = auto_mesh(mesh)
+    mesh = auto_mesh(mesh)  # type: ignore[assignment]  # a Mesh in, a Mesh out
     out = []
     for a in arrays:
         if isinstance(a, jax.Array) and set(a.sharding.device_set) == devices and len(devices) > 1:
@@ -201,7 +220,7 @@ def shard_data(arrays, mesh):
     return tuple(out)
 
 
-def mesh_shardings(mesh):
+def mesh_shardings(mesh: jax.sharding.Mesh) -> dict[str, jax.sharding.NamedSharding]:
     """``jax.jit`` keyword arguments for a data-parallel ``fn``: outputs replicated. The
     inputs keep the shardings they were placed with (:func:`replicate`,
     :func:`shard_data`); batches are constrained inside :func:`scan_batches`."""

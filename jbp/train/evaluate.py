@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 
@@ -28,10 +31,25 @@ from jbp.train.batching import (
     shard_data,
 )
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from jbp.core import Array, Layer, PyTree
+    from jbp.losses import Loss
+    from jbp.metrics import Metric
+
 __all__ = ["evaluate", "make_eval"]
 
 
-def make_eval(model, loss, metric_objs, *, n, batch_size, mesh=None):
+def make_eval(
+    model: Layer,
+    loss: Loss,
+    metric_objs: Sequence[Metric],
+    *,
+    n: int,
+    batch_size: int | None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Callable[[PyTree, PyTree, Array, Array], dict[str, Array]]:
     """``run(params, state, x, y) -> {metric: value}``: the forward pass (``train=False``)
     over ``n`` examples in chunks of ``batch_size``, metrics averaged over the examples.
     With a ``mesh``, each chunk is split by example over its ``"data"`` axis."""
@@ -57,20 +75,22 @@ _EVAL_CACHE: dict = {}
 
 
 def evaluate(
-    model,
-    params,
-    loss,
-    data,
+    model: Layer,
+    params: PyTree,
+    loss: Loss,
+    data: tuple[Array | np.ndarray, Array | np.ndarray],
     *,
-    metrics=("loss", "accuracy"),
+    metrics: Sequence[str] = ("loss", "accuracy"),
     batch_size: int | None = 1024,
-    state=None,
-    mesh=None,
+    state: PyTree = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, float]:
     """Loss and metrics of ``model`` on ``data = (x, y)`` (``train=False``), as floats.
 
     Args:
-      model, params, loss: the model, its parameters and a jbp loss.
+      model: the model.
+      params: its parameters.
+      loss: a jbp loss.
       data: a pair ``(x, y)`` of arrays.
       metrics: names from :mod:`jbp.metrics`.
       batch_size: chunk size (``None``: all at once). The chunk means are weighted by chunk

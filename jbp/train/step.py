@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +12,17 @@ from jbp._validate import check_augment, check_grad_fn, check_model_and_loss, ch
 from jbp.engine import backprop
 from jbp.metrics import get_metrics
 
+if TYPE_CHECKING:
+    from jbp.core import Array, Layer, PyTree
+    from jbp.extensions.base import Extension
+    from jbp.losses import Loss
+    from jbp.optim.base import Optimizer
+    from jbp.regularizers import Regularizer
+
 __all__ = ["make_train_step", "apply_updates"]
 
 
-def apply_updates(params, updates):
+def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     """``params + updates`` leaf by leaf, each result in its parameter's dtype."""
     from jbp.optim import apply_updates as _apply  # noqa: PLC0415 - optim imports nothing of train
 
@@ -22,16 +30,16 @@ def apply_updates(params, updates):
 
 
 def make_train_step(
-    model,
-    loss,
-    optimizer,
+    model: Layer,
+    loss: Loss,
+    optimizer: Optimizer,
     *,
-    regularizer=None,
+    regularizer: Regularizer | None = None,
     grad_fn: str = "manual",
-    metrics=("loss",),
-    augment: Callable | None = None,
-    extensions=(),
-) -> Callable:
+    metrics: Sequence[str] = ("loss",),
+    augment: Callable[[Array, Array], Array] | None = None,
+    extensions: Extension | Sequence[Extension] = (),
+) -> Callable[..., tuple[PyTree, PyTree, dict[str, Any], PyTree]]:
     """The pure, jit-able training step, one signature for every model.
 
     Returns ``step(params, opt_state, x, y, key, state=()) -> (params, opt_state, metrics,
@@ -48,7 +56,8 @@ def make_train_step(
         params = apply_updates(params, updates)
 
     Args:
-      model, loss, regularizer, grad_fn, extensions: as for :func:`jbp.backprop`.
+      model: the model, as for :func:`jbp.backprop`.
+      loss: the loss, as for :func:`jbp.backprop`.
       optimizer: an optax-protocol optimizer (``jbp.optim`` or optax). One that carries
         ``extensions`` (``jbp.optim.kfac``) gets them added to the pass and its ``update`` is
         called with ``extras=out.extras``.
@@ -57,6 +66,11 @@ def make_train_step(
         the penalty), ``"penalty"`` (when a regularizer is given) and the requested metrics.
         The extensions' results are under ``"extras"`` when any are requested.
       augment: ``augment(key, x) -> x``, applied to the batch first.
+      regularizer: an optional regularizer, as for :func:`jbp.backprop`.
+      grad_fn: ``"manual"`` or ``"autodiff"``, as for :func:`jbp.backprop`.
+      extensions: extensions to compute in every step, as for :func:`jbp.backprop`; their
+        results are in the step's metrics under ``"extras"``.
+
     """
     check_model_and_loss(model, loss, regularizer)
     check_optimizer(optimizer)
