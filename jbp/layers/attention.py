@@ -65,7 +65,7 @@ import numpy as np
 from jax import lax
 
 from jbp import initializers
-from jbp.core import Layer, Sequential, layer_error
+from jbp.core import Array, Layer, PyTree, Sequential, layer_error
 from jbp.layers import _per_example as _pe
 from jbp.layers._window import _positive_int
 from jbp.layers.activations import GELU
@@ -172,8 +172,8 @@ class MultiHeadAttention(Layer):
         and the log-sum-exp ``L`` only, in ``O(T)`` memory; with ``causal`` the key blocks
         wholly in the future are skipped. ``k`` need not divide ``T``.
       use_bias: add ``b_q, b_k, b_v, b_o``.
-      w_init, b_init: initializers (objects or names) of the weights and biases; defaults
-        Glorot-uniform and zeros.
+      w_init: initializer (object or name) of the weights; default Glorot-uniform.
+      b_init: initializer (object or name) of the biases; default zeros.
 
     ``params = {"Wq", "Wk", "Wv": (features, H·d), "Wo": (H·d, features), "bq", "bk", "bv":
     (H·d,), "bo": (features,)}`` (no biases when ``use_bias=False``). ``cache = {"x", "mask",
@@ -224,7 +224,7 @@ class MultiHeadAttention(Layer):
             )
         return features // self.num_heads
 
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         in_shape = tuple(int(d) for d in in_shape)
         if len(in_shape) != 2 or min(in_shape) <= 0:
             raise layer_error(
@@ -293,7 +293,14 @@ class MultiHeadAttention(Layer):
         return xs, mask
 
     # --- forward ----------------------------------------------------------------------
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(  # type: ignore[override]  # a Masked input gives a Masked output
+        self,
+        params: PyTree,
+        x: Array | Masked,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+    ) -> tuple[Array | Masked, PyTree]:
         xs, mask = self._inputs(params, x)
         dtype = jnp.result_type(xs.dtype, params["Wq"].dtype)
         B, T, _ = xs.shape
@@ -411,7 +418,7 @@ class MultiHeadAttention(Layer):
             out[n] = (x_c, dz.reshape(B, T, H * d))
         return out
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         """Output projection, attention core (dense or blockwise), input projections."""
         xs = cache["x"]
         deltas = self._projection_deltas(params, cache, dy)
@@ -439,12 +446,12 @@ class MultiHeadAttention(Layer):
                 out[f"b{n}"] = b_fn(_pe.bias_grads(dz))
         return {name: g.astype(params[name].dtype) for name, g in out.items()}
 
-    def batch_grad(self, params, cache, dy):
+    def batch_grad(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``∂ℓᵢ/∂W = Σₜ aᵢₜᵀ δᵢₜ`` ``(n, in, out)`` and ``∂ℓᵢ/∂b = Σₜ δᵢₜ`` ``(n, out)`` for
         each projection ``q, k, v, o``."""
         return self._closed_form(params, cache, dy, _pe.outer_grads, lambda g: g)
 
-    def batch_l2(self, params, cache, dy):
+    def batch_l2(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``‖∂ℓᵢ/∂W‖²`` per example and projection without forming ``∂ℓᵢ/∂W`` when the Gram
         form ``Σₜₛ (aᵢₜ·aᵢₛ)(δᵢₜ·δᵢₛ)`` is cheaper (``2T² ≤ in·out``,
         :func:`jbp.layers._per_example.use_gram`); ``‖Σₜ δᵢₜ‖²`` for the biases."""
@@ -452,7 +459,7 @@ class MultiHeadAttention(Layer):
             params, cache, dy, _pe.outer_sq_norms, lambda g: jnp.sum(jnp.square(g), axis=1)
         )
 
-    def sum_grad_squared(self, params, cache, dy):
+    def sum_grad_squared(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``Σᵢ (∂ℓᵢ/∂W)²`` and ``Σᵢ (∂ℓᵢ/∂b)²`` elementwise, per projection."""
         return self._closed_form(
             params, cache, dy, _pe.outer_sum_sq, lambda g: jnp.sum(jnp.square(g), axis=0)

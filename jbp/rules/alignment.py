@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 
 from jbp._validate import check_batch as _check_batch
 from jbp._validate import check_model_and_loss as _check_model_and_loss
-from jbp.core import Layer, Sequential
+from jbp.core import Array, Layer, PyTree, Sequential
 from jbp.engine import backprop
 from jbp.extensions.base import Extension
 from jbp.layers._feedback import RuleLayer
 from jbp.rules.convert import as_backprop
 from jbp.rules.dfa import DFA
+
+if TYPE_CHECKING:
+    from jax.typing import ArrayLike
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from jbp.engine import SeedContext
+    from jbp.losses import Loss
 
 __all__ = [
     "QUANTITIES",
@@ -79,11 +90,14 @@ def _empty(state) -> bool:
     return isinstance(state, tuple) and len(state) == 0
 
 
-def _flat(arrays):
+def _flat(arrays: Sequence[ArrayLike]) -> jax.Array:
     return jnp.concatenate([jnp.ravel(a) for a in arrays])
 
 
-def angle(a, b) -> jax.Array:
+def angle(
+    a: ArrayLike | list[ArrayLike] | tuple[ArrayLike, ...],
+    b: ArrayLike | list[ArrayLike] | tuple[ArrayLike, ...],
+) -> jax.Array:
     """The angle in degrees between two arrays (or lists of arrays, concatenated), as
     ``2·atan2(‖â − b̂‖, ‖â + b̂‖)`` with ``â = a/‖a‖`` (exact near 0° and 180°, unlike
     ``arccos``); NaN when either is zero."""
@@ -322,7 +336,7 @@ class Alignment(Extension):
                 f"got {self.method!r}"
             )
 
-    def walk(self, model, params, cache, ctx):
+    def walk(self, model: Layer, params: PyTree, cache: PyTree, ctx: SeedContext) -> PyTree:
         entries = _entries(model)
         if not entries:
             raise ValueError(
@@ -354,7 +368,7 @@ class Alignment(Extension):
         return layers
 
 
-def alignment(model: Layer, loss):
+def alignment(model: Layer, loss: Loss) -> Callable[..., dict[str, Any]]:
     """Per-layer alignment of a learning rule with backpropagation, on one batch: a reader
     of the :class:`Alignment` extension.
 
@@ -466,25 +480,27 @@ class AlignmentHistory:
     network at initialization. Draw the record with :func:`plot_alignment`.
 
     Args:
-      model, loss: the network (with its rules) and the loss being trained.
+      model: the network (with its rules) being trained.
+      loss: the loss being trained.
       probe_data: ``(x, y)``, a fixed batch (a few hundred examples is plenty).
       every: record every ``every``-th epoch.
-      key, train: handed to the probe's forward pass; the default ``train=False`` keeps the
-        probe deterministic (dropout off, BatchNorm on its running statistics).
+      key: the PRNG key of the probe's forward pass.
+      train: training behaviour of the probe's forward pass; the default ``train=False``
+        keeps the probe deterministic (dropout off, BatchNorm on its running statistics).
       log: quantities from :data:`QUANTITIES` to add to ``fit``'s logs (``()``: none).
     """
 
     def __init__(
         self,
-        model,
-        loss,
-        probe_data,
+        model: Layer,
+        loss: Loss,
+        probe_data: tuple[ArrayLike, ArrayLike],
         *,
         every: int = 1,
-        key=None,
+        key: Array | None = None,
         train: bool = False,
-        log=("grad_angle",),
-    ):
+        log: str | Sequence[str] = ("grad_angle",),
+    ) -> None:
         if not (isinstance(probe_data, (tuple, list)) and len(probe_data) == 2):
             raise TypeError("AlignmentHistory: probe_data must be a pair (x, y) of arrays")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -511,7 +527,7 @@ class AlignmentHistory:
             return self.model.init_state(tuple(self.x.shape[1:]))
         return state
 
-    def record_epoch(self, epoch: int, params, state=None) -> dict | None:
+    def record_epoch(self, epoch: int, params: PyTree, state: PyTree = None) -> dict | None:
         """Record ``params`` (and ``state``) at ``epoch`` if ``epoch % every == 0``; returns
         the host result of :func:`alignment`, or ``None`` when the epoch is skipped."""
         epoch = int(epoch)
@@ -529,7 +545,9 @@ class AlignmentHistory:
         self.record.append(epoch, stats)
         return stats
 
-    def __call__(self, epoch: int, params, state=None, *args, **kwargs):
+    def __call__(
+        self, epoch: int, params: PyTree, state: PyTree = None, *args: Any, **kwargs: Any
+    ) -> None:
         """``hist(epoch, params, state=None)``: record one epoch (hand-rolled loops)."""
         self.record_epoch(epoch, params, state)
         return None
@@ -538,7 +556,7 @@ class AlignmentHistory:
     def on_train_begin(self) -> None:
         pass
 
-    def on_epoch_end(self, epoch, logs, params, state=()):
+    def on_epoch_end(self, epoch: int, logs: dict, params: PyTree, state: PyTree = ()) -> None:
         stats = self.record_epoch(epoch, params, state)
         if stats is not None:
             for q in self.log:
@@ -547,11 +565,18 @@ class AlignmentHistory:
                         logs[f"{q}/{name}"] = float(vals[q])
         return None  # never stops training
 
-    def on_train_end(self, params, state=()):
+    def on_train_end(self, params: PyTree, state: PyTree = ()) -> None:
         return None
 
 
-def plot_alignment(record, path=None, *, quantity: str = "grad_angle", title=None, ax=None):
+def plot_alignment(
+    record: AlignmentRecord,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    quantity: str = "grad_angle",
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
     """Draw an alignment quantity over epochs, one line per layer (with a dashed line at
     90° for the angles: below it the rule's update still descends).
 

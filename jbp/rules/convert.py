@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from collections.abc import Sequence
 
 from jbp.core import Layer, Sequential
 from jbp.layers import LSTM, Conv2D, Dense, SimpleRNN
@@ -27,7 +28,9 @@ def _check_rule_name(rule):
         )
 
 
-def with_rule(model: Layer, rule: str, *, layers=None, seed: int = 0) -> Layer:
+def with_rule(
+    model: Layer, rule: str, *, layers: Sequence[int] | None = None, seed: int = 0
+) -> Layer:
     """A copy of ``model`` whose weight layers use the backward ``rule``.
 
     Args:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jbp import initializers
-from jbp.core import Layer, Sequential, _out_shape
+from jbp.core import Array, Layer, PyTree, Sequential, Visit, _out_shape
 from jbp.layers import Conv2D, Dense
 from jbp.layers._feedback import feedback_key
 
@@ -120,12 +120,12 @@ class DFA(Layer):
         return B.reshape(tuple(out_shape) + tuple(inj_shape))
 
     # --- the layer protocol -------------------------------------------------------------
-    def init(self, key, in_shape):
+    def init(self, key: Array, in_shape: tuple[int, ...]) -> tuple[PyTree, tuple[int, ...]]:
         return self.model.init(key, in_shape)
 
     stateful = True
 
-    def init_state(self, in_shape):
+    def init_state(self, in_shape: tuple[int, ...]) -> PyTree:
         in_shape = tuple(int(d) for d in in_shape)
         shapes = [in_shape]
         for layer in self.model.layers:
@@ -136,11 +136,21 @@ class DFA(Layer):
         )
         return {"model": self.model.init_state(in_shape), "B": B}
 
-    def forward(self, params, x, *, key=None, train=False):
+    def forward(
+        self, params: PyTree, x: Array, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Array, PyTree]:
         y, caches = self.model.forward(params, x, key=key, train=train)
         return y, {"layers": caches}
 
-    def forward_with_state(self, params, state, x, *, key=None, train=False):
+    def forward_with_state(
+        self,
+        params: PyTree,
+        state: PyTree,
+        x: Array,
+        *,
+        key: Array | None = None,
+        train: bool = False,
+    ) -> tuple[Array, PyTree, PyTree]:
         if not (
             isinstance(state, dict)
             and set(state) == {"model", "B"}
@@ -157,25 +167,29 @@ class DFA(Layer):
         )
         return y, {"layers": caches, "B": state["B"]}, {"model": inner, "B": state["B"]}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: PyTree, cache: PyTree, dy: Array) -> tuple[PyTree, Array]:
         grads, dx, _ = self.backward_with_deltas(params, cache, dy)
         return grads, dx
 
-    def backward_with_deltas(self, params, cache, dy):
+    def backward_with_deltas(
+        self, params: PyTree, cache: PyTree, dy: Array
+    ) -> tuple[PyTree, Array, tuple[Array, ...]]:
         """``(grads, dx, deltas)``; ``deltas[i]`` is the ``dy`` handed to layer ``i`` (for a
         hidden weight layer: ``B_k e`` after the layers between it and its injection point).
         """
         grads, dx, deltas, _ = self._walk(params, cache, dy, None)
         return grads, dx, deltas
 
-    def backward_ext(self, params, cache, dy, visit):
+    def backward_ext(
+        self, params: PyTree, cache: PyTree, dy: Array, visit: Visit
+    ) -> tuple[PyTree, Array, dict[str, Any]]:
         """The DFA walk, each layer visited with the delta it receives (linear in ``e``, so
         row ``i`` of every delta is example ``i``'s own: per-example extensions hold)."""
         grads, dx, _, results = self._walk(params, cache, dy, visit)
         names = results[0].keys() if results else ()
         return grads, dx, {k: tuple(r[k] for r in results) for k in names}
 
-    def mixes_examples(self, train):
+    def mixes_examples(self, train: bool) -> bool:
         return self.model.mixes_examples(train)
 
     def _walk(self, params, cache, dy, visit):
