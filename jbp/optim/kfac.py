@@ -15,8 +15,10 @@ backward as the gradient. The step, with ``t`` the step count (0 first)::
     m ← μ m + v                      (momentum μ, optional)
     u = −η_t m
 
-The inverses are refreshed inside the compiled step with ``lax.cond`` (Cholesky solves);
-between refreshes the last ones are reused with the new gradients.
+The inverses are refreshed inside the compiled step with ``lax.cond`` (only on refresh
+steps is the branch that computes them executed), by Cholesky: ``M⁻¹ = L⁻ᵀL⁻¹``, with
+``L⁻¹`` built by 2 × 2 blocks from matrix products above 128 rows (LAPACK below); between
+refreshes the last ones are reused with the new gradients.
 
 **How the factors arrive.** ``kfac(...)`` returns a :class:`CurvatureOptimizer`: the optax
 pair ``init``/``update`` plus ``extensions = (KFAC(samples),)``. Its ``update`` takes the
@@ -78,11 +80,41 @@ def _factor_dtype(leaf):
     return jnp.promote_types(jnp.result_type(leaf), jnp.float32)
 
 
+# Below this size a factor's inverse Cholesky factor comes from LAPACK (potrf + trsm); above
+# it, from the recursion in _inverse_cholesky, whose work is matrix products: on CPU, XLA's
+# GEMMs run near peak while LAPACK's triangular solves of a few hundred rows do not.
+_BLOCK = 128
+
+
+def _inverse_cholesky(m):
+    """``L⁻¹`` with ``L Lᵀ = m`` (lower), by 2 × 2 blocks: for ``m = [[P, Q], [Qᵀ, R]]``,
+    ``L₁₁⁻¹`` of ``P``, ``L₂₁ = Qᵀ L₁₁⁻ᵀ``, ``L₂₂⁻¹`` of the Schur complement
+    ``R − L₂₁L₂₁ᵀ`` and ``(L⁻¹)₂₁ = −L₂₂⁻¹ L₂₁ L₁₁⁻¹`` — the blocked algorithm of LAPACK's
+    ``potrf``/``trtri``, the same rounding behaviour as a Cholesky solve."""
+    n = m.shape[0]
+    if n <= _BLOCK:
+        low = jnp.linalg.cholesky(m)
+        return jax.scipy.linalg.solve_triangular(low, jnp.eye(n, dtype=m.dtype), lower=True)
+    k = n // 2
+    p, q, r = m[:k, :k], m[:k, k:], m[k:, k:]
+    li11 = _inverse_cholesky(p)
+    l21 = jnp.matmul(q.T, li11.T)
+    s = r - jnp.matmul(l21, l21.T)
+    li22 = _inverse_cholesky(0.5 * (s + s.T))
+    li21 = -jnp.matmul(jnp.matmul(li22, l21), li11)
+    zero = jnp.zeros((k, n - k), m.dtype)
+    return jnp.concatenate(
+        [jnp.concatenate([li11, zero], axis=1), jnp.concatenate([li21, li22], axis=1)], axis=0
+    )
+
+
 def _spd_inverse(m):
-    """``m⁻¹`` of a symmetric positive-definite matrix (Cholesky), symmetrised."""
+    """``m⁻¹ = L⁻ᵀ L⁻¹`` of a symmetric positive-definite matrix (Cholesky), symmetrised."""
     m = 0.5 * (m + m.T)
-    c = jax.scipy.linalg.cho_factor(m, lower=True)
-    inv = jax.scipy.linalg.cho_solve(c, jnp.eye(m.shape[0], dtype=m.dtype))
+    if m.shape[0] == 1:
+        return 1 / m
+    li = _inverse_cholesky(m)
+    inv = jnp.matmul(li.T, li)
     return 0.5 * (inv + inv.T)
 
 
@@ -216,6 +248,8 @@ def kfac(
 
         def precondition(g, i):
             G = g.reshape(i.A.shape[0], i.B.shape[0]).astype(i.A.dtype)
+            if i.A.shape[0] == 1:  # a 1-D leaf: Ā is a number
+                return (i.A[0, 0] * jnp.matmul(G, i.B)).reshape(g.shape)
             return jnp.matmul(jnp.matmul(i.A, G), i.B).reshape(g.shape)
 
         v = [precondition(g, i) for g, i in zip(g_leaves, inverses)]
