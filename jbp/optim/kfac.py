@@ -17,8 +17,9 @@ backward as the gradient. The step, with ``t`` the step count (0 first)::
 
 The inverses are refreshed inside the compiled step with ``lax.cond`` (only on refresh
 steps is the branch that computes them executed), by Cholesky: ``M⁻¹ = L⁻ᵀL⁻¹``, with
-``L⁻¹`` built by 2 × 2 blocks from matrix products above 128 rows (LAPACK below); between
-refreshes the last ones are reused with the new gradients.
+``L⁻¹`` built by 2 × 2 blocks from matrix products above 64 rows and by loops of rank-one
+updates below (no LAPACK call); between refreshes the last ones are reused with the new
+gradients.
 
 **How the factors arrive.** ``kfac(...)`` returns a :class:`CurvatureOptimizer`: the optax
 pair ``init``/``update`` plus ``extensions = (KFAC(samples),)``. Its ``update`` takes the
@@ -80,10 +81,33 @@ def _factor_dtype(leaf):
     return jnp.promote_types(jnp.result_type(leaf), jnp.float32)
 
 
-# Below this size a factor's inverse Cholesky factor comes from LAPACK (potrf + trsm); above
-# it, from the recursion in _inverse_cholesky, whose work is matrix products: on CPU, XLA's
-# GEMMs run near peak while LAPACK's triangular solves of a few hundred rows do not.
-_BLOCK = 128
+# Up to this size a block's inverse Cholesky factor comes from two loops of rank-one and
+# row updates (_small_inverse_cholesky); above it, from the 2 × 2 recursion of
+# _inverse_cholesky, whose work is matrix products. No LAPACK call: on a CPU shared with
+# other jobs, LAPACK's threaded potrf/trsm of a few hundred rows ran 5–10× slower than their
+# single-thread time, while XLA's own products and loops did not.
+_BLOCK = 64
+
+
+def _small_inverse_cholesky(m):
+    """``L⁻¹`` with ``L Lᵀ = m`` (lower), ``m`` ``b × b``: right-looking Cholesky (column ``j``
+    of ``L`` is column ``j`` of the trailing matrix over ``√m_jj``, then a rank-one update),
+    then forward substitution on the identity, row by row."""
+    b = m.shape[0]
+    rows = jnp.arange(b)
+
+    def cholesky_column(j, carry):
+        rest, low = carry
+        col = jnp.where(rows >= j, rest[:, j] / jnp.sqrt(rest[j, j]), 0)
+        return rest - jnp.outer(col, col), low.at[:, j].set(col)
+
+    _, low = lax.fori_loop(0, b, cholesky_column, (m, jnp.zeros_like(m)))
+    eye = jnp.eye(b, dtype=m.dtype)
+
+    def inverse_row(j, inv):  # rows ≥ j of inv are still 0, so low[j] @ inv uses rows < j
+        return inv.at[j].set((eye[j] - jnp.matmul(low[j], inv)) / low[j, j])
+
+    return lax.fori_loop(0, b, inverse_row, jnp.zeros_like(m))
 
 
 def _inverse_cholesky(m):
@@ -93,8 +117,7 @@ def _inverse_cholesky(m):
     ``potrf``/``trtri``, the same rounding behaviour as a Cholesky solve."""
     n = m.shape[0]
     if n <= _BLOCK:
-        low = jnp.linalg.cholesky(m)
-        return jax.scipy.linalg.solve_triangular(low, jnp.eye(n, dtype=m.dtype), lower=True)
+        return _small_inverse_cholesky(m)
     k = n // 2
     p, q, r = m[:k, :k], m[:k, k:], m[k:, k:]
     li11 = _inverse_cholesky(p)
