@@ -232,9 +232,7 @@ def test_wide_layer_steps_and_refresh_schedule_match_numpy():
     params = jbp.cast(params, jnp.float64)
     x = jnp.asarray(rng.standard_normal((40, 150)) * rng.uniform(0.5, 2.0, 150))
     y = jnp.asarray(rng.integers(0, 3, 40))
-    out = jax.jit(jbp.backprop(model, L.softmax_cross_entropy, extensions=[KFLR()]))(
-        params, x, y
-    )
+    out = jax.jit(jbp.backprop(model, L.softmax_cross_entropy, extensions=[KFLR()]))(params, x, y)
     lr, damping, decay = 0.2, 0.02, 0.7
     opt = optim.kfac(lr, damping=damping, decay=decay, inverse_every=3, curvature=KFLR())
     update = jax.jit(opt.update)
