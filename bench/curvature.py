@@ -97,7 +97,7 @@ def kfac_flop_count(model, loss, params, x, y, every=10):
         "Adam step": xla_gflop(lambda p, s: step(p, s, x, y, key), params, adam.init(params)),
         "pass + KFAC": xla_gflop(lambda p: run(p, x, y, key=key), params),
         "precondition": xla_gflop(precondition, grads, factors),
-        "refresh": xla_gflop(lambda fs: [_damped_inverses(f, 1e-2) for f in fs], factors),
+        "refresh": xla_gflop(lambda fs: _damped_inverses(fs, 1e-2), factors),
     }
     kfac = count["pass + KFAC"] + count["precondition"] + count["refresh"] / every
     print(

@@ -141,9 +141,9 @@ def _spd_inverse(m):
     return 0.5 * (inv + inv.T)
 
 
-def _damped_inverses(f: KronFactors, damping) -> KronFactors:
-    """``((A + π√λ I)⁻¹, (B + √λ/π I)⁻¹)`` with ``π = sqrt((tr A/p)/(tr B/q))`` (Martens &
-    Grosse's factored Tikhonov damping; ``π = 1`` when a trace vanishes)."""
+def _damped(f: KronFactors, damping) -> KronFactors:
+    """``(A + π√λ I, B + √λ/π I)`` with ``π = sqrt((tr A/p)/(tr B/q))`` (Martens & Grosse's
+    factored Tikhonov damping; ``π = 1`` when a trace vanishes)."""
     p, q = f.A.shape[0], f.B.shape[0]
     ta, tb = jnp.trace(f.A) / p, jnp.trace(f.B) / q
     ok = (ta > 0) & (tb > 0)
@@ -151,9 +151,28 @@ def _damped_inverses(f: KronFactors, damping) -> KronFactors:
     pi = jnp.clip(pi, 1e-6, 1e6)
     root = jnp.sqrt(jnp.asarray(damping, f.A.dtype))
     return KronFactors(
-        _spd_inverse(f.A + pi * root * jnp.eye(p, dtype=f.A.dtype)),
-        _spd_inverse(f.B + root / pi * jnp.eye(q, dtype=f.B.dtype)),
+        f.A + pi * root * jnp.eye(p, dtype=f.A.dtype),
+        f.B + root / pi * jnp.eye(q, dtype=f.B.dtype),
     )
+
+
+def _damped_inverses(factors: list, damping) -> list:
+    """The inverses of every leaf's damped factors (:func:`_damped`), as ``KronFactors``.
+    Matrices of the same size and dtype are inverted together (``vmap``): one compiled
+    recursion per size instead of one per matrix."""
+    mats = [m for f in factors for m in _damped(f, damping)]
+    groups: dict = {}
+    for i, m in enumerate(mats):
+        groups.setdefault((m.shape, jnp.dtype(m.dtype)), []).append(i)
+    inv: list = [None] * len(mats)
+    for idx in groups.values():
+        if len(idx) == 1:
+            inv[idx[0]] = _spd_inverse(mats[idx[0]])
+        else:
+            stacked = jax.vmap(_spd_inverse)(jnp.stack([mats[i] for i in idx]))
+            for j, i in enumerate(idx):
+                inv[i] = stacked[j]
+    return [KronFactors(inv[2 * k], inv[2 * k + 1]) for k in range(len(factors))]
 
 
 def kfac(
@@ -263,7 +282,7 @@ def kfac(
         ]
         inverses = lax.cond(
             count % inverse_every == 0,
-            lambda fs, _: [_damped_inverses(f, damping) for f in fs],
+            lambda fs, _: _damped_inverses(fs, damping),
             lambda _, old_inv: old_inv,
             factors,
             inv,
