@@ -11,7 +11,12 @@ call of ``jbp.backprop`` returning the gradient plus the extension's result:
 
 Then two training steps (``jbp.make_train_step``, jitted): K-FAC (``optim.kfac``,
 inverses refreshed every 10 steps inside the step, so rounds are multiples of 10 steps) vs
-Adam (target ≤ 1.5×).
+Adam (target ≤ 1.5×), with XLA's count of the floating-point operations of each piece: the
+Adam step, the pass with the ``KFAC`` extension, the preconditioning ``Ā G B̄`` of every leaf
+and one refresh of all damped inverses. Their ratio, ``(pass + preconditioning + refresh / 10)
+/ Adam``, bounds the time ratio from below when both steps run at the same FLOP rate (the
+MLP: all matrix products); the CNN's Adam step runs its convolutions at a lower rate than the
+K-FAC step's products, so there the time ratio can be lower.
 
 All contenders run in this process on the same data: compile and warm up, then ``--repeats``
 rounds in which the contenders alternate, each timing ``--iters`` calls; the median per-call
@@ -20,6 +25,7 @@ on a loaded machine).
 
     python bench/curvature.py                       # both networks, batch 128
     python bench/curvature.py --only mlp --iters 10 --repeats 5
+    python bench/curvature.py --steps-only --iters 2 --repeats 5   # the training steps only
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import numpy as np
 
 import jbp
 from jbp import losses, optim
-from jbp.extensions import KFAC, KFLR, DiagGGN, DiagGGNMC
+from jbp.extensions import KFAC, KFLR, DiagGGN, DiagGGNMC, KronFactors
 from jbp.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 
 
@@ -60,6 +66,46 @@ def step_call(model, loss, opt):
         return (params, state), logs
 
     return f
+
+
+def xla_gflop(fn, *args):
+    """XLA's count of floating-point operations of ``jax.jit(fn)(*args)``, in GFLOP."""
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan"))) / 1e9
+
+
+def kfac_flop_count(model, loss, params, x, y, every=10):
+    """GFLOP of the Adam step and of the K-FAC step's pieces; prints them and the bound."""
+    from jbp.optim.kfac import _damped_inverses  # noqa: PLC0415
+
+    key = jax.random.key(0)
+    adam = optim.adam(1e-3)
+    step = jbp.make_train_step(model, loss, adam)
+    run = jbp.backprop(model, loss, extensions=(KFAC(),))
+    out = jax.jit(run)(params, x, y, key=key)
+    factors = jax.tree.leaves(out.extras["kfac"], is_leaf=lambda f: isinstance(f, KronFactors))
+    grads = jax.tree.leaves(out.grads)
+
+    def precondition(gs, fs):
+        return [
+            jnp.matmul(jnp.matmul(f.A, g.reshape(f.A.shape[0], f.B.shape[0])), f.B)
+            for g, f in zip(gs, fs)
+        ]
+
+    count = {
+        "Adam step": xla_gflop(lambda p, s: step(p, s, x, y, key), params, adam.init(params)),
+        "pass + KFAC": xla_gflop(lambda p: run(p, x, y, key=key), params),
+        "precondition": xla_gflop(precondition, grads, factors),
+        "refresh": xla_gflop(lambda fs: _damped_inverses(fs, 1e-2), factors),
+    }
+    kfac = count["pass + KFAC"] + count["precondition"] + count["refresh"] / every
+    print(
+        "XLA FLOP count (GFLOP): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in count.items())
+        + f"; K-FAC step {kfac:.3f} = {kfac / count['Adam step']:.1f}x the Adam step's FLOPs"
+    )
+    return count
 
 
 def timed(fn, carry, x, y, key, iters):
@@ -106,6 +152,9 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=10, help="calls per timed round (steps: ×10)")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds per contender")
     ap.add_argument("--only", choices=["mlp", "cnn"], default=None)
+    ap.add_argument(
+        "--steps-only", action="store_true", help="only the K-FAC vs Adam training steps"
+    )
     args = ap.parse_args(argv)
     print(
         f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
@@ -143,22 +192,23 @@ def main(argv=None):
         x = jnp.asarray(x, jnp.float32)
         y = jnp.asarray(rng.integers(0, 10, args.batch))
         params, _ = model.init(jax.random.key(0), x.shape[1:])
-        exts = {
-            "grad": None,
-            "DiagGGNMC(samples=1)": DiagGGNMC(),
-            "KFAC(samples=1)": KFAC(),
-            "DiagGGN (10 columns)": DiagGGN(),
-            "KFLR (10 columns)": KFLR(),
-        }
-        ratios[tag] = compare(
-            f"{title}: one pass, gradient + extension",
-            {k: (grad_call(model, loss, e), params, 1) for k, e in exts.items()},
-            "grad",
-            x,
-            y,
-            args.iters,
-            args.repeats,
-        )
+        if not args.steps_only:
+            exts = {
+                "grad": None,
+                "DiagGGNMC(samples=1)": DiagGGNMC(),
+                "KFAC(samples=1)": KFAC(),
+                "DiagGGN (10 columns)": DiagGGN(),
+                "KFLR (10 columns)": KFLR(),
+            }
+            ratios[tag] = compare(
+                f"{title}: one pass, gradient + extension",
+                {k: (grad_call(model, loss, e), params, 1) for k, e in exts.items()},
+                "grad",
+                x,
+                y,
+                args.iters,
+                args.repeats,
+            )
         kfac, adam = optim.kfac(1e-2, damping=1e-2, inverse_every=10), optim.adam(1e-3)
         ratios[tag + "_step"] = compare(
             f"{title}: training step (K-FAC inverses every 10 steps)",
@@ -172,6 +222,7 @@ def main(argv=None):
             args.iters,
             args.repeats,
         )
+        ratios[tag + "_flops"] = kfac_flop_count(model, loss, params, x, y)
     return ratios
 
 

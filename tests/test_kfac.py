@@ -2,6 +2,8 @@
 moving averages and the inverse refresh schedule, Newton's step on least squares, the
 training-step hook and bad input."""
 
+import importlib
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -197,3 +199,66 @@ def test_bad_arguments(mlp_pass):
     model = jbp.Sequential([Dense(3)])
     with pytest.raises(ValueError, match="grad_fn='manual'"):
         jbp.make_train_step(model, L.mse, opt, grad_fn="autodiff")
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 65, 300])
+def test_damped_inverse_across_the_block_size(n):
+    """The inverse by blocked inverse Cholesky (matrix products above ``_BLOCK`` rows, loops
+    below) against ``numpy.linalg.inv``: float64 to rounding, float32 to its precision."""
+    kfac_module = importlib.import_module("jbp.optim.kfac")  # the module, not the function
+
+    assert kfac_module._BLOCK == 64  # the sizes above straddle it
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((2 * n + 3, n)) * rng.uniform(0.5, 2.0, n)
+    m = x.T @ x / len(x) + 0.05 * np.eye(n)
+    want = np.linalg.inv(m)
+    inverse = jax.jit(kfac_module._spd_inverse)
+    got = np.asarray(inverse(jnp.asarray(m)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-11 * np.max(np.abs(want)))
+    np.testing.assert_array_equal(got, got.T)
+    got32 = np.asarray(inverse(jnp.asarray(m, jnp.float32)))
+    assert got32.dtype == np.float32
+    np.testing.assert_allclose(got32, want, rtol=0, atol=1e-4 * np.max(np.abs(want)))
+
+
+def test_wide_layer_steps_and_refresh_schedule_match_numpy():
+    """A Dense layer with 150 inputs (``A`` 150 × 150, past the block size), changing factors
+    every step, ``inverse_every=3``: the inverses change only at steps 0 and 3 (equal to the
+    numpy inverses of the moving averages at those steps) and every update is the numpy
+    preconditioned gradient with the inverses of the last refresh."""
+    rng = np.random.default_rng(3)
+    model = jbp.Sequential([Dense(3)])
+    params, _ = model.init(jax.random.key(2), (150,))
+    params = jbp.cast(params, jnp.float64)
+    x = jnp.asarray(rng.standard_normal((40, 150)) * rng.uniform(0.5, 2.0, 150))
+    y = jnp.asarray(rng.integers(0, 3, 40))
+    out = jax.jit(jbp.backprop(model, L.softmax_cross_entropy, extensions=[KFLR()]))(params, x, y)
+    lr, damping, decay = 0.2, 0.02, 0.7
+    opt = optim.kfac(lr, damping=damping, decay=decay, inverse_every=3, curvature=KFLR())
+    update = jax.jit(opt.update)
+    state = opt.init(params)
+    avg, inv, previous = None, None, None
+    for step in range(5):
+        scale = 1.0 + 0.3 * step
+        extras = {"kflr": jax.tree.map(lambda a, s=scale: a * s, out.extras["kflr"])}
+        grads = jax.tree.map(lambda g: jnp.asarray(rng.standard_normal(g.shape)), out.grads)
+        u, state = update(grads, state, params, extras=extras)
+        new = _leaves(extras["kflr"])
+        eps = 0.0 if step == 0 else decay
+        avg = [
+            (eps * a[0] + (1 - eps) * np.asarray(f.A), eps * a[1] + (1 - eps) * np.asarray(f.B))
+            for a, f in zip(avg or [(0, 0)] * len(new), new)
+        ]
+        if step % 3 == 0:
+            inv = [_np_inverses(A, B, damping) for A, B in avg]
+        held = _leaves(state.inverses)
+        for got, want in zip(held, inv):
+            np.testing.assert_allclose(got.A, want[0], rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(got.B, want[1], rtol=1e-9, atol=1e-12)
+        if step % 3 != 0:  # not a refresh step: the very same arrays as the step before
+            for got, before in zip(held, previous):
+                np.testing.assert_array_equal(got.A, before.A)
+                np.testing.assert_array_equal(got.B, before.B)
+        previous = held
+        for got, g, i in zip(jax.tree.leaves(u), jax.tree.leaves(grads), inv):
+            np.testing.assert_allclose(got, -lr * _np_precondition(g, i), rtol=1e-9, atol=1e-13)
