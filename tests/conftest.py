@@ -1,20 +1,39 @@
-"""Test-suite configuration: float64 is available everywhere; XLA's optimisations are off.
+"""Test-suite configuration: float64 everywhere; XLA's optimisations off; one shared
+compilation cache.
 
 Tight comparisons run in float64; float32 checks build float32 arrays explicitly, which
 also proves that the library keeps the caller's dtype.
 
-The suite compiles well over a thousand small programs and runs each a few times on tiny
-arrays, so XLA's optimisation passes cost far more compile time than they save: with
-``jax_disable_most_optimizations`` the suite needs about a third less CPU. Semantics do not
-change (the tolerances are the same; benchmarks and real use compile fully optimised). It is
-set through the environment, before jax is imported, so the examples and notebooks that tests
-run in subprocesses inherit it. ``JBP_TEST_XLA_OPT=1`` runs the suite fully optimised.
+Compile time is most of the suite's time, so two settings go into the environment before jax
+is imported — the pytest-xdist workers and the examples and notebooks that tests run in
+subprocesses inherit them:
+
+- ``JAX_DISABLE_MOST_OPTIMIZATIONS=1``: the suite compiles well over a thousand small programs
+  and runs each a few times on tiny arrays; XLA's optimisation passes cost more than they
+  save (about a fifth to a third less CPU without them). Semantics and tolerances do not
+  change; benchmarks and real use compile fully optimised.
+- ``JAX_COMPILATION_CACHE_DIR``: a persistent compilation cache shared by every process of
+  this run (a fresh temporary directory, removed at exit), so the eager operations and models
+  that many processes compile are compiled once.
+
+``JBP_TEST_XLA_OPT=1`` keeps the optimisations; ``JBP_TEST_NO_CACHE=1`` skips the cache.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 if os.environ.get("JBP_TEST_XLA_OPT", "0") in ("", "0"):
     os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+if os.environ.get("JBP_TEST_NO_CACHE", "0") in ("", "0") and not os.environ.get(
+    "JAX_COMPILATION_CACHE_DIR"
+):  # the first process (pytest, or xdist's controller) makes it; the others inherit it
+    _cache = tempfile.mkdtemp(prefix="jbp-test-xla-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
 
