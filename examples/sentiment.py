@@ -31,7 +31,6 @@ about 57.8%). Offline, on a 2-core CPU: ``bag`` ~10 s, ``rnn`` ~15 s::
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -41,13 +40,21 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
-from jbp.callbacks import EarlyStopping
 from jbp.datasets import Vocabulary, rotten_tomatoes
 from jbp.layers import LSTM, Dense, Dropout, Embedding, MeanPool1D, ReLU, SimpleRNN
 from jbp.plotting import save_figure
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
-from _common import add_common_args, figure_path  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_args,
+    check_gradients_f64,
+    example_parser,
+    figure_path,
+    fit_and_evaluate,
+    majority_baseline,
+    pyplot_or_none,
+    save_plot,
+)
 
 PAD_ID = 0  # Vocabulary: id 0 is "<pad>", id 1 is "<unk>"
 
@@ -103,12 +110,8 @@ def table(rows) -> str:
 
 
 def plot(history, path, title):
-    try:
-        from jbp.plotting import require_matplotlib
-
-        plt = require_matplotlib()
-    except ImportError as e:
-        print(f"no plot: {e}")
+    plt = pyplot_or_none()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ep = history["epoch"]
@@ -131,9 +134,7 @@ def plot(history, path, title):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = example_parser(__doc__, summary=True)
     p.add_argument(
         "--model",
         choices=("bag", "rnn", "lstm"),
@@ -199,33 +200,24 @@ def main(argv=None) -> dict:
     params, _ = model.init(key_init, x_tr.shape[1:])
     loss = jbp.losses.binary_cross_entropy
     print(model)
-    with jax.enable_x64(True):  # the proof, in float64, on a few sentences, dropout on
-        report = jbp.check_gradients(
-            model,
-            loss,
-            jbp.cast(params, jnp.float64),
-            x_tr[:8],
-            jnp.asarray(y_tr[:8], jnp.float64),
-            key=key_check,
-        )
+    # the proof, in float64, on a few sentences, dropout on
+    report = check_gradients_f64(model, loss, params, x_tr[:8], y_tr[:8], key=key_check)
     print(report)
 
-    stop = EarlyStopping("val_loss", patience=args.patience, restore_best=True)
-    params, history = jbp.fit(
+    params, history, test = fit_and_evaluate(
         model,
         params,
         loss,
-        jbp.optim.adam(args.lr),
         (x_tr, y_tr),
+        (x_te, y_te),
+        lr=args.lr,
         batch_size=min(args.batch_size, len(x_tr)),
         epochs=args.epochs,
         key=key_fit,
-        validation_data=(x_va, y_va),
-        early_stopping=stop,
+        validation=(x_va, y_va),
+        patience=args.patience,
     )
-    test = jbp.evaluate(model, params, loss, (x_te, y_te))
-    majority = int(np.mean(np.asarray(y_tr)) >= 0.5)  # the training split's majority label
-    base_acc = float(np.mean(np.asarray(y_te)[:, 0] == majority))
+    majority, base_acc = majority_baseline(y_tr, y_te)  # the training split's majority label
     names = {
         "bag": f"bag of embeddings + MLP ({args.dim}-d, {args.hidden} hidden)",
         "rnn": f"SimpleRNN ({args.hidden} units)",
@@ -261,15 +253,11 @@ def main(argv=None) -> dict:
         "vocab_size": len(vocab),
         "plot": None,
     }
-    if not args.no_plot and args.out:
-        out["plot"] = plot(
-            history,
-            args.out,
-            f"Rotten Tomatoes sentiment — {names[args.model]}: "
-            f"test accuracy {test['accuracy']:.3f} (majority {base_acc:.3f})",
-        )
-        if out["plot"]:
-            print(f"plot saved to {args.out}")
+    title = (
+        f"Rotten Tomatoes sentiment — {names[args.model]}: "
+        f"test accuracy {test['accuracy']:.3f} (majority {base_acc:.3f})"
+    )
+    out["plot"] = save_plot(args, args.out, lambda path: plot(history, path, title))
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return out
 
