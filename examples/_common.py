@@ -1,7 +1,7 @@
 """What the examples share: their argument parser and the ``--out DIR`` / ``--seed`` /
 ``--no-plot`` flags, where their figures go (and the "plot saved to" line), a validation split
-carved from the training set (never the test set), the float64 gradient check, the Adam
-training run followed by its evaluation, and the majority-class baseline of a binary task."""
+carved from the training set (never the test set), the float64 gradient check, and the Adam
+training run followed by its evaluation."""
 
 from __future__ import annotations
 
@@ -185,10 +185,3 @@ def fit_and_evaluate(
     )
     result = jbp.evaluate(model, params, loss, test, metrics=metrics, state=history.state)
     return params, history, result
-
-
-def majority_baseline(y_train, y_test) -> tuple[int, float]:
-    """A binary task's majority-class baseline, for targets ``(n, 1)`` in {0, 1}: the training
-    split's majority label (1 on a tie) and the test accuracy of always predicting it."""
-    majority = int(np.mean(np.asarray(y_train)) >= 0.5)
-    return majority, float(np.mean(np.asarray(y_test)[:, 0] == majority))

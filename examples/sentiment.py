@@ -51,7 +51,6 @@ from _common import (  # noqa: E402
     example_parser,
     figure_path,
     fit_and_evaluate,
-    majority_baseline,
     pyplot_or_none,
     save_plot,
 )
@@ -98,6 +97,37 @@ def load(vocab_size: int, max_len: int, val_fraction: float, seed: int, limit: i
         "test": (enc(texts_te), lab(y_te)),
         "test_texts": texts_te,
     }
+
+
+def train_and_test(model, params, loss, d: dict, args, key):
+    """Adam (``args.lr``, ``args.batch_size``, at most ``args.epochs``) with early stopping on
+    the validation loss (``args.patience``, best epoch restored), then the test split and the
+    majority-class baseline (the training split's majority label, 1 on a tie); prints the kept
+    epoch. Shared with examples/transformer.py.
+
+    Returns:
+      ``(params, history, test, majority, base_acc)``: the trained parameters, ``fit``'s
+      history, ``evaluate``'s result on the test split, the majority label and its test
+      accuracy.
+    """
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = d["train"], d["val"], d["test"]
+    params, history, test = fit_and_evaluate(
+        model,
+        params,
+        loss,
+        (x_tr, y_tr),
+        (x_te, y_te),
+        lr=args.lr,
+        batch_size=min(args.batch_size, len(x_tr)),
+        epochs=args.epochs,
+        key=key,
+        validation=(x_va, y_va),
+        patience=args.patience,
+    )
+    majority = int(np.mean(np.asarray(y_tr)) >= 0.5)
+    base_acc = float(np.mean(np.asarray(y_te)[:, 0] == majority))
+    print(f"kept epoch {history.best_epoch} of {len(history)}")
+    return params, history, test, majority, base_acc
 
 
 def table(rows) -> str:
@@ -186,7 +216,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
 
     d = load(args.vocab, args.max_len, args.val_fraction, args.seed, args.limit)
-    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = d["train"], d["val"], d["test"]
+    (x_tr, y_tr), (x_va, _), (x_te, y_te) = d["train"], d["val"], d["test"]
     vocab = d["vocab"]
     unk = float(np.mean(np.asarray(x_te) == 1) / max(np.mean(np.asarray(x_te) != PAD_ID), 1e-9))
     print(
@@ -204,26 +234,14 @@ def main(argv=None) -> dict:
     report = check_gradients_f64(model, loss, params, x_tr[:8], y_tr[:8], key=key_check)
     print(report)
 
-    params, history, test = fit_and_evaluate(
-        model,
-        params,
-        loss,
-        (x_tr, y_tr),
-        (x_te, y_te),
-        lr=args.lr,
-        batch_size=min(args.batch_size, len(x_tr)),
-        epochs=args.epochs,
-        key=key_fit,
-        validation=(x_va, y_va),
-        patience=args.patience,
+    params, history, test, majority, base_acc = train_and_test(
+        model, params, loss, d, args, key_fit
     )
-    majority, base_acc = majority_baseline(y_tr, y_te)  # the training split's majority label
     names = {
         "bag": f"bag of embeddings + MLP ({args.dim}-d, {args.hidden} hidden)",
         "rnn": f"SimpleRNN ({args.hidden} units)",
         "lstm": f"LSTM ({args.hidden} units)",
     }
-    print(f"kept epoch {history.best_epoch} of {len(history)}")
     print()
     print(
         table(

@@ -74,7 +74,6 @@ from _common import (  # noqa: E402
     check_gradients_f64,
     example_parser,
     fit_and_evaluate,
-    majority_baseline,
     pyplot_or_none,
     save_plot,
 )
@@ -261,7 +260,7 @@ def run_baselines(args) -> list:
 
 def run_sentiment(args) -> dict:
     d = sentiment.load(args.vocab, args.max_len, 0.1, args.seed, args.limit)
-    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = d["train"], d["val"], d["test"]
+    (x_tr, y_tr), (x_va, _), (x_te, _) = d["train"], d["val"], d["test"]
     print(
         f"Rotten Tomatoes: {len(x_tr)} train, {len(x_va)} validation, {len(x_te)} test "
         f"sentences; vocabulary {len(d['vocab'])} ids; {args.max_len} ids per sentence"
@@ -282,21 +281,9 @@ def run_sentiment(args) -> dict:
     print(f"{model}\n{n_params:,} parameters")
     report, check_ok = gradient_check(model, loss, params, x_tr[:4], y_tr[:4], key_check)
 
-    params, history, test = fit_and_evaluate(
-        model,
-        params,
-        loss,
-        (x_tr, y_tr),
-        (x_te, y_te),
-        lr=args.lr,
-        batch_size=min(args.batch_size, len(x_tr)),
-        epochs=args.epochs,
-        key=key_fit,
-        validation=(x_va, y_va),
-        patience=args.patience,
+    params, history, test, majority, base_acc = sentiment.train_and_test(
+        model, params, loss, d, args, key_fit
     )
-    majority, base_acc = majority_baseline(y_tr, y_te)
-    print(f"kept epoch {history.best_epoch} of {len(history)}")
 
     name = f"Transformer {args.blocks}×{args.features}-d, {args.heads} heads, T={args.max_len}"
     rows = [(f"majority class (always {'fresh' if majority else 'rotten'})", base_acc, None)]
