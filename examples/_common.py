@@ -1,7 +1,7 @@
 """What the examples share: their argument parser and the ``--out DIR`` / ``--seed`` /
 ``--no-plot`` flags, where their figures go (and the "plot saved to" line), a validation split
-carved from the training set (never the test set), the float64 gradient check, and the Adam
-training run followed by its evaluation."""
+carved from the training set (never the test set), the float64 gradient check, the Adam
+training run followed by its evaluation, and the result table."""
 
 from __future__ import annotations
 
@@ -84,6 +84,17 @@ def figure_path(out: str, filename: str) -> str:
     if not out or out.lower().endswith(_IMAGE_EXTS):
         return out
     return os.path.join(out, filename)
+
+
+def results_table(rows) -> str:
+    """The examples' result table: one row per ``(name, test accuracy, test loss)``; a loss of
+    ``None`` (a baseline without one) is shown as ``—``."""
+    head = f"{'model':<40} {'test accuracy':>13} {'test loss':>9}"
+    lines = [head, "-" * len(head)]
+    for name, acc, loss in rows:
+        shown = f"{loss:>9.4f}" if loss is not None else f"{'—':>9}"
+        lines.append(f"{name:<40} {acc:>13.4f} {shown}")
+    return "\n".join(lines)
 
 
 def pyplot_or_none():

@@ -52,6 +52,7 @@ from _common import (  # noqa: E402
     figure_path,
     fit_and_evaluate,
     pyplot_or_none,
+    results_table,
     save_plot,
 )
 
@@ -128,15 +129,6 @@ def train_and_test(model, params, loss, d: dict, args, key):
     base_acc = float(np.mean(np.asarray(y_te)[:, 0] == majority))
     print(f"kept epoch {history.best_epoch} of {len(history)}")
     return params, history, test, majority, base_acc
-
-
-def table(rows) -> str:
-    head = f"{'model':<40} {'test accuracy':>13} {'test loss':>9}"
-    lines = [head, "-" * len(head)]
-    for name, acc, loss in rows:
-        shown = f"{loss:>9.4f}" if loss is not None else f"{'—':>9}"
-        lines.append(f"{name:<40} {acc:>13.4f} {shown}")
-    return "\n".join(lines)
 
 
 def plot(history, path, title):
@@ -244,7 +236,7 @@ def main(argv=None) -> dict:
     }
     print()
     print(
-        table(
+        results_table(
             [
                 (f"majority class (always {'fresh' if majority else 'rotten'})", base_acc, None),
                 (names[args.model], test["accuracy"], test["loss"]),

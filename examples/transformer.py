@@ -10,8 +10,8 @@ finite differences) of its model before training.
 ``--task sentiment`` (default): is a sentence fresh or rotten? The data pipeline of
 ``examples/sentiment.py`` is imported, not copied (its ``load``: a 10,000-id vocabulary
 built on the training sentences only, 40 word ids per sentence right-padded with 0, a 10%
-validation slice for early stopping; its ``table``, ``plot`` and, for ``--baselines run``,
-its ``main``)::
+validation slice for early stopping; its early-stopped training run ``train_and_test``, its
+``plot`` and, for ``--baselines run``, its ``main``)::
 
     Embedding(vocab, 64, pad_id=0)            → Masked (values, ids ≠ 0)
     → PositionalEmbedding(40)                 (learned, added at every position)
@@ -68,13 +68,14 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import sentiment  # noqa: E402  (examples/sentiment.py: data pipeline, table, plot, baselines)
+import sentiment  # noqa: E402  (examples/sentiment.py: data pipeline, training, plot, baselines)
 from _common import (  # noqa: E402
     add_common_args,
     check_gradients_f64,
     example_parser,
     fit_and_evaluate,
     pyplot_or_none,
+    results_table,
     save_plot,
 )
 
@@ -299,7 +300,7 @@ def run_sentiment(args) -> dict:
             )
     rows.append((name, test["accuracy"], test["loss"]))
     print()
-    print(sentiment.table(rows))
+    print(results_table(rows))
     if args.baselines == "quote" and len(rows) > 2:
         print(
             "[docs]: quoted from docs/data.md (examples/sentiment.py at its defaults, seed 0); "
