@@ -8,7 +8,14 @@ from __future__ import annotations
 import argparse
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+import jbp
+from jbp.callbacks import EarlyStopping
+from jbp.datasets.split import split_indices
+from jbp.plotting import require_matplotlib
 
 DEFAULT_OUT = "out"
 
@@ -66,8 +73,6 @@ def out_path(args, filename: str) -> str | None:
 def validation_split(x, y, fraction: float, seed: int):
     """``((x_train, y_train), (x_val, y_val))``: a stratified split of the TRAINING data
     (``jbp.datasets.split.split_indices``), so the test set stays unseen until the end."""
-    from jbp.datasets.split import split_indices
-
     labels = np.asarray(y)
     strat = labels if labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer) else None
     tr, va = split_indices(len(labels), fraction, seed, labels=strat)
@@ -100,8 +105,6 @@ def results_table(rows) -> str:
 def pyplot_or_none():
     """``matplotlib.pyplot`` (``jbp.plotting.require_matplotlib``), or ``None`` after printing
     ``no plot: <why>`` when matplotlib is not installed."""
-    from jbp.plotting import require_matplotlib
-
     try:
         return require_matplotlib()
     except ImportError as e:
@@ -125,10 +128,6 @@ def check_gradients_f64(model, loss, params, x, y, *, key=None):
     """``jbp.check_gradients`` in float64 (the proof printed before training): the parameters
     and any floating ``x``, ``y`` cast to float64, integer ids and labels kept as they are;
     ``key`` drives dropout. Returns the report."""
-    import jax
-    import jax.numpy as jnp
-
-    import jbp
 
     def f64(a):
         a = jnp.asarray(a)
@@ -174,9 +173,6 @@ def fit_and_evaluate(
       ``(params, history, result)``: the trained parameters, ``fit``'s history and
       ``evaluate``'s ``{metric: value}`` on ``test``.
     """
-    import jbp
-    from jbp.callbacks import EarlyStopping
-
     stop = None
     if patience is not None:
         stop = EarlyStopping("val_loss", patience=patience, restore_best=True)

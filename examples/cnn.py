@@ -29,7 +29,7 @@ from jbp.layers.conv import Conv2D
 from jbp.layers.normalization import BatchNorm
 from jbp.layers.pooling import MaxPool2D
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/_common.py
 from _common import (  # noqa: E402
     add_common_args,
     check_gradients_f64,

@@ -44,7 +44,7 @@ from jbp.datasets import Vocabulary, rotten_tomatoes
 from jbp.layers import LSTM, Dense, Dropout, Embedding, MeanPool1D, ReLU, SimpleRNN
 from jbp.plotting import save_figure
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/_common.py
 from _common import (  # noqa: E402
     add_common_args,
     check_gradients_f64,

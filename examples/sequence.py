@@ -33,7 +33,7 @@ from jbp.layers.embedding import Embedding
 from jbp.layers.masking import MeanPool1D
 from jbp.layers.recurrent import LSTM, SimpleRNN
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/_common.py
 from _common import (  # noqa: E402
     add_common_args,
     check_gradients_f64,
@@ -106,16 +106,16 @@ def main(argv=None):
     report = check_gradients_f64(model, loss, params, x_tr[:6], y_tr[:6])
     print(report)
 
-    train = dict(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, key=key_fit)
+    training = dict(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, key=key_fit)
     params, history, result = fit_and_evaluate(
-        model, params, loss, (x_tr, y_tr), (x_te, y_te), validation=(x_va, y_va), **train
+        model, params, loss, (x_tr, y_tr), (x_te, y_te), validation=(x_va, y_va), **training
     )
     out = {"report": report, "history": history, "test": result}
     if not args.no_baseline:
         bag = build_model("bag", args.vocab, args.classes)
         p_bag, _ = bag.init(key_init, x_tr.shape[1:])
         _, _, out["baseline"] = fit_and_evaluate(
-            bag, p_bag, loss, (x_tr, y_tr), (x_te, y_te), verbose=0, **train
+            bag, p_bag, loss, (x_tr, y_tr), (x_te, y_te), verbose=0, **training
         )
         print(
             f"order-blind baseline (Embedding + MeanPool1D + Dense): test accuracy "
