@@ -54,7 +54,12 @@ from jbp.layers.pooling import MaxPool2D
 from jbp.plotting import save_figure
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
-from _common import add_common_args, figure_path, validation_split  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_args,
+    figure_path,
+    results_table,
+    validation_split,
+)
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 SOURCES = ("auto", "cifar10", "fashion_mnist", "digits")
@@ -152,15 +157,6 @@ def load(source, classes, *, path, download, fashion_path, verify=True):
     except FileNotFoundError as e:
         raise DataUnavailable(str(e)) from None
     return (x, y), (xt, yt)
-
-
-def table(rows) -> str:
-    head = f"{'model':<40} {'test accuracy':>13} {'test loss':>9}"
-    lines = [head, "-" * len(head)]
-    for name, acc, loss in rows:
-        shown = f"{loss:>9.4f}" if loss is not None else f"{'—':>9}"
-        lines.append(f"{name:<40} {acc:>13.4f} {shown}")
-    return "\n".join(lines)
 
 
 def plot(history, x_test, y_test, prob, classes, path, title):
@@ -321,7 +317,7 @@ def main(argv=None) -> dict:
     name = f"{args.model.upper()} ({source})"
     print()
     print(
-        table(
+        results_table(
             [
                 (f"majority class (always {classes[int(majority)]!r})", base, None),
                 (name, test["accuracy"], test["loss"]),

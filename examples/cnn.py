@@ -15,7 +15,6 @@ statistics and returns them as ``history.state``, which evaluation then uses.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -30,8 +29,14 @@ from jbp.layers.conv import Conv2D
 from jbp.layers.normalization import BatchNorm
 from jbp.layers.pooling import MaxPool2D
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
-from _common import add_common_args, validation_split  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/_common.py
+from _common import (  # noqa: E402
+    add_common_args,
+    check_gradients_f64,
+    example_parser,
+    fit_and_evaluate,
+    validation_split,
+)
 
 
 def build_model(n_classes: int = 10) -> jbp.Sequential:
@@ -76,9 +81,7 @@ def load(path, limit, verify=True):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = example_parser(__doc__)
     ap.add_argument("--path", default=None, help="directory with the Fashion-MNIST IDX files")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -115,29 +118,24 @@ def main(argv=None):
             l + 0.05 * jax.random.normal(k, l.shape, l.dtype) if l.ndim == 1 else l
             for l, k in zip(leaves, keys)
         ]
-        report = jbp.check_gradients(
-            model,
-            loss,
-            jax.tree.unflatten(tree, leaves),
-            jnp.asarray(x_tr[:8], jnp.float64),
-            y_tr[:8],
-        )
+        params64 = jax.tree.unflatten(tree, leaves)
+    report = check_gradients_f64(model, loss, params64, x_tr[:8], y_tr[:8])
     print(report)
 
     # 2. training: BatchNorm's running statistics come back as history.state
-    params, history = jbp.fit(
+    params, history, result = fit_and_evaluate(
         model,
         params,
         loss,
-        jbp.optim.adam(args.lr),
         (x_tr, y_tr),
+        (x_te, y_te),
+        lr=args.lr,
         batch_size=args.batch_size,
         epochs=args.epochs,
         key=key_fit,
-        validation_data=(x_va, y_va),
+        validation=(x_va, y_va),
         augment=None if args.no_augment else aug,
     )
-    result = jbp.evaluate(model, params, loss, (x_te, y_te), state=history.state)
     print(f"test accuracy {result['accuracy']:.4f} (loss {result['loss']:.4f})")
     return {"report": report, "history": history, "test": result}
 

@@ -31,7 +31,6 @@ about 57.8%). Offline, on a 2-core CPU: ``bag`` ~10 s, ``rnn`` ~15 s::
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -41,13 +40,21 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
-from jbp.callbacks import EarlyStopping
 from jbp.datasets import Vocabulary, rotten_tomatoes
 from jbp.layers import LSTM, Dense, Dropout, Embedding, MeanPool1D, ReLU, SimpleRNN
 from jbp.plotting import save_figure
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples' shared flags
-from _common import add_common_args, figure_path  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/_common.py
+from _common import (  # noqa: E402
+    add_common_args,
+    check_gradients_f64,
+    example_parser,
+    figure_path,
+    fit_and_evaluate,
+    pyplot_or_none,
+    results_table,
+    save_plot,
+)
 
 PAD_ID = 0  # Vocabulary: id 0 is "<pad>", id 1 is "<unk>"
 
@@ -93,22 +100,40 @@ def load(vocab_size: int, max_len: int, val_fraction: float, seed: int, limit: i
     }
 
 
-def table(rows) -> str:
-    head = f"{'model':<40} {'test accuracy':>13} {'test loss':>9}"
-    lines = [head, "-" * len(head)]
-    for name, acc, loss in rows:
-        shown = f"{loss:>9.4f}" if loss is not None else f"{'—':>9}"
-        lines.append(f"{name:<40} {acc:>13.4f} {shown}")
-    return "\n".join(lines)
+def train_and_test(model, params, loss, d: dict, args, key):
+    """Adam (``args.lr``, ``args.batch_size``, at most ``args.epochs``) with early stopping on
+    the validation loss (``args.patience``, best epoch restored), then the test split and the
+    majority-class baseline (the training split's majority label, 1 on a tie); prints the kept
+    epoch. Shared with examples/transformer.py.
+
+    Returns:
+      ``(params, history, test, majority, base_acc)``: the trained parameters, ``fit``'s
+      history, ``evaluate``'s result on the test split, the majority label and its test
+      accuracy.
+    """
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = d["train"], d["val"], d["test"]
+    params, history, test = fit_and_evaluate(
+        model,
+        params,
+        loss,
+        (x_tr, y_tr),
+        (x_te, y_te),
+        lr=args.lr,
+        batch_size=min(args.batch_size, len(x_tr)),
+        epochs=args.epochs,
+        key=key,
+        validation=(x_va, y_va),
+        patience=args.patience,
+    )
+    majority = int(np.mean(np.asarray(y_tr)) >= 0.5)
+    base_acc = float(np.mean(np.asarray(y_te)[:, 0] == majority))
+    print(f"kept epoch {history.best_epoch} of {len(history)}")
+    return params, history, test, majority, base_acc
 
 
 def plot(history, path, title):
-    try:
-        from jbp.plotting import require_matplotlib
-
-        plt = require_matplotlib()
-    except ImportError as e:
-        print(f"no plot: {e}")
+    plt = pyplot_or_none()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ep = history["epoch"]
@@ -131,9 +156,7 @@ def plot(history, path, title):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = example_parser(__doc__, summary=True)
     p.add_argument(
         "--model",
         choices=("bag", "rnn", "lstm"),
@@ -185,7 +208,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
 
     d = load(args.vocab, args.max_len, args.val_fraction, args.seed, args.limit)
-    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = d["train"], d["val"], d["test"]
+    (x_tr, y_tr), (x_va, _), (x_te, y_te) = d["train"], d["val"], d["test"]
     vocab = d["vocab"]
     unk = float(np.mean(np.asarray(x_te) == 1) / max(np.mean(np.asarray(x_te) != PAD_ID), 1e-9))
     print(
@@ -199,42 +222,21 @@ def main(argv=None) -> dict:
     params, _ = model.init(key_init, x_tr.shape[1:])
     loss = jbp.losses.binary_cross_entropy
     print(model)
-    with jax.enable_x64(True):  # the proof, in float64, on a few sentences, dropout on
-        report = jbp.check_gradients(
-            model,
-            loss,
-            jbp.cast(params, jnp.float64),
-            x_tr[:8],
-            jnp.asarray(y_tr[:8], jnp.float64),
-            key=key_check,
-        )
+    # the proof, in float64, on a few sentences, dropout on
+    report = check_gradients_f64(model, loss, params, x_tr[:8], y_tr[:8], key=key_check)
     print(report)
 
-    stop = EarlyStopping("val_loss", patience=args.patience, restore_best=True)
-    params, history = jbp.fit(
-        model,
-        params,
-        loss,
-        jbp.optim.adam(args.lr),
-        (x_tr, y_tr),
-        batch_size=min(args.batch_size, len(x_tr)),
-        epochs=args.epochs,
-        key=key_fit,
-        validation_data=(x_va, y_va),
-        early_stopping=stop,
+    params, history, test, majority, base_acc = train_and_test(
+        model, params, loss, d, args, key_fit
     )
-    test = jbp.evaluate(model, params, loss, (x_te, y_te))
-    majority = int(np.mean(np.asarray(y_tr)) >= 0.5)  # the training split's majority label
-    base_acc = float(np.mean(np.asarray(y_te)[:, 0] == majority))
     names = {
         "bag": f"bag of embeddings + MLP ({args.dim}-d, {args.hidden} hidden)",
         "rnn": f"SimpleRNN ({args.hidden} units)",
         "lstm": f"LSTM ({args.hidden} units)",
     }
-    print(f"kept epoch {history.best_epoch} of {len(history)}")
     print()
     print(
-        table(
+        results_table(
             [
                 (f"majority class (always {'fresh' if majority else 'rotten'})", base_acc, None),
                 (names[args.model], test["accuracy"], test["loss"]),
@@ -261,15 +263,11 @@ def main(argv=None) -> dict:
         "vocab_size": len(vocab),
         "plot": None,
     }
-    if not args.no_plot and args.out:
-        out["plot"] = plot(
-            history,
-            args.out,
-            f"Rotten Tomatoes sentiment — {names[args.model]}: "
-            f"test accuracy {test['accuracy']:.3f} (majority {base_acc:.3f})",
-        )
-        if out["plot"]:
-            print(f"plot saved to {args.out}")
+    title = (
+        f"Rotten Tomatoes sentiment — {names[args.model]}: "
+        f"test accuracy {test['accuracy']:.3f} (majority {base_acc:.3f})"
+    )
+    out["plot"] = save_plot(args, args.out, lambda path: plot(history, path, title))
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return out
 

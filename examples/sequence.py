@@ -20,7 +20,8 @@ test accuracy.
 
 from __future__ import annotations
 
-import argparse
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,14 @@ from jbp.layers import Dense
 from jbp.layers.embedding import Embedding
 from jbp.layers.masking import MeanPool1D
 from jbp.layers.recurrent import LSTM, SimpleRNN
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/_common.py
+from _common import (  # noqa: E402
+    add_common_args,
+    check_gradients_f64,
+    example_parser,
+    fit_and_evaluate,
+)
 
 PAD = 0
 
@@ -55,9 +64,7 @@ def build_model(cell, vocab, classes, hidden=64):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = example_parser(__doc__)
     ap.add_argument("--cell", choices=["rnn", "lstm"], default="rnn")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--classes", type=int, default=4)
@@ -69,7 +76,7 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--no-baseline", action="store_true", help="skip the bag-of-words baseline")
-    ap.add_argument("--seed", type=int, default=0)
+    add_common_args(ap, out=False, plot=False)  # --seed: examples/_common.py
     args = ap.parse_args(argv)
     if not 1 <= args.min_len <= args.max_len:
         ap.error("need 1 <= --min-len <= --max-len")
@@ -95,38 +102,21 @@ def main(argv=None):
     )
     print(model)
 
-    with jax.enable_x64(True):  # the proof, in float64, on a few padded sequences
-        report = jbp.check_gradients(model, loss, jbp.cast(params, jnp.float64), x_tr[:6], y_tr[:6])
+    # the proof, in float64, on a few padded sequences
+    report = check_gradients_f64(model, loss, params, x_tr[:6], y_tr[:6])
     print(report)
 
-    params, history = jbp.fit(
-        model,
-        params,
-        loss,
-        jbp.optim.adam(args.lr),
-        (x_tr, y_tr),
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        key=key_fit,
-        validation_data=(x_va, y_va),
+    training = dict(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, key=key_fit)
+    params, history, result = fit_and_evaluate(
+        model, params, loss, (x_tr, y_tr), (x_te, y_te), validation=(x_va, y_va), **training
     )
-    result = jbp.evaluate(model, params, loss, (x_te, y_te))
     out = {"report": report, "history": history, "test": result}
     if not args.no_baseline:
         bag = build_model("bag", args.vocab, args.classes)
         p_bag, _ = bag.init(key_init, x_tr.shape[1:])
-        p_bag, _ = jbp.fit(
-            bag,
-            p_bag,
-            loss,
-            jbp.optim.adam(args.lr),
-            (x_tr, y_tr),
-            batch_size=args.batch_size,
-            epochs=args.epochs,
-            key=key_fit,
-            verbose=0,
+        _, _, out["baseline"] = fit_and_evaluate(
+            bag, p_bag, loss, (x_tr, y_tr), (x_te, y_te), verbose=0, **training
         )
-        out["baseline"] = jbp.evaluate(bag, p_bag, loss, (x_te, y_te))
         print(
             f"order-blind baseline (Embedding + MeanPool1D + Dense): test accuracy "
             f"{out['baseline']['accuracy']:.4f}"

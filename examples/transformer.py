@@ -10,8 +10,8 @@ finite differences) of its model before training.
 ``--task sentiment`` (default): is a sentence fresh or rotten? The data pipeline of
 ``examples/sentiment.py`` is imported, not copied (its ``load``: a 10,000-id vocabulary
 built on the training sentences only, 40 word ids per sentence right-padded with 0, a 10%
-validation slice for early stopping; its ``table``, ``plot`` and, for ``--baselines run``,
-its ``main``)::
+validation slice for early stopping; its early-stopped training run ``train_and_test``, its
+``plot`` and, for ``--baselines run``, its ``main``)::
 
     Embedding(vocab, 64, pad_id=0)            → Masked (values, ids ≠ 0)
     → PositionalEmbedding(40)                 (learned, added at every position)
@@ -55,7 +55,6 @@ bigram 2.473 and unigram 3.092; at temperature 0.8 it continues "The best" with
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import io
@@ -69,11 +68,18 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import sentiment  # noqa: E402  (examples/sentiment.py: data pipeline, table, plot, baselines)
-from _common import add_common_args  # noqa: E402
+import sentiment  # noqa: E402  (examples/sentiment.py: data pipeline, training, plot, baselines)
+from _common import (  # noqa: E402
+    add_common_args,
+    check_gradients_f64,
+    example_parser,
+    fit_and_evaluate,
+    pyplot_or_none,
+    results_table,
+    save_plot,
+)
 
 import jbp  # noqa: E402
-from jbp.callbacks import EarlyStopping  # noqa: E402
 from jbp.datasets import rotten_tomatoes  # noqa: E402
 from jbp.layers import (  # noqa: E402
     Dense,
@@ -186,15 +192,7 @@ def gradient_check(model, loss, params, x, y, key):
     ~1. ``ok`` counts such a leaf as proven when it passes the autodiff comparison with an
     absolute error below 1e-15 (what tests/test_attention.py asserts too), and says so.
     """
-    with jax.enable_x64(True):
-        report = jbp.check_gradients(
-            model,
-            loss,
-            jbp.cast(params, jnp.float64),
-            x,
-            jnp.asarray(y, jnp.float64) if jnp.issubdtype(y.dtype, jnp.floating) else y,
-            key=key,
-        )
+    report = check_gradients_f64(model, loss, params, x, y, key=key)
     print(report)
     zero = [
         l
@@ -213,12 +211,8 @@ def gradient_check(model, loss, params, x, y, key):
 
 
 def _plot_lm(history, path, title):
-    try:
-        from jbp.plotting import require_matplotlib
-
-        plt = require_matplotlib()
-    except ImportError as e:
-        print(f"no plot: {e}")
+    plt = pyplot_or_none()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     history.plot(["loss", "val_loss"], ax=ax)
@@ -267,7 +261,7 @@ def run_baselines(args) -> list:
 
 def run_sentiment(args) -> dict:
     d = sentiment.load(args.vocab, args.max_len, 0.1, args.seed, args.limit)
-    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = d["train"], d["val"], d["test"]
+    (x_tr, y_tr), (x_va, _), (x_te, _) = d["train"], d["val"], d["test"]
     print(
         f"Rotten Tomatoes: {len(x_tr)} train, {len(x_va)} validation, {len(x_te)} test "
         f"sentences; vocabulary {len(d['vocab'])} ids; {args.max_len} ids per sentence"
@@ -288,23 +282,9 @@ def run_sentiment(args) -> dict:
     print(f"{model}\n{n_params:,} parameters")
     report, check_ok = gradient_check(model, loss, params, x_tr[:4], y_tr[:4], key_check)
 
-    stop = EarlyStopping("val_loss", patience=args.patience, restore_best=True)
-    params, history = jbp.fit(
-        model,
-        params,
-        loss,
-        jbp.optim.adam(args.lr),
-        (x_tr, y_tr),
-        batch_size=min(args.batch_size, len(x_tr)),
-        epochs=args.epochs,
-        key=key_fit,
-        validation_data=(x_va, y_va),
-        early_stopping=stop,
+    params, history, test, majority, base_acc = sentiment.train_and_test(
+        model, params, loss, d, args, key_fit
     )
-    test = jbp.evaluate(model, params, loss, (x_te, y_te))
-    majority = int(np.mean(np.asarray(y_tr)) >= 0.5)
-    base_acc = float(np.mean(np.asarray(y_te)[:, 0] == majority))
-    print(f"kept epoch {history.best_epoch} of {len(history)}")
 
     name = f"Transformer {args.blocks}×{args.features}-d, {args.heads} heads, T={args.max_len}"
     rows = [(f"majority class (always {'fresh' if majority else 'rotten'})", base_acc, None)]
@@ -320,7 +300,7 @@ def run_sentiment(args) -> dict:
             )
     rows.append((name, test["accuracy"], test["loss"]))
     print()
-    print(sentiment.table(rows))
+    print(results_table(rows))
     if args.baselines == "quote" and len(rows) > 2:
         print(
             "[docs]: quoted from docs/data.md (examples/sentiment.py at its defaults, seed 0); "
@@ -337,16 +317,14 @@ def run_sentiment(args) -> dict:
         "rows": rows,
         "plot": None,
     }
-    if not args.no_plot and args.out:
-        path = os.path.join(args.out, "transformer_sentiment.png")
-        out["plot"] = sentiment.plot(
-            history,
-            path,
-            f"Rotten Tomatoes — {name}: test accuracy "
-            f"{test['accuracy']:.3f} (majority {base_acc:.3f})",
-        )
-        if out["plot"]:
-            print(f"plot saved to {path}")
+    title = (
+        f"Rotten Tomatoes — {name}: test accuracy {test['accuracy']:.3f} (majority {base_acc:.3f})"
+    )
+    out["plot"] = save_plot(
+        args,
+        os.path.join(args.out, "transformer_sentiment.png"),
+        lambda path: sentiment.plot(history, path, title),
+    )
     return out
 
 
@@ -452,19 +430,20 @@ def run_lm(args) -> dict:
     loss = next_char_cross_entropy
     report, check_ok = gradient_check(model, loss, params, x_tr[:2], y_tr[:2], key_check)
 
-    params, history = jbp.fit(
+    params, history, val_result = fit_and_evaluate(
         model,
         params,
         loss,
-        jbp.optim.adam(args.lr),
         (x_tr, y_tr),
+        (x_va, y_va),
+        lr=args.lr,
         batch_size=min(args.batch_size, len(x_tr)),
         epochs=args.epochs,
         key=key_fit,
-        validation_data=(x_va, y_va),
+        validation=(x_va, y_va),
         metrics=("loss",),
     )
-    val = jbp.evaluate(model, params, loss, (x_va, y_va), metrics=("loss",))["loss"]
+    val = val_result["loss"]
     uni, big = ngram_baselines(
         train_ids, np.asarray(y_va).ravel(), np.asarray(x_va).ravel(), len(chars)
     )
@@ -519,13 +498,12 @@ def run_lm(args) -> dict:
         "chars": chars,
         "plot": None,
     }
-    if not args.no_plot and args.out:
-        path = os.path.join(args.out, "transformer_lm.png")
-        out["plot"] = _plot_lm(
-            history, path, f"char LM on Rotten Tomatoes: val {val:.3f} nats/char (bigram {big:.3f})"
-        )
-        if out["plot"]:
-            print(f"plot saved to {path}")
+    title = f"char LM on Rotten Tomatoes: val {val:.3f} nats/char (bigram {big:.3f})"
+    out["plot"] = save_plot(
+        args,
+        os.path.join(args.out, "transformer_lm.png"),
+        lambda path: _plot_lm(history, path, title),
+    )
     return out
 
 
@@ -533,9 +511,7 @@ def run_lm(args) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = example_parser(__doc__, summary=True)
     p.add_argument("--task", choices=("sentiment", "lm"), default="sentiment")
     p.add_argument(
         "--epochs",
