@@ -53,13 +53,15 @@ def _batch_size(text: str):
     return size
 
 
-def _positive(kind):
+def _positive(kind, allow_zero: bool = False):
     def parse(text):
         try:
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not v > 0:
+        if allow_zero and v < 0:
+            raise argparse.ArgumentTypeError(f"expected 0 or a positive number, got {text}")
+        if not allow_zero and not v > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return v
 
@@ -129,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--progress-every",
-        type=_nonnegative_int,
+        type=_positive(int, allow_zero=True),
         default=None,
         metavar="STEPS",
         help="also print a line every STEPS steps inside an epoch (default: five lines per "
@@ -451,18 +453,11 @@ def _progress_every(flag: int | None, n: int, batch_size: int | None) -> int | N
     steps or more (SGD on the training set), none for shorter epochs."""
     if flag is not None:
         return flag or None
-    steps = 1 if batch_size is None else -(-n // batch_size)
+    from jbp.train import batch_plan
+
+    _, nb, rem = batch_plan(n, batch_size)
+    steps = nb + (1 if rem else 0)
     return -(-steps // 5) if steps >= 10_000 else None
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive number, got {value}")
-    return value
 
 
 def _warn_if_loss_rose(history) -> bool:

@@ -540,15 +540,14 @@ def make_private_epoch(
 
     def epoch(carry, x, y, key):
         keys = jax.random.split(key, steps)
-        fn = (
-            (lambda c, k: body(c, k, x, y))
-            if progress is None
-            else progress.wrap(lambda c, k: body(c, k, x, y))
-        )
-        if progress is not None:
-            carry = progress.begin(carry)
-        carry, ms = jax.lax.scan(fn, carry, keys)
-        if progress is not None:
+
+        def body_k(c, k):
+            return body(c, k, x, y)
+
+        if progress is None:
+            carry, ms = jax.lax.scan(body_k, carry, keys)
+        else:  # the carry gains a step counter and running sums (jbp.train.progress)
+            carry, ms = jax.lax.scan(progress.wrap(body_k), progress.begin(carry), keys)
             carry = progress.end(carry)
         rows = ms["dp_rows"]
         total = jnp.maximum(jnp.sum(rows), 1.0)

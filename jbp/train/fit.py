@@ -79,18 +79,17 @@ def _make_epoch(step, *, n, batch_size, shuffle, drop_last, finalizers, mesh=Non
         m.pop("extras", None)
         return (params, opt_state, state), m
 
-    fn = run if progress is None else progress.wrap(run)
-
     def epoch(carry, x, y, key):
         k_perm, k_steps = jax.random.split(key)
         keys = jax.random.split(k_steps, n_steps)
         order = jax.random.permutation(k_perm, n) if permute else None
-        if progress is not None:
-            carry = progress.begin(carry)
-        carry, means = scan_batches(
-            fn, carry, x, y, keys, bs=bs, nb=nb, rem=rem, order=order, sharding=data_sharding(mesh)
-        )
-        if progress is not None:
+        plan = dict(bs=bs, nb=nb, rem=rem, order=order, sharding=data_sharding(mesh))
+        if progress is None:
+            carry, means = scan_batches(run, carry, x, y, keys, **plan)
+        else:  # the carry gains a step counter and running sums (jbp.train.progress)
+            carry, means = scan_batches(
+                progress.wrap(run), progress.begin(carry), x, y, keys, **plan
+            )
             carry = progress.end(carry)
         return carry, {k: finalizers.get(k, _same)(v) for k, v in means.items()}
 
@@ -570,7 +569,7 @@ def fit(
                 optimizer,
                 n=n,
                 regularizer=regularizer,
-                metrics=[m.name for m in metric_objs],
+                metrics=names,
                 augment=augment,
                 finalizers=finalizers,
                 progress=progress,
@@ -585,7 +584,7 @@ def fit(
             optimizer,
             regularizer=regularizer,
             grad_fn=grad_fn,
-            metrics=[m.name for m in metric_objs],
+            metrics=names,
             augment=augment,
         )
         epoch = _make_epoch(
