@@ -99,6 +99,33 @@ def test_one_epoch_minibatch_equals_python_loop_of_steps(shuffle, chunk, monkeyp
     np.testing.assert_allclose(hist["accuracy"][0], np.dot(sizes, accs) / 23, **TIGHT)
 
 
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_float32_epoch_is_bit_identical_to_the_python_loop(chunk, monkeypatch):
+    """The compiled epoch changes no rounding: in float32, where a different summation order
+    would show, fit's parameters equal (bit for bit) a loop of the jitted step over the same
+    batches — with the shuffled batches gathered a chunk at a time or all at once."""
+    model, params, x, y = _setup(n=23, dtype=jnp.float32)
+    if chunk:  # 4 full batches = two chunks of 2
+        row = x.dtype.itemsize * x.shape[1] + y.dtype.itemsize
+        monkeypatch.setattr(jbp.train.batching, "_CHUNK_BYTES", 5 * row * chunk)
+        assert jbp.train.batching._chunk_batches(5, 4, x, y) == chunk
+    opt = optim.sgd(0.3, momentum=0.9)
+    key = jax.random.key(3)
+    got, hist = fit(model, params, CE, opt, (x, y), batch_size=5, epochs=1, key=key, verbose=0)
+
+    step = jax.jit(make_train_step(model, CE, opt))
+    k_perm, k_steps = jax.random.split(jax.random.fold_in(key, 0))
+    keys = jax.random.split(k_steps, 5)
+    order = np.asarray(jax.random.permutation(k_perm, 23))
+    p, s = params, opt.init(params)
+    for j, k in enumerate(keys):
+        b = order[5 * j : 5 * j + 5]
+        p, s, _, _ = step(p, s, x[b], y[b], k)
+    for u, v in zip(jax.tree.leaves((got, hist.opt_state)), jax.tree.leaves((p, s))):
+        assert u.dtype == v.dtype
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
 def test_partial_last_batch_is_averaged_over_its_true_size():
     """Plain GD: the last update of the epoch is −η × the mean of the 3 per-example grads."""
     model, params, x, y = _setup(n=13)
