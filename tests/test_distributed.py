@@ -45,7 +45,10 @@ def _last_json(proc, what):
 
 @pytest.fixture(scope="module")
 def results():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ)  # the worker sets its own device count; keep the suite's XLA flags
+    env["XLA_FLAGS"] = " ".join(
+        f for f in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f
+    )
     env["JAX_PLATFORMS"] = "cpu"
     run = lambda *a: subprocess.Popen(
         [sys.executable, str(WORKER), *map(str, a)],  # noqa: E731
