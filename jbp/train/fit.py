@@ -56,7 +56,7 @@ from jbp.train.batching import (
 from jbp.train.evaluate import make_eval
 from jbp.train.progress import Progress
 from jbp.train.record import Recorder, check_record
-from jbp.train.step import make_train_step
+from jbp.train.step import make_recording_step, make_train_step
 
 __all__ = ["fit", "DivergenceError", "ON_NONFINITE"]
 
@@ -81,9 +81,10 @@ def _make_epoch(
     matter); batch ``j`` is ``order[j·k : (j+1)·k]`` and its step gets
     ``split(k_steps, steps)[j]``; the remainder batch is ``order[nb·k:]``.
     ``progress``: a :class:`jbp.train.progress.Progress` (lines from inside the epoch).
-    ``recorder``: a :class:`jbp.train.record.Recorder`; every ``recorder.every``-th step
-    runs ``rec_step`` (the step with the extensions) instead of ``step``, and
-    ``mean_metrics["record"]`` is ``(sums, counts)`` of their results.
+    ``recorder``: a :class:`jbp.train.record.Recorder`; then every step is ``rec_step``
+    (:func:`jbp.train.step.make_recording_step`), computing the extensions every
+    ``recorder.every``-th step, and ``mean_metrics["record"]`` is ``(sums, counts)`` of
+    their results.
     """
     bs, nb, rem = batch_plan(n, batch_size, drop_last)
     n_steps = nb + (1 if rem else 0)
@@ -95,12 +96,12 @@ def _make_epoch(
         m.pop("extras", None)
         return (params, opt_state, state), m
 
-    def run_recorded(carry, xb, yb, k):
+    def run_recorded(carry, xb, yb, k, on):
         params, opt_state, state = carry
-        params, opt_state, m, state = rec_step(params, opt_state, xb, yb, k, state)
-        return (params, opt_state, state), m, recorder.results(m.pop("extras"))
+        params, opt_state, m, state, res = rec_step(params, opt_state, xb, yb, k, state, on)
+        return (params, opt_state, state), m, res
 
-    body = run if recorder is None else recorder.wrap(run, run_recorded)
+    body = run if recorder is None else recorder.wrap(run_recorded)
 
     def epoch(carry, x, y, key):
         k_perm, k_steps = jax.random.split(key)
@@ -110,7 +111,7 @@ def _make_epoch(
         if recorder is not None:  # the carry gains a step counter and the recorded sums
             shape = bs if nb else rem
             like = jax.eval_shape(
-                lambda c, xb, yb, k: run_recorded(c, xb, yb, k)[2],
+                lambda c, xb, yb, k: run_recorded(c, xb, yb, k, True)[2],
                 carry,
                 jax.ShapeDtypeStruct((shape,) + x.shape[1:], x.dtype),
                 jax.ShapeDtypeStruct((shape,) + y.shape[1:], y.dtype),
@@ -138,7 +139,7 @@ def _check_same_shapes(like, run_recorded, carry, x, y, key, rem):
     """The recorded results of the remainder batch (``rem`` examples) must have the shapes
     of a full batch's (they are summed over the epoch)."""
     last = jax.eval_shape(
-        lambda c, xb, yb, k: run_recorded(c, xb, yb, k)[2],
+        lambda c, xb, yb, k: run_recorded(c, xb, yb, k, True)[2],
         carry,
         jax.ShapeDtypeStruct((rem,) + x.shape[1:], x.dtype),
         jax.ShapeDtypeStruct((rem,) + y.shape[1:], y.dtype),
@@ -690,7 +691,7 @@ def fit(
         recorder = rec_step = None
         if record:
             recorder = Recorder(record, record_every, nb_ + (1 if rem_ else 0))
-            rec_step = make_train_step(model, loss, optimizer, extensions=record, **step_args)
+            rec_step = make_recording_step(model, loss, optimizer, record, **step_args)
         epoch = _make_epoch(
             step,
             n=n,

@@ -3,10 +3,12 @@
 An extension (``jbp.rules.Alignment``, ``jbp.extensions.BatchL2``, ...) costs extra work in
 every step it runs in. :class:`Recorder` runs it on every ``k``-th step only: inside the
 epoch's ``lax.scan``, step ``j`` (0-based, counted over the epoch, the remainder batch
-included) is ``lax.cond(j % k == 0, step with the extensions, plain step)``, so the
-amortised cost of an epoch is ``1 + (extension's extra cost) / k`` steps per step, plus one
-``lax.cond`` per step. Both branches apply the same update: the parameters, optimizer
-state and model state are the same as without recording (bit-identical in the tests).
+included) runs the pass (forward, backward, metrics) as ``lax.cond(j % k == 0, pass with
+the extensions, plain pass)`` and then the optimizer update
+(:func:`jbp.train.step.make_recording_step`), so the amortised cost of an epoch is
+``1 + (extension's extra cost) / k`` steps per step, plus one ``lax.cond`` per step. Both
+branches compute the same gradient: the parameters, optimizer state and model state are
+the same as without recording (bit-identical in the tests).
 
 The scan's carry gains a step counter and, per leaf of each extension's result, the sum of
 its finite values and how many there were; after the epoch, :meth:`Recorder.columns` turns
@@ -95,14 +97,9 @@ class Recorder:
         self.steps = int(steps)
         self.recorded_steps = -(-self.steps // self.every)  # steps 0, every, 2·every, ...
 
-    def results(self, extras: dict) -> dict:
-        """The recorded extensions' results out of a step's ``extras`` (which also hold the
-        extensions they require)."""
-        return {n: extras[n] for n in self.names}
-
     def begin(self, carry, like: Any):
         """``carry`` → ``(carry, (0, zero sums, zero counts))``; ``like``: the results'
-        structure (``jax.eval_shape`` of :meth:`results` of one step)."""
+        structure (``jax.eval_shape`` of one step's results)."""
         sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
         counts = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.int32), like)
         return carry, (jnp.zeros((), jnp.int32), sums, counts)
@@ -113,27 +110,18 @@ class Recorder:
         inner, (_, sums, counts) = carry
         return inner, (sums, counts)
 
-    def wrap(self, plain: Callable, recorded: Callable) -> Callable:
-        """``plain(carry, *inputs) -> (carry, metrics)`` and ``recorded(carry, *inputs) ->
-        (carry, metrics, results)`` → one ``fn`` on the counted carry that runs
-        ``recorded`` on every ``every``-th step and ``plain`` on the others."""
-
-        def with_record(inner, sums, counts, inputs):
-            inner, m, res = recorded(inner, *inputs)
-            ok = jax.tree.map(jnp.isfinite, res)
-            sums = jax.tree.map(lambda s, v, f: s + jnp.where(f, v, 0).astype(s.dtype), sums, res, ok)
-            counts = jax.tree.map(lambda c, f: c + f.astype(jnp.int32), counts, ok)
-            return inner, m, sums, counts
-
-        def without(inner, sums, counts, inputs):
-            inner, m = plain(inner, *inputs)
-            return inner, m, sums, counts
+    def wrap(self, fn: Callable) -> Callable:
+        """``fn(carry, *inputs, on) -> (carry, metrics, results)`` (``on``: a traced bool,
+        whether the step computes the extensions) → ``fn(carry, *inputs) -> (carry,
+        metrics)`` on the counted carry, with ``on`` true every ``every``-th step."""
 
         def counted(c, *inputs):
             inner, (i, sums, counts) = c
-            inner, m, sums, counts = jax.lax.cond(
-                i % self.every == 0, with_record, without, inner, sums, counts, inputs
-            )
+            on = i % self.every == 0
+            inner, m, res = fn(inner, *inputs, on)
+            ok = jax.tree.map(lambda v: jnp.isfinite(v) & on, res)
+            sums = jax.tree.map(lambda s, v, f: s + jnp.where(f, v, 0).astype(s.dtype), sums, res, ok)
+            counts = jax.tree.map(lambda c, f: c + f.astype(jnp.int32), counts, ok)
             return (inner, (i + 1, sums, counts)), m
 
         return counted
