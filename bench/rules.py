@@ -122,19 +122,18 @@ def epoch_row(a, net, rule, model):
             jax.block_until_ready(out)
             times[k].append((time.perf_counter() - t) / a.epoch_iters)
     t0 = statistics.median(times["plain"])
-    med = {
-        k: t0 * statistics.median(u / v for u, v in zip(times[k], times["plain"])) for k in fns
-    }
+    med = {k: t0 * statistics.median(u / v for u, v in zip(times[k], times["plain"])) for k in fns}
     same = all(
-        all(bool((u == v).all()) for u, v in zip(jax.tree.leaves(outs[k]), jax.tree.leaves(outs["plain"])))
+        all(
+            bool((u == v).all())
+            for u, v in zip(jax.tree.leaves(outs[k]), jax.tree.leaves(outs["plain"]))
+        )
         for k in outs
     )
     label = {1: "every step", steps + 1: f"k={steps + 1} (step 0 only)"}
     print(
         f"  {rule:<14} epoch of {steps} steps {t0 * 1e3:7.2f} ms"
-        + "".join(
-            f"   {label.get(k, f'k={k}')} {med[f'k={k}'] / t0:4.2f}×" for k in ks
-        )
+        + "".join(f"   {label.get(k, f'k={k}')} {med[f'k={k}'] / t0:4.2f}×" for k in ks)
         + f"   params bit-identical: {same}"
     )
 

@@ -109,16 +109,13 @@ def _make_epoch(
         order = jax.random.permutation(k_perm, n) if permute else None
         plan = dict(bs=bs, nb=nb, rem=rem, order=order, sharding=data_sharding(mesh))
         if recorder is not None:  # the carry gains a step counter and the recorded sums
-            shape = bs if nb else rem
-            like = jax.eval_shape(
-                lambda c, xb, yb, k: run_recorded(c, xb, yb, k, True)[2],
-                carry,
-                jax.ShapeDtypeStruct((shape,) + x.shape[1:], x.dtype),
-                jax.ShapeDtypeStruct((shape,) + y.shape[1:], y.dtype),
-                keys[0],
+            params, _, state = carry
+            like = rec_step.result_shapes(
+                params, *_batch_spec(x, y, bs if nb else rem), keys[0], state
             )
             if nb and rem:
-                _check_same_shapes(like, run_recorded, carry, x, y, keys[0], rem)
+                last = rec_step.result_shapes(params, *_batch_spec(x, y, rem), keys[0], state)
+                _check_same_shapes(like, last, rem)
             carry = recorder.begin(carry, like)
         if progress is None:
             carry, means = scan_batches(body, carry, x, y, keys, **plan)
@@ -135,16 +132,13 @@ def _make_epoch(
     return epoch
 
 
-def _check_same_shapes(like, run_recorded, carry, x, y, key, rem):
+def _batch_spec(x, y, size):
+    return tuple(jax.ShapeDtypeStruct((size,) + a.shape[1:], a.dtype) for a in (x, y))
+
+
+def _check_same_shapes(like, last, rem):
     """The recorded results of the remainder batch (``rem`` examples) must have the shapes
     of a full batch's (they are summed over the epoch)."""
-    last = jax.eval_shape(
-        lambda c, xb, yb, k: run_recorded(c, xb, yb, k, True)[2],
-        carry,
-        jax.ShapeDtypeStruct((rem,) + x.shape[1:], x.dtype),
-        jax.ShapeDtypeStruct((rem,) + y.shape[1:], y.dtype),
-        key,
-    )
     if jax.tree.structure(last) != jax.tree.structure(like) or any(
         a.shape != b.shape for a, b in zip(jax.tree.leaves(last), jax.tree.leaves(like))
     ):
@@ -799,7 +793,9 @@ def fit(
                 history.append(logs)
                 history.diverged = e + 1
                 if verbose:
-                    print(format_epoch(e + 1, epochs, _shown(logs, recorded), compile_now), flush=True)
+                    print(
+                        format_epoch(e + 1, epochs, _shown(logs, recorded), compile_now), flush=True
+                    )
                     kept = f"the parameters after epoch {e}" if e else "the initial parameters"
                     print(
                         f"diverged at epoch {e + 1}: {why}; stopped, returning {kept}", flush=True

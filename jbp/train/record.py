@@ -120,7 +120,9 @@ class Recorder:
             on = i % self.every == 0
             inner, m, res = fn(inner, *inputs, on)
             ok = jax.tree.map(lambda v: jnp.isfinite(v) & on, res)
-            sums = jax.tree.map(lambda s, v, f: s + jnp.where(f, v, 0).astype(s.dtype), sums, res, ok)
+            sums = jax.tree.map(
+                lambda s, v, f: s + jnp.where(f, v, 0).astype(s.dtype), sums, res, ok
+            )
             counts = jax.tree.map(lambda c, f: c + f.astype(jnp.int32), counts, ok)
             return (inner, (i + 1, sums, counts)), m
 

@@ -149,7 +149,8 @@ def make_recording_step(
     the plain pass)``; the optimizer update runs after it, outside the ``lax.cond``, so the
     parameters and optimizer state (the large loop-carried arrays) never pass through the
     conditional (which would copy them every step). ``results`` is ``{name: result}`` of
-    each extension of ``record`` when ``on``, zeros of the same structure otherwise.
+    each extension of ``record`` when ``on``, zeros of the same structure otherwise;
+    ``step.result_shapes(params, x, y, key, state)`` gives its shapes and dtypes.
     Parameters, optimizer state, model state and metrics are those of :func:`make_train_step`
     whatever ``on`` is.
 
@@ -165,24 +166,46 @@ def make_recording_step(
     grad_part, update = _parts(model, loss, optimizer, regularizer, grad_fn, metrics, augment)
     plain, full = grad_part(()), grad_part(tuple(record))
     names = tuple(e.name for e in record)
+    has_opt_exts = bool(getattr(optimizer, "extensions", ()))
+    shapes: dict = {}  # per input signature: (extras the optimizer reads, results' shapes)
+
+    def signature(args):
+        leaves, tree = jax.tree.flatten(args)
+        return tree, tuple(
+            (tuple(a.shape), str(a.dtype), bool(getattr(a, "weak_type", False))) for a in leaves
+        )
+
+    def with_ext(kept, params, x, y, key, state):
+        grads, logs, state, extras = full(params, x, y, key, state)
+        return grads, logs, state, {k: extras[k] for k in kept}, {n: extras[n] for n in names}
+
+    def structure(params, x, y, key, state):
+        """``(kept, like)``, traced once per input signature."""
+        args = (params, x, y, key, state)
+        sig = signature(args)
+        if sig not in shapes:
+            kept = tuple(jax.eval_shape(plain, *args)[3]) if has_opt_exts else ()
+            shapes[sig] = kept, jax.eval_shape(lambda *a: with_ext(kept, *a), *args)[4]
+        return shapes[sig]
 
     def step(params, opt_state, x, y, key, state, on):
         args = (params, x, y, key, state)
-        kept = tuple(jax.eval_shape(plain, *args)[3])  # what the optimizer reads (kfac)
-
-        def with_ext(params, x, y, key, state):
-            grads, logs, state, extras = full(params, x, y, key, state)
-            return grads, logs, state, {k: extras[k] for k in kept}, {n: extras[n] for n in names}
-
-        like = jax.eval_shape(with_ext, *args)[4]
+        kept, like = structure(*args)
 
         def without(params, x, y, key, state):
             grads, logs, state, extras = plain(params, x, y, key, state)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
             return grads, logs, state, extras, zeros
 
-        grads, logs, state, extras, results = jax.lax.cond(on, with_ext, without, *args)
+        grads, logs, state, extras, results = jax.lax.cond(
+            on, lambda *a: with_ext(kept, *a), without, *args
+        )
         params, opt_state = update(grads, opt_state, params, extras)
         return params, opt_state, logs, state, results
 
+    def result_shapes(params, x, y, key, state=()):
+        """The shapes and dtypes of ``results`` for these inputs (``jax.ShapeDtypeStruct``)."""
+        return structure(params, x, y, key, state)[1]
+
+    step.result_shapes = result_shapes  # type: ignore[attr-defined]  # fn attr
     return step
