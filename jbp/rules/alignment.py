@@ -633,9 +633,8 @@ def plot_alignment(
     Returns:
       The matplotlib ``Figure`` (drawn by :func:`jbp.plotting.plot_gradient_norms`).
     """
-    from jbp.plotting import plot_gradient_norms, save_figure
-
     from jbp.history import History
+    from jbp.plotting import plot_gradient_norms, save_figure
 
     if isinstance(record, History):
         record = AlignmentRecord.from_history(record)
