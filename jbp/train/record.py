@@ -73,6 +73,11 @@ def check_record(record, record_every) -> tuple[tuple, int]:
     return tuple(record), int(record_every)
 
 
+def _sum_dtype(dtype):
+    """Floating results are summed in their dtype; integer and boolean ones in float."""
+    return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.result_type(float)
+
+
 def _key(entry) -> str:
     for attr in ("key", "idx", "name"):
         if hasattr(entry, attr):
@@ -100,7 +105,7 @@ class Recorder:
     def begin(self, carry, like: Any):
         """``carry`` → ``(carry, (0, zero sums, zero counts))``; ``like``: the results'
         structure (``jax.eval_shape`` of one step's results)."""
-        sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
+        sums = jax.tree.map(lambda s: jnp.zeros(s.shape, _sum_dtype(s.dtype)), like)
         counts = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.int32), like)
         return carry, (jnp.zeros((), jnp.int32), sums, counts)
 
