@@ -221,3 +221,7 @@ def test_bad_record_arguments():
         _fit(model, params, None, data, record=[Loss()])
     with pytest.raises(ValueError, match="record: the extensions' results depend on the batch"):
         _fit(model, params, None, data, record=[BatchL2()])
+    with pytest.raises(ValueError, match="no 'alignment/<layer>/<quantity>' column"):
+        AlignmentRecord.from_history(jbp.History([{"epoch": 1, "loss": 1.0}]))
+    with pytest.raises(TypeError, match="plot_alignment: expected an AlignmentRecord"):
+        plot_alignment({"epoch": [1]})
