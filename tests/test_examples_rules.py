@@ -58,6 +58,19 @@ def test_learning_rules_example_runs(tmp_path, capsys):
     assert png.exists() and png.stat().st_size > 1000
 
 
+def test_learning_rules_example_records_inside_the_epoch(tmp_path, capsys):
+    example = _load()
+    args = ["--dataset", "digits", "--n-train", "200", "--n-test", "40", "--hidden", "16"]
+    args += ["--epochs", "2", "--rules", "fa", "--record-every", "3", "--out", str(tmp_path)]
+    (r,) = example.main(args)
+    assert r["record"].epochs == [1, 2]  # epoch means: no epoch 0
+    assert 0.0 < r["angles"]["layers[0]"] < 180.0 and r["angles"]["layers[2]"] == 0.0
+    assert "recorded training steps (one in 3)" in capsys.readouterr().out
+    assert (tmp_path / "alignment.png").stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        example.main(["--record-every", "-1"])
+
+
 def test_learning_rules_example_cnn_and_bad_arguments(capsys):
     example = _load()
     results = example.main(

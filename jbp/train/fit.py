@@ -55,12 +55,25 @@ from jbp.train.batching import (
 )
 from jbp.train.evaluate import make_eval
 from jbp.train.progress import Progress
-from jbp.train.step import make_train_step
+from jbp.train.record import Recorder, check_record
+from jbp.train.step import make_recording_step, make_train_step
 
 __all__ = ["fit", "DivergenceError", "ON_NONFINITE"]
 
 
-def _make_epoch(step, *, n, batch_size, shuffle, drop_last, finalizers, mesh=None, progress=None):
+def _make_epoch(
+    step,
+    *,
+    n,
+    batch_size,
+    shuffle,
+    drop_last,
+    finalizers,
+    mesh=None,
+    progress=None,
+    recorder=None,
+    rec_step=None,
+):
     """``epoch(carry, x, y, key) -> (carry, mean_metrics)``, one compiled function.
 
     Keys: ``k_perm, k_steps = split(key)``; the order is ``permutation(k_perm, n)`` (or
@@ -68,6 +81,10 @@ def _make_epoch(step, *, n, batch_size, shuffle, drop_last, finalizers, mesh=Non
     matter); batch ``j`` is ``order[j·k : (j+1)·k]`` and its step gets
     ``split(k_steps, steps)[j]``; the remainder batch is ``order[nb·k:]``.
     ``progress``: a :class:`jbp.train.progress.Progress` (lines from inside the epoch).
+    ``recorder``: a :class:`jbp.train.record.Recorder`; then every step is ``rec_step``
+    (:func:`jbp.train.step.make_recording_step`), computing the extensions every
+    ``recorder.every``-th step, and ``mean_metrics["record"]`` is ``(sums, counts)`` of
+    their results.
     """
     bs, nb, rem = batch_plan(n, batch_size, drop_last)
     n_steps = nb + (1 if rem else 0)
@@ -79,25 +96,68 @@ def _make_epoch(step, *, n, batch_size, shuffle, drop_last, finalizers, mesh=Non
         m.pop("extras", None)
         return (params, opt_state, state), m
 
+    def run_recorded(carry, xb, yb, k, on):
+        params, opt_state, state = carry
+        params, opt_state, m, state, res = rec_step(params, opt_state, xb, yb, k, state, on)
+        return (params, opt_state, state), m, res
+
+    body = run if recorder is None else recorder.wrap(run_recorded)
+
     def epoch(carry, x, y, key):
         k_perm, k_steps = jax.random.split(key)
         keys = jax.random.split(k_steps, n_steps)
         order = jax.random.permutation(k_perm, n) if permute else None
         plan = dict(bs=bs, nb=nb, rem=rem, order=order, sharding=data_sharding(mesh))
+        if recorder is not None:  # the carry gains a step counter and the recorded sums
+            params, _, state = carry
+            like = rec_step.result_shapes(
+                params, *_batch_spec(x, y, bs if nb else rem), keys[0], state
+            )
+            if nb and rem:
+                last = rec_step.result_shapes(params, *_batch_spec(x, y, rem), keys[0], state)
+                _check_same_shapes(like, last, rem)
+            carry = recorder.begin(carry, like)
         if progress is None:
-            carry, means = scan_batches(run, carry, x, y, keys, **plan)
+            carry, means = scan_batches(body, carry, x, y, keys, **plan)
         else:  # the carry gains a step counter and running sums (jbp.train.progress)
             carry, means = scan_batches(
-                progress.wrap(run), progress.begin(carry), x, y, keys, **plan
+                progress.wrap(body), progress.begin(carry), x, y, keys, **plan
             )
             carry = progress.end(carry)
-        return carry, {k: finalizers.get(k, _same)(v) for k, v in means.items()}
+        means = {k: finalizers.get(k, _same)(v) for k, v in means.items()}
+        if recorder is not None:
+            carry, means["record"] = recorder.end(carry)
+        return carry, means
 
     return epoch
 
 
+def _batch_spec(x, y, size):
+    return tuple(jax.ShapeDtypeStruct((size,) + a.shape[1:], a.dtype) for a in (x, y))
+
+
+def _check_same_shapes(like, last, rem):
+    """The recorded results of the remainder batch (``rem`` examples) must have the shapes
+    of a full batch's (they are summed over the epoch)."""
+    if jax.tree.structure(last) != jax.tree.structure(like) or any(
+        a.shape != b.shape for a, b in zip(jax.tree.leaves(last), jax.tree.leaves(like))
+    ):
+        raise ValueError(
+            f"record: the extensions' results depend on the batch size (per-example "
+            f"quantities?), so the last batch of {rem} examples cannot be averaged with the "
+            f"full ones; pass drop_last=True, a batch_size that divides the data, or record "
+            f"batch-size-independent quantities"
+        )
+
+
 def _same(v):
     return v
+
+
+def _shown(logs, recorded):
+    """The epoch line's fields: the recorded extensions' columns are left out (they are
+    many: ``history.as_table()`` shows them)."""
+    return {k: v for k, v in logs.items() if k not in recorded} if recorded else logs
 
 
 class _Compiled:
@@ -353,6 +413,8 @@ def fit(
     resume: bool = False,
     mesh=None,
     progress_every: int | None = None,
+    record=(),
+    record_every: int = 1,
 ):
     """Train ``model`` from ``params``; return ``(params, history)``.
 
@@ -418,6 +480,23 @@ def fit(
       a multiple, or ``drop_last=True`` for the remainder). Data already laid out as a
       global ``jax.Array`` (:func:`jbp.distributed.process_local_shard`, several
       processes) is used as it is. Not combined with ``privacy``.
+    - ``record=[ext, ...]``, ``record_every=k``: engine extensions (e.g.
+      :class:`jbp.rules.Alignment`: angles to backprop per layer) computed *inside the
+      compiled epoch* on the steps ``j % k == 0`` (``j`` counts the epoch's steps from 0, the
+      remainder batch included; ``k`` larger than the epoch records step 0 only): those
+      steps run the training step with the extensions, the others the plain step
+      (``lax.cond``), so an epoch costs ``1 + extra/k`` plain steps per step. The update
+      is the same (parameters bit-identical with and without recording). Every leaf of
+      each extension's result is averaged over the epoch's recorded steps (each on its
+      batch, with the parameters before that step's update) and added to the history as
+      ``"<name>/<key>/..."`` (``"alignment/layers[0]/grad_angle"``; leaves with several
+      elements as nested lists); NaN/Inf values are left out of the mean and counted in
+      ``"<name>/nonfinite"`` (a leaf never finite in the epoch is NaN). The epoch line
+      leaves these columns out; they are kept by checkpoints like every column.
+      :meth:`jbp.rules.AlignmentRecord.from_history` and :func:`jbp.rules.plot_alignment`
+      read them. Results must not depend on the batch size when the last batch is smaller
+      (``ValueError`` otherwise). Not combined with ``privacy`` or ``mesh``; needs
+      ``grad_fn="manual"``.
     - ``checkpoint_dir``: after every ``checkpoint_every`` epochs (and after the last one,
       an early stop, a divergence or Ctrl-C) save the parameters, optimizer state, model
       state, history, epoch counter and early-stopping progress there with
@@ -505,6 +584,29 @@ def fit(
                 "progress_every: progress lines from inside the epoch are not combined with "
                 "mesh (every device would report); pass progress_every=None"
             )
+    record, record_every = check_record(record, record_every)
+    if record:
+        if privacy is not None:
+            raise ValueError(
+                "record: recording extensions inside the epoch is not combined with privacy "
+                "(DP-SGD builds its own epoch of clipped per-example gradients); pass "
+                "record=() and use a callback (e.g. jbp.rules.AlignmentHistory)"
+            )
+        if n_dev is not None:
+            raise ValueError(
+                "record: recording extensions inside the epoch is not combined with mesh "
+                "(data-parallel training) yet; pass record=() or mesh=None"
+            )
+        if grad_fn != "manual":
+            raise ValueError(
+                f"record: extensions read the hand-written backward; they need "
+                f"grad_fn='manual', got grad_fn={grad_fn!r}"
+            )
+        taken = {"epoch", "seconds", "penalty", "epsilon"} | {m.name for m in metric_objs}
+        taken |= {f"val_{m.name}" for m in metric_objs}
+        clash = [e.name for e in record if e.name in taken]
+        if clash:
+            raise ValueError(f"record: extension names {clash} are names of history columns")
     if hasattr(callbacks, "on_epoch_end") or callable(callbacks):
         callbacks = (callbacks,)
     if not isinstance(callbacks, (list, tuple)):
@@ -578,15 +680,12 @@ def fit(
     else:
         _, nb_, rem_ = batch_plan(n, batch_size, drop_last)
         progress = progress_for(nb_ + (1 if rem_ else 0))
-        step = make_train_step(
-            model,
-            loss,
-            optimizer,
-            regularizer=regularizer,
-            grad_fn=grad_fn,
-            metrics=names,
-            augment=augment,
-        )
+        step_args = dict(regularizer=regularizer, grad_fn=grad_fn, metrics=names, augment=augment)
+        step = make_train_step(model, loss, optimizer, **step_args)
+        recorder = rec_step = None
+        if record:
+            recorder = Recorder(record, record_every, nb_ + (1 if rem_ else 0))
+            rec_step = make_recording_step(model, loss, optimizer, record, **step_args)
         epoch = _make_epoch(
             step,
             n=n,
@@ -596,6 +695,8 @@ def fit(
             finalizers=finalizers,
             mesh=mesh,
             progress=progress,
+            recorder=recorder,
+            rec_step=rec_step,
         )
         epoch_fn = _Compiled(epoch, mesh=mesh)
     eval_fn = None
@@ -663,6 +764,7 @@ def fit(
             new_carry, train_m = epoch_fn(carry, x, y, k_epoch)
             train_m = jax.device_get(train_m)
             in_epoch = False
+            recorded = {} if not record else recorder.columns(train_m.pop("record"))
             # ---- non-finite loss or parameters: stop (keep the last finite), raise, ignore ----
             why = None if on_nonfinite == "ignore" else _nonfinite(train_m, new_carry[0])
             if why is not None and on_nonfinite == "raise":
@@ -683,6 +785,7 @@ def fit(
             logs = {"epoch": e + 1}
             logs.update({k: float(train_m[k]) for k in columns if k in train_m})
             logs.update({f"val_{m.name}": float(val_m[m.name]) for m in metric_objs if val_m})
+            logs.update(recorded)
             if privacy is not None:
                 logs["epsilon"] = privacy.epsilon_after(e + 1)
             logs["seconds"] = seconds
@@ -690,7 +793,9 @@ def fit(
                 history.append(logs)
                 history.diverged = e + 1
                 if verbose:
-                    print(format_epoch(e + 1, epochs, logs, compile_now), flush=True)
+                    print(
+                        format_epoch(e + 1, epochs, _shown(logs, recorded), compile_now), flush=True
+                    )
                     kept = f"the parameters after epoch {e}" if e else "the initial parameters"
                     print(
                         f"diverged at epoch {e + 1}: {why}; stopped, returning {kept}", flush=True
@@ -706,7 +811,7 @@ def fit(
             logs["seconds"] = logs.pop("seconds")
             history.append(logs)
             if verbose:
-                print(format_epoch(e + 1, epochs, logs, compile_now), flush=True)
+                print(format_epoch(e + 1, epochs, _shown(logs, recorded), compile_now), flush=True)
             if stop:
                 history.stopped_epoch = e + 1
             # ---- checkpoint ----
