@@ -57,18 +57,21 @@ class Conv2D(RuleLayer):
     ``T = Ho·Wo`` output positions, the patch ``aᵢₜ`` (``d = kh·kw·C`` input pixels under
     the window at ``t``) and ``δᵢₜ`` (``p = F``), example ``i``'s kernel gradient is
     ``Gᵢ = Σ_t aᵢₜᵀ δᵢₜ`` and its bias gradient ``Σ_t δᵢₜ``. ``Gᵢ`` for every example at once
-    is the kernel-gradient correlation above with the examples as feature groups
-    (``feature_group_count = n``: nothing summed over the batch; ``batch_grad``,
+    is one batched matrix product per kernel offset ``(i, j)``: the strided slice of the
+    padded input that the offset sees at every output position (``(n, T, C)``) against the
+    delta (``(n, T, F)``), giving the ``(n, C, F)`` block ``Gᵢ[i, j]`` (``batch_grad``,
     ``sum_grad_squared``). ``batch_l2`` uses the Gram form
     ``‖Gᵢ‖² = Σ_{t,s} (aᵢₜ·aᵢₛ)(δᵢₜ·δᵢₛ)`` while ``2T² ≤ d·p`` (small feature maps, wide
-    layers: two ``T × T`` matrices per example are smaller than ``Gᵢ``) and ``Σ Gᵢ²`` from
-    the grouped correlation otherwise (large maps, narrow layers); the switch is per layer,
-    from static shapes (:func:`jbp.layers._per_example.use_gram`). The patch Gram is the sum
-    over kernel offsets of the Grams of one strided slice of the padded input each, so the
-    patches are never stacked (slices measured 2–4× faster on CPU than
-    ``lax.conv_general_dilated_patches``, itself a convolution with a ``d × d`` identity
-    kernel); on CPU the grouped correlation also beat a batched matrix product on patches
-    inside a whole network (less memory, fewer concurrent small products).
+    layers: two ``T × T`` matrices per example are smaller than ``Gᵢ``) and the sum of the
+    squared blocks otherwise (large maps, narrow layers); the switch is per layer, from
+    static shapes (:func:`jbp.layers._per_example.use_gram`). The patch Gram is likewise the
+    sum over kernel offsets of the Grams of the slices, so the patches are never stacked
+    (slices measured 2–4× faster on CPU than ``lax.conv_general_dilated_patches``, itself a
+    convolution with a ``d × d`` identity kernel). On CPU the per-offset products measured
+    2.6–3.5× faster than the per-example kernel correlation as one grouped convolution
+    (``feature_group_count = n``, the batch moved into the delta's channels; it needs a
+    transpose of the delta that XLA fuses with the producer of the delta, a max-pool
+    backward in a CNN) for the kernel shapes of ``bench/dp.py``.
 
     Args:
       features: number of output channels ``F``.
@@ -198,36 +201,20 @@ class Conv2D(RuleLayer):
             grads["b"] = jnp.sum(dy, axis=(0, 1, 2)).astype(params["b"].dtype)
         return self.rule_grads(grads), dx.astype(x.dtype)
 
-    def _kernel_correlation(self, x, dy, *, per_example=False):
+    def _kernel_correlation(self, x, dy):
         """``∂L/∂K``: the correlation of the input with the delta (class docstring), summed
-        over the batch, ``(kh, kw, C, F)``.
-
-        With ``per_example=True``, every example's own kernel gradient ``Gᵢ``,
-        ``(n, kh, kw, C, F)``: the same correlation with the examples as feature groups
-        (``feature_group_count = n``; the delta becomes an ``(1, Ho, Wo, n·F)`` filter whose
-        group ``i`` holds example ``i``'s ``F`` channels), so example ``i``'s input meets
-        only its own delta and nothing is summed over the batch. ``x`` and ``dy`` share a dtype.
-        """
+        over the batch, ``(kh, kw, C, F)``. ``x`` and ``dy`` share a dtype."""
         size = x.shape[1:3]
         k_eff, pads = self._geometry(size)
         rem = [(m + lo + hi - k) % s for m, (lo, hi), k, s in zip(size, pads, k_eff, self.strides)]
-        n, ho, wo, f = dy.shape
-        rhs, groups = dy, 1
-        if per_example:
-            rhs, groups = jnp.transpose(dy, (1, 2, 0, 3)).reshape(1, ho, wo, n * f), n
-        g = lax.conv_general_dilated(
+        return lax.conv_general_dilated(
             x,
-            rhs,
+            dy,
             window_strides=self.dilation,
             padding=[(lo, hi - r) for (lo, hi), r in zip(pads, rem)],
             rhs_dilation=self.strides,
             dimension_numbers=_KERNEL_GRAD_DN,
-            feature_group_count=groups,
         )
-        if not per_example:
-            return g
-        kh, kw, c = g.shape[:3]
-        return jnp.moveaxis(g.reshape(kh, kw, c, n, f), 3, 0)
 
     # --- closed forms for the per-example extensions (jbp.extensions) ------------------
     # ``dy`` here is per example: row i is the delta of example i's own loss. The rule does
@@ -238,32 +225,43 @@ class Conv2D(RuleLayer):
         dtype = jnp.result_type(x.dtype, W.dtype, dy.dtype)
         return x.astype(dtype), dy.astype(dtype)
 
-    def _patch_gram(self, x, out):
-        """``(n, T, T)``: ``aᵢₜ·aᵢₛ`` of the patches, as the sum over kernel offsets ``(i, j)``
-        of the Grams of one strided slice of the padded input each (the pixels that offset
-        sees at every output position) — the patches themselves are never stacked."""
+    def _offset_slices(self, x, out):
+        """For each kernel offset ``(i, j)`` in row-major order, ``(n, T, C)``: the pixel of
+        the padded input that offset sees at every output position (one strided slice)."""
         _, pads = self._geometry(x.shape[1:3])
         xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
         (kh, kw), (dh, dw), n = self.kernel_size, self.dilation, x.shape[0]
-        return sum(
-            _pe.gram(
-                _window.strided_window(xp, (i * dh, j * dw), self.strides, out).reshape(
-                    n, out[0] * out[1], x.shape[3]
-                )
+        return [
+            _window.strided_window(xp, (i * dh, j * dw), self.strides, out).reshape(
+                n, out[0] * out[1], x.shape[3]
             )
             for i in range(kh)
             for j in range(kw)
-        )
+        ]
+
+    def _per_example_kernel_grads(self, x, d):
+        """``Gᵢ``, ``(n, kh, kw, C, F)``: per kernel offset one batched product
+        ``Σ_t sᵢₜᵀ δᵢₜ`` of that offset's slice ``s`` (:meth:`_offset_slices`) with the delta."""
+        n, ho, wo, f = d.shape
+        kh, kw = self.kernel_size
+        dr = d.reshape(n, ho * wo, f)
+        g = jnp.stack([_pe.outer_grads(s, dr) for s in self._offset_slices(x, (ho, wo))], 1)
+        return g.reshape((n, kh, kw) + g.shape[2:])
+
+    def _patch_gram(self, x, out):
+        """``(n, T, T)``: ``aᵢₜ·aᵢₛ`` of the patches, as the sum over kernel offsets of the
+        Grams of the offset slices (:meth:`_offset_slices`): the patches are never stacked."""
+        return sum(_pe.gram(s) for s in self._offset_slices(x, out))
 
     def _bias_rows(self, params, d):
         """``∂ℓᵢ/∂b = Σ_t δᵢₜ``, ``(n, F)``."""
         return jnp.sum(d, axis=(1, 2)).astype(params["b"].dtype)
 
     def batch_grad(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
-        """``∂ℓᵢ/∂K = Σ_t aᵢₜᵀ δᵢₜ`` ``(n, kh, kw, C, F)`` (one grouped correlation) and
+        """``∂ℓᵢ/∂K = Σ_t aᵢₜᵀ δᵢₜ`` ``(n, kh, kw, C, F)`` (one batched product per kernel offset) and
         ``∂ℓᵢ/∂b = Σ_t δᵢₜ`` ``(n, F)``."""
         x, d = self._per_example_inputs(params, cache, dy)
-        out = {"W": self._kernel_correlation(x, d, per_example=True).astype(params["W"].dtype)}
+        out = {"W": self._per_example_kernel_grads(x, d).astype(params["W"].dtype)}
         if self.use_bias:
             out["b"] = self._bias_rows(params, d)
         return self.rule_grads(out)
@@ -280,8 +278,11 @@ class Conv2D(RuleLayer):
                 self._patch_gram(x, (ho, wo)) * _pe.gram(d.reshape(n, ho * wo, f)), axis=(1, 2)
             )
         else:
-            g = self._kernel_correlation(x, d, per_example=True)
-            sq = jnp.sum(jnp.square(g), axis=(1, 2, 3, 4))
+            dr = d.reshape(n, ho * wo, f)
+            sq = sum(
+                jnp.sum(jnp.square(_pe.outer_grads(s, dr)), axis=(1, 2))
+                for s in self._offset_slices(x, (ho, wo))
+            )
         out = {"W": sq.astype(params["W"].dtype)}
         if self.use_bias:
             out["b"] = jnp.sum(jnp.square(self._bias_rows(params, d)), axis=1)
