@@ -57,21 +57,22 @@ class Conv2D(RuleLayer):
     ``T = Ho·Wo`` output positions, the patch ``aᵢₜ`` (``d = kh·kw·C`` input pixels under
     the window at ``t``) and ``δᵢₜ`` (``p = F``), example ``i``'s kernel gradient is
     ``Gᵢ = Σ_t aᵢₜᵀ δᵢₜ`` and its bias gradient ``Σ_t δᵢₜ``. ``Gᵢ`` for every example at once
-    is one batched matrix product per kernel offset ``(i, j)``: the strided slice of the
-    padded input that the offset sees at every output position (``(n, T, C)``) against the
-    delta (``(n, T, F)``), giving the ``(n, C, F)`` block ``Gᵢ[i, j]`` (``batch_grad``,
-    ``sum_grad_squared``). ``batch_l2`` uses the Gram form
-    ``‖Gᵢ‖² = Σ_{t,s} (aᵢₜ·aᵢₛ)(δᵢₜ·δᵢₛ)`` while ``2T² ≤ d·p`` (small feature maps, wide
-    layers: two ``T × T`` matrices per example are smaller than ``Gᵢ``) and the sum of the
-    squared blocks otherwise (large maps, narrow layers); the switch is per layer, from
-    static shapes (:func:`jbp.layers._per_example.use_gram`). The patch Gram is likewise the
-    sum over kernel offsets of the Grams of the slices, so the patches are never stacked
-    (slices measured 2–4× faster on CPU than ``lax.conv_general_dilated_patches``, itself a
-    convolution with a ``d × d`` identity kernel). On CPU the per-offset products measured
-    2.6–3.5× faster than the per-example kernel correlation as one grouped convolution
-    (``feature_group_count = n``, the batch moved into the delta's channels; it needs a
-    transpose of the delta that XLA fuses with the producer of the delta, a max-pool
-    backward in a CNN) for the kernel shapes of ``bench/dp.py``.
+    is one batched matrix product of the patches ``(n, T, d)`` with the delta ``(n, T, p)``;
+    the patches are the strided slices of the padded input that each kernel offset sees at
+    every output position, side by side (``batch_grad``, ``sum_grad_squared``).
+    ``batch_l2`` uses the Gram form ``‖Gᵢ‖² = Σ_{t,s} (aᵢₜ·aᵢₛ)(δᵢₜ·δᵢₛ)`` while
+    ``2T² ≤ d·p`` (small feature maps, wide layers: two ``T × T`` matrices per example are
+    smaller than ``Gᵢ``) and ``Σ Gᵢ²`` otherwise (large maps, narrow layers); the switch is
+    per layer, from static shapes (:func:`jbp.layers._per_example.use_gram`). The patch Gram
+    is the sum over kernel offsets of the Grams of the slices, so there the patches are
+    never stacked. Slices measured 2–4× faster on CPU than
+    ``lax.conv_general_dilated_patches`` (a convolution with a ``d × d`` identity kernel);
+    inside the CNN of ``bench/dp.py`` (CPU, batch 256) the batched product on the patches
+    made ``batch_l2`` about 1.7× faster than the per-example kernel correlation as one
+    grouped convolution (``feature_group_count = n``, which also needs a transpose of the
+    delta that XLA fuses with the max-pool backward producing it) and than ``vmap`` of the
+    kernel correlation. ``scaled_grad_sum`` (DP-SGD's clipped sum, ``Σᵢ sᵢ Gᵢ``) weights
+    the same ``Gᵢ``, which XLA computes once for both.
 
     Args:
       features: number of output channels ``F``.
@@ -240,13 +241,12 @@ class Conv2D(RuleLayer):
         ]
 
     def _per_example_kernel_grads(self, x, d):
-        """``Gᵢ``, ``(n, kh, kw, C, F)``: per kernel offset one batched product
-        ``Σ_t sᵢₜᵀ δᵢₜ`` of that offset's slice ``s`` (:meth:`_offset_slices`) with the delta."""
+        """``Gᵢ`` as ``(n, kh·kw·C, F)`` (rows in ``(i, j, c)`` order, the HWIO kernel's): one
+        batched product ``Σ_t aᵢₜᵀ δᵢₜ`` of the patches — the offset slices
+        (:meth:`_offset_slices`) side by side — with the delta."""
         n, ho, wo, f = d.shape
-        kh, kw = self.kernel_size
-        dr = d.reshape(n, ho * wo, f)
-        g = jnp.stack([_pe.outer_grads(s, dr) for s in self._offset_slices(x, (ho, wo))], 1)
-        return g.reshape((n, kh, kw) + g.shape[2:])
+        patches = jnp.concatenate(self._offset_slices(x, (ho, wo)), axis=2)
+        return _pe.outer_grads(patches, d.reshape(n, ho * wo, f))
 
     def _patch_gram(self, x, out):
         """``(n, T, T)``: ``aᵢₜ·aᵢₛ`` of the patches, as the sum over kernel offsets of the
@@ -258,10 +258,11 @@ class Conv2D(RuleLayer):
         return jnp.sum(d, axis=(1, 2)).astype(params["b"].dtype)
 
     def batch_grad(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
-        """``∂ℓᵢ/∂K = Σ_t aᵢₜᵀ δᵢₜ`` ``(n, kh, kw, C, F)`` (one batched product per kernel offset) and
-        ``∂ℓᵢ/∂b = Σ_t δᵢₜ`` ``(n, F)``."""
+        """``∂ℓᵢ/∂K = Σ_t aᵢₜᵀ δᵢₜ`` ``(n, kh, kw, C, F)`` (one batched product on the
+        patches) and ``∂ℓᵢ/∂b = Σ_t δᵢₜ`` ``(n, F)``."""
         x, d = self._per_example_inputs(params, cache, dy)
-        out = {"W": self._per_example_kernel_grads(x, d).astype(params["W"].dtype)}
+        g = self._per_example_kernel_grads(x, d)
+        out = {"W": g.reshape((g.shape[0],) + params["W"].shape).astype(params["W"].dtype)}
         if self.use_bias:
             out["b"] = self._bias_rows(params, d)
         return self.rule_grads(out)
@@ -278,14 +279,31 @@ class Conv2D(RuleLayer):
                 self._patch_gram(x, (ho, wo)) * _pe.gram(d.reshape(n, ho * wo, f)), axis=(1, 2)
             )
         else:
-            dr = d.reshape(n, ho * wo, f)
-            sq = sum(
-                jnp.sum(jnp.square(_pe.outer_grads(s, dr)), axis=(1, 2))
-                for s in self._offset_slices(x, (ho, wo))
-            )
+            g = self._per_example_kernel_grads(x, d)
+            sq = jnp.sum(jnp.square(g), axis=(1, 2))
         out = {"W": sq.astype(params["W"].dtype)}
         if self.use_bias:
             out["b"] = jnp.sum(jnp.square(self._bias_rows(params, d)), axis=1)
+        return self.rule_grads(out)
+
+    def scaled_grad_sum(self, params: PyTree, cache: PyTree, dy: Array, scale: Array) -> PyTree:
+        """``Σᵢ sᵢ ∂ℓᵢ/∂θ`` (``s = scale``, ``(n,)``): the clipped sum of DP-SGD
+        (``jbp.extensions.ClippedGrad``). Where ``batch_l2`` forms the per-example kernel
+        gradients ``Gᵢ`` (``2T² > d·p``), the same ``Gᵢ`` weighted by ``sᵢ`` and summed over
+        the batch (XLA computes ``Gᵢ`` once for both); else the kernel correlation of the
+        backward on the delta with row ``i`` scaled by ``sᵢ``. ``dy`` is per example."""
+        x, d = self._per_example_inputs(params, cache, dy)
+        n, ho, wo, f = d.shape
+        kh, kw, c, _ = params["W"].shape
+        sc = scale.astype(d.dtype)
+        if _pe.use_gram(ho * wo, kh * kw * c, f):
+            w = self._kernel_correlation(x, d * sc[:, None, None, None])
+        else:
+            g = self._per_example_kernel_grads(x, d)
+            w = jnp.tensordot(sc, g, 1).reshape(kh, kw, c, f)
+        out = {"W": w.astype(params["W"].dtype)}
+        if self.use_bias:
+            out["b"] = sc.astype(params["b"].dtype) @ self._bias_rows(params, d)
         return self.rule_grads(out)
 
     def sum_grad_squared(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
