@@ -240,13 +240,22 @@ class Conv2D(RuleLayer):
             for j in range(kw)
         ]
 
-    def _per_example_kernel_grads(self, x, d):
-        """``Gᵢ`` as ``(n, kh·kw·C, F)`` (rows in ``(i, j, c)`` order, the HWIO kernel's): one
+    def _per_example_grads(self, params, x, d):
+        """``{"W": (n, kh, kw, C, F), "b": (n, F)}``: every example's own gradient, from one
         batched product ``Σ_t aᵢₜᵀ δᵢₜ`` of the patches — the offset slices
-        (:meth:`_offset_slices`) side by side — with the delta."""
+        (:meth:`_offset_slices`) side by side, plus a column of ones when there is a bias
+        (its row of the product is ``Σ_t δᵢₜ``, so the delta is read once) — with the
+        delta. ``b`` only with a bias; ``x`` and ``d`` share a dtype."""
         n, ho, wo, f = d.shape
-        patches = jnp.concatenate(self._offset_slices(x, (ho, wo)), axis=2)
-        return _pe.outer_grads(patches, d.reshape(n, ho * wo, f))
+        cols = self._offset_slices(x, (ho, wo))
+        if self.use_bias:
+            cols.append(jnp.ones((n, ho * wo, 1), x.dtype))
+        g = _pe.outer_grads(jnp.concatenate(cols, axis=2), d.reshape(n, ho * wo, f))
+        kh, kw, c, _ = params["W"].shape
+        out = {"W": g[:, : kh * kw * c].reshape(n, kh, kw, c, f).astype(params["W"].dtype)}
+        if self.use_bias:
+            out["b"] = g[:, -1].astype(params["b"].dtype)
+        return out
 
     def _patch_gram(self, x, out):
         """``(n, T, T)``: ``aᵢₜ·aᵢₛ`` of the patches, as the sum over kernel offsets of the
@@ -261,11 +270,7 @@ class Conv2D(RuleLayer):
         """``∂ℓᵢ/∂K = Σ_t aᵢₜᵀ δᵢₜ`` ``(n, kh, kw, C, F)`` (one batched product on the
         patches) and ``∂ℓᵢ/∂b = Σ_t δᵢₜ`` ``(n, F)``."""
         x, d = self._per_example_inputs(params, cache, dy)
-        g = self._per_example_kernel_grads(x, d)
-        out = {"W": g.reshape((g.shape[0],) + params["W"].shape).astype(params["W"].dtype)}
-        if self.use_bias:
-            out["b"] = self._bias_rows(params, d)
-        return self.rule_grads(out)
+        return self.rule_grads(self._per_example_grads(params, x, d))
 
     def batch_l2(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``‖∂ℓᵢ/∂K‖²`` and ``‖∂ℓᵢ/∂b‖²``, ``(n,)`` each: the Gram form
@@ -274,36 +279,37 @@ class Conv2D(RuleLayer):
         x, d = self._per_example_inputs(params, cache, dy)
         n, ho, wo, f = d.shape
         kh, kw, c, _ = params["W"].shape
-        if _pe.use_gram(ho * wo, kh * kw * c, f):
-            sq = jnp.sum(
-                self._patch_gram(x, (ho, wo)) * _pe.gram(d.reshape(n, ho * wo, f)), axis=(1, 2)
+        if not _pe.use_gram(ho * wo, kh * kw * c, f):
+            g = self._per_example_grads(params, x, d)
+            return self.rule_grads(
+                {k: jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim))) for k, v in g.items()}
             )
-        else:
-            g = self._per_example_kernel_grads(x, d)
-            sq = jnp.sum(jnp.square(g), axis=(1, 2))
+        sq = jnp.sum(
+            self._patch_gram(x, (ho, wo)) * _pe.gram(d.reshape(n, ho * wo, f)), axis=(1, 2)
+        )
         out = {"W": sq.astype(params["W"].dtype)}
         if self.use_bias:
             out["b"] = jnp.sum(jnp.square(self._bias_rows(params, d)), axis=1)
         return self.rule_grads(out)
 
     def scaled_grad_sum(self, params: PyTree, cache: PyTree, dy: Array, scale: Array) -> PyTree:
-        """``Σᵢ sᵢ ∂ℓᵢ/∂θ`` (``s = scale``, ``(n,)``): the clipped sum of DP-SGD
-        (``jbp.extensions.ClippedGrad``). Where ``batch_l2`` forms the per-example kernel
-        gradients ``Gᵢ`` (``2T² > d·p``), the same ``Gᵢ`` weighted by ``sᵢ`` and summed over
-        the batch (XLA computes ``Gᵢ`` once for both); else the kernel correlation of the
-        backward on the delta with row ``i`` scaled by ``sᵢ``. ``dy`` is per example."""
+        """``Σᵢ sᵢ ∂ℓᵢ/∂θ`` (``s = scale``, ``(n,)``; ``dy`` per example): the clipped sum of
+        DP-SGD (``jbp.extensions.ClippedGrad``). Where ``batch_l2`` forms the per-example
+        gradients (``2T² > d·p``), the same ones weighted by ``sᵢ`` and summed over the batch
+        (XLA computes them once for both); else the kernel correlation of the backward on
+        the delta with row ``i`` scaled by ``sᵢ``."""
         x, d = self._per_example_inputs(params, cache, dy)
         n, ho, wo, f = d.shape
         kh, kw, c, _ = params["W"].shape
-        sc = scale.astype(d.dtype)
-        if _pe.use_gram(ho * wo, kh * kw * c, f):
-            w = self._kernel_correlation(x, d * sc[:, None, None, None])
-        else:
-            g = self._per_example_kernel_grads(x, d)
-            w = jnp.tensordot(sc, g, 1).reshape(kh, kw, c, f)
-        out = {"W": w.astype(params["W"].dtype)}
+        if not _pe.use_gram(ho * wo, kh * kw * c, f):
+            g = self._per_example_grads(params, x, d)
+            return self.rule_grads(
+                {k: jnp.tensordot(scale.astype(v.dtype), v, 1) for k, v in g.items()}
+            )
+        ds = d * scale.astype(d.dtype)[:, None, None, None]
+        out = {"W": self._kernel_correlation(x, ds).astype(params["W"].dtype)}
         if self.use_bias:
-            out["b"] = sc.astype(params["b"].dtype) @ self._bias_rows(params, d)
+            out["b"] = jnp.sum(ds, axis=(0, 1, 2)).astype(params["b"].dtype)
         return self.rule_grads(out)
 
     def sum_grad_squared(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
