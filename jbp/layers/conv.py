@@ -240,21 +240,26 @@ class Conv2D(RuleLayer):
             for j in range(kw)
         ]
 
-    def _per_example_grads(self, params, x, d):
-        """``{"W": (n, kh, kw, C, F), "b": (n, F)}``: every example's own gradient, from one
-        batched product ``Σ_t aᵢₜᵀ δᵢₜ`` of the patches — the offset slices
-        (:meth:`_offset_slices`) side by side, plus a column of ones when there is a bias
-        (its row of the product is ``Σ_t δᵢₜ``, so the delta is read once) — with the
-        delta. ``b`` only with a bias; ``x`` and ``d`` share a dtype."""
+    def _per_example_product(self, x, d):
+        """``(n, kh·kw·C [+ 1], F)``: every example's own ``Σ_t aᵢₜᵀ δᵢₜ`` from one batched
+        product of the patches — the offset slices (:meth:`_offset_slices`) side by side,
+        plus a column of ones when there is a bias (its row of the product is ``Σ_t δᵢₜ``,
+        so the delta is read once) — with the delta. ``x`` and ``d`` share a dtype."""
         n, ho, wo, f = d.shape
         cols = self._offset_slices(x, (ho, wo))
         if self.use_bias:
             cols.append(jnp.ones((n, ho * wo, 1), x.dtype))
-        g = _pe.outer_grads(jnp.concatenate(cols, axis=2), d.reshape(n, ho * wo, f))
-        kh, kw, c, _ = params["W"].shape
-        out = {"W": g[:, : kh * kw * c].reshape(n, kh, kw, c, f).astype(params["W"].dtype)}
+        return _pe.outer_grads(jnp.concatenate(cols, axis=2), d.reshape(n, ho * wo, f))
+
+    def _split_product(self, params, g):
+        """``(..., kh·kw·C [+ 1], F)`` rows -> ``{"W": (..., kh, kw, C, F), "b": (..., F)}``."""
+        kh, kw, c, f = params["W"].shape
+        lead = g.shape[:-2]
+        out = {
+            "W": g[..., : kh * kw * c, :].reshape(lead + (kh, kw, c, f)).astype(params["W"].dtype)
+        }
         if self.use_bias:
-            out["b"] = g[:, -1].astype(params["b"].dtype)
+            out["b"] = g[..., -1, :].astype(params["b"].dtype)
         return out
 
     def _patch_gram(self, x, out):
@@ -270,7 +275,7 @@ class Conv2D(RuleLayer):
         """``∂ℓᵢ/∂K = Σ_t aᵢₜᵀ δᵢₜ`` ``(n, kh, kw, C, F)`` (one batched product on the
         patches) and ``∂ℓᵢ/∂b = Σ_t δᵢₜ`` ``(n, F)``."""
         x, d = self._per_example_inputs(params, cache, dy)
-        return self.rule_grads(self._per_example_grads(params, x, d))
+        return self.rule_grads(self._split_product(params, self._per_example_product(x, d)))
 
     def batch_l2(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``‖∂ℓᵢ/∂K‖²`` and ``‖∂ℓᵢ/∂b‖²``, ``(n,)`` each: the Gram form
@@ -280,7 +285,7 @@ class Conv2D(RuleLayer):
         n, ho, wo, f = d.shape
         kh, kw, c, _ = params["W"].shape
         if not _pe.use_gram(ho * wo, kh * kw * c, f):
-            g = self._per_example_grads(params, x, d)
+            g = self._split_product(params, self._per_example_product(x, d))
             return self.rule_grads(
                 {k: jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim))) for k, v in g.items()}
             )
@@ -302,9 +307,9 @@ class Conv2D(RuleLayer):
         n, ho, wo, f = d.shape
         kh, kw, c, _ = params["W"].shape
         if not _pe.use_gram(ho * wo, kh * kw * c, f):
-            g = self._per_example_grads(params, x, d)
+            g = self._per_example_product(x, d)
             return self.rule_grads(
-                {k: jnp.tensordot(scale.astype(v.dtype), v, 1) for k, v in g.items()}
+                self._split_product(params, jnp.tensordot(scale.astype(g.dtype), g, 1))
             )
         ds = d * scale.astype(d.dtype)[:, None, None, None]
         out = {"W": self._kernel_correlation(x, ds).astype(params["W"].dtype)}
