@@ -8,11 +8,14 @@ Networks (float32, batch 256, softmax cross-entropy, SGD):
 Contenders, all jitted, in this process, warmed up, interleaved round by round (median):
 
 - ``step``: :func:`jbp.train.make_train_step` (one forward, one backward);
-- ``dp flat``: :func:`jbp.dp.make_private_step`, flat clipping (one forward, two backward
-  passes: ``BatchL2`` then ``ClippedGrad``), Gaussian noise σ = 1; target ≤ 1.3× ``step``;
+- ``dp flat``: :func:`jbp.dp.make_private_step`, flat clipping (one forward, one backward
+  with ``BatchL2`` and the book-keeping ``ClippedGrad``: each layer's clipped gradient from
+  its own delta, no second pass), Gaussian noise σ = 1; target ≤ 1.3× ``step``;
 - ``dp per-layer``: the same with ``clipping="per_layer"``;
-- ``norms (a, δ)``: :func:`jbp.per_example_grad_norms` vs ``vmap materialise``
-  (:func:`jbp.per_example_grads`, then the norms): time and XLA's compiled temporary memory
+- ``grad``: the batch gradient alone (:func:`jbp.value_and_grad`);
+- ``norms (a, δ)``: :func:`jbp.per_example_grad_norms` (target ≤ 1.3× ``grad``), vs
+  ``vmap materialise`` (:func:`jbp.per_example_grads`, then the norms): time and XLA's
+  compiled temporary memory
   (``jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``).
 
     python bench/dp.py                       # both networks
@@ -103,6 +106,7 @@ def bench(name, model, x, y, iters, repeats):
         ),
     }
     norms = jax.jit(per_example_grad_norms(model, LOSS))
+    grad = jax.jit(jbp.value_and_grad(model, LOSS))
     pe = per_example_grads(model, LOSS)
 
     def vmap_norms(p, xx, yy):
@@ -112,6 +116,7 @@ def bench(name, model, x, y, iters, repeats):
         )
 
     funcs = {k: (lambda f=f: _run_steps(f, params, s0, x, y, iters)) for k, f in steps.items()}
+    funcs["grad"] = lambda: _run_calls(grad, params, x, y, iters)
     funcs["norms (a, delta)"] = lambda: _run_calls(norms, params, x, y, iters)
     vm = jax.jit(vmap_norms)
     funcs["vmap materialise"] = lambda: _run_calls(vm, params, x, y, iters)
@@ -132,8 +137,12 @@ def bench(name, model, x, y, iters, repeats):
     print(f"\n{name}, batch {b}")
     for k in steps:
         print(f"  {k:<18} {med[k] * 1e3:9.2f} ms   {med[k] / med['step']:6.2f}x step")
+    print(f"  {'grad':<18} {med['grad'] * 1e3:9.2f} ms   {med['grad'] / med['step']:6.2f}x step")
     for k in mem:
-        print(f"  {k:<18} {med[k] * 1e3:9.2f} ms   temp {mem[k] / 2**20:9.2f} MiB")
+        print(
+            f"  {k:<18} {med[k] * 1e3:9.2f} ms   {med[k] / med['grad']:6.2f}x grad   "
+            f"temp {mem[k] / 2**20:9.2f} MiB"
+        )
     print(
         f"  norms: materialise / (a, delta) = {med['vmap materialise'] / med['norms (a, delta)']:.2f}x "
         f"time, {mem['vmap materialise'] / max(mem['norms (a, delta)'], 1):.1f}x temp memory"

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import jbp  # noqa: E402
-from jbp.layers import BatchNorm, Dense, Tanh  # noqa: E402
+from jbp.layers import BatchNorm, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Tanh  # noqa: E402
 
 LOSS = jbp.losses.softmax_cross_entropy
 TOL = {jnp.float64: dict(rtol=1e-10, atol=1e-12), jnp.float32: dict(rtol=2e-4, atol=2e-6)}
@@ -88,6 +88,60 @@ def test_zero_noise_flat_equals_mean_of_clipped_vmap_grad(dtype):
     grads, out, info = g(params, x, y, jax.random.key(3))
     _assert_tree_close(grads, jax.tree.map(lambda a: a / denom, ref_sum), TOL[dtype])
     np.testing.assert_allclose(float(info["clipped"]), float(jnp.mean(norms > c)))
+
+
+def _cnn_setup(dtype, n=6, seed=11):
+    """Conv2D(3, 3) on 6×6×2: T = 36, 2T² > d·p = 18·3 (per-example gradients);
+    Conv2D(4, 2, VALID) on 3×3×3: T = 4, 2T² = 32 ≤ d·p = 12·4 (Gram form)."""
+    model = jbp.Sequential(
+        [
+            Conv2D(3, 3),
+            ReLU(),
+            MaxPool2D(2),
+            Conv2D(4, 2, padding="VALID"),
+            Tanh(),
+            Flatten(),
+            Dense(3),
+        ]
+    )
+    params, _ = model.init(jax.random.key(seed), (6, 6, 2))
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(
+        lambda a: jnp.asarray(np.asarray(a) + 0.3 * rng.standard_normal(a.shape), dtype), params
+    )
+    x = jnp.asarray(rng.standard_normal((n, 6, 6, 2)) * rng.uniform(0.3, 3.0, (n, 1, 1, 1)), dtype)
+    y = jnp.asarray(rng.integers(0, 3, n))
+    return model, params, x, y
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize("clipping", ["flat", "per_layer"])
+def test_zero_noise_cnn_equals_clipped_vmap_grad(dtype, clipping):
+    """Both Conv2D branches of the clipped sum (per-example gradients weighted; the kernel
+    correlation of the rescaled delta) and a padded row, against ``vmap(jax.grad)``."""
+    model, params, x, y = _cnn_setup(dtype)
+    per = jax.jit(lambda p, a, b: _per_example_grads(model, p, a, b))(params, x, y)
+    _, norms = _flat_reference(per, 1.0)
+    c = float(np.median(np.asarray(norms)))
+    w = jnp.asarray([1, 1, 0, 1, 1, 1], jnp.float64)  # row 2 is padding
+    per = jax.tree.map(lambda a: a * w.astype(a.dtype).reshape((-1,) + (1,) * (a.ndim - 1)), per)
+    ref, norms = (
+        _flat_reference(per, c) if clipping == "flat" else (_per_layer_reference(per, c), None)
+    )
+    g = jax.jit(
+        jbp.dp.private_grad(
+            model,
+            LOSS,
+            max_norm=c,
+            noise_multiplier=0.0,
+            expected_batch_size=5.0,
+            clipping=clipping,
+        )
+    )
+    grads, _, _ = g(params, x, y, jax.random.key(3), weights=w)
+    _assert_tree_close(grads, jax.tree.map(lambda a: a / 5.0, ref), TOL[dtype])
+    if norms is not None:
+        assert 0 < int(jnp.sum(norms > c)) < int(jnp.sum(w))
 
 
 def test_zero_noise_per_layer_equals_groupwise_clipped_reference():

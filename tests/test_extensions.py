@@ -27,7 +27,20 @@ import pytest  # noqa: E402
 import jbp  # noqa: E402
 from jbp.core import Layer  # noqa: E402
 from jbp.engine import LayerCall  # noqa: E402
-from jbp.extensions import BatchGrad, BatchL2, ClippedGrad, SumGradSquared, Variance  # noqa: E402
+from jbp.extensions import (  # noqa: E402
+    BatchGrad,
+    BatchL2,
+    ClippedGrad,
+    Extension,
+    SumGradSquared,
+    Variance,
+)
+from jbp.extensions.firstorder import (  # noqa: E402
+    clip_factors,
+    global_sq_norms,
+    scale_rows,
+    scaled_mean_grad,
+)
 from jbp.layers import (  # noqa: E402
     LSTM,
     AvgPool2D,
@@ -286,6 +299,49 @@ def test_every_extension_on_every_layer_equals_vmap_of_jax_grad(setting, dtype):
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class _ClippedBySecondBackward(Extension):
+    """The clipped mean by a second backward pass through the whole network: the output
+    delta's row ``i`` scaled by ``min(1, C/‖gᵢ‖)`` and backpropagated again (the engine's
+    seeded walk). What ``ClippedGrad`` computed before book-keeping; an independent route."""
+
+    max_norm: float = 1.0
+    name = "clipped_by_second_backward"
+    per_example = True
+    seeded = True
+    requires = (BatchL2(),)
+
+    def seed(self, ctx):
+        scale = clip_factors(global_sq_norms(ctx.extras["batch_l2"]), self.max_norm)
+        return scale_rows(ctx.dpred, scale)[None]
+
+    def compute(self, call):
+        return call.grads
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["float64", "float32"])
+def test_clipped_grad_by_book_keeping_equals_a_second_backward_pass(setting, dtype):
+    """Every model of the table (MLP, CNN with both Conv2D branches, Embedding + LSTM on
+    padded ids, masked sequences, a user's layer): book-keeping == the full second pass."""
+    s = setting
+    c = s["max_norm"]
+    run = jbp.backprop(
+        s["model"], s["loss"], extensions=[ClippedGrad(c), _ClippedBySecondBackward(c)]
+    )
+    f = jax.jit(lambda p, x, y, st: run(p, x, y, state=st, train=s["train"]).extras)
+    x = s["x"] if jnp.issubdtype(s["x"].dtype, jnp.integer) else s["x"].astype(dtype)
+    y = s["y"] if jnp.issubdtype(s["y"].dtype, jnp.integer) else s["y"].astype(dtype)
+    out = f(_cast(s["params"], dtype), x, y, _cast(s["state"], dtype))
+    assert sorted(out) == ["batch_l2", "clipped_by_second_backward", "clipped_grad"]
+    _assert_tree_close(
+        out["clipped_grad"],
+        out["clipped_by_second_backward"],
+        dtype,
+        f"{s['name']} book-keeping",
+        s["expected"]["clipped_grad"],
+    )
+
+
 def test_the_table_covers_every_layer_with_parameters_and_every_loss():
     """Guards the matrix itself: a layer or loss dropped from MODELS fails here."""
 
@@ -439,10 +495,16 @@ def test_layer_closed_forms_equal_vjp_oracle_and_generic_default(name):
 
     rule = getattr(layer, "rule", "bp")
 
+    scale = jnp.asarray(rng.uniform(0.1, 1.0, n))  # DP-SGD's clip factors sᵢ
+
     @jax.jit
     def run(params, feed, state, dy):
         cache, call = visit(params, feed, state, dy)
         closed = {e.name: e.compute(call) for e in LAYER_EXTS}
+        if callable(getattr(layer, "scaled_grad_sum", None)):  # Σᵢ sᵢ gᵢ
+            closed["scaled_grad_sum"] = layer.scaled_grad_sum(params, cache, dy, scale)
+        # what ClippedGrad uses: the method, or the backward on the rescaled mean delta
+        closed["scaled_mean_grad"] = scaled_mean_grad(layer, params, cache, dy / n, scale, n)
         generic = {e.name: e.default(call) for e in LAYER_EXTS} if generic_runs else {}
         not_a_gradient = rule != "bp" and isinstance(layer, (SimpleRNN, LSTM))
         oracle = None if not_a_gradient else _vjp_per_example(layer, params, feed, state, dy)
@@ -453,8 +515,13 @@ def test_layer_closed_forms_equal_vjp_oracle_and_generic_default(name):
         if rule == "kolen_pollack":  # by definition B's gradient is W's (B is not in the forward)
             G = {**G, **{b: G[w] for b, (w, _) in layer._feedback_of.items()}}
         expected = _expected(G, 1.0)
-        for e in LAYER_EXTS:
-            _assert_tree_close(closed[e.name], expected[e.name], jnp.float64, f"{name} {e.name}")
+        sn = np.asarray(scale)
+        expected["scaled_grad_sum"] = jax.tree.map(lambda g: np.tensordot(sn, g, 1), G)
+        expected["scaled_mean_grad"] = jax.tree.map(lambda g: np.tensordot(sn, g, 1) / n, G)
+        for e in [*(e.name for e in LAYER_EXTS), "scaled_mean_grad"] + (
+            ["scaled_grad_sum"] if "scaled_grad_sum" in closed else []
+        ):
+            _assert_tree_close(closed[e], expected[e], jnp.float64, f"{name} {e}")
     for k, v in generic.items():  # elementwise rtol 1e-10, atol 1e-12
         _assert_tree_close(v, closed[k], jnp.float64, f"{name} {k} generic", atol_abs=1e-12)
     if (

@@ -14,18 +14,22 @@ released quantity a fixed function of the noisy sum, as the accountant
 (:mod:`jbp.dp.accounting`) assumes: its sensitivity is ``C`` and its noise ``σ C``.
 
 **How the engine computes it.** ``jbp.backprop(..., extensions=(ClippedGrad(C),))`` runs one
-forward and two backward passes: the first gives the per-example squared norms
-(``BatchL2``, closed forms, nothing per-example materialised), the second backpropagates the
-output delta with row ``i`` scaled by ``min(1, C/‖gᵢ‖)``; ``extras["clipped_grad"]`` is
-``(1/n) Σᵢ ḡᵢ`` over the ``n`` rows of the batch, so the clipped sum is ``n ×`` it.
+forward and one backward pass. The backward gives every parameterised layer's per-example
+squared norms (``BatchL2``, closed forms); once all layers are visited the global norms
+give the factors ``sᵢ = min(1, C/‖gᵢ‖)`` and each layer's clipped gradient is its own
+parameter gradient for its delta with row ``i`` scaled by ``sᵢ`` ("book-keeping", Bu et al.
+2023: a layer's backward is linear in its delta and rows do not mix; ``Conv2D`` reuses the
+per-example gradients its norms formed). No second backward pass through the network;
+``extras["clipped_grad"]`` is ``(1/n) Σᵢ ḡᵢ`` over the ``n`` rows of the batch, so the
+clipped sum is ``n ×`` it.
 
 **Per-layer clipping** (``clipping="per_layer"``): each parameterised leaf layer ``l``
 (``Dense``, ``Conv2D``, ...: its weights and bias together form one group) is clipped on its
 own to ``C_l = C / √L``, ``L`` the number of such layers. Then
 ``‖ḡᵢ‖² = Σ_l ‖ḡᵢˡ‖² ≤ Σ_l C²/L = C²``: the sensitivity of the clipped sum is still ``C``
 and the accounting is unchanged (McMahan et al. 2018, "equal budget" split). It needs no
-second full backward: each layer's own backward is rerun with its delta rows rescaled
-(a layer's backward is linear in its delta for a fixed cache).
+second full backward either: each layer's parameter gradient is recomputed from its delta
+with its rows rescaled, as for flat clipping.
 
 **Padded rows.** Fixed-shape batches (``lax.scan`` needs them) carry a 0/1 row weight
 ``weights``; the loss gradient of a row of weight 0 is set to zero *before* the backward,
@@ -54,6 +58,8 @@ parameter leaf. Poisson sampling in :func:`make_private_epoch` uses ``fold_in(k,
 
 References:
     M. Abadi et al. Deep Learning with Differential Privacy. CCS 2016, arXiv:1607.00133.
+    Z. Bu, Y.-X. Wang, S. Zha, G. Karypis. Differentially Private Optimization on Large
+    Model at Small Cost. ICML 2023, arXiv:2210.00038 (book-keeping).
     H. B. McMahan, D. Ramage, K. Talwar, L. Zhang. Learning Differentially Private
     Recurrent Language Models. ICLR 2018, arXiv:1710.06963 (per-layer clipping).
 """
@@ -74,7 +80,13 @@ from jbp._validate import check_augment, check_model_and_loss, check_optimizer
 from jbp.dp.accounting import _real, epsilon
 from jbp.engine import backprop
 from jbp.extensions.base import Extension
-from jbp.extensions.firstorder import BatchL2, ClippedGrad, global_sq_norms
+from jbp.extensions.firstorder import (
+    BatchL2,
+    ClippedGrad,
+    clip_factors,
+    global_sq_norms,
+    scaled_mean_grad,
+)
 from jbp.metrics import get_metrics
 from jbp.train.step import apply_updates
 
@@ -256,10 +268,12 @@ class PerLayerClippedGrad(Extension):
     """``"per_layer_clipped_grad"``: ``(1/n) Σᵢ min(1, C_l/‖gᵢˡ‖) gᵢˡ`` for each layer ``l``.
 
     ``‖gᵢˡ‖`` is the norm of example ``i``'s gradient restricted to the layer's parameters
-    (``BatchL2`` of that layer, summed over its leaves); the layer's own ``backward`` is then
-    rerun on its delta with row ``i`` scaled by the factor (``backward`` is linear in the
-    delta for a fixed cache), so nothing per-example is materialised when the layer has
-    closed forms. ``max_norm`` is the per-layer bound ``C_l``.
+    (``BatchL2`` of that layer, summed over its leaves); the layer's parameter gradient is
+    then recomputed from its delta with row ``i`` scaled by the factor
+    (:func:`jbp.extensions.firstorder.scaled_mean_grad`: the layer's ``scaled_grad_sum``, or
+    its ``backward``, which is linear in the delta for a fixed cache), so nothing
+    per-example is materialised when the layer has closed forms. ``max_norm`` is the
+    per-layer bound ``C_l``.
     """
 
     max_norm: float = 1.0
@@ -267,17 +281,8 @@ class PerLayerClippedGrad(Extension):
     per_example = True
 
     def compute(self, call: LayerCall) -> PyTree:
-        sq = global_sq_norms(BatchL2().compute(call))
-        norms = jnp.sqrt(jnp.maximum(sq, 0.0))
-        scale = jnp.minimum(1.0, self.max_norm / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny))
-        dy = call.dy
-        values = dy.values if hasattr(dy, "values") and hasattr(dy, "mask") else dy
-        scaled = values * scale.astype(values.dtype).reshape((-1,) + (1,) * (values.ndim - 1))
-        if values is not dy:
-            scaled = (
-                dy._replace(values=scaled) if hasattr(dy, "_replace") else type(dy)(scaled, dy.mask)
-            )
-        return call.layer.backward(call.params, call.cache, scaled)[0]
+        scale = clip_factors(global_sq_norms(BatchL2().compute(call)), self.max_norm)
+        return scaled_mean_grad(call.layer, call.params, call.cache, call.dy, scale, call.n)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,11 +21,21 @@ from jbp._validate import check_positive
 from jbp.extensions.base import Extension, generic_batch_grad
 
 if TYPE_CHECKING:
-    from jbp.core import Array, PyTree
-    from jbp.engine import LayerCall, SeedContext
+    from jbp.core import PyTree
+    from jbp.engine import LayerCall
 
 
-__all__ = ["BatchGrad", "BatchL2", "SumGradSquared", "Variance", "ClippedGrad", "global_sq_norms"]
+__all__ = [
+    "BatchGrad",
+    "BatchL2",
+    "SumGradSquared",
+    "Variance",
+    "ClippedGrad",
+    "global_sq_norms",
+    "clip_factors",
+    "scale_rows",
+    "scaled_mean_grad",
+]
 
 
 def _sum_but_first(a):
@@ -89,34 +99,104 @@ class Variance(Extension):
         )
 
 
+class _LayerRecord:
+    """One parameterised layer's visit, kept for :class:`ClippedGrad`'s ``finalize``:
+    ``(params, cache, dy, l2)`` as children, the layer as static data (a pytree node, so
+    tree operations on the results of a walk still see arrays only)."""
+
+    __slots__ = ("layer", "params", "cache", "dy", "l2")
+
+    def __init__(self, layer, params, cache, dy, l2):
+        self.layer, self.params, self.cache, self.dy, self.l2 = layer, params, cache, dy, l2
+
+
+jax.tree_util.register_pytree_node(
+    _LayerRecord,
+    lambda r: ((r.params, r.cache, r.dy, r.l2), r.layer),
+    lambda layer, ch: _LayerRecord(layer, *ch),
+)
+
+
+def _is_record(a) -> bool:
+    return isinstance(a, _LayerRecord)
+
+
+def scale_rows(dy, scale: jax.Array):
+    """``dy`` with row ``i`` multiplied by ``scale[i]`` (a ``Masked`` delta keeps its mask)."""
+    values = dy.values if hasattr(dy, "values") and hasattr(dy, "mask") else dy
+    scaled = values * scale.astype(values.dtype).reshape((-1,) + (1,) * (values.ndim - 1))
+    if values is dy:
+        return scaled
+    return dy._replace(values=scaled) if hasattr(dy, "_replace") else type(dy)(scaled, dy.mask)
+
+
+def clip_factors(sq_norms: jax.Array, max_norm: float) -> jax.Array:
+    """``min(1, C/‖gᵢ‖)`` from the squared norms ``‖gᵢ‖²`` (``(n,)``; 1 where ``‖gᵢ‖ = 0``)."""
+    norms = jnp.sqrt(jnp.maximum(sq_norms, 0.0))
+    return jnp.minimum(1.0, max_norm / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny))
+
+
+def scaled_mean_grad(layer, params, cache, dy, scale: jax.Array, n: int) -> PyTree:
+    """``(1/n) Σᵢ sᵢ gᵢ`` for one layer: its parameter gradient with example ``i`` weighted
+    by ``scale[i]``, from the main-walk delta ``dy`` of the mean loss.
+
+    The layer's method ``scaled_grad_sum(params, cache, n·dy, scale) -> Σᵢ sᵢ gᵢ`` when it
+    has one (``Conv2D``: from the per-example gradients its ``batch_l2`` formed, which XLA
+    shares), else ``layer.backward(params, cache, s ⊙ dy)`` — a layer's backward is linear
+    in its delta for a fixed cache and rows do not mix (per-example models); only its
+    parameter gradient is used (XLA drops the ``dx``)."""
+    method = getattr(layer, "scaled_grad_sum", None)
+    if callable(method):
+        values = dy.values if hasattr(dy, "values") and hasattr(dy, "mask") else dy
+        return jax.tree.map(lambda g: g / n, method(params, cache, values * n, scale))
+    return layer.backward(params, cache, scale_rows(dy, scale))[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class ClippedGrad(Extension):
     """``"clipped_grad"``: ``(1/n) Σᵢ min(1, C/‖gᵢ‖) gᵢ``, the mean of the per-example
-    gradients each clipped to L2 norm ``C = max_norm`` (DP-SGD's clipped sum over ``n``).
+    gradients each clipped to L2 norm ``C = max_norm`` (DP-SGD's clipped sum over ``n``);
+    leaves ``leaf.shape``.
 
-    One more backward pass: the norms ``‖gᵢ‖`` come from ``BatchL2`` in the main walk
-    (summed over every leaf: the global norm), then the output delta's row ``i`` is scaled
-    by ``min(1, C/‖gᵢ‖)`` and backpropagated again (the backward is linear in the delta for
-    a fixed cache). Nothing per-example is materialised when the layers have closed forms.
+    Book-keeping (Bu et al. 2023, arXiv:2210.00038): no second backward pass through the
+    network. The main walk visits each parameterised layer once; the extension keeps its
+    ``(params, cache, dy)`` and its per-example squared norms (``BatchL2``'s closed form:
+    the same computation as the ``BatchL2`` result, which XLA computes once). Once every
+    layer is visited (``finalize``), the global norms ``‖gᵢ‖`` (summed over every leaf) give
+    the factors ``sᵢ = min(1, C/‖gᵢ‖)`` and each layer's result is ``(1/n) Σᵢ sᵢ gᵢ`` for
+    that layer (:func:`scaled_mean_grad`): the layer's ``scaled_grad_sum`` method when it
+    has one (``Conv2D`` weights the per-example gradients its norms already formed), else
+    its parameter gradient ``layer.backward(params, cache, s ⊙ dy)[0]`` for the main-walk
+    delta with row ``i`` scaled by ``sᵢ`` — a layer's backward is linear in its delta for a
+    fixed cache and rows do not mix (per-example models); XLA drops the unused ``dx``. So
+    at most one more ``dW`` per layer, not the whole backward again, and nothing
+    per-example is materialised when the layers have closed forms.
+
+    The same result as backpropagating the output delta with row ``i`` scaled by ``sᵢ``
+    through the whole network again (up to rounding: the factor is applied at each layer
+    rather than at the output).
     """
 
     max_norm: float = 1.0
     name = "clipped_grad"
     per_example = True
-    seeded = True
     requires = (BatchL2(),)
 
     def __post_init__(self):
         check_positive("ClippedGrad: max_norm", self.max_norm)
 
-    def seed(self, ctx: SeedContext) -> Array:
-        norms = jnp.sqrt(jnp.maximum(global_sq_norms(ctx.extras["batch_l2"]), 0.0))
-        scale = jnp.minimum(1.0, self.max_norm / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny))
-        d = ctx.dpred
-        return (d * scale.astype(d.dtype).reshape((ctx.n,) + (1,) * (d.ndim - 1)))[None]
-
     def compute(self, call: LayerCall) -> PyTree:
-        return call.grads
+        return _LayerRecord(call.layer, call.params, call.cache, call.dy, BatchL2().compute(call))
+
+    def finalize(self, result: PyTree, n: int) -> PyTree:
+        records = jax.tree.leaves(result, is_leaf=_is_record)
+        scale = clip_factors(global_sq_norms([r.l2 for r in records]), self.max_norm)
+
+        return jax.tree.map(
+            lambda r: scaled_mean_grad(r.layer, r.params, r.cache, r.dy, scale, n),
+            result,
+            is_leaf=_is_record,
+        )
 
     def __repr__(self) -> str:
         return f"ClippedGrad(max_norm={self.max_norm})"

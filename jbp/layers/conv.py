@@ -57,18 +57,22 @@ class Conv2D(RuleLayer):
     ``T = Ho·Wo`` output positions, the patch ``aᵢₜ`` (``d = kh·kw·C`` input pixels under
     the window at ``t``) and ``δᵢₜ`` (``p = F``), example ``i``'s kernel gradient is
     ``Gᵢ = Σ_t aᵢₜᵀ δᵢₜ`` and its bias gradient ``Σ_t δᵢₜ``. ``Gᵢ`` for every example at once
-    is the kernel-gradient correlation above with the examples as feature groups
-    (``feature_group_count = n``: nothing summed over the batch; ``batch_grad``,
-    ``sum_grad_squared``). ``batch_l2`` uses the Gram form
-    ``‖Gᵢ‖² = Σ_{t,s} (aᵢₜ·aᵢₛ)(δᵢₜ·δᵢₛ)`` while ``2T² ≤ d·p`` (small feature maps, wide
-    layers: two ``T × T`` matrices per example are smaller than ``Gᵢ``) and ``Σ Gᵢ²`` from
-    the grouped correlation otherwise (large maps, narrow layers); the switch is per layer,
-    from static shapes (:func:`jbp.layers._per_example.use_gram`). The patch Gram is the sum
-    over kernel offsets of the Grams of one strided slice of the padded input each, so the
-    patches are never stacked (slices measured 2–4× faster on CPU than
-    ``lax.conv_general_dilated_patches``, itself a convolution with a ``d × d`` identity
-    kernel); on CPU the grouped correlation also beat a batched matrix product on patches
-    inside a whole network (less memory, fewer concurrent small products).
+    is one batched matrix product of the patches ``(n, T, d)`` with the delta ``(n, T, p)``;
+    the patches are the strided slices of the padded input that each kernel offset sees at
+    every output position, side by side (``batch_grad``, ``sum_grad_squared``).
+    ``batch_l2`` uses the Gram form ``‖Gᵢ‖² = Σ_{t,s} (aᵢₜ·aᵢₛ)(δᵢₜ·δᵢₛ)`` while
+    ``2T² ≤ d·p`` (small feature maps, wide layers: two ``T × T`` matrices per example are
+    smaller than ``Gᵢ``) and ``Σ Gᵢ²`` otherwise (large maps, narrow layers); the switch is
+    per layer, from static shapes (:func:`jbp.layers._per_example.use_gram`). The patch Gram
+    is the sum over kernel offsets of the Grams of the slices, so there the patches are
+    never stacked. Slices measured 2–4× faster on CPU than
+    ``lax.conv_general_dilated_patches`` (a convolution with a ``d × d`` identity kernel);
+    inside the CNN of ``bench/dp.py`` (CPU, batch 256) the batched product on the patches
+    made ``batch_l2`` about 1.7× faster than the per-example kernel correlation as one
+    grouped convolution (``feature_group_count = n``, which also needs a transpose of the
+    delta that XLA fuses with the max-pool backward producing it) and than ``vmap`` of the
+    kernel correlation. ``scaled_grad_sum`` (DP-SGD's clipped sum, ``Σᵢ sᵢ Gᵢ``) weights
+    the same ``Gᵢ``, which XLA computes once for both.
 
     Args:
       features: number of output channels ``F``.
@@ -198,36 +202,20 @@ class Conv2D(RuleLayer):
             grads["b"] = jnp.sum(dy, axis=(0, 1, 2)).astype(params["b"].dtype)
         return self.rule_grads(grads), dx.astype(x.dtype)
 
-    def _kernel_correlation(self, x, dy, *, per_example=False):
+    def _kernel_correlation(self, x, dy):
         """``∂L/∂K``: the correlation of the input with the delta (class docstring), summed
-        over the batch, ``(kh, kw, C, F)``.
-
-        With ``per_example=True``, every example's own kernel gradient ``Gᵢ``,
-        ``(n, kh, kw, C, F)``: the same correlation with the examples as feature groups
-        (``feature_group_count = n``; the delta becomes an ``(1, Ho, Wo, n·F)`` filter whose
-        group ``i`` holds example ``i``'s ``F`` channels), so example ``i``'s input meets
-        only its own delta and nothing is summed over the batch. ``x`` and ``dy`` share a dtype.
-        """
+        over the batch, ``(kh, kw, C, F)``. ``x`` and ``dy`` share a dtype."""
         size = x.shape[1:3]
         k_eff, pads = self._geometry(size)
         rem = [(m + lo + hi - k) % s for m, (lo, hi), k, s in zip(size, pads, k_eff, self.strides)]
-        n, ho, wo, f = dy.shape
-        rhs, groups = dy, 1
-        if per_example:
-            rhs, groups = jnp.transpose(dy, (1, 2, 0, 3)).reshape(1, ho, wo, n * f), n
-        g = lax.conv_general_dilated(
+        return lax.conv_general_dilated(
             x,
-            rhs,
+            dy,
             window_strides=self.dilation,
             padding=[(lo, hi - r) for (lo, hi), r in zip(pads, rem)],
             rhs_dilation=self.strides,
             dimension_numbers=_KERNEL_GRAD_DN,
-            feature_group_count=groups,
         )
-        if not per_example:
-            return g
-        kh, kw, c = g.shape[:3]
-        return jnp.moveaxis(g.reshape(kh, kw, c, n, f), 3, 0)
 
     # --- closed forms for the per-example extensions (jbp.extensions) ------------------
     # ``dy`` here is per example: row i is the delta of example i's own loss. The rule does
@@ -238,35 +226,56 @@ class Conv2D(RuleLayer):
         dtype = jnp.result_type(x.dtype, W.dtype, dy.dtype)
         return x.astype(dtype), dy.astype(dtype)
 
-    def _patch_gram(self, x, out):
-        """``(n, T, T)``: ``aᵢₜ·aᵢₛ`` of the patches, as the sum over kernel offsets ``(i, j)``
-        of the Grams of one strided slice of the padded input each (the pixels that offset
-        sees at every output position) — the patches themselves are never stacked."""
+    def _offset_slices(self, x, out):
+        """For each kernel offset ``(i, j)`` in row-major order, ``(n, T, C)``: the pixel of
+        the padded input that offset sees at every output position (one strided slice)."""
         _, pads = self._geometry(x.shape[1:3])
         xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
         (kh, kw), (dh, dw), n = self.kernel_size, self.dilation, x.shape[0]
-        return sum(
-            _pe.gram(
-                _window.strided_window(xp, (i * dh, j * dw), self.strides, out).reshape(
-                    n, out[0] * out[1], x.shape[3]
-                )
+        return [
+            _window.strided_window(xp, (i * dh, j * dw), self.strides, out).reshape(
+                n, out[0] * out[1], x.shape[3]
             )
             for i in range(kh)
             for j in range(kw)
-        )
+        ]
+
+    def _per_example_product(self, x, d):
+        """``(n, kh·kw·C [+ 1], F)``: every example's own ``Σ_t aᵢₜᵀ δᵢₜ`` from one batched
+        product of the patches — the offset slices (:meth:`_offset_slices`) side by side,
+        plus a column of ones when there is a bias (its row of the product is ``Σ_t δᵢₜ``,
+        so the delta is read once) — with the delta. ``x`` and ``d`` share a dtype."""
+        n, ho, wo, f = d.shape
+        cols = self._offset_slices(x, (ho, wo))
+        if self.use_bias:
+            cols.append(jnp.ones((n, ho * wo, 1), x.dtype))
+        return _pe.outer_grads(jnp.concatenate(cols, axis=2), d.reshape(n, ho * wo, f))
+
+    def _split_product(self, params, g):
+        """``(..., kh·kw·C [+ 1], F)`` rows -> ``{"W": (..., kh, kw, C, F), "b": (..., F)}``."""
+        kh, kw, c, f = params["W"].shape
+        lead = g.shape[:-2]
+        out = {
+            "W": g[..., : kh * kw * c, :].reshape(lead + (kh, kw, c, f)).astype(params["W"].dtype)
+        }
+        if self.use_bias:
+            out["b"] = g[..., -1, :].astype(params["b"].dtype)
+        return out
+
+    def _patch_gram(self, x, out):
+        """``(n, T, T)``: ``aᵢₜ·aᵢₛ`` of the patches, as the sum over kernel offsets of the
+        Grams of the offset slices (:meth:`_offset_slices`): the patches are never stacked."""
+        return sum(_pe.gram(s) for s in self._offset_slices(x, out))
 
     def _bias_rows(self, params, d):
         """``∂ℓᵢ/∂b = Σ_t δᵢₜ``, ``(n, F)``."""
         return jnp.sum(d, axis=(1, 2)).astype(params["b"].dtype)
 
     def batch_grad(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
-        """``∂ℓᵢ/∂K = Σ_t aᵢₜᵀ δᵢₜ`` ``(n, kh, kw, C, F)`` (one grouped correlation) and
-        ``∂ℓᵢ/∂b = Σ_t δᵢₜ`` ``(n, F)``."""
+        """``∂ℓᵢ/∂K = Σ_t aᵢₜᵀ δᵢₜ`` ``(n, kh, kw, C, F)`` (one batched product on the
+        patches) and ``∂ℓᵢ/∂b = Σ_t δᵢₜ`` ``(n, F)``."""
         x, d = self._per_example_inputs(params, cache, dy)
-        out = {"W": self._kernel_correlation(x, d, per_example=True).astype(params["W"].dtype)}
-        if self.use_bias:
-            out["b"] = self._bias_rows(params, d)
-        return self.rule_grads(out)
+        return self.rule_grads(self._split_product(params, self._per_example_product(x, d)))
 
     def batch_l2(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``‖∂ℓᵢ/∂K‖²`` and ``‖∂ℓᵢ/∂b‖²``, ``(n,)`` each: the Gram form
@@ -275,16 +284,37 @@ class Conv2D(RuleLayer):
         x, d = self._per_example_inputs(params, cache, dy)
         n, ho, wo, f = d.shape
         kh, kw, c, _ = params["W"].shape
-        if _pe.use_gram(ho * wo, kh * kw * c, f):
-            sq = jnp.sum(
-                self._patch_gram(x, (ho, wo)) * _pe.gram(d.reshape(n, ho * wo, f)), axis=(1, 2)
+        if not _pe.use_gram(ho * wo, kh * kw * c, f):
+            g = self._split_product(params, self._per_example_product(x, d))
+            return self.rule_grads(
+                {k: jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim))) for k, v in g.items()}
             )
-        else:
-            g = self._kernel_correlation(x, d, per_example=True)
-            sq = jnp.sum(jnp.square(g), axis=(1, 2, 3, 4))
+        sq = jnp.sum(
+            self._patch_gram(x, (ho, wo)) * _pe.gram(d.reshape(n, ho * wo, f)), axis=(1, 2)
+        )
         out = {"W": sq.astype(params["W"].dtype)}
         if self.use_bias:
             out["b"] = jnp.sum(jnp.square(self._bias_rows(params, d)), axis=1)
+        return self.rule_grads(out)
+
+    def scaled_grad_sum(self, params: PyTree, cache: PyTree, dy: Array, scale: Array) -> PyTree:
+        """``Σᵢ sᵢ ∂ℓᵢ/∂θ`` (``s = scale``, ``(n,)``; ``dy`` per example): the clipped sum of
+        DP-SGD (``jbp.extensions.ClippedGrad``). Where ``batch_l2`` forms the per-example
+        gradients (``2T² > d·p``), the same ones weighted by ``sᵢ`` and summed over the batch
+        (XLA computes them once for both); else the kernel correlation of the backward on
+        the delta with row ``i`` scaled by ``sᵢ``."""
+        x, d = self._per_example_inputs(params, cache, dy)
+        n, ho, wo, f = d.shape
+        kh, kw, c, _ = params["W"].shape
+        if not _pe.use_gram(ho * wo, kh * kw * c, f):
+            g = self._per_example_product(x, d)
+            return self.rule_grads(
+                self._split_product(params, jnp.tensordot(scale.astype(g.dtype), g, 1))
+            )
+        ds = d * scale.astype(d.dtype)[:, None, None, None]
+        out = {"W": self._kernel_correlation(x, ds).astype(params["W"].dtype)}
+        if self.use_bias:
+            out["b"] = jnp.sum(ds, axis=(0, 1, 2)).astype(params["b"].dtype)
         return self.rule_grads(out)
 
     def sum_grad_squared(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
