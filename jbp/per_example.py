@@ -17,10 +17,11 @@ These are short readers of :func:`jbp.backprop` with the extensions of
   ``‖∇Wᵢ‖² = ‖aᵢ‖²‖δᵢ‖²`` and ``‖∇bᵢ‖² = ‖δᵢ‖²``. The layers' squares are summed:
   ``‖gᵢ‖² = Σ_leaves ‖∂ℓᵢ/∂θ_leaf‖²``. No per-example gradient is formed.
 - :func:`per_example_clipped_grad` — ``(1/n) Σᵢ min(1, C/‖gᵢ‖) gᵢ``, the mean of the
-  individually clipped per-example gradients, by rescaling row ``i`` of the output delta
-  by ``min(1, C/‖gᵢ‖)`` and running the batched backward a second time (the backward is
-  linear in the delta for a fixed cache; ``ClippedGrad``). Still nothing per-example is
-  materialised.
+  individually clipped per-example gradients, by book-keeping (``ClippedGrad``): each
+  layer's parameter gradient is recomputed from its own delta with row ``i`` scaled by
+  ``min(1, C/‖gᵢ‖)`` (a layer's backward is linear in its delta for a fixed cache), so
+  there is no second backward pass through the network. Still nothing per-example is
+  materialised where the layers have closed forms.
 
 The per-example scaling uses ``δ_out = n · loss.grad(pred, y)`` (row ``i`` is then the
 gradient of ``ℓᵢ`` alone). All of this assumes the model's layers do not mix examples
@@ -111,9 +112,9 @@ def per_example_clipped_grad(
     ``grads = (1/n) Σᵢ min(1, C/‖gᵢ‖) gᵢ`` — the mean of the per-example gradients, each
     clipped to L2 norm at most ``C = max_norm`` (DP-SGD's clipped sum, divided by ``n``,
     before noise) — and ``norms = ‖gᵢ‖`` before clipping: the
-    :class:`jbp.extensions.ClippedGrad` extension (one forward, the norms from the
-    ``(input, delta)`` pairs, then the batched backward again with row ``i`` of the output
-    delta scaled by ``min(1, C/‖gᵢ‖)``).
+    :class:`jbp.extensions.ClippedGrad` extension (one forward and one backward; the norms
+    from the ``(input, delta)`` pairs, then each layer's parameter gradient from its own
+    delta with row ``i`` scaled by ``min(1, C/‖gᵢ‖)``: book-keeping).
     """
     check_model_and_loss(model, loss)
     max_norm = check_positive("max_norm", max_norm)
