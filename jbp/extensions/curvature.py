@@ -288,12 +288,53 @@ def _column_sum_squares(layer, params, cache, dy):
     return jax.tree.map(lambda a: jnp.sum(a * a, axis=0), g)
 
 
+# At most this many backward walks are traced per seeded extension (more columns: vmapped
+# in this many groups).
+_MAX_WALKS = 10
+
+
+def _walk_in_groups(ext, model, params, cache, ctx):
+    """The seeded walk of ``ext``: the engine's (``vmap`` of ``model.backward_ext`` over the
+    columns, then ``ext.reduce``), but over ``⌈C / _MAX_WALKS⌉`` columns at a time — one
+    column per walk for ``C ≤ 10`` — with the groups' reduced results combined by
+    ``ext._combine``. The same values; on XLA CPU separate walks ran the benchmark CNN's
+    ``DiagGGN`` 1.3× faster than one ``vmap`` over its 10 columns (whose temporaries, 187 MiB,
+    were page-faulted afresh on every call) and left the MLP's unchanged."""
+    from jbp.engine import LayerCall  # noqa: PLC0415 - jbp.engine imports the extensions
+
+    seeds = ext.seed(ctx)
+    cols = seeds.shape[0]
+    group = -(-cols // _MAX_WALKS)
+
+    def visit(layer, p, c, dy, grads):
+        if ext.params_only and not jax.tree.leaves(p):
+            return {ext.name: p}
+        return {ext.name: ext.compute(LayerCall(layer, p, c, dy, grads, ctx.n))}
+
+    def column(s):
+        return model.backward_ext(params, cache, s, visit)[2].get(ext.name, params)
+
+    acc = None
+    for start in range(0, cols, group):
+        part = ext.reduce(jax.vmap(column)(seeds[start : start + group]))
+        acc = part if acc is None else ext._combine(acc, part)
+    return acc
+
+
 class _Columns(Extension):
     """Seeded curvature extensions: the seeds are per-example columns (``Hᵢ``'s factor or
-    sampled gradients), so a layer's closed forms receive the column's delta as it is."""
+    sampled gradients), so a layer's closed forms receive the column's delta as it is.
+    Their walk is :func:`_walk_in_groups` (the engine calls ``walk`` when there is one)."""
 
     per_example = True
     seeded = True
+
+    def walk(self, model: Layer, params: PyTree, cache: PyTree, ctx: SeedContext) -> PyTree:
+        return _walk_in_groups(self, model, params, cache, ctx)
+
+    def _combine(self, a: PyTree, b: PyTree) -> PyTree:
+        """Two groups of columns' reduced results into one (``reduce`` sums: add)."""
+        return jax.tree.map(jnp.add, a, b)
 
 
 def _mean_over_examples(result, n):
@@ -648,6 +689,12 @@ class _Kron(_Columns):
         # on CPU)
         return jax.tree.map(
             lambda f: KronFactors(f.A[0], _outer_sum(f.B)), stacked, is_leaf=_is_factors
+        )
+
+    def _combine(self, a: PyTree, b: PyTree) -> PyTree:
+        # A is every column's; the column groups' B add up
+        return jax.tree.map(
+            lambda f, g: KronFactors(f.A, f.B + g.B), a, b, is_leaf=_is_factors
         )
 
     def finalize(self, result: PyTree, n: int) -> PyTree:
