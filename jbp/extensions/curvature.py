@@ -693,9 +693,7 @@ class _Kron(_Columns):
 
     def _combine(self, a: PyTree, b: PyTree) -> PyTree:
         # A is every column's; the column groups' B add up
-        return jax.tree.map(
-            lambda f, g: KronFactors(f.A, f.B + g.B), a, b, is_leaf=_is_factors
-        )
+        return jax.tree.map(lambda f, g: KronFactors(f.A, f.B + g.B), a, b, is_leaf=_is_factors)
 
     def finalize(self, result: PyTree, n: int) -> PyTree:
         return jax.tree.map(lambda f: KronFactors(f.A, f.B / n), result, is_leaf=_is_factors)
