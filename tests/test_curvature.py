@@ -353,14 +353,16 @@ def test_cnn_every_quantity():
         assert_close(out.extras["kflr"][k]["W"], ref[k], 1e-10, f"kflr layers[{k}].W")
 
 
-def test_cnn_in_chunks_of_examples_and_groups_of_columns(monkeypatch):
-    """The ``Conv2D`` patches split into one chunk per example and the columns walked in
-    groups (5 outputs, at most 2 walks: groups of 3 and 2): the same values as the
-    references, and the same seeded results (DiagGGNMC, KFAC; one key) as the engine's own
-    ``vmap`` over all columns at once (the class without ``walk``)."""
+@pytest.mark.parametrize("walks", [1, 2])
+def test_cnn_in_chunks_of_examples_and_groups_of_columns(monkeypatch, walks):
+    """The columns walked in one ``vmap`` (``walks=1``: the ``Conv2D`` patches then split into
+    one chunk per example) or in groups (5 outputs, at most 2 walks: groups of 3 and 2, no
+    chunks): the same values as the references, and the same seeded results (DiagGGNMC,
+    KFAC; one key) as the engine's own ``vmap`` over all columns (the class without
+    ``walk``)."""
     curv = jbp.extensions.curvature
     monkeypatch.setattr(curv, "_PATCH_CHUNK_BYTES", 1)
-    monkeypatch.setattr(curv, "_MAX_WALKS", 2)
+    monkeypatch.setattr(curv, "_MAX_WALKS", walks)
     model = jbp.Sequential(
         [
             Conv2D(3, 2, strides=(1, 2), padding="VALID"),

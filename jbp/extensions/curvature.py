@@ -75,8 +75,10 @@ cache, dy)`` (KFAC, KFLR) and, on element-wise activations, ``second_derivative(
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -158,8 +160,29 @@ def _sampled_columns(ctx, who, samples):
 _PATCH_CHUNK_BYTES = 4 * 2**20
 
 
+class _Chunking(threading.local):
+    on = True
+
+
+_chunking = _Chunking()
+
+
+@contextlib.contextmanager
+def _no_chunks():
+    """Trace the ``Conv2D`` rules without chunks (in a walk of several column groups the
+    temporaries are large anyway, and XLA CPU ran the chunk loops of ten walks slower)."""
+    old, _chunking.on = _chunking.on, False
+    try:
+        yield
+    finally:
+        _chunking.on = old
+
+
 def _example_chunks(n, per_example_bytes):
-    """The fewest chunks, a divisor of ``n``, whose patches fit in ``_PATCH_CHUNK_BYTES``."""
+    """The fewest chunks, a divisor of ``n``, whose patches fit in ``_PATCH_CHUNK_BYTES``
+    (1 inside :func:`_no_chunks`)."""
+    if not _chunking.on:
+        return 1
     for chunks in range(1, n + 1):
         if n % chunks == 0 and (n // chunks) * per_example_bytes <= _PATCH_CHUNK_BYTES:
             return chunks
@@ -315,9 +338,10 @@ def _walk_in_groups(ext, model, params, cache, ctx):
         return model.backward_ext(params, cache, s, visit)[2].get(ext.name, params)
 
     acc = None
-    for start in range(0, cols, group):
-        part = ext.reduce(jax.vmap(column)(seeds[start : start + group]))
-        acc = part if acc is None else ext._combine(acc, part)
+    with contextlib.nullcontext() if group == cols else _no_chunks():
+        for start in range(0, cols, group):
+            part = ext.reduce(jax.vmap(column)(seeds[start : start + group]))
+            acc = part if acc is None else ext._combine(acc, part)
     return acc
 
 
