@@ -18,6 +18,15 @@ and one refresh of all damped inverses. Their ratio, ``(pass + preconditioning +
 MLP: all matrix products); the CNN's Adam step runs its convolutions at a lower rate than the
 K-FAC step's products, so there the time ratio can be lower.
 
+Where the CNN's time went (XLA CPU, jax 0.10.2; jbp/extensions/curvature.py): ``Conv2D``'s
+per-example kernel gradients as a correlation grouped by example ran 2.5–5× slower than
+batched matrix products of the input patches with the deltas; a program whose temporaries
+exceed 32 MiB (glibc malloc's largest dynamic mmap threshold) gets them from a fresh ``mmap``
+on every call and page-faults through all of them (the one-column programs crossed it with
+the patches: they are now formed in chunks of examples); and one ``vmap`` over DiagGGN's 10
+columns (187 MiB of temporaries) ran slower than 10 separate walks. Check a program's
+temporaries with ``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``.
+
 All contenders run in this process on the same data: compile and warm up, then ``--repeats``
 rounds in which the contenders alternate, each timing ``--iters`` calls; the median per-call
 time and its ratio to the baseline are printed (and the ratio of the fastest rounds, steadier

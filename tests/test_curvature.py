@@ -353,6 +353,82 @@ def test_cnn_every_quantity():
         assert_close(out.extras["kflr"][k]["W"], ref[k], 1e-10, f"kflr layers[{k}].W")
 
 
+@pytest.mark.parametrize("walks", [1, 2])
+def test_cnn_in_chunks_of_examples_and_groups_of_columns(monkeypatch, walks):
+    """The columns walked in one ``vmap`` (``walks=1``: the ``Conv2D`` patches then split into
+    one chunk per example) or in groups (5 outputs, at most 2 walks: groups of 3 and 2, no
+    chunks): the same values as the references, and the same seeded results (DiagGGNMC,
+    KFAC; one key) as the engine's own ``vmap`` over all columns (the class without
+    ``walk``)."""
+    curv = jbp.extensions.curvature
+    monkeypatch.setattr(curv, "_PATCH_CHUNK_BYTES", 1)
+    monkeypatch.setattr(curv, "_MAX_WALKS", walks)
+    model = jbp.Sequential(
+        [
+            Conv2D(3, 2, strides=(1, 2), padding="VALID"),
+            Tanh(),
+            Conv2D(2, (2, 3), dilation=(2, 1), padding=((1, 0), (1, 2))),
+            Flatten(),
+            Dense(5),
+        ]
+    )
+    loss = L.softmax_cross_entropy
+    params, x, y = _setup(model, (6, 7, 2), loss, n=4, seed=12)
+    out = _run_all(model, loss, params, x, y, ALL + (DiagHessian(),))
+    assert_close(
+        out.extras["diag_hessian"],
+        hessian_reference(model, loss, params, x, y),
+        1e-10,
+        "diag_hessian",
+    )
+    ref = kron_reference(model, loss, params, x, y, [0, 2, 4])
+    for k in (0, 2, 4):
+        assert_close(out.extras["kflr"][k]["W"], ref[k], 1e-10, f"kflr layers[{k}].W")
+
+    class EngineWalk:  # the engine's vmap over every column: hide ``walk``
+        walk = None
+
+    key = jax.random.key(5)
+    for ext in (DiagGGNMC(samples=3), KFAC(samples=3), DiagGGN()):
+        plain = type("Plain" + type(ext).__name__, (EngineWalk, type(ext)), {})
+        plain = plain(**dataclasses.asdict(ext))
+        a, b = (
+            jax.jit(jbp.backprop(model, loss, extensions=[e]))(params, x, y, key=key).extras
+            for e in (ext, plain)
+        )
+        assert_close(a[ext.name], b[ext.name], 1e-12, ext.name)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("rule", ["bp", "kolen_pollack"])
+@pytest.mark.parametrize("chunk_bytes", [1, 2**30], ids=["chunks", "whole"])
+def test_conv2d_per_example_rules_match_vmap_of_grad(monkeypatch, dtype, rule, chunk_bytes):
+    """This module's ``Conv2D`` per-example gradients and their sum of squares (batched
+    products of the patches, in chunks of examples or whole) against ``vmap`` of
+    ``jax.grad`` of ``⟨conv(x_i), δ_i⟩``; Kolen–Pollack's ``B`` gets ``K``'s (its convention)."""
+    curv = jbp.extensions.curvature
+    monkeypatch.setattr(curv, "_PATCH_CHUNK_BYTES", chunk_bytes)
+    layer = Conv2D(3, (3, 2), strides=(2, 1), padding="SAME", dilation=(1, 2), rule=rule)
+    rng = np.random.default_rng(13)
+    params, out_shape = layer.init(jax.random.key(1), (7, 6, 2))
+    params = jax.tree.map(lambda p: jnp.asarray(p + rng.standard_normal(p.shape), dtype), params)
+    x = jnp.asarray(rng.standard_normal((4, 7, 6, 2)), dtype)
+    dy = jnp.asarray(rng.standard_normal((4,) + out_shape), dtype)
+
+    def one(p, xi, di):
+        return jnp.sum(layer.apply(p, xi[None]) * di[None])
+
+    want = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, x, dy)
+    if rule == "kolen_pollack":
+        want["B"] = want["W"]
+    got = jax.jit(lambda p, x, d: curv._conv2d_batch_grad(layer, p, {"x": x}, d))(params, x, dy)
+    sq = jax.jit(lambda p, x, d: curv._conv2d_sum_squares(layer, p, {"x": x}, d))(params, x, dy)
+    rtol = 1e-12 if dtype == jnp.float64 else 1e-5
+    assert_close(got, want, rtol, "batch_grad")
+    assert_close(sq, jax.tree.map(lambda g: jnp.sum(g * g, 0), want), rtol, "sum_squares")
+    assert all(a.dtype == dtype for a in jax.tree.leaves((got, sq)))
+
+
 def test_layernorm_and_dense_over_a_time_axis():
     """LayerNorm's 1-D leaves get their exact blocks; ``Dense`` on ``(n, T, in)`` follows the
     expand convention (``A`` averages over positions, ``B`` sums the position blocks)."""
