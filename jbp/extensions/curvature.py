@@ -202,34 +202,13 @@ def _over_chunks(fn, chunks, *arrays):
     return jax.lax.map(lambda args: fn(*args), split)
 
 
-def _conv2d_slices(layer, x, out, axis):
-    """The ``kh·kw`` strided slices of the zero-padded input (spatial axes 1, 2 of ``x``;
-    channels at ``axis``), one per kernel offset in row-major order: slice ``(i, j)`` holds
-    the pixel under kernel entry ``(i, j)`` at every output position."""
-    ho, wo = out
-    pads = layer._geometry(x.shape[1:3] if axis == 3 else x.shape[2:4])[1]
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation
-    sp = (1, 2) if axis == 3 else (2, 3)
-    widths = [(0, 0)] * 4
-    widths[sp[0]], widths[sp[1]] = tuple(pads[0]), tuple(pads[1])
-    xp = jnp.pad(x, widths)
-    out_slices = []
-    for i in range(kh):
-        for j in range(kw):
-            index = [slice(None)] * 4
-            index[sp[0]] = slice(i * dh, i * dh + (ho - 1) * sh + 1, sh)
-            index[sp[1]] = slice(j * dw, j * dw + (wo - 1) * sw + 1, sw)
-            out_slices.append(xp[tuple(index)])
-    return out_slices
-
-
 def _conv2d_patches(layer, x, out):
     """``(n, Ho·Wo, kh·kw·C)``: the input patch of every output position of a ``Conv2D``,
     flattened in the kernel's ``(kh, kw, C)`` order (zero padding included), so that
     ``patches @ W.reshape(kh·kw·C, F)`` is the convolution (without bias)."""
     n, c = x.shape[0], x.shape[3]
-    patches = jnp.stack(_conv2d_slices(layer, x, out, 3), axis=3)  # (n, ho, wo, kh·kw, C)
-    return patches.reshape(n, out[0] * out[1], patches.shape[3] * c)
+    patches = jnp.stack(layer._offset_slices(x, out), axis=2)  # (n, Ho·Wo, kh·kw, C)
+    return patches.reshape(n, out[0] * out[1], patches.shape[2] * c)
 
 
 def _conv2d_kernel_grads(layer, x, d):
@@ -238,9 +217,9 @@ def _conv2d_kernel_grads(layer, x, d):
     the product contracts the last axis of the one and the first of the other), with the
     deltas ``d`` ``(n, Ho, Wo, F)``."""
     n, ho, wo, f = d.shape
-    xt = jnp.transpose(x, (0, 3, 1, 2))  # NCHW: the slices come out (n, C, Ho, Wo)
-    a = jnp.stack(_conv2d_slices(layer, xt, (ho, wo), 1), axis=1)  # (n, kh·kw, C, Ho, Wo)
-    a = a.reshape(n, a.shape[1] * a.shape[2], ho * wo)
+    xt = jnp.transpose(x, (0, 3, 1, 2))  # NCHW: the slices come out (n, C, Ho·Wo)
+    a = jnp.stack(layer._offset_slices(xt, (ho, wo), channels_first=True), axis=1)
+    a = a.reshape(n, a.shape[1] * a.shape[2], ho * wo)  # (n, kh·kw·C, T)
     return jnp.einsum("nkt,ntf->nkf", a, d.reshape(n, ho * wo, f))
 
 

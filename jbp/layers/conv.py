@@ -226,16 +226,33 @@ class Conv2D(RuleLayer):
         dtype = jnp.result_type(x.dtype, W.dtype, dy.dtype)
         return x.astype(dtype), dy.astype(dtype)
 
-    def _offset_slices(self, x, out):
+    def _offset_slices(self, x, out, *, channels_first=False):
         """For each kernel offset ``(i, j)`` in row-major order, ``(n, T, C)``: the pixel of
-        the padded input that offset sees at every output position (one strided slice)."""
-        _, pads = self._geometry(x.shape[1:3])
-        xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+        the padded input that offset sees at every output position (one strided slice).
+        ``channels_first``: ``x`` is ``(n, C, H, W)`` and each slice ``(n, C, T)``."""
+        sp = (2, 3) if channels_first else (1, 2)
+        _, pads = self._geometry(tuple(x.shape[a] for a in sp))
+        widths = [(0, 0)] * 4
+        widths[sp[0]], widths[sp[1]] = tuple(pads[0]), tuple(pads[1])
+        xp = jnp.pad(x, widths)
         (kh, kw), (dh, dw), n = self.kernel_size, self.dilation, x.shape[0]
+        T = out[0] * out[1]
+        if not channels_first:
+            return [
+                _window.strided_window(xp, (i * dh, j * dw), self.strides, out).reshape(
+                    n, T, x.shape[3]
+                )
+                for i in range(kh)
+                for j in range(kw)
+            ]
+        (sh, sw), c = self.strides, x.shape[1]
         return [
-            _window.strided_window(xp, (i * dh, j * dw), self.strides, out).reshape(
-                n, out[0] * out[1], x.shape[3]
-            )
+            lax.slice(
+                xp,
+                (0, 0, i * dh, j * dw),
+                (n, c, i * dh + (out[0] - 1) * sh + 1, j * dw + (out[1] - 1) * sw + 1),
+                (1, 1, sh, sw),
+            ).reshape(n, c, T)
             for i in range(kh)
             for j in range(kw)
         ]
