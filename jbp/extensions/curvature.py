@@ -71,10 +71,9 @@ Cross-leaf blocks (``W`` with ``b``, layer with layer) are dropped, as in K-FAC.
 cache, dy)`` (KFAC, KFLR) and, on element-wise activations, ``second_derivative(z, a)``
 (DiagHessian). Without them the generic ``vmap`` of the layer's own ``backward`` runs
 (Conv2D, Embedding and the recurrent layers get their Kronecker factors from this module).
-``Conv2D``'s per-example gradients and their squares also come from this module: batched
-matrix products of the input patches with the deltas, in chunks of examples (the same values
-as its ``batch_grad``/``sum_grad_squared``, a correlation grouped by example, which XLA CPU
-ran 2.5–5× slower; see ``_conv2d_batch_grad``).
+``Conv2D``'s per-example gradients and their squares are its own batched patch product
+(``Conv2D._per_example_product``) taken here in chunks of examples, so the patches stay
+small (``_PATCH_CHUNK_BYTES``); the values of its ``batch_grad``/``sum_grad_squared``.
 """
 
 from __future__ import annotations
@@ -153,10 +152,9 @@ def _sampled_columns(ctx, who, samples):
 # ------------------------------------------------------------------------------------------
 
 
-# Conv2D's per-example quantities are formed here from the input patches, in chunks of
-# examples: on XLA CPU a batched matrix product of the patches with the deltas runs 2.5–5×
-# faster than the correlation grouped by example (``Conv2D.batch_grad``) on the benchmark
-# CNN's layers, and the chunks keep the patches (``kh·kw`` copies of the input) small.
+# Conv2D's per-example quantities are its batched patch product (``kh·kw`` copies of the
+# input side by side: ``Conv2D._per_example_product``), formed here in chunks of examples
+# so that the patches stay small.
 # glibc's malloc hands allocations above 32 MiB (its largest dynamic mmap threshold) to
 # ``mmap`` afresh on every call, so a jitted program whose temporaries outgrow that pays a
 # page fault per 4 KiB page on every call: the DiagGGNMC/KFAC programs of
@@ -211,18 +209,6 @@ def _conv2d_patches(layer, x, out):
     return patches.reshape(n, out[0] * out[1], patches.shape[2] * c)
 
 
-def _conv2d_kernel_grads(layer, x, d):
-    """``(n, kh·kw·C, F)``: every example's kernel gradient ``Gᵢ = Σ_t aᵢₜᵀ δᵢₜ`` as one
-    batched matrix product ``(n, kh·kw·C, T) @ (n, T, F)`` of the patches, transposed (so
-    the product contracts the last axis of the one and the first of the other), with the
-    deltas ``d`` ``(n, Ho, Wo, F)``."""
-    n, ho, wo, f = d.shape
-    xt = jnp.transpose(x, (0, 3, 1, 2))  # NCHW: the slices come out (n, C, Ho·Wo)
-    a = jnp.stack(layer._offset_slices(xt, (ho, wo), channels_first=True), axis=1)
-    a = a.reshape(n, a.shape[1] * a.shape[2], ho * wo)  # (n, kh·kw·C, T)
-    return jnp.einsum("nkt,ntf->nkf", a, d.reshape(n, ho * wo, f))
-
-
 def _conv2d_inputs(params, cache, dy):
     x, W = cache["x"], params["W"]
     dtype = jnp.result_type(x.dtype, W.dtype, dy.dtype)
@@ -231,13 +217,21 @@ def _conv2d_inputs(params, cache, dy):
     return x.astype(dtype), dy.astype(dtype), chunks
 
 
+def _conv2d_kernel_products(layer, chunks, x, d):
+    """``Conv2D._per_example_product`` without the bias row (the bias is read from ``d``
+    directly here), in ``chunks`` of examples: ``(chunks, n/chunks, kh·kw·C, F)``."""
+    return _over_chunks(
+        lambda xc, dc: layer._per_example_product(xc, dc, bias_row=False), chunks, x, d
+    )
+
+
 def _conv2d_batch_grad(layer, params, cache, dy):
     """``Conv2D``'s per-example gradients ``∂ℓᵢ/∂K = Σ_t aᵢₜᵀ δᵢₜ`` ``(n, kh, kw, C, F)``
-    (batched matrix products of the patches with the deltas, in chunks of examples) and
-    ``∂ℓᵢ/∂b = Σ_t δᵢₜ``: the values of ``Conv2D.batch_grad``, computed faster on CPU."""
+    (its batched patch product, in chunks of examples) and ``∂ℓᵢ/∂b = Σ_t δᵢₜ``: the
+    values of ``Conv2D.batch_grad``."""
     W = params["W"]
     x, d, chunks = _conv2d_inputs(params, cache, dy)
-    g = _over_chunks(lambda xc, dc: _conv2d_kernel_grads(layer, xc, dc), chunks, x, d)
+    g = _conv2d_kernel_products(layer, chunks, x, d)
     out = {"W": g.reshape((d.shape[0],) + W.shape).astype(W.dtype)}
     if layer.use_bias:
         out["b"] = jnp.sum(d, axis=(1, 2)).astype(params["b"].dtype)
@@ -251,7 +245,7 @@ def _conv2d_sum_squares(layer, params, cache, dy):
     x, d, chunks = _conv2d_inputs(params, cache, dy)
 
     def part(xc, dc):
-        g = _conv2d_kernel_grads(layer, xc, dc)
+        g = layer._per_example_product(xc, dc, bias_row=False)
         return jnp.sum(g * g, axis=0)
 
     sq = jnp.sum(_over_chunks(part, chunks, x, d), axis=0)

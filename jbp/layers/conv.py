@@ -257,16 +257,22 @@ class Conv2D(RuleLayer):
             for j in range(kw)
         ]
 
-    def _per_example_product(self, x, d):
-        """``(n, kh·kw·C [+ 1], F)``: every example's own ``Σ_t aᵢₜᵀ δᵢₜ`` from one batched
-        product of the patches — the offset slices (:meth:`_offset_slices`) side by side,
-        plus a column of ones when there is a bias (its row of the product is ``Σ_t δᵢₜ``,
-        so the delta is read once) — with the delta. ``x`` and ``d`` share a dtype."""
+    def _per_example_product(self, x, d, *, bias_row=True):
+        """``(n, kh·kw·C [+ 1], F)``: every example's own ``Σ_t aᵢₜᵀ δᵢₜ`` as one batched
+        matrix product ``(n, kh·kw·C [+ 1], T) @ (n, T, F)`` of the transposed patches — the
+        offset slices (:meth:`_offset_slices`) of the channels-first input stacked in the
+        kernel's ``(kh, kw, C)`` order, plus a row of ones when there is a bias (its row of
+        the product is ``Σ_t δᵢₜ``, so the delta is read once; ``bias_row=False`` leaves it
+        out) — with the delta. With ``T`` the patches' minor axis no operand is transposed
+        for the product (XLA CPU ran the correlation grouped by example 2.5–5× slower).
+        ``x`` and ``d`` share a dtype."""
         n, ho, wo, f = d.shape
-        cols = self._offset_slices(x, (ho, wo))
-        if self.use_bias:
-            cols.append(jnp.ones((n, ho * wo, 1), x.dtype))
-        return _pe.outer_grads(jnp.concatenate(cols, axis=2), d.reshape(n, ho * wo, f))
+        xt = jnp.transpose(x, (0, 3, 1, 2))
+        a = jnp.stack(self._offset_slices(xt, (ho, wo), channels_first=True), axis=1)
+        a = a.reshape(n, a.shape[1] * a.shape[2], ho * wo)  # (n, kh·kw·C, T)
+        if self.use_bias and bias_row:
+            a = jnp.concatenate([a, jnp.ones((n, 1, ho * wo), x.dtype)], axis=1)
+        return jnp.einsum("nkt,ntf->nkf", a, d.reshape(n, ho * wo, f))
 
     def _split_product(self, params, g):
         """``(..., kh·kw·C [+ 1], F)`` rows -> ``{"W": (..., kh, kw, C, F), "b": (..., F)}``."""
