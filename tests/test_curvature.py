@@ -341,6 +341,12 @@ def test_cnn_every_quantity():
     )
     loss = L.binary_cross_entropy
     params, x, y = _setup(model, (6, 7, 2), loss, n=3, seed=2)
+    _check_hessian_and_kflr(model, loss, params, x, y, [0, 5])
+
+
+def _check_hessian_and_kflr(model, loss, params, x, y, weight_layers):
+    """Every quantity (``_run_all``), the diagonal Hessian against ``jax.hessian`` and the
+    KFLR factors of ``weight_layers`` against the Kronecker reference, 1e-10."""
     out = _run_all(model, loss, params, x, y, ALL + (DiagHessian(),))
     assert_close(
         out.extras["diag_hessian"],
@@ -348,8 +354,8 @@ def test_cnn_every_quantity():
         1e-10,
         "diag_hessian",
     )
-    ref = kron_reference(model, loss, params, x, y, [0, 5])
-    for k in (0, 5):
+    ref = kron_reference(model, loss, params, x, y, weight_layers)
+    for k in weight_layers:
         assert_close(out.extras["kflr"][k]["W"], ref[k], 1e-10, f"kflr layers[{k}].W")
 
 
@@ -374,16 +380,7 @@ def test_cnn_in_chunks_of_examples_and_groups_of_columns(monkeypatch, walks):
     )
     loss = L.softmax_cross_entropy
     params, x, y = _setup(model, (6, 7, 2), loss, n=4, seed=12)
-    out = _run_all(model, loss, params, x, y, ALL + (DiagHessian(),))
-    assert_close(
-        out.extras["diag_hessian"],
-        hessian_reference(model, loss, params, x, y),
-        1e-10,
-        "diag_hessian",
-    )
-    ref = kron_reference(model, loss, params, x, y, [0, 2, 4])
-    for k in (0, 2, 4):
-        assert_close(out.extras["kflr"][k]["W"], ref[k], 1e-10, f"kflr layers[{k}].W")
+    _check_hessian_and_kflr(model, loss, params, x, y, [0, 2, 4])
 
     class EngineWalk:  # the engine's vmap over every column: hide ``walk``
         walk = None
