@@ -42,6 +42,12 @@ __all__ = [
 ]
 
 
+def unmasked(a: Any) -> Any:
+    """The values of a ``jbp.layers.Masked`` array (``a.values``), or ``a`` itself: what the
+    engine, the extensions and the checks read from a possibly masked delta or output."""
+    return a.values if hasattr(a, "values") and hasattr(a, "mask") else a
+
+
 def layer_error(layer: Layer, message: str, exc: type = ValueError) -> Exception:
     """Build an error that names the layer: ``Dense(units=10): message``."""
     return exc(f"{layer!r}: {message}")

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from jbp._validate import check_batch, check_grad_fn, check_model_and_loss
+from jbp.core import unmasked as _values
 
 if TYPE_CHECKING:
     from jax.typing import ArrayLike
@@ -108,10 +109,6 @@ class SeedContext(NamedTuple):
     key: Any
     n: int
     extras: dict
-
-
-def _values(a):
-    return a.values if hasattr(a, "values") and hasattr(a, "mask") else a
 
 
 def loss_value_and_grad(loss: Loss, pred: Array, y: ArrayLike) -> tuple[Array, Array]:

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jbp.core import unmasked as _values
+
 if TYPE_CHECKING:
     from jbp.core import Array, Layer, PyTree
 
@@ -171,10 +173,6 @@ class _Linear:
     def grad(pred, c):
         pred = pred.values if hasattr(pred, "mask") else pred
         return (c / pred.shape[0]).astype(pred.dtype)
-
-
-def _values(y):
-    return y.values if hasattr(y, "mask") and hasattr(y, "values") else y
 
 
 def check_layer(

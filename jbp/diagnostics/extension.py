@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from jbp.core import leaf_name
+from jbp.core import unmasked as _values
 from jbp.extensions.base import Extension
 
 if TYPE_CHECKING:
@@ -78,11 +79,6 @@ def safe_norm(x: ArrayLike) -> jax.Array:
 def _joint_norm(norms):
     """``‖(a, b, ...)‖`` from the leaves' norms ``‖a‖, ‖b‖, ...`` (no concatenation)."""
     return norms[0] if len(norms) == 1 else safe_norm(jnp.stack(norms))
-
-
-def _values(a):
-    """The values of a ``Masked`` cotangent (its mask is data, not a delta)."""
-    return a.values if hasattr(a, "values") and hasattr(a, "mask") else a
 
 
 class LayerRow(dict):

@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 
+from jbp.core import unmasked as _values
+
 if TYPE_CHECKING:
     from jbp.core import Array, Layer, PyTree
     from jbp.engine import LayerCall, SeedContext
@@ -111,10 +113,6 @@ class Extension:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
-
-
-def _values(a):
-    return a.values if hasattr(a, "values") and hasattr(a, "mask") else a
 
 
 def generic_batch_grad(layer: Layer, params: PyTree, cache: PyTree, dy: Array) -> PyTree:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jbp._validate import check_positive
+from jbp.core import unmasked
 from jbp.extensions.base import Extension, generic_batch_grad
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ def _is_record(a) -> bool:
 
 def scale_rows(dy, scale: jax.Array):
     """``dy`` with row ``i`` multiplied by ``scale[i]`` (a ``Masked`` delta keeps its mask)."""
-    values = dy.values if hasattr(dy, "values") and hasattr(dy, "mask") else dy
+    values = unmasked(dy)
     scaled = values * scale.astype(values.dtype).reshape((-1,) + (1,) * (values.ndim - 1))
     if values is dy:
         return scaled
@@ -147,7 +148,7 @@ def scaled_mean_grad(layer, params, cache, dy, scale: jax.Array, n: int) -> PyTr
     parameter gradient is used (XLA drops the ``dx``)."""
     method = getattr(layer, "scaled_grad_sum", None)
     if callable(method):
-        values = dy.values if hasattr(dy, "values") and hasattr(dy, "mask") else dy
+        values = unmasked(dy)
         return jax.tree.map(lambda g: g / n, method(params, cache, values * n, scale))
     return layer.backward(params, cache, scale_rows(dy, scale))[0]
 

@@ -167,26 +167,16 @@ def make_recording_step(
     plain, full = grad_part(()), grad_part(tuple(record))
     names = tuple(e.name for e in record)
     has_opt_exts = bool(getattr(optimizer, "extensions", ()))
-    shapes: dict = {}  # per input signature: (extras the optimizer reads, results' shapes)
-
-    def signature(args):
-        leaves, tree = jax.tree.flatten(args)
-        return tree, tuple(
-            (tuple(a.shape), str(a.dtype), bool(getattr(a, "weak_type", False))) for a in leaves
-        )
-
     def with_ext(kept, params, x, y, key, state):
         grads, logs, state, extras = full(params, x, y, key, state)
         return grads, logs, state, {k: extras[k] for k in kept}, {n: extras[n] for n in names}
 
     def structure(params, x, y, key, state):
-        """``(kept, like)``, traced once per input signature."""
+        """``(kept, like)``: the extras the optimizer reads and the results' shapes (abstract
+        evaluation, at trace time only)."""
         args = (params, x, y, key, state)
-        sig = signature(args)
-        if sig not in shapes:
-            kept = tuple(jax.eval_shape(plain, *args)[3]) if has_opt_exts else ()
-            shapes[sig] = kept, jax.eval_shape(lambda *a: with_ext(kept, *a), *args)[4]
-        return shapes[sig]
+        kept = tuple(jax.eval_shape(plain, *args)[3]) if has_opt_exts else ()
+        return kept, jax.eval_shape(lambda *a: with_ext(kept, *a), *args)[4]
 
     def step(params, opt_state, x, y, key, state, on):
         args = (params, x, y, key, state)
