@@ -167,6 +167,7 @@ def make_recording_step(
     plain, full = grad_part(()), grad_part(tuple(record))
     names = tuple(e.name for e in record)
     has_opt_exts = bool(getattr(optimizer, "extensions", ()))
+
     def with_ext(kept, params, x, y, key, state):
         grads, logs, state, extras = full(params, x, y, key, state)
         return grads, logs, state, {k: extras[k] for k in kept}, {n: extras[n] for n in names}
