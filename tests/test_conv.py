@@ -57,6 +57,75 @@ def test_conv_backward_matches_autodiff_float32(shape, kwargs):
     assert y.dtype == dx.dtype == grads["W"].dtype == jnp.float32
 
 
+@pytest.mark.parametrize("by_patches", [True, False], ids=["patches", "convolution"])
+@pytest.mark.parametrize("shape,kwargs", CONFIGS)
+def test_both_kernel_gradient_forms_match_autodiff(monkeypatch, shape, kwargs, by_patches):
+    """``_kernel_correlation`` has two forms: the patch product (XLA CPU; here in chunks of
+    one example, the smallest budget) and one convolution (GPU/TPU). Both vs ``jax.vjp``."""
+    import jbp.layers._per_example as pe  # noqa: PLC0415
+    import jbp.layers.conv as conv  # noqa: PLC0415
+
+    monkeypatch.setattr(conv, "_kernel_grad_by_patches", lambda: by_patches)
+    monkeypatch.setattr(pe, "CHUNK_BYTES", 1)
+    rng = np.random.default_rng(4)
+    layer = Conv2D(**kwargs)
+    params, _ = layer.init(jax.random.key(0), shape[1:])
+    params = randomize(params, rng, jnp.float64)
+    x = rand(rng, (3,) + shape[1:])  # three examples: three chunks
+    compare_with_autodiff(layer, params, x, rng)
+
+
+@pytest.mark.parametrize("budget", [1, 2**40], ids=["chunk-per-example", "one-chunk"])
+@pytest.mark.parametrize("shape,kwargs", CONFIGS)
+def test_per_example_closed_forms_in_chunks(monkeypatch, shape, kwargs, budget):
+    """``batch_grad``, ``batch_l2``, ``sum_grad_squared`` and ``scaled_grad_sum`` formed over
+    chunks of examples (one example a chunk) and in one chunk vs ``vmap(jax.grad)``, with a
+    non-uniform per-example delta and non-uniform scales."""
+    import jbp.layers._per_example as pe  # noqa: PLC0415
+
+    monkeypatch.setattr(pe, "CHUNK_BYTES", budget)
+    rng = np.random.default_rng(5)
+    n = 4
+    layer = Conv2D(**kwargs)
+    params, out = layer.init(jax.random.key(0), shape[1:])
+    params = randomize(params, rng, jnp.float64)
+    x = rand(rng, (n,) + shape[1:])
+    dy = rand(rng, (n,) + out)
+    scale = jnp.asarray(rng.uniform(0.1, 2.0, n))
+    _, cache = layer.forward(params, x)
+
+    def one(p, xi, di):  # example i's own loss <z_i, δ_i>
+        return jnp.vdot(layer.forward(p, xi[None])[0], di[None])
+
+    ref = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, x, dy)
+    got = layer.batch_grad(params, cache, dy)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-11, atol=1e-12)
+    l2 = layer.batch_l2(params, cache, dy)
+    for k in ref:
+        want = np.sum(np.square(ref[k]).reshape(n, -1), axis=1)
+        np.testing.assert_allclose(l2[k], want, rtol=1e-11, atol=1e-12)
+    sq = layer.sum_grad_squared(params, cache, dy)
+    for k in ref:
+        np.testing.assert_allclose(sq[k], np.sum(np.square(ref[k]), 0), rtol=1e-11, atol=1e-12)
+    sgs = layer.scaled_grad_sum(params, cache, dy, scale)
+    for k in ref:
+        want = np.tensordot(np.asarray(scale), np.asarray(ref[k]), 1)
+        np.testing.assert_allclose(sgs[k], want, rtol=1e-11, atol=1e-12)
+
+
+def test_chunk_count_is_the_fewest_divisor_within_the_budget(monkeypatch):
+    import jbp.layers._per_example as pe  # noqa: PLC0415
+
+    assert pe.example_chunks(12, 100, 1200) == 1
+    assert pe.example_chunks(12, 100, 1199) == 2  # 6 examples = 600 bytes
+    assert pe.example_chunks(12, 100, 350) == 4  # 3 examples; 5 does not divide 12
+    assert pe.example_chunks(7, 100, 350) == 7  # 7 is prime
+    assert pe.example_chunks(12, 100, 50) == 12  # not even one example fits
+    monkeypatch.setattr(pe, "CHUNK_BYTES", 250)
+    assert pe.example_chunks(12, 100) == (6 if jax.default_backend() == "cpu" else 1)
+
+
 def test_same_padding_output_size_and_stride_remainder_rows_get_zero_gradient():
     # VALID, H = 8, k = 3, s = 2: windows start at 0, 2, 4 → row 7 is never read.
     rng = np.random.default_rng(2)

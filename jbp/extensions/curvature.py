@@ -89,6 +89,7 @@ import jax
 import jax.numpy as jnp
 
 from jbp.extensions.base import Extension, _values, generic_batch_grad
+from jbp.layers import _per_example as _pe
 from jbp.losses import _check_samples
 
 if TYPE_CHECKING:
@@ -154,11 +155,9 @@ def _sampled_columns(ctx, who, samples):
 
 # Conv2D's per-example quantities are its batched patch product (``kh·kw`` copies of the
 # input side by side: ``Conv2D._per_example_product``), formed here in chunks of examples
-# so that the patches stay small.
-# glibc's malloc hands allocations above 32 MiB (its largest dynamic mmap threshold) to
-# ``mmap`` afresh on every call, so a jitted program whose temporaries outgrow that pays a
-# page fault per 4 KiB page on every call: the DiagGGNMC/KFAC programs of
-# bench/curvature.py's CNN spent about as long in those as in the products themselves.
+# so that the patches stay small (the page faults of :mod:`jbp.layers._per_example`'s chunk
+# note: the DiagGGNMC/KFAC programs of bench/curvature.py's CNN spent about as long in those
+# as in the products themselves).
 _PATCH_CHUNK_BYTES = 4 * 2**20
 
 
@@ -185,19 +184,10 @@ def _example_chunks(n, per_example_bytes):
     (1 inside :func:`_no_chunks`)."""
     if not _chunking.on:
         return 1
-    for chunks in range(1, n + 1):
-        if n % chunks == 0 and (n // chunks) * per_example_bytes <= _PATCH_CHUNK_BYTES:
-            return chunks
-    return n
+    return _pe.example_chunks(n, per_example_bytes, _PATCH_CHUNK_BYTES)
 
 
-def _over_chunks(fn, chunks, *arrays):
-    """``fn`` of each chunk of examples (leading axis split into ``chunks``), stacked on a new
-    leading axis (one ``lax.map``; a plain call when ``chunks == 1``)."""
-    if chunks == 1:
-        return jax.tree.map(lambda r: r[None], fn(*arrays))
-    split = tuple(a.reshape((chunks, a.shape[0] // chunks) + a.shape[1:]) for a in arrays)
-    return jax.lax.map(lambda args: fn(*args), split)
+_over_chunks = _pe.over_chunks
 
 
 def _conv2d_patches(layer, x, out):
