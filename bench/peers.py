@@ -1192,6 +1192,12 @@ def parse_config(argv=None):
         "the core count; the Nielsen epoch always uses 1)",
     )
     ap.add_argument(
+        "--tune-malloc",
+        action="store_true",
+        help="call jbp.cpu.tune_malloc() first (glibc's mmap threshold; process-wide, so "
+        "every contender runs with it)",
+    )
+    ap.add_argument(
         "--nielsen-fraction",
         type=float,
         help="fraction of the epoch the NumPy port is timed on (then extrapolated)",
@@ -1239,7 +1245,12 @@ def main(argv=None):
             torch.set_num_threads(args.torch_threads)
         except ImportError:
             pass
+    if args.tune_malloc and not jbp.cpu.tune_malloc():
+        raise SystemExit("--tune-malloc: glibc did not accept the settings (not Linux/glibc?)")
     note = " ".join(f"--{k}" for k in ("quick", "tiny") if getattr(args, k)) or "full sizes"
+    note += (
+        "; malloc tuned (jbp.cpu.tune_malloc)" if args.tune_malloc else "; glibc malloc defaults"
+    )
     header(cfg, note)
     rows = []
     for w in workloads:

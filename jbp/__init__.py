@@ -10,6 +10,7 @@ from jbp import distributed  # noqa: E402,F401,I001 - data parallelism (jbp.dist
 from jbp import (
     augment,
     checkpoint,
+    cpu,
     datasets,
     diagnostics,
     dp,
@@ -69,6 +70,7 @@ __all__ = [
     # submodules
     "augment",
     "checkpoint",
+    "cpu",
     "datasets",
     "dp",
     "diagnostics",
