@@ -75,19 +75,25 @@ def test_both_kernel_gradient_forms_match_autodiff(monkeypatch, shape, kwargs, b
     compare_with_autodiff(layer, params, x, rng)
 
 
-@pytest.mark.parametrize("budget", [1, 2**40], ids=["chunk-per-example", "one-chunk"])
+@pytest.mark.parametrize("budget", ["one-example", "two-examples", "all"])
 @pytest.mark.parametrize("shape,kwargs", CONFIGS)
 def test_per_example_closed_forms_in_chunks(monkeypatch, shape, kwargs, budget):
-    """``batch_grad``, ``batch_l2``, ``sum_grad_squared`` and ``scaled_grad_sum`` formed over
-    chunks of examples (one example a chunk) and in one chunk vs ``vmap(jax.grad)``, with a
-    non-uniform per-example delta and non-uniform scales."""
+    """``batch_grad``, ``batch_l2``, ``sum_grad_squared`` and ``scaled_grad_sum`` vs
+    ``vmap(jax.grad)``, with a non-uniform per-example delta and non-uniform scales, for
+    chunk budgets of one example's patches (4 chunks; the norms and sums chunk by chunk),
+    two examples' (2 chunks; where the per-example gradients fit, they are formed and
+    read) and everything (1 chunk; per-example gradients kept)."""
     import jbp.layers._per_example as pe  # noqa: PLC0415
 
-    monkeypatch.setattr(pe, "CHUNK_BYTES", budget)
     rng = np.random.default_rng(5)
     n = 4
     layer = Conv2D(**kwargs)
     params, out = layer.init(jax.random.key(0), shape[1:])
+    kh, kw = layer.kernel_size
+    patch_bytes = (kh * kw * shape[3] + 1) * out[0] * out[1] * 8
+    chunks = {"one-example": 4, "two-examples": 2, "all": 1}[budget]
+    monkeypatch.setattr(pe, "CHUNK_BYTES", patch_bytes * (n // chunks) if chunks > 1 else 2**40)
+    assert layer._chunks(jnp.zeros((n,) + shape[1:]), jnp.zeros((n,) + out)) == chunks
     params = randomize(params, rng, jnp.float64)
     x = rand(rng, (n,) + shape[1:])
     dy = rand(rng, (n,) + out)

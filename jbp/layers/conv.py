@@ -329,6 +329,23 @@ class Conv2D(RuleLayer):
             *rest,
         )
 
+    def _per_example_grads(self, x, d):
+        """``(n, kh·kw·C [+ 1], F)``: every example's gradient (:meth:`_per_example_product`,
+        in chunks). ``batch_grad``, and ``batch_l2``/``scaled_grad_sum`` when they fit
+        (:meth:`_keeps_per_example`), call it alike, so XLA forms them once for all three."""
+        g = self._product_chunks(lambda g: g, x, d)
+        return g.reshape((-1,) + g.shape[2:])
+
+    def _keeps_per_example(self, x, d):
+        """Whether the per-example gradients fit in the chunk budget (8 MiB on XLA CPU):
+        then ``batch_l2`` and ``scaled_grad_sum`` read them rather than forming the product
+        once each (bench/dp.py's CNN at batch 256: the 16→32 layer's 4.6k parameters, 4.8 MB
+        for 256 examples)."""
+        n, _, _, f = d.shape
+        kh, kw = self.kernel_size
+        rows = kh * kw * x.shape[3] + 1
+        return n * rows * f * jnp.dtype(x.dtype).itemsize <= _pe.CHUNK_BYTES
+
     def _split_product(self, params, g):
         """``(..., kh·kw·C [+ 1], F)`` rows -> ``{"W": (..., kh, kw, C, F), "b": (..., F)}``."""
         kh, kw, c, f = params["W"].shape
@@ -353,8 +370,7 @@ class Conv2D(RuleLayer):
         """``∂ℓᵢ/∂K = Σ_t aᵢₜᵀ δᵢₜ`` ``(n, kh, kw, C, F)`` (one batched product on the
         patches) and ``∂ℓᵢ/∂b = Σ_t δᵢₜ`` ``(n, F)``."""
         x, d = self._per_example_inputs(params, cache, dy)
-        g = self._product_chunks(lambda g: g, x, d)
-        return self.rule_grads(self._split_product(params, g.reshape((-1,) + g.shape[2:])))
+        return self.rule_grads(self._split_product(params, self._per_example_grads(x, d)))
 
     def batch_l2(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
         """``‖∂ℓᵢ/∂K‖²`` and ``‖∂ℓᵢ/∂b‖²``, ``(n,)`` each: the Gram form
@@ -371,6 +387,8 @@ class Conv2D(RuleLayer):
                     for k, v in self._split_product(params, g).items()
                 }
 
+            if self._keeps_per_example(x, d):
+                return self.rule_grads(sq_norms(self._per_example_grads(x, d)))
             sq = self._product_chunks(sq_norms, x, d)
             return self.rule_grads({k: v.reshape(n) for k, v in sq.items()})
         sq = jnp.sum(
@@ -383,18 +401,17 @@ class Conv2D(RuleLayer):
 
     def scaled_grad_sum(self, params: PyTree, cache: PyTree, dy: Array, scale: Array) -> PyTree:
         """``Σᵢ sᵢ ∂ℓᵢ/∂θ`` (``s = scale``, ``(n,)``; ``dy`` per example): the clipped sum of
-        DP-SGD (``jbp.extensions.ClippedGrad``). Where ``batch_l2`` forms the per-example
-        gradients (``2T² > d·p``) in one chunk, the same ones weighted by ``sᵢ`` and summed
-        over the batch (XLA computes them once for both); else the backward's kernel
-        correlation (:meth:`_kernel_correlation`) on the delta with row ``i`` scaled by
-        ``sᵢ``. Measured on bench/dp.py's CNN at batch 256, norms and clipped sum together:
-        the 1→16 layer (one chunk) 5.8 ms shared vs 23 ms; the 16→32 layer (four chunks)
-        20 ms by the correlation vs 25 ms re-forming the product."""
+        DP-SGD (``jbp.extensions.ClippedGrad``). Where ``batch_l2`` reads the per-example
+        gradients (``2T² > d·p`` and they fit: :meth:`_keeps_per_example`), the same ones
+        weighted by ``sᵢ`` and summed over the batch (XLA forms them once for both: the
+        DP-SGD step of bench/dp.py's CNN at batch 256 went from 61 to 53 ms); else the
+        backward's kernel correlation (:meth:`_kernel_correlation`) on the delta with row
+        ``i`` scaled by ``sᵢ``."""
         x, d = self._per_example_inputs(params, cache, dy)
         n, ho, wo, f = d.shape
         kh, kw, c, _ = params["W"].shape
-        if not _pe.use_gram(ho * wo, kh * kw * c, f) and self._chunks(x, d) == 1:
-            g = jnp.tensordot(scale.astype(x.dtype), self._per_example_product(x, d), 1)
+        if not _pe.use_gram(ho * wo, kh * kw * c, f) and self._keeps_per_example(x, d):
+            g = jnp.tensordot(scale.astype(x.dtype), self._per_example_grads(x, d), 1)
             return self.rule_grads(self._split_product(params, g))
         ds = d * scale.astype(d.dtype)[:, None, None, None]
         out = {"W": self._kernel_correlation(x, ds).astype(params["W"].dtype)}
@@ -403,8 +420,12 @@ class Conv2D(RuleLayer):
         return self.rule_grads(out)
 
     def sum_grad_squared(self, params: PyTree, cache: PyTree, dy: Array) -> PyTree:
-        """``Σᵢ (∂ℓᵢ/∂K)²`` and ``Σᵢ (∂ℓᵢ/∂b)²`` elementwise, from the per-example gradients
-        of each chunk of examples (never all of them at once)."""
+        """``Σᵢ (∂ℓᵢ/∂K)²`` and ``Σᵢ (∂ℓᵢ/∂b)²`` elementwise: from the per-example gradients
+        when they fit (:meth:`_keeps_per_example`), else summed chunk by chunk (never all
+        of them at once)."""
         x, d = self._per_example_inputs(params, cache, dy)
-        sq = jnp.sum(self._product_chunks(lambda g: jnp.sum(g * g, axis=0), x, d), axis=0)
+        if self._keeps_per_example(x, d):
+            sq = jnp.sum(jnp.square(self._per_example_grads(x, d)), axis=0)
+        else:
+            sq = jnp.sum(self._product_chunks(lambda g: jnp.sum(g * g, axis=0), x, d), axis=0)
         return self.rule_grads(self._split_product(params, sq))
