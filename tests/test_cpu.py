@@ -38,6 +38,7 @@ _PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_glibc() is None, reason="needs Linux with glibc (mallinfo2)")
 def test_tune_malloc_moves_large_blocks_from_mmap_to_the_heap():
     out = subprocess.run(
