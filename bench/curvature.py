@@ -47,12 +47,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+import models as bench_models  # bench/models.py: the benchmarks' CNN
 import numpy as np
 
 import jbp
 from jbp import losses, optim
 from jbp.extensions import KFAC, KFLR, DiagGGN, DiagGGNMC, KronFactors
-from jbp.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from jbp.layers import Dense, ReLU
 
 
 def grad_call(model, loss, ext):
@@ -182,18 +183,7 @@ def main(argv=None):
     if args.only in (None, "cnn"):
         nets["cnn"] = (
             "CNN conv16-pool-conv32-pool-dense, 28x28",
-            jbp.Sequential(
-                [
-                    Conv2D(16, 3),
-                    ReLU(),
-                    MaxPool2D(2),
-                    Conv2D(32, 3),
-                    ReLU(),
-                    MaxPool2D(2),
-                    Flatten(),
-                    Dense(10),
-                ]
-            ),
+            bench_models.cnn(),
             rng.standard_normal((args.batch, 28, 28, 1)),
         )
     ratios = {}

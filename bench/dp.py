@@ -32,12 +32,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+import models as bench_models  # bench/models.py: the benchmarks' CNN
 import numpy as np
 
 import jbp
-from jbp.layers import Dense, Flatten, ReLU
-from jbp.layers.conv import Conv2D
-from jbp.layers.pooling import MaxPool2D
+from jbp.layers import Dense, ReLU
 from jbp.per_example import per_example_grad_norms, per_example_grads
 
 LOSS = jbp.losses.softmax_cross_entropy
@@ -45,18 +44,7 @@ LOSS = jbp.losses.softmax_cross_entropy
 
 def networks(rng, batch):
     mlp = jbp.Sequential([Dense(512), ReLU(), Dense(512), ReLU(), Dense(10)])
-    cnn = jbp.Sequential(
-        [
-            Conv2D(16, 3),
-            ReLU(),
-            MaxPool2D(2),
-            Conv2D(32, 3),
-            ReLU(),
-            MaxPool2D(2),
-            Flatten(),
-            Dense(10),
-        ]
-    )
+    cnn = bench_models.cnn()
     y = jnp.asarray(rng.integers(0, 10, batch))
     return {
         "mlp": (

@@ -26,12 +26,10 @@ import time
 
 import jax
 import jax.numpy as jnp
+import models as bench_models  # bench/models.py: the benchmarks' CNN
 import numpy as np
 
 import jbp
-from jbp.layers import Dense, Flatten, ReLU
-from jbp.layers.conv import Conv2D
-from jbp.layers.pooling import MaxPool2D
 
 LOSS = jbp.losses.softmax_cross_entropy
 
@@ -43,18 +41,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--skip-autodiff", action="store_true")
     args = ap.parse_args(argv)
-    model = jbp.Sequential(
-        [
-            Conv2D(16, 3),
-            ReLU(),
-            MaxPool2D(2),
-            Conv2D(32, 3),
-            ReLU(),
-            MaxPool2D(2),
-            Flatten(),
-            Dense(10),
-        ]
-    )
+    model = bench_models.cnn()
     params = model.init(jax.random.key(0), (28, 28, 1))[0]
     rng = np.random.default_rng(0)
     n = args.batch * args.steps

@@ -23,16 +23,17 @@ import statistics
 
 import jax
 import jax.numpy as jnp
+import models as bench_models  # bench/models.py: the benchmarks' CNN
 import numpy as np
 from step import make_step, one_round  # bench/step.py: the same jitted step and timed round
 
 import jbp
 from jbp import losses
-from jbp.layers import Dense, Flatten, ReLU
+from jbp.layers import Dense, ReLU
 from jbp.layers.conv import Conv2D
 from jbp.layers.embedding import Embedding
 from jbp.layers.normalization import BatchNorm
-from jbp.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from jbp.layers.pooling import AvgPool2D, GlobalAvgPool2D
 from jbp.layers.recurrent import LSTM, SimpleRNN
 
 
@@ -85,18 +86,7 @@ def main(argv=None):
     if args.only in (None, "cnn"):
         x = jnp.asarray(rng.standard_normal((128, 28, 28, 1)), jnp.float32)
         y = jnp.asarray(rng.integers(0, 10, 128))
-        cnn = jbp.Sequential(
-            [
-                Conv2D(16, 3),
-                ReLU(),
-                MaxPool2D(2),
-                Conv2D(32, 3),
-                ReLU(),
-                MaxPool2D(2),
-                Flatten(),
-                Dense(10),
-            ]
-        )
+        cnn = bench_models.cnn()
         ratios["cnn"] = bench(
             "CNN conv16-pool-conv32-pool-dense, b128 28x28", cnn, x, y, args.iters, args.repeats
         )

@@ -85,6 +85,7 @@ from importlib import metadata
 import epoch as epoch_bench  # bench/epoch.py: Nielsen's net, data, jbp.fit and loop contenders
 import jax
 import jax.numpy as jnp
+import models as bench_models  # bench/models.py: the benchmarks' CNN
 import nielsen_numpy  # bench/nielsen_numpy.py: the faithful NumPy port
 import numpy as np
 import peer_models as pm  # bench/peer_models.py: the same net in every library
@@ -92,9 +93,7 @@ from step import make_step  # bench/step.py: jit(jbp.value_and_grad + SGD)
 
 import jbp
 from jbp import losses, optim
-from jbp.layers import Dense, Flatten, ReLU
-from jbp.layers.conv import Conv2D
-from jbp.layers.pooling import MaxPool2D
+from jbp.layers import Dense, ReLU
 
 WORKLOADS = ("step", "epoch", "per_example", "extensions")
 LIBS = ("jbp", "jax", "equinox", "flax", "torch", "opacus", "backpack", "numpy")
@@ -218,18 +217,7 @@ def mlp(cfg):
 
 def cnn(cfg):
     s = cfg.image
-    model = jbp.Sequential(
-        [
-            Conv2D(16, 3),
-            ReLU(),
-            MaxPool2D(2),
-            Conv2D(32, 3),
-            ReLU(),
-            MaxPool2D(2),
-            Flatten(),
-            Dense(10),
-        ]
-    )
+    model = bench_models.cnn()
     return model, (s, s, 1), f"CNN c16-p-c32-p-d {s}x{s}"
 
 

@@ -30,34 +30,17 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
+import models as bench_models  # noqa: E402 - bench/models.py: the benchmarks' CNN
 import numpy as np  # noqa: E402
 
 import jbp  # noqa: E402
 from jbp import losses  # noqa: E402
-from jbp.layers import Dense, Flatten, ReLU  # noqa: E402
-from jbp.layers.conv import Conv2D  # noqa: E402
-from jbp.layers.pooling import MaxPool2D  # noqa: E402
+from jbp.layers import Dense, ReLU  # noqa: E402
 
 
 def mlp():
     """bench/step.py's MLP (built inline in its ``main``; same layers)."""
     return jbp.Sequential([Dense(512), ReLU(), Dense(512), ReLU(), Dense(10)])
-
-
-def cnn():
-    """bench/layers.py's CNN (built inline in its ``main``; same layers)."""
-    return jbp.Sequential(
-        [
-            Conv2D(16, 3),
-            ReLU(),
-            MaxPool2D(2),
-            Conv2D(32, 3),
-            ReLU(),
-            MaxPool2D(2),
-            Flatten(),
-            Dense(10),
-        ]
-    )
 
 
 def one_epoch(model, params, x, y, batch_size, mesh):
@@ -127,7 +110,15 @@ def main(argv=None):
     x = rng.standard_normal((args.n, 784)).astype(np.float32)
     bench("MLP 784-512-512-10 (bench/step.py)", mlp(), x, y, args.batch, counts, args.repeats)
     x = rng.standard_normal((args.n, 28, 28, 1)).astype(np.float32)
-    bench("CNN conv16-conv32 28x28 (layers.py)", cnn(), x, y, args.batch, counts, args.repeats)
+    bench(
+        "CNN conv16-conv32 28x28 (layers.py)",
+        bench_models.cnn(),
+        x,
+        y,
+        args.batch,
+        counts,
+        args.repeats,
+    )
 
 
 if __name__ == "__main__":
