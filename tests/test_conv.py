@@ -57,8 +57,14 @@ def test_conv_backward_matches_autodiff_float32(shape, kwargs):
     assert y.dtype == dx.dtype == grads["W"].dtype == jnp.float32
 
 
-@pytest.mark.parametrize("by_patches", [True, False], ids=["patches", "convolution"])
-@pytest.mark.parametrize("shape,kwargs", CONFIGS)
+# The patch form in one chunk is what every other test here runs on CPU; in chunks of one
+# example on the configurations with strides, dilation and asymmetric padding.
+@pytest.mark.parametrize(
+    "shape,kwargs,by_patches",
+    [(shape, kwargs, False) for shape, kwargs in CONFIGS]
+    + [(*CONFIGS[i], True) for i in (1, 3, 4)],
+    ids=[f"convolution-{i}" for i in range(len(CONFIGS))] + ["patches-1", "patches-3", "patches-4"],
+)
 def test_both_kernel_gradient_forms_match_autodiff(monkeypatch, shape, kwargs, by_patches):
     """``_kernel_correlation`` has two forms: the patch product (XLA CPU; here in chunks of
     one example, the smallest budget) and one convolution (GPU/TPU). Both vs ``jax.vjp``."""
@@ -75,8 +81,12 @@ def test_both_kernel_gradient_forms_match_autodiff(monkeypatch, shape, kwargs, b
     compare_with_autodiff(layer, params, x, rng)
 
 
-@pytest.mark.parametrize("budget", ["one-example", "two-examples", "all"])
-@pytest.mark.parametrize("shape,kwargs", CONFIGS)
+# One chunk with the per-example gradients kept is also what the extension tests run.
+@pytest.mark.parametrize(
+    "shape,kwargs,budget",
+    [(*c, b) for c in CONFIGS for b in ("one-example", "two-examples")]
+    + [(*CONFIGS[i], "all") for i in (0, 4)],
+)
 def test_per_example_closed_forms_in_chunks(monkeypatch, shape, kwargs, budget):
     """``batch_grad``, ``batch_l2``, ``sum_grad_squared`` and ``scaled_grad_sum`` vs
     ``vmap(jax.grad)``, with a non-uniform per-example delta and non-uniform scales, for
