@@ -31,8 +31,9 @@ _KERNEL_GRAD_DN = ("CHWN", "IHWO", "HWNC")
 
 def _kernel_grad_by_patches() -> bool:
     """Whether ``Conv2D``'s kernel gradient is taken as a product on the patches (XLA CPU,
-    where the convolution form ran 1.5–3× slower) rather than as one convolution (GPU/TPU:
-    cuDNN and XLA TPU run that well)."""
+    where the convolution form ran 1.7–2.8× slower, and 40× slower inside ``lax.scan``)
+    rather than as one convolution (GPU/TPU, not measured here: cuDNN's and XLA TPU's own
+    kernel-gradient convolutions)."""
     return jax.default_backend() == "cpu"
 
 
@@ -66,7 +67,7 @@ class Conv2D(RuleLayer):
     All three are ``lax.conv_general_dilated`` calls; no ``jax.vjp``. On XLA CPU the kernel
     gradient is instead the same sum written as a matrix product, ``δᵀ A`` with the patches
     ``A`` (``(n·Ho·Wo, kh·kw·C)``), taken in chunks of examples
-    (:meth:`_kernel_correlation`): XLA CPU runs the convolution form 1.5–3× slower.
+    (:meth:`_kernel_correlation`): XLA CPU runs the convolution form 1.7–2.8× slower.
 
     Per-example extensions (``jbp.extensions``; closed forms below ``backward``): with
     ``T = Ho·Wo`` output positions, the patch ``aᵢₜ`` (``d = kh·kw·C`` input pixels under
@@ -223,10 +224,12 @@ class Conv2D(RuleLayer):
 
         On XLA CPU it is ``δᵀ A`` with the patches ``A`` (``(n·T, kh·kw·C)``, the offset
         slices of :meth:`_offset_slices` side by side), taken over chunks of examples whose
-        patches fit in 8 MiB (:func:`jbp.layers._per_example.example_chunks`) and summed: on the CNN of bench/layers.py at batch 256 that is 2.8× faster than
-        XLA CPU's convolution (6.8 vs 19 ms for the 16→32 layer; 1.5–3× on the other
-        shapes of ``bench/conv_kernel_grad.py``). Elsewhere it is one
-        ``lax.conv_general_dilated`` (dimension numbers CHWN / IHWO -> HWNC)."""
+        patches fit in 8 MiB (:func:`jbp.layers._per_example.example_chunks`) and summed:
+        ``python bench/conv_kernel_grad.py`` measured it 1.7–2.8× faster than XLA CPU's
+        convolution on six layer shapes at batch 256 (7.2 vs 17.4 ms for the 16→32 layer of
+        bench/layers.py's CNN), and inside ``lax.scan`` (``fit``'s epoch) the convolution
+        form ran another 40× slower. Elsewhere it is one ``lax.conv_general_dilated``
+        (dimension numbers CHWN / IHWO -> HWNC)."""
         if _kernel_grad_by_patches():
             n, ho, wo, f = dy.shape
             kh, kw = self.kernel_size
@@ -341,8 +344,8 @@ class Conv2D(RuleLayer):
         return g.reshape((-1,) + g.shape[2:])
 
     def _keeps_per_example(self, x, d):
-        """Whether the per-example gradients fit in the chunk budget (8 MiB on XLA CPU):
-        then ``batch_l2`` and ``scaled_grad_sum`` read them rather than forming the product
+        """Whether the per-example gradients fit in 8 MiB
+        (:data:`jbp.layers._per_example.CHUNK_BYTES`, on every backend): then ``batch_l2`` and ``scaled_grad_sum`` read them rather than forming the product
         once each (bench/dp.py's CNN at batch 256: the 16→32 layer's 4.6k parameters, 4.8 MB
         for 256 examples)."""
         n, _, _, f = d.shape
