@@ -199,12 +199,9 @@ def _conv2d_patches(layer, x, out):
     return patches.reshape(n, out[0] * out[1], patches.shape[2] * c)
 
 
-def _conv2d_inputs(params, cache, dy):
-    x, W = cache["x"], params["W"]
-    dtype = jnp.result_type(x.dtype, W.dtype, dy.dtype)
-    n, ho, wo, _ = dy.shape
-    chunks = _example_chunks(n, math.prod(W.shape[:3]) * ho * wo * jnp.dtype(dtype).itemsize)
-    return x.astype(dtype), dy.astype(dtype), chunks
+def _conv2d_inputs(layer, params, cache, dy):
+    x, d = layer._per_example_inputs(params, cache, dy)
+    return x, d, _example_chunks(d.shape[0], layer._patch_bytes(x, d, bias_row=False))
 
 
 def _conv2d_kernel_products(layer, chunks, x, d):
@@ -220,7 +217,7 @@ def _conv2d_batch_grad(layer, params, cache, dy):
     (its batched patch product, in chunks of examples) and ``∂ℓᵢ/∂b = Σ_t δᵢₜ``: the
     values of ``Conv2D.batch_grad``."""
     W = params["W"]
-    x, d, chunks = _conv2d_inputs(params, cache, dy)
+    x, d, chunks = _conv2d_inputs(layer, params, cache, dy)
     g = _conv2d_kernel_products(layer, chunks, x, d)
     out = {"W": g.reshape((d.shape[0],) + W.shape).astype(W.dtype)}
     if layer.use_bias:
@@ -232,7 +229,7 @@ def _conv2d_sum_squares(layer, params, cache, dy):
     """``Conv2D``'s ``Σᵢ (∂ℓᵢ/∂K)²`` and ``Σᵢ (∂ℓᵢ/∂b)²``, summed chunk by chunk (never all
     per-example kernel gradients at once): the values of ``Conv2D.sum_grad_squared``."""
     W = params["W"]
-    x, d, chunks = _conv2d_inputs(params, cache, dy)
+    x, d, chunks = _conv2d_inputs(layer, params, cache, dy)
 
     def part(xc, dc):
         g = layer._per_example_product(xc, dc, bias_row=False)
@@ -567,13 +564,13 @@ def _conv2d_factors(layer, params, cache, dy):
     """``Conv2D``: ``A`` from the input patches ``(kh·kw·C)`` of every output position
     (averaged over examples and positions), rows ``δᵢₚ``; exact bias block (rows ``Σₚ δᵢₚ``)."""
     n, ho, wo, f = dy.shape
-    k = math.prod(params["W"].shape[:3])
-    chunks = _example_chunks(n, k * ho * wo * jnp.dtype(dy.dtype).itemsize)
+    x = cache["x"].astype(dy.dtype)
+    chunks = _example_chunks(n, layer._patch_bytes(x, dy, bias_row=False))
 
     def gram(xc):
         return _outer_sum(_conv2d_patches(layer, xc, (ho, wo)))
 
-    A = jnp.sum(_over_chunks(gram, chunks, cache["x"].astype(dy.dtype)), axis=0)
+    A = jnp.sum(_over_chunks(gram, chunks, x), axis=0)
     out = {"W": (A / (n * ho * wo), _rows(dy))}
     if layer.use_bias:
         out["b"] = (_one(dy.dtype), jnp.sum(dy, axis=(1, 2)))

@@ -234,14 +234,13 @@ class Conv2D(RuleLayer):
             n, ho, wo, f = dy.shape
             kh, kw = self.kernel_size
             k = kh * kw * x.shape[3]
-            per_example = k * ho * wo * jnp.dtype(x.dtype).itemsize
 
             def part(xc, dc):
                 m = xc.shape[0] * ho * wo
                 a = jnp.stack(self._offset_slices(xc, (ho, wo)), axis=2).reshape(m, k)
                 return dc.reshape(m, f).T @ a  # (F, kh·kw·C)
 
-            chunks = _pe.example_chunks(n, per_example)
+            chunks = _pe.example_chunks(n, self._patch_bytes(x, d=dy, bias_row=False))
             g = jnp.sum(_pe.over_chunks(part, chunks, x, dy), axis=0)
             return g.T.reshape(kh, kw, x.shape[3], f)
         size = x.shape[1:3]
@@ -313,13 +312,18 @@ class Conv2D(RuleLayer):
             a = jnp.concatenate([a, jnp.ones((n, 1, ho * wo), x.dtype)], axis=1)
         return jnp.einsum("nkt,ntf->nkf", a, d.reshape(n, ho * wo, f))
 
+    def _patch_bytes(self, x, d, *, bias_row):
+        """Bytes of one example's patches ``(kh·kw·C [+ 1], Ho·Wo)`` in ``x``'s dtype, for the
+        delta ``d`` ``(n, Ho, Wo, F)`` (the chunk budgets count these)."""
+        _, ho, wo, _ = d.shape
+        kh, kw = self.kernel_size
+        rows = kh * kw * x.shape[3] + int(bias_row and self.use_bias)
+        return rows * ho * wo * jnp.dtype(x.dtype).itemsize
+
     def _chunks(self, x, d):
         """How many chunks of examples :meth:`_product_chunks` takes (patches with the bias
         row within 8 MiB a chunk on XLA CPU; :func:`jbp.layers._per_example.example_chunks`)."""
-        n, ho, wo, _ = d.shape
-        kh, kw = self.kernel_size
-        per_example = (kh * kw * x.shape[3] + 1) * ho * wo * jnp.dtype(x.dtype).itemsize
-        return _pe.example_chunks(n, per_example)
+        return _pe.example_chunks(d.shape[0], self._patch_bytes(x, d, bias_row=True))
 
     def _product_chunks(self, fn, x, d, *rest):
         """``fn(Gc, *rest_c)`` of each chunk of examples' :meth:`_per_example_product` ``Gc``
